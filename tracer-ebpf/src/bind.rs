@@ -1,0 +1,64 @@
+//! `syscalls:sys_enter_bind` / `sys_exit_bind`.
+//! SYSCALL_DEFINE3(bind, int, fd, struct sockaddr __user *, umyaddr, int, addrlen)
+//! in net/socket.c; errors come from inet_bind_sk()/__inet_bind() in
+//! net/ipv4/af_inet.c and __inet6_bind() in net/ipv6/af_inet6.c.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{BindEvent, config::FILTER_EMIT_ALL, kind};
+
+use crate::{
+    emit::{current_header, emit},
+    filter::{current_task, selected},
+    maps::{BINDS, BindInFlight, TRACKED, fd_key, global},
+    sockaddr::read_user_sockaddr,
+};
+
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    if !selected(&task) {
+        return 0;
+    }
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let (fd, addr, len) = unsafe {
+        (
+            ctx.read_at::<u64>(global!(OFFSETS.bind_fd) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.bind_addr) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.bind_addrlen) as usize),
+        )
+    };
+    let (Ok(fd), Ok(addr), Ok(len)) = (fd, addr, len) else {
+        return 0;
+    };
+    let Some(addr) = read_user_sockaddr(addr, len) else {
+        return 0;
+    };
+    let _ = BINDS.insert(task.tid, BindInFlight { fd: fd as i32, _pad: 0, addr }, 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(call) = (unsafe { BINDS.get(task.tid) }).map(|c| BindInFlight { ..*c }) else {
+        return 0;
+    };
+    let _ = BINDS.remove(task.tid);
+    // SAFETY: as in sys_enter_bind.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
+        return 0;
+    };
+    let ret = ret as i32;
+    // SAFETY: the value is copied out at once.
+    let opts = unsafe { TRACKED.get(fd_key(task.tgid, call.fd)) }.copied();
+    let report = ret < 0 || opts.is_some() || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0;
+    if !report {
+        return 0;
+    }
+    emit::<BindEvent>(|r| {
+        r.header = current_header(kind::BIND, if ret < 0 { -ret } else { 0 }, &task);
+        r.payload = BindEvent { fd: call.fd, ret, addr: call.addr, opts: opts.unwrap_or_default() };
+    });
+    0
+}

@@ -1,0 +1,53 @@
+//! The end of a tracked socket's fd: `syscalls:sys_enter_close`, and fd numbers that
+//! socket()/accept() hand out again while still tracked (dup2, close_range and exec
+//! close fds without close(2)). Only fds in `TRACKED` produce events.
+//! SYSCALL_DEFINE1(close, unsigned int, fd) in fs/open.c.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    CloseEvent,
+    close::{CLOSE_REASON_CLOSE, CLOSE_REASON_FD_REUSED},
+    kind,
+};
+
+use crate::{
+    emit::{current_header, emit},
+    filter::current_task,
+    maps::{TRACKED, fd_key, global},
+};
+
+fn untrack(fd: i32, reason: u32) {
+    let task = current_task();
+    let key = fd_key(task.tgid, fd);
+    // SAFETY: only presence is read.
+    if unsafe { TRACKED.get(key) }.is_none() {
+        return;
+    }
+    let _ = TRACKED.remove(key);
+    emit::<CloseEvent>(|r| {
+        r.header = current_header(kind::CLOSE, 0, &task);
+        r.payload = CloseEvent { fd, reason };
+    });
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(global!(OFFSETS.close_fd) as usize) } {
+        untrack(fd as i32, CLOSE_REASON_CLOSE);
+    }
+    0
+}
+
+/// Attached to `sys_exit_socket`, `sys_exit_accept` and `sys_exit_accept4`: all return
+/// the new fd.
+#[tracepoint]
+pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
+    // SAFETY: as above.
+    if let Ok(ret) = unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }
+        && ret >= 0
+    {
+        untrack(ret as i32, CLOSE_REASON_FD_REUSED);
+    }
+    0
+}

@@ -1,0 +1,51 @@
+//! Which tasks are traced, decided in process context from load-time globals.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id,
+};
+use tracer_common::config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS};
+
+use crate::maps::{FILTER_COMMS, FILTER_PIDS, global};
+
+/// The current task as the filters and events see it.
+pub struct Task {
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+pub fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Task { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32 }
+}
+
+/// Whether the current task passes `--cgroup` and `--pid`/`--comm`.
+pub fn selected(task: &Task) -> bool {
+    let flags = global!(FILTERS.flags);
+    if flags & FILTER_CGROUP != 0 {
+        let level = global!(FILTERS.cgroup_level);
+        // SAFETY: helper call without pointer arguments.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if ancestor != global!(FILTERS.cgroup_id) {
+            return false;
+        }
+    }
+    if flags & FILTER_PROCESS == 0 {
+        return true;
+    }
+    // SAFETY: the value is a u8 the map owns; only its presence is read.
+    if unsafe { FILTER_PIDS.get(task.tgid) }.is_some() {
+        return true;
+    }
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    // SAFETY: as above.
+    if unsafe { FILTER_COMMS.get(comm) }.is_none() {
+        return false;
+    }
+    if flags & FILTER_LEARN_PIDS != 0 {
+        // Best effort: a full map only means renamed threads are not followed.
+        let _ = FILTER_PIDS.insert(task.tgid, 1, 0);
+    }
+    true
+}

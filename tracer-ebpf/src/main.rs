@@ -1,0 +1,29 @@
+//! sockerr's kernel programs: one file per hook.
+//!
+//! Process-context hooks (syscall tracepoints) decide whether a task is traced and
+//! record what it asked for; `sock:*` hooks see the kernel's outcome, often in
+//! softirq context, and attribute it through the socket's recorded owner.
+#![no_std]
+#![no_main]
+
+mod bind;
+mod close;
+mod connect;
+mod emit;
+mod filter;
+mod maps;
+mod process;
+mod setsockopt;
+mod sk_error_report;
+mod sock_set_state;
+mod sockaddr;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

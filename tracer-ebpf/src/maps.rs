@@ -1,0 +1,144 @@
+//! Maps and load-time globals. Every map whose keys can leak (a task dies inside a
+//! syscall, a socket is never closed) is an LRU map, so nothing grows without bound.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{Filters, SockAddr, SockOpts, TracepointOffsets};
+
+/// Set by the daemon before load (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+pub static OFFSETS: TracepointOffsets = unsafe { core::mem::zeroed() };
+/// Set by the daemon before load.
+#[unsafe(no_mangle)]
+pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
+
+/// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
+macro_rules! global {
+    ($static:ident . $field:ident) => {
+        $crate::maps::read_global(&raw const $crate::maps::$static.$field)
+    };
+}
+pub(crate) use global;
+
+#[inline(always)]
+pub fn read_global<T: Copy>(field: *const T) -> T {
+    // SAFETY: `field` points into one of the statics above, which the loader rewrote
+    // before load and nothing writes afterwards.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// Events to the daemon. The size is a default; the daemon may override it.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Records that did not fit in `EVENTS`.
+#[map]
+pub static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// tgids to trace (filled by the daemon, and learned from `FILTER_COMMS`).
+#[map]
+pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Thread names to trace, NUL padded to 16 bytes.
+#[map]
+pub static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+
+/// The traced process behind a socket, as recorded when it called connect().
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    pub opts: SockOpts,
+}
+
+/// A connect() between its entry and exit, keyed by thread id.
+#[repr(C)]
+pub struct ConnectInFlight {
+    pub fd: i32,
+    /// Error the socket reported while connect() was still running (a loopback RST
+    /// processed at release_sock): the call itself returns EINPROGRESS.
+    pub async_errno: i32,
+    pub dst: SockAddr,
+    pub src: SockAddr,
+    pub opts: SockOpts,
+    pub sk: u64,
+}
+
+#[map]
+pub static CONNECTS: LruHashMap<u32, ConnectInFlight> = LruHashMap::with_max_entries(16384, 0);
+
+/// A bind() between its entry and exit, keyed by thread id.
+#[repr(C)]
+pub struct BindInFlight {
+    pub fd: i32,
+    pub _pad: u32,
+    pub addr: SockAddr,
+}
+
+#[map]
+pub static BINDS: LruHashMap<u32, BindInFlight> = LruHashMap::with_max_entries(16384, 0);
+
+/// A setsockopt() of a recorded option between entry and exit, keyed by thread id.
+#[repr(C)]
+pub struct SockoptInFlight {
+    pub fd: i32,
+    pub level: i32,
+    pub optname: i32,
+    pub optlen: i32,
+    pub value: u32,
+    pub flag: u32,
+}
+
+#[map]
+pub static SOCKOPTS: LruHashMap<u32, SockoptInFlight> = LruHashMap::with_max_entries(16384, 0);
+
+/// Options set on a socket, keyed by `tgid << 32 | fd`. Its presence marks the socket
+/// as one whose successes are reported.
+#[map]
+pub static TRACKED: LruHashMap<u64, SockOpts> = LruHashMap::with_max_entries(65536, 0);
+
+pub const fn fd_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+/// Owner of each socket in SYN_SENT, keyed by `struct sock` address.
+#[map]
+pub static SK_OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// The kernel reports an asynchronous connect failure with two tracepoints in a row on
+/// the same CPU, in an order that changed between kernels: `inet_sock_set_state`
+/// (SYN_SENT -> CLOSE, carries the socket) and `inet_sk_error_report` (carries the
+/// errno, but no socket). Whichever comes first waits here for the other.
+#[repr(C)]
+pub struct PendingClose {
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub src: SockAddr,
+    pub dst: SockAddr,
+    pub owner: Owner,
+}
+
+#[repr(C)]
+pub struct PendingError {
+    pub ts_ns: u64,
+    pub error: i32,
+    pub _pad: u32,
+    pub src: SockAddr,
+    pub dst: SockAddr,
+}
+
+#[map]
+pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
+
+/// How long the first half of an asynchronous failure waits for the second: both run
+/// back to back in one softirq, so anything older belongs to another socket.
+pub const PENDING_MAX_AGE_NS: u64 = 1_000_000;

@@ -1,0 +1,99 @@
+//! `syscalls:sys_enter_setsockopt` / `sys_exit_setsockopt`.
+//! SYSCALL_DEFINE5(setsockopt, int, fd, int, level, int, optname, char __user *, optval,
+//! int, optlen) in net/socket.c. Only the options of `tracer_common::options` are kept;
+//! every other (level, optname) returns at entry.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{SockoptEvent, kind, options::option_flag};
+
+use crate::{
+    emit::{current_header, emit},
+    filter::{current_task, selected},
+    maps::{SOCKOPTS, SockoptInFlight, TRACKED, fd_key, global},
+};
+
+#[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
+pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let (level, optname) = unsafe {
+        (
+            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_level) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optname) as usize),
+        )
+    };
+    let (Ok(level), Ok(optname)) = (level, optname) else {
+        return 0;
+    };
+    let (level, optname) = (level as i32, optname as i32);
+    let flag = option_flag(level, optname);
+    if flag == 0 {
+        return 0;
+    }
+    let task = current_task();
+    if !selected(&task) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let (fd, optval, optlen) = unsafe {
+        (
+            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_fd) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optval) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optlen) as usize),
+        )
+    };
+    let (Ok(fd), Ok(optval), Ok(optlen)) = (fd, optval, optlen) else {
+        return 0;
+    };
+    let optlen = optlen as i32;
+    // The kernel reads an int for all of these options (sk_setsockopt,
+    // do_ip_setsockopt); a shorter optval makes it fail with EINVAL, which the exit
+    // still reports, with the first byte as the value.
+    // SAFETY: bpf_probe_read_user faults safely on bad user pointers.
+    let value = unsafe {
+        if optlen >= 4 {
+            bpf_probe_read_user(optval as *const u32).unwrap_or(0)
+        } else if optlen >= 1 {
+            bpf_probe_read_user(optval as *const u8).map(u32::from).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let call = SockoptInFlight { fd: fd as i32, level, optname, optlen, value, flag };
+    let _ = SOCKOPTS.insert(task.tid, call, 0);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
+pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(call) = (unsafe { SOCKOPTS.get(task.tid) }).map(|c| SockoptInFlight { ..*c }) else {
+        return 0;
+    };
+    let _ = SOCKOPTS.remove(task.tid);
+    // SAFETY: as in sys_enter_setsockopt.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
+        return 0;
+    };
+    let ret = ret as i32;
+    let key = fd_key(task.tgid, call.fd);
+    // SAFETY: the value is copied out at once.
+    let mut opts = unsafe { TRACKED.get(key) }.copied().unwrap_or_default();
+    if ret == 0 {
+        opts.apply(call.flag, call.value);
+        let _ = TRACKED.insert(key, opts, 0);
+    }
+    emit::<SockoptEvent>(|r| {
+        r.header = current_header(kind::SOCKOPT, if ret < 0 { -ret } else { 0 }, &task);
+        r.payload = SockoptEvent {
+            fd: call.fd,
+            level: call.level,
+            optname: call.optname,
+            optlen: call.optlen,
+            value: call.value,
+            ret,
+            opts,
+        };
+    });
+    0
+}

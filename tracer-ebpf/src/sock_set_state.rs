@@ -1,0 +1,148 @@
+//! `sock:inet_sock_set_state` for TCP: binds a `struct sock` to the traced connect()
+//! that moved it to SYN_SENT, and sees the connect's outcome when it leaves SYN_SENT.
+//!
+//! Emitted from inet_sk_state_store() (include/net/inet_sock.h) via tcp_set_state()
+//! in net/ipv4/tcp.c. tcp_v4_connect()/tcp_v6_connect() move the socket to SYN_SENT
+//! *before* inet_hash_connect() picks the source port, and back to CLOSE on failure,
+//! so a synchronous EADDRNOTAVAIL shows as CLOSE -> SYN_SENT -> CLOSE inside the call,
+//! with the conflicting source port on the second transition.
+//! Format: /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{SockEvent, config::FILTER_EMIT_ALL, kind};
+
+use crate::{
+    emit::{emit, owner_header},
+    filter::current_task,
+    maps::{
+        CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PENDING_MAX_AGE_NS, PendingClose, SK_OWNERS, global,
+    },
+    sk_error_report::report_async_failure,
+    sockaddr::{TupleOffsets, read_tuple, same_endpoint},
+};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+fn tuple_offsets() -> TupleOffsets {
+    TupleOffsets {
+        family: global!(OFFSETS.state_family),
+        sport: global!(OFFSETS.state_sport),
+        dport: global!(OFFSETS.state_dport),
+        saddr: global!(OFFSETS.state_saddr),
+        daddr: global!(OFFSETS.state_daddr),
+        saddr_v6: global!(OFFSETS.state_saddr_v6),
+        daddr_v6: global!(OFFSETS.state_daddr_v6),
+    }
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let fields = unsafe {
+        (
+            ctx.read_at::<u16>(global!(OFFSETS.state_protocol) as usize),
+            ctx.read_at::<u64>(global!(OFFSETS.state_skaddr) as usize),
+            ctx.read_at::<i32>(global!(OFFSETS.state_oldstate) as usize),
+            ctx.read_at::<i32>(global!(OFFSETS.state_newstate) as usize),
+        )
+    };
+    let (Ok(protocol), Ok(sk), Ok(old), Ok(new)) = fields else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    if new == TCP_SYN_SENT {
+        entered_syn_sent(&ctx, sk);
+    } else if old == TCP_SYN_SENT {
+        left_syn_sent(&ctx, sk, new);
+    }
+    0
+}
+
+/// In the connecting thread: remember who owns `sk`.
+fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
+    let task = current_task();
+    let Some(call) = CONNECTS.get_ptr_mut(task.tid) else {
+        return; // not a traced connect()
+    };
+    // SAFETY: the in-flight entry belongs to this thread.
+    let call = unsafe { &mut *call };
+    call.sk = sk;
+    if let Some((src, _)) = read_tuple(ctx, &tuple_offsets()) {
+        call.src = src; // port 0 unless the socket was bound
+    }
+    let owner = Owner {
+        tgid: task.tgid,
+        tid: task.tid,
+        fd: call.fd,
+        _pad: 0,
+        // SAFETY: helper call without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        opts: call.opts,
+    };
+    let _ = SK_OWNERS.insert(sk, owner, 0);
+}
+
+/// In any context: the connect on `sk` ended, in ESTABLISHED or CLOSE.
+fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
+    // SAFETY: copied out before removal.
+    let Some(owner) = (unsafe { SK_OWNERS.get(sk) }).copied() else {
+        return;
+    };
+    let _ = SK_OWNERS.remove(sk);
+    let Some((src, dst)) = read_tuple(ctx, &tuple_offsets()) else {
+        return;
+    };
+    if let Some(call) = CONNECTS.get_ptr_mut(owner.tid) {
+        // SAFETY: the owner's in-flight entry; the owner is inside connect() on this
+        // socket, holding its lock, so this is the only writer.
+        let call = unsafe { &mut *call };
+        if call.sk == sk {
+            call.src = src;
+        }
+    }
+    if new == TCP_ESTABLISHED {
+        if owner.opts.flags != 0 || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
+            emit::<SockEvent>(|r| {
+                r.header = owner_header(kind::ESTABLISHED, 0, &owner);
+                r.payload = SockEvent { fd: owner.fd, _pad: 0, src, dst, opts: owner.opts, sk };
+            });
+        }
+        return;
+    }
+    if new != TCP_CLOSE {
+        return;
+    }
+    // SAFETY: helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(pending) = PENDING_ERROR.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; softirq and process context on one CPU do not interleave
+        // inside these tracepoints (the socket lock is held).
+        let pending = unsafe { &mut *pending };
+        if pending.ts_ns != 0
+            && now.wrapping_sub(pending.ts_ns) < PENDING_MAX_AGE_NS
+            && same_endpoint(&pending.src, &src)
+            && same_endpoint(&pending.dst, &dst)
+        {
+            pending.ts_ns = 0;
+            report_async_failure(&owner, sk, &src, &dst, pending.error);
+            return;
+        }
+    }
+    // Older kernels (and every kernel for RST) report the error after this
+    // transition: leave the socket for sk_error_report to pick up.
+    if let Some(slot) = PENDING_CLOSE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, as above.
+        let slot = unsafe { &mut *slot };
+        *slot = PendingClose { ts_ns: now, sk, src, dst, owner };
+    }
+}

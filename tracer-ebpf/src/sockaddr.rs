@@ -1,0 +1,93 @@
+//! Reading socket addresses: from user memory (syscall arguments) and from the
+//! `sock:*` tracepoint records (offsets from tracefs).
+
+use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
+use tracer_common::sockaddr::{AF_INET, AF_INET6, SockAddr};
+
+/// `struct sockaddr_in` (include/uapi/linux/in.h).
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port_be: u16,
+    addr: [u8; 4],
+    _zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6` (include/uapi/linux/in6.h).
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port_be: u16,
+    flowinfo: u32,
+    addr: [u8; 16],
+    scope_id: u32,
+}
+
+/// Copies an IPv4/IPv6 sockaddr the caller passed; `None` for other families
+/// (AF_UNIX, AF_UNSPEC, ...) and for lengths the kernel itself would reject.
+pub fn read_user_sockaddr(ptr: u64, len: u64) -> Option<SockAddr> {
+    let ptr = ptr as *const u8;
+    // SAFETY: bpf_probe_read_user faults safely on bad user pointers.
+    let family: u16 = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+    let mut out = SockAddr::default();
+    match family {
+        AF_INET if len >= size_of::<SockaddrIn>() as u64 => {
+            // SAFETY: as above.
+            let sin: SockaddrIn = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+            out.family = AF_INET;
+            out.port = u16::from_be(sin.port_be);
+            out.addr[..4].copy_from_slice(&sin.addr);
+        }
+        AF_INET6 if len >= size_of::<SockaddrIn6>() as u64 => {
+            // SAFETY: as above.
+            let sin6: SockaddrIn6 = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+            out.family = AF_INET6;
+            out.port = u16::from_be(sin6.port_be);
+            out.scope_id = sin6.scope_id;
+            out.addr = sin6.addr;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Field offsets of one endpoint pair in a `sock:*` tracepoint record.
+pub struct TupleOffsets {
+    pub family: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// Source and destination of a `sock:*` record. The tracepoints store ports in host
+/// order and addresses as network-order bytes, with both v4 and v6 copies
+/// (include/trace/events/sock.h, TP_STORE_ADDRS).
+pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Option<(SockAddr, SockAddr)> {
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    unsafe {
+        let family: u16 = ctx.read_at(off.family as usize).ok()?;
+        let mut src = SockAddr { family, port: ctx.read_at(off.sport as usize).ok()?, ..Default::default() };
+        let mut dst = SockAddr { family, port: ctx.read_at(off.dport as usize).ok()?, ..Default::default() };
+        match family {
+            AF_INET => {
+                let s: [u8; 4] = ctx.read_at(off.saddr as usize).ok()?;
+                let d: [u8; 4] = ctx.read_at(off.daddr as usize).ok()?;
+                src.addr[..4].copy_from_slice(&s);
+                dst.addr[..4].copy_from_slice(&d);
+            }
+            AF_INET6 => {
+                src.addr = ctx.read_at(off.saddr_v6 as usize).ok()?;
+                dst.addr = ctx.read_at(off.daddr_v6 as usize).ok()?;
+            }
+            _ => return None,
+        }
+        Some((src, dst))
+    }
+}
+
+pub fn same_endpoint(a: &SockAddr, b: &SockAddr) -> bool {
+    a.family == b.family && a.port == b.port && a.addr == b.addr
+}

@@ -1,0 +1,157 @@
+//! Command line (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sockerr",
+    version,
+    about = "Trace socket errors of proxies: what failed, on which socket, with which options, \
+             and which live socket holds the tuple",
+    after_help = "Run as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE). \
+                  Logs go to stderr; set RUST_LOG=debug for more."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace connect/bind/setsockopt of matching processes and print each failure.
+    Trace(TraceArgs),
+    /// Reproduce a known incident in a throwaway network namespace while tracing it.
+    Demo(DemoArgs),
+    /// Run a scenario without tracing and print what it did as JSON (used by the
+    /// end-to-end tests and by `demo`).
+    #[command(hide = true)]
+    Scenario(crate::scenario::ScenarioArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One line per failure, repeats folded.
+    Text,
+    /// One JSON object per event and line (NDJSON), nothing folded.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Trace only this process id (repeatable). With --comm: either matches.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace only processes with this name (repeatable; as in /proc/PID/comm, at most
+    /// 15 bytes). Processes started later with this name are traced too.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Trace only tasks in this cgroup v2 directory or below it: a path under the
+    /// cgroup2 mount, or relative to it (e.g. /kubepods.slice/...).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Print only failures with this errno (name like EADDRNOTAVAIL, or number;
+    /// repeatable).
+    #[arg(long = "errno", value_name = "NAME|NUM", value_parser = crate::errno::parse_errno)]
+    pub errnos: Vec<i32>,
+    /// Also report successful bind/connect of sockets that carry no recorded option.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Text output: identical failures within this window print as one line with a
+    /// count (e.g. 500ms, 1s; 0 prints every failure at once).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub fold: std::time::Duration,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[arg(value_enum)]
+    pub incident: DemoIncident,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoIncident {
+    /// Envoy re-binds a client's ip:port with SO_MARK + SO_REUSEADDR while that
+    /// client's connection is live: connect() fails with EADDRNOTAVAIL, 4 times.
+    Cilium,
+}
+
+/// Durations such as `500ms`, `2s`, `1m` or `0`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 500ms or 2s"))?;
+    let millis = match unit {
+        "ms" => number,
+        "s" | "" => number * 1000,
+        "m" => number * 60_000,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    Ok(std::time::Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(parse_duration("0"), Ok(std::time::Duration::ZERO));
+        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("3h").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn trace_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "sockerr",
+            "trace",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--comm",
+            "envoy",
+            "--errno",
+            "EADDRNOTAVAIL",
+            "--errno",
+            "98",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        let Command::Trace(args) = cli.command else { panic!("not trace") };
+        assert_eq!(args.pids, [1, 2]);
+        assert_eq!(args.comms, ["envoy"]);
+        assert_eq!(args.errnos, [99, 98]);
+        assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        assert!(Cli::try_parse_from(["sockerr", "trace", "--pid", "abc"]).is_err());
+        let err = Cli::try_parse_from(["sockerr", "trace", "--errno", "ENOTANERRNO"]).unwrap_err();
+        assert!(err.to_string().contains("ENOTANERRNO"), "{err}");
+        assert!(Cli::try_parse_from(["sockerr", "trace", "--output", "xml"]).is_err());
+    }
+}

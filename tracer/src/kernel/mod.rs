@@ -1,0 +1,4 @@
+//! Everything that touches the kernel's tracing interfaces: tracefs, privileges,
+//! loading and attaching the programs, and reading the ring buffer.
+
+pub mod tracefs;

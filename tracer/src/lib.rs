@@ -1,0 +1,16 @@
+//! sockerr's daemon: loads the kernel programs, reads their events, ties them to the
+//! sockets of the traced processes, and says what failed and why.
+//!
+//! Pure logic (decode, table, classify, output) is unit-tested on synthetic events;
+//! only `kernel` and `enrich` touch the running system. See docs/design.md.
+
+pub mod cli;
+pub mod decode;
+pub mod enrich;
+pub mod errno;
+pub mod event;
+pub mod kernel;
+pub mod mark;
+pub mod output;
+pub mod record;
+pub mod scenario;

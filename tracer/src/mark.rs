@@ -1,0 +1,1 @@
+//! Cilium SO_MARK decoding. (stub)

@@ -1,0 +1,1 @@
+//! Text and JSON rendering of records, and folding of repeats. (stub)
