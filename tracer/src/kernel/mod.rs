@@ -1,4 +1,9 @@
 //! Everything that touches the kernel's tracing interfaces: tracefs, privileges,
 //! loading and attaching the programs, and reading the ring buffer.
 
+pub mod cgroup;
+pub mod loader;
+pub mod offsets;
+pub mod privileges;
+pub mod reader;
 pub mod tracefs;

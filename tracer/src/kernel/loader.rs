@@ -1,0 +1,303 @@
+//! Loading the embedded eBPF object, configuring its filters and attaching its
+//! programs.
+
+use std::{collections::BTreeSet, fs, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use thiserror::Error;
+use tracer_common::{
+    Filters, LOST_EVENTS_INDEX,
+    config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PROCESS},
+    names,
+};
+
+use super::{
+    cgroup::{self, Cgroup, CgroupError},
+    offsets::{self, OffsetsError},
+    privileges::{self, PrivilegeError},
+    tracefs::{self, TracefsError},
+};
+
+/// The object tracer-ebpf's `tracer` binary compiles to (see build.rs).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Which tasks to trace.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub cgroup: Option<PathBuf>,
+    /// Report successes of sockets without recorded options too.
+    pub all: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Offsets(#[from] OffsetsError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
+    CommLength(String),
+    #[error("too many --pid/--comm values: at most {max} of each")]
+    TooManyFilters { max: usize },
+    #[error("the kernel rejected sockerr's eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {0} (daemon and kernel programs out of sync?)")]
+    Missing(&'static str),
+    #[error("eBPF map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading program {program} (the verifier log above tells why)")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// The loaded programs; dropping it detaches them.
+pub struct Loaded {
+    /// Owns programs and links.
+    _ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub lost: LostCounter,
+    pub attached: usize,
+    pub cgroup: Option<Cgroup>,
+}
+
+/// Records the kernel side could not fit in the ring buffer.
+pub struct LostCounter(PerCpuArray<MapData, u64>);
+
+impl LostCounter {
+    pub fn total(&self) -> u64 {
+        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+}
+
+const MAX_FILTER_PIDS: usize = 4096;
+const MAX_FILTER_COMMS: usize = 64;
+
+/// (program, category, tracepoint), in attach order: exits before entries so no
+/// entry records a call whose exit would be missed.
+const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_exit_bind", "syscalls", "sys_exit_bind"),
+    ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
+    ("sys_exit_new_fd", "syscalls", "sys_exit_socket"),
+    ("sys_exit_new_fd", "syscalls", "sys_exit_accept"),
+    ("sys_exit_new_fd", "syscalls", "sys_exit_accept4"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_enter_bind", "syscalls", "sys_enter_bind"),
+    ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
+];
+
+/// Only needed to follow `--comm` processes across exec/exit.
+const COMM_ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
+    for degraded in privileges::check()? {
+        tracing::warn!("no {}: {}", degraded.capability, degraded.consequence);
+    }
+    raise_memlock_limit();
+    let kernel = tracefs::kernel_release();
+    let tracefs = tracefs::find_or_mount()?;
+    let offsets = offsets::discover(&tracefs, &kernel)?;
+
+    let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
+    let pids = initial_pids(selection);
+    if pids.len() > MAX_FILTER_PIDS || comms.len() > MAX_FILTER_COMMS {
+        return Err(LoadError::TooManyFilters { max: MAX_FILTER_PIDS.min(MAX_FILTER_COMMS) });
+    }
+    let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
+    let filters = filters(selection, cgroup.as_ref());
+
+    let mut ebpf = EbpfLoader::new()
+        .set_global(names::OFFSETS, &offsets, true)
+        .set_global(names::FILTERS, &filters, true)
+        .load(PROGRAMS)
+        .map_err(LoadError::Load)?;
+
+    fill_filter_maps(&mut ebpf, &pids, &comms)?;
+    let mut attached = 0;
+    let comm_attachments = if comms.is_empty() { &[][..] } else { COMM_ATTACHMENTS };
+    for &(program, category, tracepoint) in ATTACHMENTS.iter().chain(comm_attachments) {
+        attach(&mut ebpf, program, category, tracepoint)?;
+        attached += 1;
+    }
+
+    let events = take_map(&mut ebpf, names::EVENTS)?;
+    let events =
+        RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?;
+    let lost = take_map(&mut ebpf, names::LOST_EVENTS)?;
+    let lost =
+        PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOST_EVENTS, source })?;
+    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup })
+}
+
+fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {
+    let mut flags = 0;
+    if !selection.pids.is_empty() || !selection.comms.is_empty() {
+        flags |= FILTER_PROCESS;
+    }
+    if !selection.comms.is_empty() {
+        flags |= FILTER_LEARN_PIDS;
+    }
+    if selection.all {
+        flags |= FILTER_EMIT_ALL;
+    }
+    let (cgroup_id, cgroup_level) = match cgroup {
+        Some(cg) => {
+            flags |= FILTER_CGROUP;
+            (cg.id, cg.level)
+        }
+        None => (0, 0),
+    };
+    Filters { flags, cgroup_level, cgroup_id }
+}
+
+/// `--pid` values, plus the processes that already carry a `--comm` name: their
+/// threads may have been renamed since (Envoy's workers), which the kernel's
+/// thread-name check would miss.
+fn initial_pids(selection: &Selection) -> BTreeSet<u32> {
+    let mut pids = BTreeSet::new();
+    for &pid in &selection.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::warn!("no process with pid {pid} is running now; tracing it if it appears");
+        }
+        pids.insert(pid);
+    }
+    for comm in &selection.comms {
+        let found = processes_named(comm);
+        if found.is_empty() {
+            tracing::warn!("no process named {comm:?} is running now; tracing those that start later");
+        }
+        pids.extend(found);
+    }
+    pids
+}
+
+fn processes_named(comm: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .collect()
+}
+
+/// A task name as the kernel stores it: at most 15 bytes and a NUL.
+fn comm_key(comm: &str) -> Result<[u8; 16], LoadError> {
+    let bytes = comm.as_bytes();
+    if bytes.len() > 15 || bytes.is_empty() {
+        return Err(LoadError::CommLength(comm.into()));
+    }
+    let mut key = [0u8; 16];
+    key[..bytes.len()].copy_from_slice(bytes);
+    Ok(key)
+}
+
+fn fill_filter_maps(ebpf: &mut Ebpf, pids: &BTreeSet<u32>, comms: &[[u8; 16]]) -> Result<(), LoadError> {
+    let map = ebpf.map_mut(names::FILTER_PIDS).ok_or(LoadError::Missing(names::FILTER_PIDS))?;
+    let mut pid_map: HashMap<_, u32, u8> =
+        HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
+    for &pid in pids {
+        pid_map.insert(pid, 1, 0).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
+    }
+    let map = ebpf.map_mut(names::FILTER_COMMS).ok_or(LoadError::Missing(names::FILTER_COMMS))?;
+    let mut comm_map: HashMap<_, [u8; 16], u8> =
+        HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::FILTER_COMMS, source })?;
+    for comm in comms {
+        comm_map
+            .insert(*comm, 1, 0)
+            .map_err(|source| LoadError::Map { name: names::FILTER_COMMS, source })?;
+    }
+    Ok(())
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), LoadError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(LoadError::Missing(program))?
+        .try_into()
+        .map_err(|source| LoadError::Program { program, source })?;
+    // A program attached to several tracepoints is loaded once.
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| LoadError::Program { program, source })?;
+    }
+    prog.attach(category, tracepoint).map_err(|source| LoadError::Attach {
+        program,
+        category,
+        tracepoint,
+        source,
+    })?;
+    Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::Missing(name))
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_keys() {
+        assert_eq!(&comm_key("envoy").unwrap()[..6], b"envoy\0");
+        assert!(comm_key("a-name-longer-than-15").is_err());
+        assert!(comm_key("").is_err());
+    }
+
+    #[test]
+    fn filter_flags() {
+        let none = filters(&Selection::default(), None);
+        assert_eq!(none.flags, 0);
+        let sel = Selection { comms: vec!["envoy".into()], all: true, ..Default::default() };
+        let f = filters(&sel, None);
+        assert_eq!(f.flags, FILTER_PROCESS | FILTER_LEARN_PIDS | FILTER_EMIT_ALL);
+        let sel = Selection { pids: vec![1], ..Default::default() };
+        let cg = Cgroup { path: "/x".into(), id: 42, level: 2 };
+        let f = filters(&sel, Some(&cg));
+        assert_eq!(f.flags, FILTER_PROCESS | FILTER_CGROUP);
+        assert_eq!((f.cgroup_id, f.cgroup_level), (42, 2));
+    }
+}

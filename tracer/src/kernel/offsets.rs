@@ -1,0 +1,166 @@
+//! Tracepoint field offsets for the kernel programs, read from this kernel's tracefs.
+
+use std::path::Path;
+
+use tracer_common::TracepointOffsets;
+
+use super::tracefs::{Format, TracefsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "on kernel {kernel}, `ret` of syscalls:{name} is at offset {offset} but at {first} in other \
+         sys_exit_* tracepoints; the programs read one offset for all"
+    )]
+    InconsistentExitRet { name: String, kernel: String, offset: u32, first: u32 },
+}
+
+/// The `syscalls:*` tracepoints the programs attach to.
+pub const SYSCALL_TRACEPOINTS: [&str; 10] = [
+    "sys_enter_connect",
+    "sys_exit_connect",
+    "sys_enter_bind",
+    "sys_exit_bind",
+    "sys_enter_setsockopt",
+    "sys_exit_setsockopt",
+    "sys_enter_close",
+    "sys_exit_socket",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+];
+
+/// Reads the format of every tracepoint whose fields the programs read and returns the
+/// offsets, checking each field's size against what the programs read.
+pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, OffsetsError> {
+    let format = |category: &str, name: &str| Format::read(tracefs, category, name, kernel);
+    // Syscall arguments are stored as 8-byte slots whatever their C type
+    // (include/trace/syscall.h, kernel/trace/trace_syscalls.c).
+    const ARG: u32 = 8;
+
+    let connect = format("syscalls", "sys_enter_connect")?;
+    let bind = format("syscalls", "sys_enter_bind")?;
+    let setsockopt = format("syscalls", "sys_enter_setsockopt")?;
+    let close = format("syscalls", "sys_enter_close")?;
+
+    let sys_exit_ret = format("syscalls", "sys_exit_connect")?.offset("ret", ARG)?;
+    for name in SYSCALL_TRACEPOINTS.iter().filter(|n| n.starts_with("sys_exit_")) {
+        let offset = format("syscalls", name)?.offset("ret", ARG)?;
+        if offset != sys_exit_ret {
+            return Err(OffsetsError::InconsistentExitRet {
+                name: (*name).into(),
+                kernel: kernel.into(),
+                offset,
+                first: sys_exit_ret,
+            });
+        }
+    }
+
+    let state = format("sock", "inet_sock_set_state")?;
+    let error = format("sock", "inet_sk_error_report")?;
+
+    Ok(TracepointOffsets {
+        connect_fd: connect.offset("fd", ARG)?,
+        connect_addr: connect.offset("uservaddr", ARG)?,
+        connect_addrlen: connect.offset("addrlen", ARG)?,
+        bind_fd: bind.offset("fd", ARG)?,
+        bind_addr: bind.offset("umyaddr", ARG)?,
+        bind_addrlen: bind.offset("addrlen", ARG)?,
+        setsockopt_fd: setsockopt.offset("fd", ARG)?,
+        setsockopt_level: setsockopt.offset("level", ARG)?,
+        setsockopt_optname: setsockopt.offset("optname", ARG)?,
+        setsockopt_optval: setsockopt.offset("optval", ARG)?,
+        setsockopt_optlen: setsockopt.offset("optlen", ARG)?,
+        close_fd: close.offset("fd", ARG)?,
+        sys_exit_ret,
+
+        state_skaddr: state.offset("skaddr", 8)?,
+        state_oldstate: state.offset("oldstate", 4)?,
+        state_newstate: state.offset("newstate", 4)?,
+        state_sport: state.offset("sport", 2)?,
+        state_dport: state.offset("dport", 2)?,
+        state_family: state.offset("family", 2)?,
+        state_protocol: state.offset("protocol", 2)?,
+        state_saddr: state.offset("saddr", 4)?,
+        state_daddr: state.offset("daddr", 4)?,
+        state_saddr_v6: state.offset("saddr_v6", 16)?,
+        state_daddr_v6: state.offset("daddr_v6", 16)?,
+
+        error_error: error.offset("error", 4)?,
+        error_sport: error.offset("sport", 2)?,
+        error_dport: error.offset("dport", 2)?,
+        error_family: error.offset("family", 2)?,
+        error_protocol: error.offset("protocol", 2)?,
+        error_saddr: error.offset("saddr", 4)?,
+        error_daddr: error.offset("daddr", 4)?,
+        error_saddr_v6: error.offset("saddr_v6", 16)?,
+        error_daddr_v6: error.offset("daddr_v6", 16)?,
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// Builds a fake tracefs from the formats captured on a 6.18 kernel.
+    fn fake_tracefs(dir: &Path) {
+        let syscall = |name: &str, args: &[&str]| {
+            let mut text =
+                String::from("format:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n");
+            for (i, arg) in args.iter().enumerate() {
+                text += &format!("\tfield:long {arg};\toffset:{};\tsize:8;\tsigned:0;\n", 16 + 8 * i);
+            }
+            let path = dir.join("events/syscalls").join(name);
+            fs::create_dir_all(&path).unwrap();
+            fs::write(path.join("format"), text).unwrap();
+        };
+        syscall("sys_enter_connect", &["fd", "uservaddr", "addrlen"]);
+        syscall("sys_enter_bind", &["fd", "umyaddr", "addrlen"]);
+        syscall("sys_enter_setsockopt", &["fd", "level", "optname", "optval", "optlen"]);
+        syscall("sys_enter_close", &["fd"]);
+        for name in SYSCALL_TRACEPOINTS.iter().filter(|n| n.starts_with("sys_exit_")) {
+            syscall(name, &["ret"]);
+        }
+        for (name, text) in [
+            ("inet_sock_set_state", include_str!("testdata/inet_sock_set_state.format")),
+            ("inet_sk_error_report", include_str!("testdata/inet_sk_error_report.format")),
+        ] {
+            let path = dir.join("events/sock").join(name);
+            fs::create_dir_all(&path).unwrap();
+            fs::write(path.join("format"), text).unwrap();
+        }
+    }
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sockerr-offsets-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn offsets_of_6_18() {
+        let dir = temp_dir("ok");
+        fake_tracefs(&dir);
+        let offsets = discover(&dir, "6.18").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((offsets.connect_fd, offsets.connect_addr, offsets.connect_addrlen), (16, 24, 32));
+        assert_eq!(offsets.setsockopt_optlen, 48);
+        assert_eq!(offsets.sys_exit_ret, 16);
+        assert_eq!((offsets.state_skaddr, offsets.state_sport, offsets.state_saddr_v6), (8, 24, 40));
+        assert_eq!((offsets.error_error, offsets.error_sport, offsets.error_daddr_v6), (8, 12, 44));
+    }
+
+    #[test]
+    fn missing_tracepoint_is_named() {
+        let dir = temp_dir("missing");
+        fake_tracefs(&dir);
+        fs::remove_dir_all(dir.join("events/sock/inet_sk_error_report")).unwrap();
+        let err = discover(&dir, "5.4.0").unwrap_err().to_string();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("sock:inet_sk_error_report") && err.contains("5.4.0"), "{err}");
+    }
+}
