@@ -4,7 +4,10 @@
 //! Pure logic (decode, table, classify, output) is unit-tested on synthetic events;
 //! only `kernel` and `enrich` touch the running system. See docs/design.md.
 
+pub mod classify;
 pub mod cli;
+pub mod clock;
+pub mod correlate;
 pub mod decode;
 pub mod enrich;
 pub mod errno;
@@ -12,5 +15,7 @@ pub mod event;
 pub mod kernel;
 pub mod mark;
 pub mod output;
+pub mod pipeline;
 pub mod record;
 pub mod scenario;
+pub mod table;

@@ -138,8 +138,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let filters = filters(selection, cgroup.as_ref());
 
     let mut ebpf = EbpfLoader::new()
-        .set_global(names::OFFSETS, &offsets, true)
-        .set_global(names::FILTERS, &filters, true)
+        .override_global(names::OFFSETS, &offsets, true)
+        .override_global(names::FILTERS, &filters, true)
         .load(PROGRAMS)
         .map_err(LoadError::Load)?;
 

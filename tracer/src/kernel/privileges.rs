@@ -24,6 +24,7 @@ pub enum PrivilegeError {
 }
 
 /// Capabilities that only degrade what sockerr can say (holder lookup), with why.
+#[derive(Debug)]
 pub struct Degradation {
     pub capability: &'static str,
     pub consequence: &'static str,

@@ -8,7 +8,7 @@
 use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     decode::{DecodeError, decode},
@@ -25,7 +25,11 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
-        Ok(Self { ring: AsyncFd::new(ring)?, decode_errors: 0 })
+        // SAFETY: the RingBuf owns its map fd and keeps it open until it is dropped,
+        // which happens only when the AsyncFd is.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)?;
+        Ok(Self { ring, decode_errors: 0 })
     }
 
     /// Waits until records may be pending (wake-up or timer), then appends every

@@ -1,0 +1,226 @@
+//! From a kernel event and its socket to the [`Record`] the sinks print.
+
+use tracer_common::{SockOpts, options::option_flag};
+
+use crate::{
+    event::{KernelEvent, Payload},
+    record::{EventName, Record, SockoptCall},
+    table::Socket,
+};
+
+/// Facts about the process, resolved by the caller (they need /proc).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribution {
+    pub time: jiff::Timestamp,
+    /// Process name; the thread name when the process is gone.
+    pub comm: String,
+    pub netns: Option<u64>,
+}
+
+/// The record for `event`, or `None` for bookkeeping events (close).
+pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) -> Option<Record> {
+    let header = &event.header;
+    let errno = (header.errno != 0).then_some(header.errno);
+    let known_opts = socket.map(|s| s.opts).unwrap_or_default();
+    let opts_at_call = |opts: &SockOpts| if opts.flags != 0 { *opts } else { known_opts };
+    let mut record = Record {
+        time: who.time,
+        event: EventName::Sockopt,
+        pid: header.pid,
+        tid: header.tid,
+        comm: who.comm,
+        thread: header.thread.clone(),
+        fd: event.fd(),
+        errno,
+        asynchronous: false,
+        src: None,
+        dst: None,
+        sockopts: known_opts,
+        sockopt: None,
+        cause: None,
+        holders: Vec::new(),
+        ports: None,
+        note: None,
+        netns: who.netns,
+        cgroup_id: header.cgroup_id,
+        count: 1,
+    };
+    match &event.payload {
+        Payload::Sockopt { level, optname, value, opts, .. } => {
+            record.sockopt = Some(SockoptCall { flag: option_flag(*level, *optname), value: *value });
+            record.sockopts = *opts;
+            record.src = socket.and_then(|s| s.bound);
+        }
+        Payload::Bind { addr, opts, .. } => {
+            record.event = if errno.is_some() { EventName::BindError } else { EventName::Bind };
+            record.src = *addr;
+            record.sockopts = opts_at_call(opts);
+        }
+        Payload::Connect { dst, src, opts, .. } => {
+            record.event = if errno.is_some() { EventName::ConnectError } else { EventName::Connect };
+            record.dst = *dst;
+            // The kernel names the tuple it tried; before it got that far, the bound
+            // address is the best the table knows.
+            record.src = src.or_else(|| socket.and_then(|s| s.bound));
+            record.sockopts = opts_at_call(opts);
+        }
+        Payload::ConnectAsyncError { src, dst, opts, .. } => {
+            record.event = EventName::ConnectError;
+            record.asynchronous = true;
+            record.src = *src;
+            record.dst = *dst;
+            record.sockopts = opts_at_call(opts);
+        }
+        Payload::Established { src, dst, opts, .. } => {
+            record.event = EventName::Connect;
+            record.src = *src;
+            record.dst = *dst;
+            record.sockopts = opts_at_call(opts);
+        }
+        Payload::Close { .. } => return None,
+    }
+    Some(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
+
+    use super::*;
+    use crate::{event::Header, table::SocketTable};
+
+    fn who() -> Attribution {
+        Attribution { time: jiff::Timestamp::UNIX_EPOCH, comm: "envoy".into(), netns: Some(4026531840) }
+    }
+
+    fn event(errno: i32, payload: Payload) -> KernelEvent {
+        KernelEvent {
+            header: Header {
+                ts_ns: 1,
+                pid: 401,
+                tid: 402,
+                cgroup_id: 9,
+                thread: "wrk:worker_0".into(),
+                errno,
+            },
+            payload,
+        }
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn connect_error_takes_source_from_bind_when_kernel_had_none() {
+        let mut table = SocketTable::new(8);
+        let opts = SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x32030b00 };
+        table.apply(&event(0, Payload::Bind { fd: 131, addr: addr("10.0.1.7:40312"), opts }));
+        let connect = event(
+            99,
+            Payload::Connect {
+                fd: 131,
+                dst: addr("52.216.8.19:443"),
+                src: None,
+                opts: SockOpts::default(),
+                sk: 0,
+            },
+        );
+        let socket = table.apply(&connect).cloned();
+        let r = record(&connect, socket.as_ref(), who()).unwrap();
+        assert_eq!(r.event, EventName::ConnectError);
+        assert_eq!((r.pid, r.tid, r.fd, r.errno), (401, 402, 131, Some(99)));
+        assert_eq!((r.comm.as_str(), r.thread.as_str()), ("envoy", "wrk:worker_0"));
+        assert_eq!((r.src, r.dst), (addr("10.0.1.7:40312"), addr("52.216.8.19:443")));
+        assert_eq!(r.sockopts, opts, "options known from the table when the call carried none");
+        assert_eq!((r.netns, r.cgroup_id, r.count, r.asynchronous), (Some(4026531840), 9, 1, false));
+    }
+
+    #[test]
+    fn kernel_tuple_wins_over_bound_address() {
+        let connect = event(
+            99,
+            Payload::Connect {
+                fd: 3,
+                dst: addr("[::1]:443"),
+                src: addr("[::1]:40312"),
+                opts: SockOpts::default(),
+                sk: 1,
+            },
+        );
+        let r = record(&connect, None, who()).unwrap();
+        assert_eq!(r.src, addr("[::1]:40312"));
+    }
+
+    #[test]
+    fn kinds_map_to_event_names() {
+        let cases = [
+            (0, Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default() }, EventName::Bind),
+            (
+                98,
+                Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default() },
+                EventName::BindError,
+            ),
+            (
+                111,
+                Payload::ConnectAsyncError { fd: 1, src: None, dst: None, opts: SockOpts::default(), sk: 0 },
+                EventName::ConnectError,
+            ),
+            (
+                0,
+                Payload::Established { fd: 1, src: None, dst: None, opts: SockOpts::default(), sk: 0 },
+                EventName::Connect,
+            ),
+            (
+                0,
+                Payload::Sockopt {
+                    fd: 1,
+                    level: 1,
+                    optname: 36,
+                    optlen: 4,
+                    value: 7,
+                    ret: 0,
+                    opts: SockOpts::default(),
+                },
+                EventName::Sockopt,
+            ),
+        ];
+        for (errno, payload, name) in cases {
+            let r = record(&event(errno, payload), None, who()).unwrap();
+            assert_eq!(r.event, name);
+        }
+        assert!(record(&event(0, Payload::Close { fd: 1, reused: false }), None, who()).is_none());
+    }
+
+    #[test]
+    fn sockopt_names_the_option_set() {
+        let payload = Payload::Sockopt {
+            fd: 1,
+            level: 1,
+            optname: 36,
+            optlen: 4,
+            value: 0x32030b00,
+            ret: -1,
+            opts: SockOpts::default(),
+        };
+        let r = record(&event(1, payload), None, who()).unwrap();
+        assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x32030b00 }));
+        assert_eq!(r.errno, Some(1));
+    }
+
+    #[test]
+    fn async_error_is_flagged() {
+        let payload = Payload::ConnectAsyncError {
+            fd: 4,
+            src: addr("127.0.0.1:40000"),
+            dst: addr("127.0.0.19:444"),
+            opts: SockOpts::default(),
+            sk: 0,
+        };
+        let r = record(&event(111, payload), None, who()).unwrap();
+        assert!(r.asynchronous);
+        assert_eq!(r.errno, Some(111));
+    }
+}

@@ -1,0 +1,318 @@
+//! From decoded kernel events to finished records: socket table, attribution,
+//! lookup of what the kernel does not say, classification.
+//!
+//! The system is reached only through [`SystemView`], so the whole chain runs in unit
+//! tests on synthetic events with a fake system.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    classify::{self, Lookup},
+    clock::Clock,
+    correlate::{self, Attribution},
+    enrich::{Findings, Query},
+    event::KernelEvent,
+    record::Record,
+    table::SocketTable,
+};
+
+/// What the processor needs to know about the running system.
+pub trait SystemView: Send + Sync + 'static {
+    /// Process name (the leader's comm) and network namespace inode, when it lives.
+    fn process(&self, pid: u32) -> ProcessInfo;
+    /// Blocking lookup inside the network namespace of `pid`.
+    fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, String>;
+    fn is_alive(&self, pid: u32) -> bool;
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub name: Option<String>,
+    pub netns: Option<u64>,
+}
+
+/// How long a looked-up process name and netns are trusted: an exec renames a process.
+const PROCESS_TTL: Duration = Duration::from_secs(2);
+/// Retries of one failure (Envoy retries within milliseconds) share one lookup.
+const LOOKUP_TTL: Duration = Duration::from_millis(500);
+const MAX_CACHED: usize = 4096;
+const TABLE_CAPACITY: usize = 65536;
+
+pub struct Processor<S: SystemView> {
+    system: Arc<S>,
+    clock: Clock,
+    table: SocketTable,
+    processes: HashMap<u32, (Instant, ProcessInfo)>,
+    lookups: HashMap<(Option<u64>, Query), (Instant, Result<Findings, String>)>,
+    last_prune: Instant,
+}
+
+impl<S: SystemView> Processor<S> {
+    pub fn new(system: Arc<S>, clock: Clock) -> Self {
+        Self {
+            system,
+            clock,
+            table: SocketTable::new(TABLE_CAPACITY),
+            processes: HashMap::new(),
+            lookups: HashMap::new(),
+            last_prune: Instant::now(),
+        }
+    }
+
+    pub fn table(&self) -> &SocketTable {
+        &self.table
+    }
+
+    /// The finished record for `event`, if it makes one.
+    pub async fn process(&mut self, event: &KernelEvent) -> Option<Record> {
+        let socket = self.table.apply(event).cloned();
+        let info = self.process_info(event.header.pid);
+        let who = Attribution {
+            time: self.clock.wall_time(event.header.ts_ns),
+            comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
+            netns: info.netns,
+        };
+        let mut record = correlate::record(event, socket.as_ref(), who)?;
+        let query = classify::query_for(&record);
+        let outcome = match &query {
+            Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
+            None => None,
+        };
+        let lookup = match &outcome {
+            None => Lookup::NotNeeded,
+            Some(Ok(findings)) => Lookup::Found(findings),
+            Some(Err(why)) => Lookup::Failed(why.clone()),
+        };
+        if let Some((cause, note)) = classify::classify(&record, lookup) {
+            record.cause = Some(cause);
+            record.note = note;
+        }
+        if let Some(Ok(findings)) = outcome {
+            record.holders = findings.holders;
+            record.ports = findings.ports;
+        }
+        Some(record)
+    }
+
+    /// Drops what is known about processes that exited; cheap enough to call often.
+    pub fn prune(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_prune) < Duration::from_secs(5) {
+            return;
+        }
+        self.last_prune = now;
+        for pid in self.table.pids() {
+            if !self.system.is_alive(pid) {
+                self.table.forget_pid(pid);
+            }
+        }
+        self.processes.retain(|_, (at, _)| now.duration_since(*at) < PROCESS_TTL);
+        self.lookups.retain(|_, (at, _)| now.duration_since(*at) < LOOKUP_TTL);
+    }
+
+    fn process_info(&mut self, pid: u32) -> ProcessInfo {
+        let now = Instant::now();
+        if let Some((at, info)) = self.processes.get(&pid)
+            && now.duration_since(*at) < PROCESS_TTL
+        {
+            return info.clone();
+        }
+        let info = self.system.process(pid);
+        if self.processes.len() >= MAX_CACHED {
+            self.processes.clear();
+        }
+        // A process that already exited keeps what was learnt while it lived.
+        let info = match (info.name.is_none(), self.processes.get(&pid)) {
+            (true, Some((_, known))) => known.clone(),
+            _ => info,
+        };
+        self.processes.insert(pid, (now, info.clone()));
+        info
+    }
+
+    async fn lookup(&mut self, pid: u32, netns: Option<u64>, query: &Query) -> Result<Findings, String> {
+        let key = (netns, query.clone());
+        let now = Instant::now();
+        if let Some((at, cached)) = self.lookups.get(&key)
+            && now.duration_since(*at) < LOOKUP_TTL
+        {
+            return cached.clone();
+        }
+        let system = Arc::clone(&self.system);
+        let owned = query.clone();
+        let result = tokio::task::spawn_blocking(move || system.lookup(pid, &owned))
+            .await
+            .unwrap_or_else(|join| Err(format!("lookup task failed: {join}")));
+        if self.lookups.len() >= MAX_CACHED {
+            self.lookups.clear();
+        }
+        self.lookups.insert(key, (now, result.clone()));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Mutex};
+
+    use tracer_common::{
+        SockOpts,
+        options::{FLAG_IP_TRANSPARENT, FLAG_SO_MARK, FLAG_SO_REUSEADDR},
+    };
+
+    use super::*;
+    use crate::{
+        event::{Header, Payload},
+        record::{Cause, EventName, Holder, HolderOwner, TcpState},
+    };
+
+    /// A system where pid 401 is "envoy" and 77 holds 10.0.1.7:40312 -> 52.216.8.19:443.
+    #[derive(Default)]
+    struct FakeSystem {
+        lookups: Mutex<Vec<Query>>,
+    }
+
+    impl SystemView for FakeSystem {
+        fn process(&self, pid: u32) -> ProcessInfo {
+            match pid {
+                401 => ProcessInfo { name: Some("envoy".into()), netns: Some(4026531993) },
+                _ => ProcessInfo::default(),
+            }
+        }
+
+        fn lookup(&self, _pid: u32, query: &Query) -> Result<Findings, String> {
+            self.lookups.lock().unwrap().push(query.clone());
+            match query {
+                Query::TupleHolders { src, dst } => Ok(Findings {
+                    holders: vec![Holder {
+                        state: TcpState::Established,
+                        src: *src,
+                        dst: Some(*dst),
+                        inode: 4242,
+                        owner: Some(HolderOwner { pid: 401, comm: "envoy".into(), fd: 77 }),
+                        timer_ms: None,
+                    }],
+                    ..Default::default()
+                }),
+                _ => Err("not in this fake".into()),
+            }
+        }
+
+        fn is_alive(&self, pid: u32) -> bool {
+            pid == 401
+        }
+    }
+
+    fn event(ts: u64, errno: i32, payload: Payload) -> KernelEvent {
+        KernelEvent {
+            header: Header {
+                ts_ns: ts,
+                pid: 401,
+                tid: 405,
+                cgroup_id: 1,
+                thread: "wrk:worker_1".into(),
+                errno,
+            },
+            payload,
+        }
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// The socket calls of one Envoy attempt in the Cilium incident, on `fd`.
+    fn cilium_attempt(fd: i32, ts: u64) -> Vec<KernelEvent> {
+        let mark = 0x3203_0b00;
+        let mut opts = SockOpts::default();
+        let mut calls = Vec::new();
+        for (flag, optname, value) in
+            [(FLAG_SO_MARK, 36, mark), (FLAG_SO_REUSEADDR, 2, 1), (FLAG_IP_TRANSPARENT, 19, 1)]
+        {
+            opts.apply(flag, value);
+            let level = if flag == FLAG_IP_TRANSPARENT { 0 } else { 1 };
+            calls.push(event(ts, 0, Payload::Sockopt { fd, level, optname, optlen: 4, value, ret: 0, opts }));
+        }
+        calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts }));
+        calls.push(event(
+            ts + 2,
+            99,
+            Payload::Connect { fd, dst: addr("52.216.8.19:443"), src: addr("10.0.1.7:40312"), opts, sk: 1 },
+        ));
+        calls.push(event(ts + 3, 0, Payload::Close { fd, reused: false }));
+        calls
+    }
+
+    #[tokio::test]
+    async fn cilium_retries_become_four_tuple_in_use_records_with_one_lookup() {
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(Arc::clone(&system), Clock::from_offset_ns(0));
+        let mut failures = Vec::new();
+        let mut sockopts = 0;
+        for (attempt, fd) in [131, 132, 131, 133].into_iter().enumerate() {
+            for e in cilium_attempt(fd, attempt as u64 * 10) {
+                if let Some(record) = processor.process(&e).await {
+                    match record.event {
+                        EventName::ConnectError => failures.push(record),
+                        EventName::Sockopt => sockopts += 1,
+                        EventName::Bind => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(sockopts, 12);
+        assert_eq!(failures.len(), 4);
+        for (r, fd) in failures.iter().zip([131, 132, 131, 133]) {
+            assert_eq!((r.pid, r.tid, r.fd, r.errno), (401, 405, fd, Some(99)));
+            assert_eq!(r.comm, "envoy");
+            assert_eq!(r.thread, "wrk:worker_1");
+            assert_eq!(r.cause, Some(Cause::TupleInUse));
+            assert_eq!(r.sockopts.flags, FLAG_SO_MARK | FLAG_SO_REUSEADDR | FLAG_IP_TRANSPARENT);
+            assert_eq!(r.sockopts.mark, 0x3203_0b00);
+            assert_eq!(r.holders[0].owner, Some(HolderOwner { pid: 401, comm: "envoy".into(), fd: 77 }));
+            assert_eq!(r.netns, Some(4026531993));
+        }
+        assert_eq!(system.lookups.lock().unwrap().len(), 1, "retries share the lookup");
+        // The fd was closed after every attempt: the table forgot each socket.
+        assert!(processor.table().get(401, 131).is_none());
+    }
+
+    #[tokio::test]
+    async fn failed_lookup_gives_unknown_with_note() {
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(system, Clock::from_offset_ns(0));
+        let bind =
+            event(1, 98, Payload::Bind { fd: 3, addr: addr("127.0.0.1:80"), opts: SockOpts::default() });
+        let r = processor.process(&bind).await.unwrap();
+        assert_eq!(r.event, EventName::BindError);
+        assert_eq!(r.cause, Some(Cause::Unknown));
+        assert_eq!(r.note.as_deref(), Some("lookup failed: not in this fake"));
+    }
+
+    #[tokio::test]
+    async fn unknown_process_falls_back_to_thread_name() {
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(system, Clock::from_offset_ns(0));
+        let mut e = event(
+            1,
+            111,
+            Payload::ConnectAsyncError {
+                fd: 3,
+                src: addr("127.0.0.1:4000"),
+                dst: addr("127.0.0.1:444"),
+                opts: SockOpts::default(),
+                sk: 0,
+            },
+        );
+        e.header.pid = 999;
+        let r = processor.process(&e).await.unwrap();
+        assert_eq!(r.comm, "wrk:worker_1");
+        assert_eq!(r.cause, Some(Cause::ConnectionRefused));
+        assert_eq!(r.netns, None);
+    }
+}

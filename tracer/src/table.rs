@@ -1,0 +1,327 @@
+//! The socket table: what sockerr knows about each socket of the traced processes,
+//! keyed by (pid, fd) with a generation that changes whenever the fd stops naming the
+//! socket it named (close, or an fd number handed out again).
+//!
+//! Pure: fed with decoded events, no system access. Bounded: when full, the sockets
+//! seen least recently are forgotten.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use tracer_common::SockOpts;
+
+use crate::event::{KernelEvent, Payload};
+
+/// Where a socket's connection stands, as far as traced events tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Options set or bound, no connect seen.
+    Open,
+    /// connect() returned EINPROGRESS or is under way.
+    Connecting,
+    Established,
+    /// The last connect or bind failed.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Bind,
+    Connect,
+    Setsockopt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastError {
+    pub operation: Operation,
+    pub errno: i32,
+    pub ts_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub pid: u32,
+    pub fd: i32,
+    /// Counts the sockets this (pid, fd) has named since sockerr started.
+    pub generation: u32,
+    pub opts: SockOpts,
+    /// Address passed to a successful bind().
+    pub bound: Option<SocketAddr>,
+    /// Local address of the last connect (the tuple the kernel tried).
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub phase: Phase,
+    pub last_error: Option<LastError>,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+pub struct SocketTable {
+    sockets: HashMap<(u32, i32), Socket>,
+    /// Generation the next socket on a (pid, fd) gets; kept after the socket is gone.
+    next_generation: HashMap<(u32, i32), u32>,
+    capacity: usize,
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize) -> Self {
+        Self { sockets: HashMap::new(), next_generation: HashMap::new(), capacity: capacity.max(1) }
+    }
+
+    /// Folds `event` into the table and returns the socket as it stands after it
+    /// (`None` for a close, whose socket is gone).
+    pub fn apply(&mut self, event: &KernelEvent) -> Option<&Socket> {
+        let key = (event.header.pid, event.fd());
+        let ts = event.header.ts_ns;
+        if let Payload::Close { .. } = event.payload {
+            self.sockets.remove(&key);
+            *self.next_generation.entry(key).or_insert(0) += 1;
+            return None;
+        }
+        if !self.sockets.contains_key(&key) && self.sockets.len() >= self.capacity {
+            self.evict();
+        }
+        let generation = self.next_generation.get(&key).copied().unwrap_or(0);
+        let socket = self.sockets.entry(key).or_insert_with(|| Socket {
+            pid: key.0,
+            fd: key.1,
+            generation,
+            opts: SockOpts::default(),
+            bound: None,
+            local: None,
+            peer: None,
+            phase: Phase::Open,
+            last_error: None,
+            first_seen_ns: ts,
+            last_seen_ns: ts,
+        });
+        socket.last_seen_ns = socket.last_seen_ns.max(ts);
+        let errno = event.header.errno;
+        let failed = |operation| Some(LastError { operation, errno, ts_ns: ts });
+        match &event.payload {
+            Payload::Sockopt { opts, .. } => {
+                socket.opts = *opts;
+                if errno != 0 {
+                    socket.last_error = failed(Operation::Setsockopt);
+                }
+            }
+            Payload::Bind { addr, opts, .. } => {
+                merge_opts(&mut socket.opts, opts);
+                if errno == 0 {
+                    socket.bound = *addr;
+                } else {
+                    socket.phase = Phase::Failed;
+                    socket.last_error = failed(Operation::Bind);
+                }
+            }
+            Payload::Connect { dst, src, opts, .. } => {
+                merge_opts(&mut socket.opts, opts);
+                socket.peer = *dst;
+                socket.local = src.or(socket.bound);
+                if errno == 0 {
+                    socket.phase = Phase::Established;
+                } else {
+                    socket.phase = Phase::Failed;
+                    socket.last_error = failed(Operation::Connect);
+                }
+            }
+            Payload::ConnectAsyncError { src, dst, opts, .. } => {
+                merge_opts(&mut socket.opts, opts);
+                socket.peer = *dst;
+                socket.local = *src;
+                socket.phase = Phase::Failed;
+                socket.last_error = failed(Operation::Connect);
+            }
+            Payload::Established { src, dst, opts, .. } => {
+                merge_opts(&mut socket.opts, opts);
+                socket.peer = *dst;
+                socket.local = *src;
+                socket.phase = Phase::Established;
+            }
+            Payload::Close { .. } => unreachable!("handled above"),
+        }
+        Some(socket)
+    }
+
+    pub fn get(&self, pid: u32, fd: i32) -> Option<&Socket> {
+        self.sockets.get(&(pid, fd))
+    }
+
+    /// The sockets of one process, by fd.
+    pub fn of_pid(&self, pid: u32) -> Vec<&Socket> {
+        let mut sockets: Vec<_> = self.sockets.values().filter(|s| s.pid == pid).collect();
+        sockets.sort_by_key(|s| s.fd);
+        sockets
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<_> = self.sockets.keys().map(|&(pid, _)| pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Drops everything about a process that exited.
+    pub fn forget_pid(&mut self, pid: u32) {
+        self.sockets.retain(|&(p, _), _| p != pid);
+        self.next_generation.retain(|&(p, _), _| p != pid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Forgets the least recently seen eighth of the table: one O(n) pass per
+    /// capacity/8 insertions instead of LRU bookkeeping on every event.
+    fn evict(&mut self) {
+        let mut ages: Vec<_> = self.sockets.iter().map(|(k, s)| (s.last_seen_ns, *k)).collect();
+        ages.sort_unstable();
+        let drop = (self.capacity / 8).max(1);
+        for (_, key) in ages.into_iter().take(drop) {
+            self.sockets.remove(&key);
+        }
+        // Generations of forgotten sockets are only needed while their pid lives;
+        // bound the map with the table.
+        if self.next_generation.len() > self.capacity * 2 {
+            let live: std::collections::HashSet<u32> = self.sockets.keys().map(|&(p, _)| p).collect();
+            self.next_generation.retain(|(p, _), _| live.contains(p));
+        }
+    }
+}
+
+/// Options the kernel saw at the call, over what the table knew: the kernel's view
+/// wins when it knows of options (set before sockerr started), the table's otherwise.
+fn merge_opts(known: &mut SockOpts, at_call: &SockOpts) {
+    if at_call.flags != 0 {
+        *known = *at_call;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
+
+    use super::*;
+    use crate::event::Header;
+
+    fn event(pid: u32, ts: u64, errno: i32, payload: Payload) -> KernelEvent {
+        KernelEvent {
+            header: Header { ts_ns: ts, pid, tid: pid, cgroup_id: 1, thread: "t".into(), errno },
+            payload,
+        }
+    }
+
+    fn sockopt(fd: i32, flags: u32, mark: u32) -> Payload {
+        Payload::Sockopt {
+            fd,
+            level: 1,
+            optname: 36,
+            optlen: 4,
+            value: mark,
+            ret: 0,
+            opts: SockOpts { flags, mark },
+        }
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn records_options_bind_and_failed_connect() {
+        let mut table = SocketTable::new(16);
+        table.apply(&event(7, 1, 0, sockopt(5, FLAG_SO_MARK, 0x32030b00)));
+        table.apply(&event(7, 2, 0, sockopt(5, FLAG_SO_MARK | FLAG_SO_REUSEADDR, 0x32030b00)));
+        table.apply(&event(
+            7,
+            3,
+            0,
+            Payload::Bind { fd: 5, addr: addr("10.0.1.7:40312"), opts: SockOpts::default() },
+        ));
+        let connect = Payload::Connect {
+            fd: 5,
+            dst: addr("52.216.8.19:443"),
+            src: None,
+            opts: SockOpts::default(),
+            sk: 1,
+        };
+        let s = table.apply(&event(7, 4, 99, connect)).unwrap();
+        assert_eq!(s.opts, SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x32030b00 });
+        assert_eq!(s.bound, addr("10.0.1.7:40312"));
+        assert_eq!(s.local, addr("10.0.1.7:40312"), "local falls back to the bound address");
+        assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(s.last_error, Some(LastError { operation: Operation::Connect, errno: 99, ts_ns: 4 }));
+        assert_eq!((s.first_seen_ns, s.last_seen_ns), (1, 4));
+    }
+
+    #[test]
+    fn fd_reuse_starts_a_new_generation_without_old_options() {
+        let mut table = SocketTable::new(16);
+        table.apply(&event(7, 1, 0, sockopt(5, FLAG_SO_MARK, 1)));
+        assert_eq!(table.get(7, 5).unwrap().generation, 0);
+        assert!(table.apply(&event(7, 2, 0, Payload::Close { fd: 5, reused: false })).is_none());
+        assert!(table.get(7, 5).is_none());
+        let bind = Payload::Bind { fd: 5, addr: addr("127.0.0.1:80"), opts: SockOpts::default() };
+        let s = table.apply(&event(7, 3, 98, bind)).unwrap();
+        assert_eq!(s.generation, 1);
+        assert_eq!(s.opts, SockOpts::default(), "options of the closed socket must not leak");
+        table.apply(&event(7, 4, 0, Payload::Close { fd: 5, reused: true }));
+        table.apply(&event(7, 5, 0, sockopt(5, FLAG_SO_REUSEADDR, 0)));
+        assert_eq!(table.get(7, 5).unwrap().generation, 2);
+        // Another process's fd 5 is another socket.
+        table.apply(&event(8, 6, 0, sockopt(5, FLAG_SO_REUSEADDR, 0)));
+        assert_eq!(table.get(8, 5).unwrap().generation, 0);
+    }
+
+    #[test]
+    fn async_error_and_established() {
+        let mut table = SocketTable::new(16);
+        let est = Payload::Established {
+            fd: 3,
+            src: addr("127.0.0.1:40000"),
+            dst: addr("127.0.0.1:80"),
+            opts: SockOpts { flags: FLAG_SO_MARK, mark: 5 },
+            sk: 9,
+        };
+        let s = table.apply(&event(1, 1, 0, est)).unwrap();
+        assert_eq!(
+            (s.phase, s.local, s.peer),
+            (Phase::Established, addr("127.0.0.1:40000"), addr("127.0.0.1:80"))
+        );
+        let err = Payload::ConnectAsyncError {
+            fd: 4,
+            src: addr("127.0.0.1:40001"),
+            dst: addr("127.0.0.1:81"),
+            opts: SockOpts::default(),
+            sk: 10,
+        };
+        let s = table.apply(&event(1, 2, 111, err)).unwrap();
+        assert_eq!(s.phase, Phase::Failed);
+        assert_eq!(s.last_error.unwrap().errno, 111);
+        assert_eq!(table.of_pid(1).iter().map(|s| s.fd).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
+    fn stays_bounded_and_evicts_oldest() {
+        let mut table = SocketTable::new(8);
+        for fd in 0..100 {
+            table.apply(&event(1, fd as u64, 0, sockopt(fd, FLAG_SO_MARK, 1)));
+            assert!(table.len() <= 8);
+        }
+        assert!(table.get(1, 99).is_some());
+        assert!(table.get(1, 0).is_none());
+    }
+
+    #[test]
+    fn forget_pid() {
+        let mut table = SocketTable::new(8);
+        table.apply(&event(1, 1, 0, sockopt(3, FLAG_SO_MARK, 1)));
+        table.apply(&event(2, 1, 0, sockopt(3, FLAG_SO_MARK, 1)));
+        assert_eq!(table.pids(), [1, 2]);
+        table.forget_pid(1);
+        assert_eq!(table.pids(), [2]);
+    }
+}
