@@ -1,29 +1,56 @@
+use std::{io::IsTerminal, process::ExitCode};
+
+use anyhow::Context;
 use clap::Parser;
 use tracer::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Trace(args) => {
-            let sel = tracer::kernel::loader::Selection {
-                pids: args.pids,
-                comms: args.comms,
-                cgroup: args.cgroup,
-                all: args.all,
-            };
-            let loaded = tracer::kernel::loader::load(&sel)?;
-            eprintln!("tracing started: {} programs", loaded.attached);
-            let mut reader = tracer::kernel::reader::Reader::new(loaded.events)?;
-            let mut batch = Vec::new();
-            loop {
-                reader.next_batch(&mut batch).await?;
-                for e in batch.drain(..) {
-                    println!("{e:?}");
-                }
-            }
+    init_logging();
+    let result = match cli.command {
+        Command::Trace(args) => runtime().and_then(|rt| {
+            rt.block_on(tracer::trace::run(args)).map(drop).context("sockerr trace failed")
+        }),
+        Command::Demo(args) => {
+            runtime().and_then(|rt| rt.block_on(tracer::demo::run(args)).context("sockerr demo failed"))
         }
-        Command::Demo(_) | Command::Scenario(_) => anyhow::bail!("not implemented yet"),
+        // Single-threaded on purpose: the scenario unshares its network namespace and
+        // forks actors, which must not race with runtime threads.
+        Command::Scenario(args) => tracer::scenario::run(args).context("scenario failed"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sockerr: error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Logs to stderr (stdout carries only records); RUST_LOG overrides the level.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// `sockerr trace | head` ends with EPIPE on stdout: the reader left, not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }

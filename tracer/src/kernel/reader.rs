@@ -48,6 +48,11 @@ impl Reader {
         Ok(())
     }
 
+    /// Appends what the ring holds now, without waiting (the last drain at shutdown).
+    pub fn drain_now(&mut self, out: &mut Vec<KernelEvent>) {
+        drain(self.ring.get_mut(), out, &mut self.decode_errors);
+    }
+
     /// Records that did not decode (a daemon and kernel programs out of sync).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors
