@@ -1,1 +1,11 @@
-//! Text and JSON rendering of records, and folding of repeats. (stub)
+//! Everything that turns a [`crate::record::Record`] into output.
+//!
+//! Both renderers read the same record through the same helpers (option naming in
+//! `options`, errno names, Cilium mark decoding), so they cannot disagree on the data.
+
+mod options;
+#[cfg(test)]
+mod testing;
+mod text;
+
+pub use text::TextRenderer;
