@@ -1,1 +1,85 @@
-//! Text and JSON rendering of records, and folding of repeats. (stub)
+//! Everything that turns a [`Record`] into output: a text line or a JSON object, and
+//! the folding of repeats for text.
+//!
+//! Both renderers read the same record through the same helpers (option naming in
+//! `options`, errno names, Cilium mark decoding), so they cannot disagree on the data.
+
+mod fold;
+mod json;
+mod options;
+#[cfg(test)]
+mod testing;
+mod text;
+
+use std::time::Duration;
+
+pub use fold::{DEFAULT_MAX_OPEN_GROUPS, Folder};
+pub use json::render_json;
+pub use text::TextRenderer;
+
+use crate::record::Record;
+
+/// The output format the daemon was asked for.
+#[derive(Clone, Debug)]
+pub enum Renderer {
+    /// Lines for people; repeats folded within the window (see [`Renderer::folder`]).
+    Text(TextRenderer),
+    /// One JSON object per line for programs; every record, never folded.
+    Json,
+}
+
+impl Renderer {
+    /// Text in the local time zone.
+    pub fn text(fold_window: Duration) -> Self {
+        Self::Text(TextRenderer::local(fold_window))
+    }
+
+    pub fn render(&self, record: &Record) -> String {
+        match self {
+            Self::Text(text) => text.render(record),
+            Self::Json => render_json(record),
+        }
+    }
+
+    /// The folder records go through before [`Renderer::render`]: JSON consumers get
+    /// every record as it happens, so for JSON it folds nothing.
+    pub fn folder(&self) -> Folder {
+        match self {
+            Self::Text(text) => Folder::new(text.fold_window()),
+            Self::Json => Folder::new(Duration::ZERO),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use jiff::tz::TimeZone;
+
+    use super::*;
+    use crate::output::testing::cilium_incident;
+
+    #[test]
+    fn text_and_json_render_the_same_record() {
+        let record = cilium_incident();
+        let text =
+            Renderer::Text(TextRenderer::new(TimeZone::UTC, Duration::from_millis(500))).render(&record);
+        let json: serde_json::Value = serde_json::from_str(&Renderer::Json.render(&record)).unwrap();
+        assert!(text.starts_with("12:53:25.866 EADDRNOTAVAIL connect envoy[401] fd=131"), "{text}");
+        assert_eq!(json["error"], "EADDRNOTAVAIL");
+        assert_eq!(json["sockopts"]["SO_MARK"], "0x32030b00");
+        assert!(text.contains("SO_MARK=0x32030b00(cilium id=12803)"));
+    }
+
+    #[test]
+    fn json_is_never_folded() {
+        let window = Duration::from_millis(500);
+        let start = Instant::now();
+        let mut json_folder = Renderer::Json.folder();
+        assert_eq!(json_folder.push(cilium_incident(), start).len(), 1);
+        assert_eq!(json_folder.push(cilium_incident(), start).len(), 1);
+        let mut text_folder = Renderer::text(window).folder();
+        assert!(text_folder.push(cilium_incident(), start).is_empty());
+    }
+}

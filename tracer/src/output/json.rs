@@ -1,0 +1,351 @@
+//! One JSON object per record and line, as docs/design.md "Record schema" describes:
+//! every field always present, `null` where unknown.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::errno::errno_name;
+use crate::mark::CiliumMark;
+use crate::output::options::{NamedOption, OptionValue, enabled_options};
+use crate::record::{EventName, Holder, PortUsage, Record};
+
+/// The record as one line of JSON (without the newline).
+pub fn render_json(record: &Record) -> String {
+    // Every view below serializes into strings, numbers and string-keyed maps, which
+    // serde_json cannot fail on.
+    serde_json::to_string(&RecordView::of(record)).expect("record views always serialize")
+}
+
+#[derive(serde::Serialize)]
+struct RecordView<'a> {
+    time: String,
+    event: &'static str,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    thread: &'a str,
+    fd: i32,
+    errno: Option<i32>,
+    error: Option<&'static str>,
+    #[serde(rename = "async")]
+    asynchronous: bool,
+    src: Option<String>,
+    dst: Option<String>,
+    sockopts: SockoptsView<'a>,
+    mark: Option<MarkView>,
+    sockopt: Option<SockoptView>,
+    cause: Option<&'static str>,
+    holder: Option<HolderView<'a>>,
+    holders: Vec<HolderView<'a>>,
+    ports: Option<PortsView>,
+    note: Option<&'a str>,
+    netns: Option<u64>,
+    cgroup_id: u64,
+}
+
+impl<'a> RecordView<'a> {
+    fn of(record: &'a Record) -> Self {
+        let call = record.sockopt.map(NamedOption::of_call);
+        let holders: Vec<_> = record.holders.iter().map(HolderView::of).collect();
+        Self {
+            // RFC 3339 in UTC with microseconds: "2026-11-23T12:53:25.866123Z".
+            time: format!("{:.6}", record.time),
+            event: record.event.as_str(),
+            pid: record.pid,
+            tid: record.tid,
+            comm: &record.comm,
+            thread: &record.thread,
+            fd: record.fd,
+            errno: record.errno,
+            error: record.errno.and_then(errno_name),
+            asynchronous: record.asynchronous,
+            src: record.src.map(|addr| addr.to_string()),
+            dst: record.dst.map(|addr| addr.to_string()),
+            sockopts: SockoptsView(record),
+            mark: mark_of(record, call).map(MarkView::of),
+            sockopt: call.map(|option| SockoptView { name: option.name, value: JsonValue(option.value) }),
+            cause: record.cause.map(|cause| cause.as_str()),
+            holder: holders.first().cloned(),
+            holders,
+            ports: record.ports.map(PortsView::of),
+            note: record.note.as_deref(),
+            netns: record.netns,
+            cgroup_id: record.cgroup_id,
+        }
+    }
+}
+
+/// The mark the record is about: the one a setsockopt(SO_MARK) set, else the socket's.
+fn mark_of(record: &Record, call: Option<NamedOption>) -> Option<CiliumMark> {
+    let call_mark = call.filter(|option| record.event == EventName::Sockopt && is_mark(option.value));
+    let mark = call_mark.or_else(|| enabled_options(record.sockopts).find(|option| is_mark(option.value)))?;
+    mark.value.cilium_mark()
+}
+
+fn is_mark(value: OptionValue) -> bool {
+    matches!(value, OptionValue::Mark(_))
+}
+
+/// `{"SO_MARK":"0x32030b00","SO_REUSEADDR":1}`, in the renderers' option order.
+struct SockoptsView<'a>(&'a Record);
+
+impl Serialize for SockoptsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for option in enabled_options(self.0.sockopts) {
+            map.serialize_entry(option.name, &JsonValue(option.value))?;
+        }
+        map.end()
+    }
+}
+
+/// A mark as its hex string (as in the text line), a boolean option as its integer.
+#[derive(Clone, Copy)]
+struct JsonValue(OptionValue);
+
+impl Serialize for JsonValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            OptionValue::Mark(_) => serializer.collect_str(&self.0),
+            OptionValue::Int(value) => serializer.serialize_u32(value),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct SockoptView {
+    name: &'static str,
+    value: JsonValue,
+}
+
+#[derive(serde::Serialize)]
+struct MarkView {
+    magic: String,
+    magic_name: &'static str,
+    identity: Option<u32>,
+    cluster: Option<u32>,
+    endpoint_id: Option<u32>,
+}
+
+impl MarkView {
+    fn of(mark: CiliumMark) -> Self {
+        Self {
+            magic: format!("{:#06x}", mark.magic),
+            magic_name: mark.magic_name,
+            identity: mark.identity,
+            cluster: mark.cluster,
+            endpoint_id: mark.endpoint_id,
+        }
+    }
+}
+
+#[derive(Clone, serde::Serialize)]
+struct HolderView<'a> {
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    fd: Option<i32>,
+    inode: u64,
+    state: &'static str,
+    src: String,
+    dst: Option<String>,
+    timer_ms: Option<u64>,
+}
+
+impl<'a> HolderView<'a> {
+    fn of(holder: &'a Holder) -> Self {
+        let owner = holder.owner.as_ref();
+        Self {
+            pid: owner.map(|owner| owner.pid),
+            comm: owner.map(|owner| owner.comm.as_str()),
+            fd: owner.map(|owner| owner.fd),
+            inode: holder.inode,
+            state: holder.state.as_str(),
+            src: holder.src.to_string(),
+            dst: holder.dst.map(|addr| addr.to_string()),
+            timer_ms: holder.timer_ms,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PortsView {
+    range: [u16; 2],
+    in_use: u32,
+}
+
+impl PortsView {
+    fn of(ports: PortUsage) -> Self {
+        Self { range: [ports.range.0, ports.range.1], in_use: ports.in_use }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+    use tracer_common::SockOpts;
+    use tracer_common::options::{FLAG_IP_FREEBIND, FLAG_SO_MARK};
+
+    use super::*;
+    use crate::output::testing::{addr, cilium_incident, record};
+    use crate::record::{Cause, SockoptCall, TcpState};
+
+    fn parsed(record: &Record) -> Value {
+        let line = render_json(record);
+        assert!(!line.contains('\n'), "one line: {line}");
+        serde_json::from_str(&line).expect("valid JSON")
+    }
+
+    #[test]
+    fn cilium_incident_object() {
+        let object = parsed(&cilium_incident());
+        assert_eq!(
+            object,
+            json!({
+                "time": "2026-11-23T12:53:25.866123Z",
+                "event": "connect_error",
+                "pid": 401,
+                "tid": 401,
+                "comm": "envoy",
+                "thread": "envoy",
+                "fd": 131,
+                "errno": 99,
+                "error": "EADDRNOTAVAIL",
+                "async": false,
+                "src": "10.0.1.7:40312",
+                "dst": "52.216.8.19:443",
+                "sockopts": {"SO_MARK": "0x32030b00", "SO_REUSEADDR": 1},
+                "mark": {
+                    "magic": "0x0b00",
+                    "magic_name": "proxy-egress",
+                    "identity": 12803,
+                    "cluster": 0,
+                    "endpoint_id": null
+                },
+                "sockopt": null,
+                "cause": "tuple_in_use",
+                "holder": {
+                    "pid": 401, "comm": "envoy", "fd": 77, "inode": 4242, "state": "ESTABLISHED",
+                    "src": "10.0.1.7:40312", "dst": "52.216.8.19:443", "timer_ms": null
+                },
+                "holders": [{
+                    "pid": 401, "comm": "envoy", "fd": 77, "inode": 4242, "state": "ESTABLISHED",
+                    "src": "10.0.1.7:40312", "dst": "52.216.8.19:443", "timer_ms": null
+                }],
+                "ports": null,
+                "note": null,
+                "netns": 4026531840u64,
+                "cgroup_id": 1
+            })
+        );
+    }
+
+    #[test]
+    fn sockopts_keep_the_display_order() {
+        let line = render_json(&cilium_incident());
+        assert!(line.contains(r#""sockopts":{"SO_MARK":"0x32030b00","SO_REUSEADDR":1}"#), "{line}");
+    }
+
+    #[test]
+    fn unknowns_are_null_and_lists_empty() {
+        let object = parsed(&record(EventName::Bind));
+        for field in
+            ["errno", "error", "src", "dst", "mark", "sockopt", "cause", "holder", "ports", "note", "netns"]
+        {
+            assert_eq!(object[field], Value::Null, "{field}");
+        }
+        assert_eq!(object["holders"], json!([]));
+        assert_eq!(object["sockopts"], json!({}));
+        assert_eq!(object["event"], "bind");
+    }
+
+    #[test]
+    fn time_wait_holder_has_no_owner() {
+        let failed = Record {
+            errno: Some(99),
+            asynchronous: true,
+            src: Some(addr("[::1]:40313")),
+            dst: Some(addr("[::1]:443")),
+            cause: Some(Cause::TupleInUse),
+            holders: vec![Holder {
+                state: TcpState::TimeWait,
+                src: addr("[::1]:40313"),
+                dst: Some(addr("[::1]:443")),
+                inode: 0,
+                owner: None,
+                timer_ms: Some(59_200),
+            }],
+            note: Some("TIME_WAIT sockets have no owner".to_owned()),
+            ..record(EventName::ConnectError)
+        };
+        let object = parsed(&failed);
+        assert_eq!(object["async"], true);
+        assert_eq!(object["src"], "[::1]:40313");
+        assert_eq!(
+            object["holder"],
+            json!({
+                "pid": null, "comm": null, "fd": null, "inode": 0, "state": "TIME_WAIT",
+                "src": "[::1]:40313", "dst": "[::1]:443", "timer_ms": 59200
+            })
+        );
+        assert_eq!(object["note"], "TIME_WAIT sockets have no owner");
+    }
+
+    #[test]
+    fn ports_and_every_holder() {
+        let mut second = cilium_incident().holders[0].clone();
+        second.owner = None;
+        let failed = Record {
+            ports: Some(PortUsage { range: (40000, 40007), in_use: 8 }),
+            holders: vec![cilium_incident().holders[0].clone(), second],
+            ..cilium_incident()
+        };
+        let object = parsed(&failed);
+        assert_eq!(object["ports"], json!({"range": [40000, 40007], "in_use": 8}));
+        assert_eq!(object["holders"].as_array().map(Vec::len), Some(2));
+        assert_eq!(object["holder"], object["holders"][0]);
+        assert_eq!(object["holders"][1]["pid"], Value::Null);
+    }
+
+    #[test]
+    fn sockopt_object_and_mark_of_the_call() {
+        let set = Record {
+            sockopts: SockOpts { flags: FLAG_SO_MARK, mark: 0x0b00 },
+            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x3203_0a00 }),
+            ..record(EventName::Sockopt)
+        };
+        let object = parsed(&set);
+        assert_eq!(object["sockopt"], json!({"name": "SO_MARK", "value": "0x32030a00"}));
+        assert_eq!(object["mark"]["magic_name"], "proxy-ingress");
+        assert_eq!(object["mark"]["identity"], 12803);
+
+        let refused = Record {
+            errno: Some(1),
+            sockopt: Some(SockoptCall { flag: FLAG_IP_FREEBIND, value: 1 }),
+            ..record(EventName::Sockopt)
+        };
+        let object = parsed(&refused);
+        assert_eq!(object["sockopt"], json!({"name": "IP_FREEBIND", "value": 1}));
+        assert_eq!(object["error"], "EPERM");
+        assert_eq!(object["mark"], Value::Null);
+    }
+
+    #[test]
+    fn foreign_mark_is_listed_without_decoding() {
+        let istio =
+            Record { sockopts: SockOpts { flags: FLAG_SO_MARK, mark: 0x539 }, ..record(EventName::Connect) };
+        let object = parsed(&istio);
+        assert_eq!(object["sockopts"], json!({"SO_MARK": "0x00000539"}));
+        assert_eq!(object["mark"], Value::Null);
+    }
+
+    #[test]
+    fn text_in_fields_is_escaped() {
+        let odd = Record {
+            comm: "a\"b\\c".to_owned(),
+            note: Some("line\nbreak".to_owned()),
+            ..record(EventName::Bind)
+        };
+        let object = parsed(&odd);
+        assert_eq!(object["comm"], "a\"b\\c");
+        assert_eq!(object["note"], "line\nbreak");
+    }
+}
