@@ -234,19 +234,18 @@ impl LossWatch {
 /// Records to stdout: rendered, filtered by errno, folded for text.
 struct Sink {
     renderer: Renderer,
-    folder: Option<Folder>,
+    folder: Folder,
     errnos: Vec<i32>,
     out: io::BufWriter<io::Stdout>,
 }
 
 impl Sink {
     fn new(options: &OutputOptions) -> Self {
-        let (renderer, folder) = match options.format {
-            OutputFormat::Json => (Renderer::json(), None),
-            OutputFormat::Text => {
-                (Renderer::text(options.fold), (!options.fold.is_zero()).then(|| Folder::new(options.fold)))
-            }
+        let renderer = match options.format {
+            OutputFormat::Json => Renderer::Json,
+            OutputFormat::Text => Renderer::text(options.fold),
         };
+        let folder = renderer.folder();
         Self { renderer, folder, errnos: options.errnos.clone(), out: io::BufWriter::new(io::stdout()) }
     }
 
@@ -254,39 +253,31 @@ impl Sink {
         if !self.errnos.is_empty() && !record.errno.is_some_and(|e| self.errnos.contains(&e)) {
             return Ok(());
         }
-        match &mut self.folder {
-            Some(folder) => {
-                for ready in folder.push(record, Instant::now()) {
-                    self.write(&ready)?;
-                }
-                Ok(())
-            }
-            None => self.write(&record),
-        }
+        let ready = self.folder.push(record, Instant::now());
+        self.write_all(&ready)
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.folder.as_ref().and_then(Folder::next_deadline)
+        self.folder.next_deadline()
     }
 
     fn flush_due(&mut self) -> Result<(), TraceError> {
-        let due = self.folder.as_mut().map(|f| f.flush_due(Instant::now())).unwrap_or_default();
-        for record in due {
-            self.write(&record)?;
-        }
+        let due = self.folder.flush_due(Instant::now());
+        self.write_all(&due)?;
         self.flush()
     }
 
     fn finish(&mut self) -> Result<(), TraceError> {
-        let rest = self.folder.as_mut().map(Folder::flush_all).unwrap_or_default();
-        for record in rest {
-            self.write(&record)?;
-        }
+        let rest = self.folder.flush_all();
+        self.write_all(&rest)?;
         self.flush()
     }
 
-    fn write(&mut self, record: &Record) -> Result<(), TraceError> {
-        writeln!(self.out, "{}", self.renderer.render(record)).map_err(TraceError::Output)
+    fn write_all(&mut self, records: &[Record]) -> Result<(), TraceError> {
+        for record in records {
+            writeln!(self.out, "{}", self.renderer.render(record)).map_err(TraceError::Output)?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), TraceError> {

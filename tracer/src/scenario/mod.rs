@@ -2,3 +2,8 @@
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {}
+
+/// Placeholder until the scenarios land.
+pub fn run(_args: ScenarioArgs) -> Result<(), std::io::Error> {
+    Err(std::io::Error::other("scenarios are not built yet"))
+}

@@ -1,0 +1,86 @@
+//! `sockerr demo <incident>`: the incident reproduced by `sockerr scenario` in a
+//! throwaway network namespace, traced by this process, so a newcomer sees sockerr
+//! work in seconds. The scenario code is the one the end-to-end tests run.
+
+use std::{process::Stdio, time::Duration};
+
+use thiserror::Error;
+use tokio::{process::Command, sync::oneshot};
+
+use crate::{
+    cli::{DemoArgs, DemoIncident},
+    kernel::loader::Selection,
+    trace::{OutputOptions, TraceError, Tracer},
+};
+
+#[derive(Debug, Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("cannot find sockerr's own executable to run the scenario")]
+    Exe(#[source] std::io::Error),
+    #[error("cannot run the scenario")]
+    Spawn(#[source] std::io::Error),
+    #[error("the scenario failed ({status}); its output is above")]
+    Scenario { status: std::process::ExitStatus },
+}
+
+/// Time for records still in flight after the scenario ends (lookups, the ring poll).
+const GRACE: Duration = Duration::from_millis(300);
+
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let (scenario, actor) = match args.incident {
+        DemoIncident::Cilium => ("cilium", "demo-proxy"),
+    };
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
+    let selection = Selection { comms: vec![actor.into()], ..Default::default() };
+    let output = OutputOptions { format: args.output, fold: Duration::from_millis(500), errnos: Vec::new() };
+    let tracer = Tracer::start(&selection, output)?;
+    eprintln!("{}", intro(args.incident));
+
+    let child = Command::new(exe)
+        .args(["scenario", scenario])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(DemoError::Spawn)?;
+    let (ended, scenario_ended) = oneshot::channel();
+    let waiter = tokio::spawn(async move {
+        let status = child.wait_with_output().await.map(|out| out.status);
+        let _ = ended.send(());
+        status
+    });
+    tracer
+        .run_until(async {
+            let _ = scenario_ended.await;
+            tokio::time::sleep(GRACE).await;
+        })
+        .await?;
+    let status = waiter.await.map_err(|join| DemoError::Spawn(std::io::Error::other(join)))?.map_err(DemoError::Spawn)?;
+    if !status.success() {
+        return Err(DemoError::Scenario { status });
+    }
+    eprintln!("{}", outro(args.incident));
+    Ok(())
+}
+
+fn intro(incident: DemoIncident) -> &'static str {
+    match incident {
+        DemoIncident::Cilium => {
+            "demo: Cilium's Envoy incident, replayed in a throwaway network namespace.\n\
+             demo-client holds 127.0.0.7:40312 -> 127.0.0.19:443; demo-proxy (like Envoy) sets SO_MARK \
+             0x32030b00, SO_REUSEADDR and IP_TRANSPARENT, binds the client's ip:port and connects to \
+             the same upstream, 4 times (1 try + 3 retries). sockerr traces demo-proxy:"
+        }
+    }
+}
+
+fn outro(incident: DemoIncident) -> &'static str {
+    match incident {
+        DemoIncident::Cilium => {
+            "demo: Envoy only logged \"immediate connect error: 99\" and answered 503. sockerr names the \
+             socket, its options, the tuple and the live socket that holds it."
+        }
+    }
+}
