@@ -118,6 +118,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_enricher_serves_many_blocking_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Enricher>();
+        shareable::<EnrichError>();
+    }
+
+    #[test]
     fn process_facts_of_this_process() {
         let enricher = Enricher::new(PathBuf::from("/proc"));
         let pid = std::process::id();

@@ -178,7 +178,7 @@ impl SockDiag {
             let received =
                 self.socket.recv(&mut buffer, 0).map_err(|source| SockDiagError::Receive { source })?;
             let datagram = &buffer[..received.min(buffer.len())];
-            if read_datagram(datagram, transport, visit)? == Datagram::Done {
+            if read_datagram(datagram, self.sequence, transport, visit)? == Datagram::Done {
                 return Ok(());
             }
         }
@@ -212,9 +212,11 @@ enum Datagram {
     Done,
 }
 
-/// Walks the netlink messages of one received datagram.
+/// Walks the netlink messages of one received datagram. Messages of another request
+/// (left over from a dump abandoned on error) are skipped.
 fn read_datagram(
     datagram: &[u8],
+    sequence: u32,
     transport: Transport,
     visit: &mut dyn FnMut(DiagSocket),
 ) -> Result<Datagram, SockDiagError> {
@@ -224,9 +226,12 @@ fn read_datagram(
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes)
             .map_err(|source| SockDiagError::Decode { source })?;
         let length = message.header.length as usize;
+        let ours = message.header.sequence_number == sequence;
         match message.payload {
+            _ if !ours => {}
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                visit(diag_socket(transport, &response, &bytes[NETLINK_HEADER_LEN..length]));
+                let inet_diag_msg = bytes.get(NETLINK_HEADER_LEN..length).unwrap_or_default();
+                visit(diag_socket(transport, &response, inet_diag_msg));
             }
             NetlinkPayload::Done(_) => return Ok(Datagram::Done),
             NetlinkPayload::Error(error) if error.code.is_some() => {
@@ -319,7 +324,13 @@ mod tests {
     }
 
     fn message(payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
-        let mut message = NetlinkMessage::new(NetlinkHeader::default(), payload);
+        message_of_request(0, payload)
+    }
+
+    fn message_of_request(sequence: u32, payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = sequence;
+        let mut message = NetlinkMessage::new(header, payload);
         message.finalize();
         let mut bytes = vec![0; message.buffer_len()];
         message.serialize(&mut bytes);
@@ -362,7 +373,7 @@ mod tests {
         let mut datagram = message(SockDiagMessage::InetResponse(Box::new(inner)).into());
         datagram[NETLINK_HEADER_LEN..].copy_from_slice(&body);
         datagram.extend(message(NetlinkPayload::Done(DoneMessage::default())));
-        let outcome = read_datagram(&datagram, Transport::Tcp, &mut |s| seen.push(s)).unwrap();
+        let outcome = read_datagram(&datagram, 0, Transport::Tcp, &mut |s| seen.push(s)).unwrap();
 
         assert_eq!(outcome, Datagram::Done);
         assert_eq!(
@@ -398,7 +409,7 @@ mod tests {
         datagram.extend(message(SockDiagMessage::InetResponse(Box::new(listener)).into()));
 
         let mut seen = Vec::new();
-        let outcome = read_datagram(&datagram, Transport::Tcp, &mut |s| seen.push(s)).unwrap();
+        let outcome = read_datagram(&datagram, 0, Transport::Tcp, &mut |s| seen.push(s)).unwrap();
 
         assert_eq!(outcome, Datagram::More, "no NLMSG_DONE yet");
         assert_eq!(seen.len(), 2);
@@ -406,11 +417,24 @@ mod tests {
     }
 
     #[test]
+    fn messages_of_an_earlier_request_are_skipped() {
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let stale = response(10, None, "127.0.0.1:80".parse().unwrap(), any);
+        let mut datagram = message_of_request(1, SockDiagMessage::InetResponse(Box::new(stale)).into());
+        datagram.extend(message_of_request(1, NetlinkPayload::Done(DoneMessage::default())));
+        datagram.extend(message_of_request(2, NetlinkPayload::Done(DoneMessage::default())));
+
+        let mut seen = 0;
+        let outcome = read_datagram(&datagram, 2, Transport::Tcp, &mut |_| seen += 1).unwrap();
+        assert_eq!((outcome, seen), (Datagram::Done, 0));
+    }
+
+    #[test]
     fn a_kernel_error_ends_the_dump_with_its_errno() {
         let mut error = ErrorMessage::default();
         error.code = std::num::NonZeroI32::new(-libc::ENOENT);
         let datagram = message(NetlinkPayload::Error(error));
-        let err = read_datagram(&datagram, Transport::Udp, &mut |_| {}).unwrap_err();
+        let err = read_datagram(&datagram, 0, Transport::Udp, &mut |_| {}).unwrap_err();
         assert!(err.is_unsupported_protocol(), "{err:?}");
         assert_eq!(err.missing_capability(), None);
     }
