@@ -66,8 +66,8 @@ impl Enricher {
         Ok(findings)
     }
 
-    /// Inode of the network namespace of `pid` (what `ip netns identify` and
-    /// `lsns -t net` show), cached for a few seconds.
+    /// Inode of the network namespace of `pid` (the NS column of `lsns -t net`), cached
+    /// for a few seconds.
     pub fn netns_inode(&self, pid: u32) -> Result<u64, EnrichError> {
         let now = Instant::now();
         let cached = self.netns_inodes.lock().unwrap_or_else(PoisonError::into_inner).get(&pid, now);

@@ -35,7 +35,7 @@ pub enum SockDiagError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot receive the dump (no answer within {RECEIVE_TIMEOUT_SECS} s?)")]
+    #[error("cannot receive the dump{}", timed_out(source))]
     Receive {
         #[source]
         source: io::Error,
@@ -68,6 +68,14 @@ impl SockDiagError {
     /// CONFIG_INET_UDP_DIAG); see inet_diag_lock_handler in net/ipv4/inet_diag.c.
     pub(crate) fn is_unsupported_protocol(&self) -> bool {
         matches!(self, Self::Kernel { source } if source.raw_os_error() == Some(libc::ENOENT))
+    }
+}
+
+fn timed_out(err: &io::Error) -> String {
+    if err.kind() == io::ErrorKind::WouldBlock {
+        format!(" within {RECEIVE_TIMEOUT_SECS} s")
+    } else {
+        String::new()
     }
 }
 
@@ -437,6 +445,14 @@ mod tests {
         let err = read_datagram(&datagram, 0, Transport::Udp, &mut |_| {}).unwrap_err();
         assert!(err.is_unsupported_protocol(), "{err:?}");
         assert_eq!(err.missing_capability(), None);
+    }
+
+    #[test]
+    fn a_receive_timeout_says_so() {
+        let timeout = SockDiagError::Receive { source: io::Error::from_raw_os_error(libc::EAGAIN) };
+        assert_eq!(timeout.to_string(), "cannot receive the dump within 2 s");
+        let other = SockDiagError::Receive { source: io::Error::from_raw_os_error(libc::ENOBUFS) };
+        assert_eq!(other.to_string(), "cannot receive the dump");
     }
 
     #[test]
