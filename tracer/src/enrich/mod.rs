@@ -4,11 +4,31 @@
 //!
 //! Every lookup blocks (netlink, /proc), so callers run it off the event path
 //! (`tokio::task::spawn_blocking`).
+//!
+//! Layout: [`Enricher`] answers a [`Query`]; `netns` runs `answer` on a short-lived
+//! thread that entered the namespace, where `sock_diag` dumps sockets, `matching`
+//! decides which of them hold what the call wanted, and `port_range` and `interfaces`
+//! read the namespace's settings; back outside, `procfs` names the owning processes.
 
-use std::net::{IpAddr, SocketAddr};
+mod answer;
+mod enricher;
+mod interfaces;
+mod matching;
+mod netns;
+mod port_range;
+mod procfs;
+mod sock_diag;
+mod ttl_cache;
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use thiserror::Error;
 
+pub use self::{enricher::Enricher, netns::Netns, sock_diag::SockDiagError};
 use crate::record::{Holder, PortUsage};
 
 /// What to find out about one failure.
@@ -32,24 +52,107 @@ pub struct Findings {
     pub holders: Vec<Holder>,
     pub ports: Option<PortUsage>,
     pub address_is_local: Option<bool>,
+    /// Why the answer is incomplete: holders left out, or owners that could not be
+    /// looked for (a missing capability, the scan's time budget). Feeds `Record::note`.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Error)]
 pub enum EnrichError {
     #[error("process {pid} exited before its network namespace could be read")]
     ProcessGone { pid: u32 },
-    #[error("cannot enter the network namespace of pid {pid} (needs CAP_SYS_ADMIN)")]
+    #[error("cannot enter the network namespace {}{}", path.display(), needs(source, "CAP_SYS_ADMIN"))]
     Setns {
-        pid: u32,
+        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
-    #[error("sock_diag query failed (needs CAP_NET_ADMIN for other namespaces)")]
-    SockDiag(#[source] std::io::Error),
-    #[error("cannot read {path}")]
+    #[error("sock_diag query failed{}", source.missing_capability().map(|cap| format!(" (needs {cap})")).unwrap_or_default())]
+    SockDiag {
+        #[source]
+        source: SockDiagError,
+    },
+    /// /proc/PID/{fd,ns} of another user's process need ptrace access (PTRACE_MODE_READ,
+    /// see proc(5)), hence the capability named on EACCES/EPERM.
+    #[error("cannot read {}{}", path.display(), needs(source, "CAP_SYS_PTRACE"))]
     Proc {
-        path: String,
+        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
+    #[error("{} holds {text:?}, not two port numbers", path.display())]
+    PortRange { path: PathBuf, text: String },
+    #[error("cannot list the interface addresses of the network namespace")]
+    Interfaces {
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the thread that enters the network namespace")]
+    WorkerSpawn {
+        #[source]
+        source: io::Error,
+    },
+    #[error("the thread that entered the network namespace panicked")]
+    WorkerPanicked,
+}
+
+impl EnrichError {
+    /// The capability whose absence caused this error, so a daemon can say once at
+    /// start-up what its DaemonSet lacks instead of repeating it on every record.
+    pub fn missing_capability(&self) -> Option<&'static str> {
+        let denied = |err: &io::Error| err.kind() == io::ErrorKind::PermissionDenied;
+        match self {
+            Self::Setns { source, .. } if denied(source) => Some("CAP_SYS_ADMIN"),
+            Self::Proc { source, .. } if denied(source) => Some("CAP_SYS_PTRACE"),
+            Self::SockDiag { source } => source.missing_capability(),
+            _ => None,
+        }
+    }
+}
+
+/// " (needs CAP_X)" when `err` is EPERM/EACCES (both map to `PermissionDenied`).
+fn needs(err: &io::Error, capability: &str) -> String {
+    if err.kind() == io::ErrorKind::PermissionDenied {
+        format!(" (needs {capability})")
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_errors_name_the_missing_capability() {
+        let eperm = || io::Error::from_raw_os_error(libc::EPERM);
+        let setns = EnrichError::Setns { path: "/proc/7/ns/net".into(), source: eperm() };
+        assert_eq!(
+            setns.to_string(),
+            "cannot enter the network namespace /proc/7/ns/net (needs CAP_SYS_ADMIN)"
+        );
+        assert_eq!(setns.missing_capability(), Some("CAP_SYS_ADMIN"));
+
+        let eacces = io::Error::from_raw_os_error(libc::EACCES);
+        let proc = EnrichError::Proc { path: "/proc/7/fd".into(), source: eacces };
+        assert_eq!(proc.to_string(), "cannot read /proc/7/fd (needs CAP_SYS_PTRACE)");
+        assert_eq!(proc.missing_capability(), Some("CAP_SYS_PTRACE"));
+
+        let diag = EnrichError::SockDiag { source: SockDiagError::Kernel { source: eperm() } };
+        assert_eq!(diag.to_string(), "sock_diag query failed (needs CAP_NET_ADMIN)");
+        assert_eq!(diag.missing_capability(), Some("CAP_NET_ADMIN"));
+    }
+
+    #[test]
+    fn other_errors_name_no_capability() {
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        let setns = EnrichError::Setns { path: "/proc/7/ns/net".into(), source: einval };
+        assert_eq!(setns.to_string(), "cannot enter the network namespace /proc/7/ns/net");
+        assert_eq!(setns.missing_capability(), None);
+
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        let diag = EnrichError::SockDiag { source: SockDiagError::Kernel { source: enoent } };
+        assert_eq!(diag.to_string(), "sock_diag query failed");
+        assert_eq!(diag.missing_capability(), None);
+    }
 }

@@ -1,0 +1,148 @@
+//! The entry point: answers a [`Query`] for a process, in its network namespace, and
+//! names the processes that own the holders.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use tracing::debug;
+
+use super::{
+    EnrichError, Findings, Query, answer::answer_in_namespace, netns::Netns, procfs, ttl_cache::TtlCache,
+};
+
+/// A pid's namespace rarely changes; re-reading it for every process of the node on
+/// every failure of a retry storm would. A pid reused within this time costs at worst a
+/// wasted or skipped fd scan: socket inodes are unique across namespaces.
+const NETNS_INODE_TTL: Duration = Duration::from_secs(5);
+const NETNS_INODE_CACHE_SIZE: usize = 8192;
+
+/// The owner search reads fd tables one process at a time; past this it gives up and
+/// says so, leaving the holders without owners.
+const OWNER_SEARCH_BUDGET: Duration = Duration::from_millis(500);
+
+pub struct Enricher {
+    proc_root: PathBuf,
+    netns_inodes: Mutex<TtlCache<u32, u64>>,
+}
+
+impl Enricher {
+    /// `proc_root` is `/proc`, or where the host's procfs is mounted (`/host/proc` in a
+    /// DaemonSet), so pids are the host's, as the kernel programs report them.
+    pub fn new(proc_root: PathBuf) -> Self {
+        let cache = TtlCache::new(NETNS_INODE_TTL, NETNS_INODE_CACHE_SIZE);
+        Self { proc_root, netns_inodes: Mutex::new(cache) }
+    }
+
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    pub fn netns_of_process(&self, pid: u32) -> Netns {
+        Netns::of_process(&self.proc_root, pid)
+    }
+
+    pub fn netns_of_thread(&self, pid: u32, tid: u32) -> Netns {
+        Netns::of_thread(&self.proc_root, pid, tid)
+    }
+
+    /// Answers `query` in the network namespace of process `pid`. Blocks.
+    pub fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, EnrichError> {
+        self.lookup_in(&self.netns_of_process(pid), query)
+    }
+
+    /// Answers `query` in `netns`; owners are searched first among the fds of
+    /// `netns.pid()`, then in the other processes of that namespace. Blocks.
+    pub fn lookup_in(&self, netns: &Netns, query: &Query) -> Result<Findings, EnrichError> {
+        let proc_root = self.proc_root.clone();
+        let query_for_worker = query.clone();
+        let mut findings = netns.run(move || answer_in_namespace(&proc_root, &query_for_worker))?;
+        self.name_owners(netns, &mut findings);
+        Ok(findings)
+    }
+
+    /// Inode of the network namespace of `pid` (the NS column of `lsns -t net`), cached
+    /// for a few seconds.
+    pub fn netns_inode(&self, pid: u32) -> Result<u64, EnrichError> {
+        let now = Instant::now();
+        let cached = self.netns_inodes.lock().unwrap_or_else(PoisonError::into_inner).get(&pid, now);
+        if let Some(inode) = cached {
+            return Ok(inode);
+        }
+        let netns = self.netns_of_process(pid);
+        let inode = fs::metadata(netns.path()).map_err(|source| netns.open_error(source))?.ino();
+        self.netns_inodes.lock().unwrap_or_else(PoisonError::into_inner).insert(pid, inode, now);
+        Ok(inode)
+    }
+
+    /// /proc/PID/comm, trimmed; `None` once the process is gone.
+    pub fn process_name(&self, pid: u32) -> Option<String> {
+        procfs::read_comm(&self.proc_root.join(pid.to_string()))
+    }
+
+    fn name_owners(&self, netns: &Netns, findings: &mut Findings) {
+        // TIME_WAIT and request sockets have inode 0: no file, so no owner.
+        let wanted: HashSet<u64> =
+            findings.holders.iter().map(|holder| holder.inode).filter(|&inode| inode != 0).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let namespace = match fs::metadata(netns.path()) {
+            Ok(metadata) => Some(metadata.ino()),
+            Err(err) => {
+                debug!(path = %netns.path().display(), %err, "namespace gone: searching only its process");
+                None
+            }
+        };
+        let mut in_namespace = |pid| namespace.is_some() && self.netns_inode(pid).ok() == namespace;
+        let deadline = Instant::now() + OWNER_SEARCH_BUDGET;
+        let scan = procfs::find_owners(&self.proc_root, netns.pid(), &wanted, &mut in_namespace, deadline);
+
+        for holder in &mut findings.holders {
+            holder.owner = scan.owners.get(&holder.inode).cloned();
+        }
+        if !scan.notes.is_empty() {
+            let notes = findings.note.take().into_iter().chain(scan.notes);
+            findings.note = Some(notes.collect::<Vec<_>>().join("; "));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_enricher_serves_many_blocking_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Enricher>();
+        shareable::<EnrichError>();
+    }
+
+    #[test]
+    fn process_facts_of_this_process() {
+        let enricher = Enricher::new(PathBuf::from("/proc"));
+        let pid = std::process::id();
+        let own_comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(enricher.process_name(pid).as_deref(), Some(own_comm.trim_end()));
+
+        let own_inode = fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(enricher.netns_inode(pid).unwrap(), own_inode);
+        // Served from the cache the second time, with the same answer.
+        assert_eq!(enricher.netns_inode(pid).unwrap(), own_inode);
+    }
+
+    #[test]
+    fn facts_of_a_vanished_process() {
+        let enricher = Enricher::new(PathBuf::from("/nonexistent-proc"));
+        assert_eq!(enricher.process_name(42), None);
+        assert!(matches!(enricher.netns_inode(42), Err(EnrichError::ProcessGone { pid: 42 })));
+        let query = Query::AddressIsLocal { addr: "127.0.0.1".parse().unwrap() };
+        assert!(matches!(enricher.lookup(42, &query), Err(EnrichError::ProcessGone { pid: 42 })));
+    }
+}
