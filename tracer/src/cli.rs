@@ -32,7 +32,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// One line per failure, repeats folded.
+    /// One line per failure (every event with --all), repeats folded.
     Text,
     /// One JSON object per event and line (NDJSON), nothing folded.
     Json,
@@ -55,7 +55,9 @@ pub struct TraceArgs {
     /// repeatable).
     #[arg(long = "errno", value_name = "NAME|NUM", value_parser = crate::errno::parse_errno)]
     pub errnos: Vec<i32>,
-    /// Also report successful bind/connect of sockets that carry no recorded option.
+    /// Report successful bind/connect of every socket, not only of those carrying a
+    /// recorded option; text output then prints successes and setsockopt calls too
+    /// (by default it prints one line per failure).
     #[arg(long)]
     pub all: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

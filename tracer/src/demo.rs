@@ -34,7 +34,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
     let exe = std::env::current_exe().map_err(DemoError::Exe)?;
     let selection = Selection { comms: vec![actor.into()], ..Default::default() };
-    let output = OutputOptions { format: args.output, fold: Duration::from_millis(500), errnos: Vec::new() };
+    let output = OutputOptions {
+        format: args.output,
+        fold: Duration::from_millis(500),
+        errnos: Vec::new(),
+        text_successes: false,
+    };
     let tracer = Tracer::start(&selection, output)?;
     eprintln!("{}", intro(args.incident));
 
@@ -57,7 +62,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             tokio::time::sleep(GRACE).await;
         })
         .await?;
-    let status = waiter.await.map_err(|join| DemoError::Spawn(std::io::Error::other(join)))?.map_err(DemoError::Spawn)?;
+    let status = waiter
+        .await
+        .map_err(|join| DemoError::Spawn(std::io::Error::other(join)))?
+        .map_err(DemoError::Spawn)?;
     if !status.success() {
         return Err(DemoError::Scenario { status });
     }

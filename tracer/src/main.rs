@@ -9,9 +9,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Trace(args) => runtime().and_then(|rt| {
-            rt.block_on(tracer::trace::run(args)).map(drop).context("sockerr trace failed")
-        }),
+        Command::Trace(args) => runtime()
+            .and_then(|rt| rt.block_on(tracer::trace::run(args)).map(drop).context("sockerr trace failed")),
         Command::Demo(args) => {
             runtime().and_then(|rt| rt.block_on(tracer::demo::run(args)).context("sockerr demo failed"))
         }

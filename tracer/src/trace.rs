@@ -46,6 +46,8 @@ pub struct OutputOptions {
     pub fold: Duration,
     /// Print only failures with one of these errnos (empty: everything).
     pub errnos: Vec<i32>,
+    /// Text prints failures only unless this is set; JSON prints every record.
+    pub text_successes: bool,
 }
 
 /// What a run saw, for the closing log line.
@@ -58,9 +60,18 @@ pub struct Summary {
 }
 
 pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
-    let selection =
-        Selection { pids: args.pids.clone(), comms: args.comms.clone(), cgroup: args.cgroup.clone(), all: args.all };
-    let output = OutputOptions { format: args.output, fold: args.fold, errnos: args.errnos.clone() };
+    let selection = Selection {
+        pids: args.pids.clone(),
+        comms: args.comms.clone(),
+        cgroup: args.cgroup.clone(),
+        all: args.all,
+    };
+    let output = OutputOptions {
+        format: args.output,
+        fold: args.fold,
+        errnos: args.errnos.clone(),
+        text_successes: args.all,
+    };
     let tracer = Tracer::start(&selection, output)?;
     let stop = stop_signal(args.duration)?;
     tracer.run_until(stop).await
@@ -236,6 +247,7 @@ struct Sink {
     renderer: Renderer,
     folder: Folder,
     errnos: Vec<i32>,
+    failures_only: bool,
     out: io::BufWriter<io::Stdout>,
 }
 
@@ -246,15 +258,30 @@ impl Sink {
             OutputFormat::Text => Renderer::text(options.fold),
         };
         let folder = renderer.folder();
-        Self { renderer, folder, errnos: options.errnos.clone(), out: io::BufWriter::new(io::stdout()) }
+        // A person reads text: one line per failure. Programs get every event as JSON.
+        let failures_only = options.format == OutputFormat::Text && !options.text_successes;
+        Self {
+            renderer,
+            folder,
+            errnos: options.errnos.clone(),
+            failures_only,
+            out: io::BufWriter::new(io::stdout()),
+        }
     }
 
     fn accept(&mut self, record: Record) -> Result<(), TraceError> {
-        if !self.errnos.is_empty() && !record.errno.is_some_and(|e| self.errnos.contains(&e)) {
+        if !self.wanted(&record) {
             return Ok(());
         }
         let ready = self.folder.push(record, Instant::now());
         self.write_all(&ready)
+    }
+
+    fn wanted(&self, record: &Record) -> bool {
+        if !self.errnos.is_empty() {
+            return record.errno.is_some_and(|e| self.errnos.contains(&e));
+        }
+        !self.failures_only || record.errno.is_some()
     }
 
     fn deadline(&self) -> Option<Instant> {
