@@ -4,7 +4,8 @@ use tracer::cli::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Trace(_) | Command::Demo(_) | Command::Scenario(_) => {
+        Command::Scenario(args) => Ok(tracer::scenario::run(args)?),
+        Command::Trace(_) | Command::Demo(_) => {
             anyhow::bail!("not implemented yet")
         }
     }
