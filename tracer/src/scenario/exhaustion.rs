@@ -24,14 +24,12 @@ pub fn run(args: &ExhaustionArgs) -> Result<Report, Error> {
     let addrs = Addrs { ipv6 };
     let netns = netns::enter_new()?;
 
-    // An even first and odd last port: the kernel prefers the two ends to differ in parity
-    // (it scans ports in two parity passes), and the full range is then usable.
+    // An even count of ports from an even first one: the ends differ in parity, as the
+    // kernel prefers, and every port of the range is usable (see parse_port_count).
     let last = FIRST_PORT + args.ports - 1;
     netns::write_sysctl(RANGE_PATH, &format!("{FIRST_PORT} {last}"))?;
-    let range = parse_range(&netns::read_sysctl(RANGE_PATH)?).ok_or_else(|| Error::ProcNet {
-        path: RANGE_PATH.into(),
-        line: netns::read_sysctl(RANGE_PATH).unwrap_or_default(),
-    })?;
+    let written = netns::read_sysctl(RANGE_PATH)?;
+    let range = parse_range(&written).ok_or(Error::ProcNet { path: RANGE_PATH.into(), line: written })?;
 
     let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
     let mut proxy = Actor::spawn("proxy", "demo-proxy")?;

@@ -102,9 +102,20 @@ pub struct BindInUseArgs {
 pub struct ExhaustionArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Size of ip_local_port_range inside the namespace (starting at 40000).
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(2..=256))]
+    /// Size of ip_local_port_range inside the namespace (starting at 40000); even, from
+    /// 2 to 256.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = parse_port_count)]
     pub ports: u16,
+}
+
+/// The kernel scans the range in two parity passes over an even count of ports
+/// (__inet_hash_connect()): with an odd count a port may stay unused (a range of 3 gives 2
+/// connections here), and the scenario would no longer know how many to expect.
+fn parse_port_count(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(count) if (2..=256).contains(&count) && count % 2 == 0 => Ok(count),
+        _ => Err(format!("`{text}`: expected an even number of ports from 2 to 256")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,5 +230,20 @@ impl Addrs {
 
     pub fn upstream(&self) -> SocketAddr {
         SocketAddr::new(self.upstream_ip(), 443)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_counts_are_even_and_bounded() {
+        assert_eq!(parse_port_count("8"), Ok(8));
+        assert_eq!(parse_port_count("256"), Ok(256));
+        assert!(parse_port_count("7").is_err());
+        assert!(parse_port_count("0").is_err());
+        assert!(parse_port_count("258").is_err());
+        assert!(parse_port_count("many").is_err());
     }
 }
