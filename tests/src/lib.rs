@@ -1,1 +1,569 @@
+//! Harness of the end-to-end tests: run `sockerr trace` next to `sockerr scenario` and
+//! compare what the tracer printed with the scenario's report of what really happened.
+//!
+//! Everything is bounded in time, and every process started here is killed and reaped
+//! when its guard drops, also when a test panics half-way.
+//!
+//! Tests run in parallel and several scenarios share comm names (`demo-proxy`), so a
+//! tracer filtered on `--comm demo-proxy` also sees the proxies of concurrent tests. The
+//! tests therefore pick their records by the pids in their own scenario's report (pids are
+//! unique while the processes live, and the scenario keeps them alive until the tracer had
+//! time to look them up), and assert the netns of each record rather than filtering on it.
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+pub use tracer::scenario::Report;
+pub use tracer::scenario::report::{ActorFacts, Attempt, Gate, GateActors, HolderFacts};
+
+/// How long sockerr may take to load and attach its programs (the contract: it logs a
+/// line containing `tracing started` on stderr once they are attached).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a scenario may run (they take ~2 s: 1.5 s of that is the hold).
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long records may take to show up after the scenario finished.
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sockerr may take to exit after SIGINT.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READY_MARKER: &str = "tracing started";
+
+/// The release binary under test: $SOCKERR_BIN (set by `cargo xtask test`), else
+/// `<workspace>/target/release/sockerr`.
+pub fn sockerr_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SOCKERR_BIN") {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "SOCKERR_BIN={} does not exist: run `cargo xtask test`", path.display());
+        return path;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);
+    let path = target.join("release").join("sockerr");
+    assert!(
+        path.is_file(),
+        "no sockerr binary: SOCKERR_BIN is unset and {} does not exist. Run `cargo xtask test` \
+         (it builds the release binary and runs these tests as root).",
+        path.display()
+    );
+    path
+}
+
+/// These tests load eBPF programs and create network namespaces.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (eBPF, network namespaces): run `cargo xtask test`"
+    );
+}
+
+/// Output of a process, collected by reader threads.
+#[derive(Default)]
+struct Output {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    stdout_closed: bool,
+    stderr_closed: bool,
+}
+
+struct Shared {
+    output: Mutex<Output>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Output> {
+        // A panicking reader thread cannot leave the output inconsistent: keep using it.
+        self.output.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until `done` holds or `timeout` passed; returns whether it holds.
+    fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Output) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut output = self.lock();
+        loop {
+            if done(&output) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            output = self.changed.wait_timeout(output, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+/// A child process whose stdout and stderr lines are collected as they come. Dropping it
+/// kills and reaps the process.
+struct Process {
+    what: String,
+    child: Child,
+    shared: Arc<Shared>,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Process {
+    fn spawn(what: String, command: &mut Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let shared = Arc::new(Shared { output: Mutex::default(), changed: Condvar::new() });
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let readers = vec![
+            read_lines(stdout, Arc::clone(&shared), |output, line| match line {
+                Some(line) => output.stdout.push(line),
+                None => output.stdout_closed = true,
+            }),
+            read_lines(stderr, Arc::clone(&shared), |output, line| match line {
+                Some(line) => output.stderr.push(line),
+                None => output.stderr_closed = true,
+            }),
+        ];
+        Self { what, child, shared, readers, status: None }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn stderr(&self) -> String {
+        self.shared.lock().stderr.join("\n")
+    }
+
+    /// Waits (bounded) for the exit, which closes both pipes; kills on timeout.
+    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let exited = self.shared.wait_until(timeout, |o| o.stdout_closed && o.stderr_closed);
+        if !exited {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().map_err(|e| format!("waiting for {}: {e}", self.what))?;
+        self.status = Some(status);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        if exited {
+            Ok(status)
+        } else {
+            Err(format!("{} did not exit within {} s (killed)", self.what, timeout.as_secs()))
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn read_lines(
+    pipe: impl Read + Send + 'static,
+    shared: Arc<Shared>,
+    store: impl Fn(&mut Output, Option<String>) + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            store(&mut shared.lock(), Some(line));
+            shared.changed.notify_all();
+        }
+        store(&mut shared.lock(), None);
+        shared.changed.notify_all();
+    })
+}
+
+/// `sockerr trace ...` running in the background.
+pub struct Tracer {
+    process: Process,
+}
+
+/// What a stopped tracer printed.
+#[derive(Debug)]
+pub struct Stopped {
+    pub stdout: Vec<String>,
+    pub stderr: String,
+    pub status: ExitStatus,
+}
+
+impl Stopped {
+    /// Every stdout line as JSON (`--output json`): a line that is not JSON fails the test.
+    pub fn records(&self) -> Vec<Value> {
+        parse_records(&self.stdout)
+    }
+}
+
+impl Tracer {
+    /// Starts `sockerr trace <args>` and waits until it reports that its programs are
+    /// attached.
+    pub fn start(args: &[&str]) -> Self {
+        require_root();
+        let mut command = Command::new(sockerr_bin());
+        command.arg("trace").args(args).stdin(Stdio::null());
+        let what = format!("sockerr trace {}", args.join(" "));
+        let process = Process::spawn(what.clone(), &mut command);
+        let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
+            output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))
+        });
+        let mut tracer = Self { process };
+        let started = tracer.process.shared.lock().stderr.iter().any(|line| line.contains(READY_MARKER));
+        if !started {
+            let stderr = tracer.process.stderr();
+            if ready {
+                let status = match tracer.process.wait(STOP_TIMEOUT) {
+                    Ok(status) => status.to_string(),
+                    Err(e) => e,
+                };
+                panic!("{what} exited before reporting `{READY_MARKER}` ({status}): stderr:\n{stderr}");
+            }
+            panic!(
+                "{what} did not report `{READY_MARKER}` on stderr within {} s: stderr:\n{stderr}",
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        tracer
+    }
+
+    /// Stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.process.shared.lock().stdout.clone()
+    }
+
+    /// Waits until at least `count` JSON records satisfy `matches`; returns them. Fails the
+    /// test with everything printed so far when they do not arrive within `timeout`.
+    pub fn wait_for_records(
+        &self,
+        count: usize,
+        timeout: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let arrived = self.process.shared.wait_until(timeout, |output| {
+            parse_records(&output.stdout).iter().filter(|r| matches(r)).count() >= count
+        });
+        let output = self.process.shared.lock();
+        let records = parse_records(&output.stdout);
+        assert!(
+            arrived,
+            "{}: expected {count} matching records within {} s, got {}.\nstdout:\n{}\nstderr:\n{}",
+            self.process.what,
+            timeout.as_secs(),
+            records.iter().filter(|r| matches(r)).count(),
+            output.stdout.join("\n"),
+            output.stderr.join("\n"),
+        );
+        records.into_iter().filter(|r| matches(r)).collect()
+    }
+
+    /// Waits until a stdout line satisfies `matches` (`--output text`).
+    pub fn wait_for_line(&self, timeout: Duration, matches: impl Fn(&str) -> bool) -> String {
+        let arrived =
+            self.process.shared.wait_until(timeout, |output| output.stdout.iter().any(|l| matches(l)));
+        let output = self.process.shared.lock();
+        assert!(
+            arrived,
+            "{}: no matching line within {} s.\nstdout:\n{}\nstderr:\n{}",
+            self.process.what,
+            timeout.as_secs(),
+            output.stdout.join("\n"),
+            output.stderr.join("\n"),
+        );
+        output.stdout.iter().find(|l| matches(l)).cloned().expect("just found")
+    }
+
+    /// SIGINT, then a bounded wait for the exit (killed on timeout, which fails the test).
+    pub fn stop(mut self) -> Stopped {
+        let what = self.process.what.clone();
+        kill(self.process.pid(), Signal::SIGINT).unwrap_or_else(|e| panic!("SIGINT to {what}: {e}"));
+        let status = self.process.wait(STOP_TIMEOUT);
+        let output = self.process.shared.lock();
+        let stderr = output.stderr.join("\n");
+        let status = status.unwrap_or_else(|e| panic!("{e}: stderr:\n{stderr}"));
+        Stopped { stdout: output.stdout.clone(), stderr, status }
+    }
+}
+
+fn parse_records(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+        })
+        .collect()
+}
+
+/// Runs `sockerr scenario <name> <args>` to the end and returns its report.
+pub fn run_scenario(name: &str, args: &[&str]) -> Report {
+    ScenarioRun::start(name, args).finish()
+}
+
+/// A scenario in flight (see `--gate`).
+pub struct ScenarioRun {
+    process: Process,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl ScenarioRun {
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        require_root();
+        let mut command = Command::new(sockerr_bin());
+        command.arg("scenario").arg(name).args(args).stdin(Stdio::piped());
+        let mut process = Process::spawn(format!("sockerr scenario {name} {}", args.join(" ")), &mut command);
+        let stdin = process.child.stdin.take();
+        Self { process, stdin }
+    }
+
+    /// With `--gate`: waits for the actors' pids (the first stdout line).
+    pub fn gate(&self) -> GateActors {
+        let arrived =
+            self.process.shared.wait_until(SCENARIO_TIMEOUT, |o| !o.stdout.is_empty() || o.stdout_closed);
+        let output = self.process.shared.lock();
+        let line = output.stdout.first().filter(|_| arrived).unwrap_or_else(|| {
+            panic!("{}: no gate line; stderr:\n{}", self.process.what, output.stderr.join("\n"))
+        });
+        let gate: Gate = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad gate line ({e}): {line}"));
+        gate.gate
+    }
+
+    /// Lets a gated scenario go on.
+    pub fn open(&mut self) {
+        // Closing stdin is a go as well as a newline; this keeps it simple.
+        drop(self.stdin.take());
+    }
+
+    /// Waits (bounded) for the end and parses the report (the last stdout line).
+    pub fn finish(mut self) -> Report {
+        self.open();
+        let status = self.process.wait(SCENARIO_TIMEOUT);
+        let output = self.process.shared.lock();
+        let stderr = output.stderr.join("\n");
+        let what = &self.process.what;
+        match status {
+            Ok(status) if status.success() => {}
+            Ok(status) => panic!("{what} failed ({status}): stderr:\n{stderr}"),
+            Err(e) => panic!("{e}: stderr:\n{stderr}"),
+        }
+        let line =
+            output.stdout.last().unwrap_or_else(|| panic!("{what} printed no report; stderr:\n{stderr}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: bad report ({e}): {line}"))
+    }
+}
+
+/// Accessors for sockerr's records (docs/design.md, "Record schema").
+pub trait RecordExt {
+    fn str_at(&self, pointer: &str) -> Option<&str>;
+    fn u64_at(&self, pointer: &str) -> Option<u64>;
+    fn event(&self) -> &str;
+    fn pid(&self) -> Option<u64>;
+}
+
+impl RecordExt for Value {
+    fn str_at(&self, pointer: &str) -> Option<&str> {
+        self.pointer(pointer).and_then(Value::as_str)
+    }
+
+    fn u64_at(&self, pointer: &str) -> Option<u64> {
+        self.pointer(pointer).and_then(Value::as_u64)
+    }
+
+    fn event(&self) -> &str {
+        self.str_at("/event").unwrap_or("")
+    }
+
+    fn pid(&self) -> Option<u64> {
+        self.u64_at("/pid")
+    }
+}
+
+/// The actor of `role` in a report; fails the test when the scenario has none.
+pub fn actor<'r>(report: &'r Report, role: &str) -> &'r ActorFacts {
+    report.actor(role).unwrap_or_else(|| panic!("the {} report has no {role}: {report:?}", report.scenario))
+}
+
+/// `address` as sockerr prints it ("ip:port", IPv6 as "[ip]:port"), or JSON null.
+pub fn addr_json(address: Option<std::net::SocketAddr>) -> Value {
+    address.map_or(Value::Null, |a| Value::String(a.to_string()))
+}
+
+/// Asserts the fields every failure record shares with the report's attempt.
+pub fn assert_failure_matches(record: &Value, attempt: &Attempt, report: &Report) {
+    let context = || format!("record: {record}\nattempt: {attempt:?}");
+    assert_eq!(record.event(), attempt.event, "{}", context());
+    assert_eq!(record.pid(), Some(u64::from(attempt.pid)), "{}", context());
+    assert_eq!(record.str_at("/comm"), Some(attempt.comm.as_str()), "{}", context());
+    assert_eq!(record["fd"], Value::from(attempt.fd), "{}", context());
+    assert_eq!(record["errno"], Value::from(attempt.errno), "{}", context());
+    assert_eq!(record.str_at("/error"), Some(attempt.error.as_str()), "{}", context());
+    assert_eq!(record["async"], Value::Bool(attempt.is_async), "{}", context());
+    assert_eq!(record["dst"], addr_json(attempt.dst), "{}", context());
+    match (attempt.src, attempt.src_port) {
+        (Some(src), _) => assert_eq!(record["src"], addr_json(Some(src)), "{}", context()),
+        // The kernel had already cleared the address when the scenario asked: the port is
+        // what the scenario knows of the source.
+        (None, Some(port)) => {
+            let src: std::net::SocketAddr = record
+                .str_at("/src")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no parsable src, expected port {port}\n{}", context()));
+            assert_eq!(src.port(), port, "{}", context());
+        }
+        (None, None) => {}
+    }
+    assert_eq!(record["sockopts"], serde_json::to_value(&attempt.sockopts).unwrap(), "{}", context());
+    assert_eq!(record.u64_at("/netns"), Some(report.netns), "{}", context());
+}
+
+/// Asserts a record's `holder` (and its presence in `holders`) against the report's.
+pub fn assert_holder_matches(record: &Value, holder: &HolderFacts) {
+    let context = || format!("record: {record}\nexpected holder: {holder:?}");
+    let found = &record["holder"];
+    assert!(found.is_object(), "no holder\n{}", context());
+    assert_eq!(found["pid"], holder.pid.map_or(Value::Null, Value::from), "{}", context());
+    assert_eq!(found["comm"], holder.comm.as_deref().map_or(Value::Null, Value::from), "{}", context());
+    assert_eq!(found["fd"], holder.fd.map_or(Value::Null, Value::from), "{}", context());
+    assert_eq!(found.str_at("/state"), Some(holder.state.as_str()), "{}", context());
+    assert_eq!(found["src"], addr_json(Some(holder.src)), "{}", context());
+    assert_eq!(found["dst"], addr_json(holder.dst), "{}", context());
+    if holder.inode != 0 {
+        assert_eq!(found.u64_at("/inode"), Some(holder.inode), "{}", context());
+    }
+    let holders = record["holders"].as_array().unwrap_or_else(|| panic!("no holders array\n{}", context()));
+    assert!(holders.contains(found), "holder missing from holders\n{}", context());
+}
+
+/// What the folded text line of a `cilium` run must contain (format: docs/design.md and
+/// the example `... EADDRNOTAVAIL connect envoy[401] fd=131 10.0.1.7:40312 -> 52.216.8.19:443
+/// opts=SO_MARK=0x32030b00(cilium id=12803),SO_REUSEADDR cause=tuple_in_use
+/// held-by=envoy[401] fd=77 ESTABLISHED (4 in 500ms)`).
+pub fn cilium_text_expectations(report: &Report) -> Vec<String> {
+    let proxy = actor(report, "proxy");
+    let client = actor(report, "client");
+    let attempts = report.attempts_of("proxy");
+    let first = attempts.first().unwrap_or_else(|| panic!("no proxy attempt: {report:?}"));
+    let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
+    let mark = report.mark.as_ref().expect("cilium reports its mark");
+    let src = first.src.expect("the proxy bound the client's address");
+    let dst = first.dst.expect("connect has a destination");
+    let mut expected = vec![
+        format!("{} connect {}[{}] fd={} {src} -> {dst} ", first.error, proxy.comm, proxy.pid, first.fd),
+        format!("SO_MARK={}", mark.value),
+        format!("cilium id={}", mark.identity),
+        "cause=tuple_in_use".to_owned(),
+        format!(
+            "held-by={}[{}] fd={} {}",
+            client.comm,
+            client.pid,
+            holder.fd.expect("client fd"),
+            holder.state
+        ),
+        format!("({} in ", attempts.len()),
+    ];
+    // Boolean options print as their bare name.
+    expected.extend(first.sockopts.keys().filter(|name| name.as_str() != "SO_MARK").cloned());
+    expected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real report of `sockerr scenario cilium` (trimmed to 2 attempts).
+    const REPORT: &str = r#"{"scenario":"cilium","ipv6":false,"netns":4026532177,"hold_ms":1500,"elapsed_ms":1561,
+        "actors":[{"role":"proxy","pid":29945,"comm":"demo-proxy"},{"role":"client","pid":29944,"comm":"demo-client"},
+                  {"role":"upstream","pid":29943,"comm":"demo-upstream"}],
+        "attempts":[
+          {"pid":29945,"comm":"demo-proxy","fd":3,"call":"connect","event":"connect_error","nonblocking":true,
+           "sockopts":{"IP_TRANSPARENT":1,"SO_MARK":"0x32030b00","SO_REUSEADDR":1},"src":"127.0.0.7:40312",
+           "src_port":40312,"dst":"127.0.0.19:443","errno":99,"error":"EADDRNOTAVAIL","async":false,
+           "returned":"EADDRNOTAVAIL","at_ms":0.0},
+          {"pid":29945,"comm":"demo-proxy","fd":3,"call":"connect","event":"connect_error","nonblocking":true,
+           "sockopts":{"IP_TRANSPARENT":1,"SO_MARK":"0x32030b00","SO_REUSEADDR":1},"src":"127.0.0.7:40312",
+           "src_port":40312,"dst":"127.0.0.19:443","errno":99,"error":"EADDRNOTAVAIL","async":false,
+           "returned":"EADDRNOTAVAIL","at_ms":4.1}],
+        "holders":[{"pid":29944,"comm":"demo-client","fd":3,"inode":50499,"state":"ESTABLISHED",
+                    "src":"127.0.0.7:40312","dst":"127.0.0.19:443","timer_ms":null}],
+        "connections":[{"pid":29944,"comm":"demo-client","fd":3,"src":"127.0.0.7:40312","dst":"127.0.0.19:443"}],
+        "ports":null,"mark":{"value":"0x32030b00","magic":"0x0b00","identity":12803,"cluster":0}}"#;
+
+    /// A record as docs/design.md specifies it, for the first attempt of REPORT.
+    fn record() -> Value {
+        let holder = serde_json::json!({"pid": 29944, "comm": "demo-client", "fd": 3, "inode": 50499,
+            "state": "ESTABLISHED", "src": "127.0.0.7:40312", "dst": "127.0.0.19:443", "timer_ms": null});
+        serde_json::json!({
+            "time": "2026-05-20T12:53:25.866000Z", "event": "connect_error", "pid": 29945, "tid": 29945,
+            "comm": "demo-proxy", "thread": "demo-proxy", "fd": 3, "errno": 99, "error": "EADDRNOTAVAIL",
+            "async": false, "src": "127.0.0.7:40312", "dst": "127.0.0.19:443",
+            "sockopts": {"SO_MARK": "0x32030b00", "SO_REUSEADDR": 1, "IP_TRANSPARENT": 1},
+            "mark": {"identity": 12803}, "sockopt": null, "cause": "tuple_in_use",
+            "holder": holder.clone(), "holders": [holder], "ports": null, "note": null,
+            "netns": 4026532177u64, "cgroup_id": 1
+        })
+    }
+
+    fn report() -> Report {
+        serde_json::from_str(REPORT).expect("the sample report parses")
+    }
+
+    #[test]
+    fn a_record_matching_the_report_passes() {
+        let report = report();
+        assert_failure_matches(&record(), &report.attempts[0], &report);
+        assert_holder_matches(&record(), &report.holders[0]);
+    }
+
+    #[test]
+    fn mismatches_fail() {
+        let report = report();
+        let mutations: [(&str, Value); 6] = [
+            ("/errno", Value::from(98)),
+            ("/fd", Value::from(4)),
+            ("/async", Value::Bool(true)),
+            ("/src", Value::from("127.0.0.7:40313")),
+            ("/sockopts/SO_MARK", Value::from("0x32030b01")),
+            ("/netns", Value::from(1)),
+        ];
+        for (pointer, value) in mutations {
+            let mut record = record();
+            *record.pointer_mut(pointer).unwrap() = value;
+            let result =
+                std::panic::catch_unwind(|| assert_failure_matches(&record, &report.attempts[0], &report));
+            assert!(result.is_err(), "a wrong {pointer} passed");
+        }
+        let mut record = record();
+        record["holder"]["pid"] = Value::from(1);
+        assert!(std::panic::catch_unwind(|| assert_holder_matches(&record, &report.holders[0])).is_err());
+    }
+
+    #[test]
+    fn text_expectations_fit_the_documented_line() {
+        let report = report();
+        let line = "12:53:25.866 EADDRNOTAVAIL connect demo-proxy[29945] fd=3 127.0.0.7:40312 -> \
+                    127.0.0.19:443 opts=SO_MARK=0x32030b00(cilium id=12803),SO_REUSEADDR,IP_TRANSPARENT \
+                    cause=tuple_in_use held-by=demo-client[29944] fd=3 ESTABLISHED (2 in 4ms)";
+        for part in cilium_text_expectations(&report) {
+            assert!(line.contains(&part), "`{part}` not in {line}");
+        }
+        let unfolded = line.replace("(2 in 4ms)", "");
+        assert!(!cilium_text_expectations(&report).iter().all(|part| unfolded.contains(part)));
+    }
+
+    #[test]
+    #[should_panic(expected = "not JSON")]
+    fn non_json_output_fails() {
+        parse_records(&["{\"event\":\"bind_error\"}".to_owned(), "12:53:25 EADDRINUSE bind".to_owned()]);
+    }
+}

@@ -1,0 +1,62 @@
+//! bind() failures: the address held by a listening socket (a process), or by a TIME_WAIT
+//! socket (no process).
+
+use serde_json::Value;
+use sockerr_e2e::*;
+
+#[test]
+fn bind_in_use_ipv4() {
+    bind_in_use(false);
+}
+
+#[test]
+fn bind_in_use_ipv6() {
+    bind_in_use(true);
+}
+
+fn bind_in_use(ipv6: bool) {
+    let tracer = Tracer::start(&["--comm", "demo-proxy", "--output", "json"]);
+    let report = run_scenario("bind-in-use", if ipv6 { &["--ipv6"] } else { &[] });
+    let proxy = actor(&report, "proxy");
+    let upstream = actor(&report, "upstream");
+    let [attempt] = report.attempts_of("proxy")[..] else { panic!("one proxy attempt expected: {report:?}") };
+    let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
+    assert_eq!(holder.pid, Some(upstream.pid), "{report:?}");
+
+    let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "bind_error";
+    tracer.wait_for_records(1, RECORD_TIMEOUT, is_failure);
+    let records: Vec<Value> = tracer.stop().records().into_iter().filter(is_failure).collect();
+    let [record] = records.as_slice() else { panic!("one bind_error expected: {records:#?}") };
+
+    assert_failure_matches(record, attempt, &report);
+    assert_eq!(record.str_at("/cause"), Some("port_in_use"), "{record}");
+    assert_holder_matches(record, holder);
+    assert_eq!(record.str_at("/holder/state"), Some("LISTEN"), "{record}");
+}
+
+#[test]
+fn bind_time_wait() {
+    let tracer = Tracer::start(&["--comm", "demo-proxy", "--output", "json"]);
+    let report = run_scenario("bind-time-wait", &[]);
+    let proxy = actor(&report, "proxy");
+    let [attempt] = report.attempts_of("proxy")[..] else { panic!("one proxy attempt expected: {report:?}") };
+    let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
+
+    let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "bind_error";
+    tracer.wait_for_records(1, RECORD_TIMEOUT, is_failure);
+    let records: Vec<Value> = tracer.stop().records().into_iter().filter(is_failure).collect();
+    let [record] = records.as_slice() else { panic!("one bind_error expected: {records:#?}") };
+
+    assert_failure_matches(record, attempt, &report);
+    assert_eq!(record.str_at("/cause"), Some("port_in_use"), "{record}");
+    // No process owns a TIME_WAIT socket: pid/comm/fd null, and the timer counts down
+    // from 60 s (TCP_TIMEWAIT_LEN).
+    assert_holder_matches(record, holder);
+    assert_eq!(record.str_at("/holder/state"), Some("TIME_WAIT"), "{record}");
+    assert_eq!(record["holder"]["pid"], Value::Null, "{record}");
+    // The tracer looks later than the scenario did, so less time is left; the scenario's
+    // value comes from /proc/net/tcp in USER_HZ ticks (10 ms), truncated.
+    let timer = record.u64_at("/holder/timer_ms").unwrap_or_else(|| panic!("no holder.timer_ms: {record}"));
+    let at_report = holder.timer_ms.expect("the scenario read the timer");
+    assert!(timer > 0 && timer < at_report + 10, "timer_ms {timer} not in (0, {at_report} + 10): {record}");
+}

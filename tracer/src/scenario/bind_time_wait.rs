@@ -1,0 +1,122 @@
+//! A proxy binds the ip:port of a connection that was closed a moment ago: EADDRINUSE (98),
+//! and no process holds the address. The side that closes first (here the client) keeps
+//! the 4-tuple in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN); the timewait socket stays in the
+//! port's bind bucket, and inet_bind_conflict() counts it unless both sides set
+//! SO_REUSEADDR. https://elixir.bootlin.com/linux/v6.18/source/net/ipv4/tcp_minisocks.c
+//! (tcp_time_wait), .../net/ipv4/inet_connection_sock.c (inet_bind_conflict).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+
+use super::procnet::{self, TIME_WAIT, TcpEntry};
+use super::report::{Connection, HolderFacts, Report};
+use super::runner::{self, Actor, Plan};
+use super::{Addrs, CommonArgs, Error, netns};
+
+const CLIENT_PORT: u16 = 40313;
+/// Loopback delivers the last FIN/ACK within microseconds; this only bounds a broken run.
+const TIME_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn run(common: &CommonArgs) -> Result<Report, Error> {
+    let started = Instant::now();
+    let ipv6 = common.ipv6;
+    let addrs = Addrs { ipv6 };
+    let netns = netns::enter_new()?;
+
+    let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
+    let mut client = Actor::spawn("client", "demo-client")?;
+    let mut proxy = Actor::spawn("proxy", "demo-proxy")?;
+    runner::gate(common, netns, &[&upstream, &client, &proxy])?;
+
+    let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
+    let client_addr = SocketAddr::new(addrs.client_ip(), CLIENT_PORT);
+    let (client_fd, _) = client.socket(ipv6, false)?;
+    client.bind_ok(client_fd, client_addr)?;
+    client.connect_ok(client_fd, addrs.upstream())?;
+    let accepted = upstream.accept(listener, Duration::from_secs(2))?;
+
+    // Active close by the client (FIN_WAIT1 -> FIN_WAIT2); the upstream sees EOF and closes
+    // too, and the client's ACK of that FIN puts the client's side into TIME_WAIT. Without
+    // the upstream's close the client would sit in FIN_WAIT2, which also blocks the port but
+    // is not what this scenario is about.
+    client.close(client_fd)?;
+    upstream.await_eof(accepted.fd, Duration::from_secs(2))?;
+    upstream.close(accepted.fd)?;
+    let time_wait = wait_for_time_wait(ipv6, client_addr, addrs.upstream())?;
+
+    let plan = Plan { bind: Some(client_addr), ..Plan::new(ipv6) };
+    let opened = proxy.open(&plan)?;
+    proxy.close(opened.fd)?;
+    let attempts: Vec<_> = opened.attempt(&proxy, &plan, Duration::ZERO).into_iter().collect();
+
+    // Still there after the failure (60 s timer): this is the holder a tracer should find.
+    let sockets = procnet::tcp_sockets(ipv6)?;
+    let held = sockets
+        .iter()
+        .find(|entry| is_time_wait(entry, client_addr, addrs.upstream()))
+        .or(time_wait.as_ref());
+    let holders = held
+        .map(|entry| HolderFacts {
+            pid: None,
+            comm: None,
+            fd: None,
+            inode: entry.inode,
+            state: entry.state_name().into(),
+            src: entry.local,
+            dst: Some(entry.remote),
+            timer_ms: entry.timer_ms,
+        })
+        .into_iter()
+        .collect();
+
+    let report = Report {
+        scenario: "bind-time-wait".into(),
+        ipv6,
+        netns,
+        hold_ms: common.hold_ms,
+        elapsed_ms: 0,
+        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
+        attempts,
+        holders,
+        connections: vec![Connection {
+            pid: client.pid,
+            comm: client.comm.clone(),
+            fd: client_fd,
+            src: client_addr,
+            dst: accepted.local,
+        }],
+        ports: None,
+        mark: None,
+    };
+    let reproduced = time_wait.is_some()
+        && report.attempts.len() == 1
+        && report.attempts[0].errno == Errno::EADDRINUSE as i32
+        && report.holders.len() == 1;
+    if !reproduced {
+        return Err(super::not_reproduced(
+            "expected the client's side in TIME_WAIT and the proxy's bind() to fail with EADDRINUSE",
+            &report,
+        ));
+    }
+    runner::hold_and_finish(common, vec![proxy, client, upstream])?;
+    Ok(Report { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+}
+
+fn is_time_wait(entry: &TcpEntry, local: SocketAddr, remote: SocketAddr) -> bool {
+    entry.state == TIME_WAIT && entry.local == local && entry.remote == remote
+}
+
+/// The last ACK is processed in softirq context, possibly just after close() returned:
+/// there is no event to wait on, so look (bounded) until the kernel lists the socket.
+fn wait_for_time_wait(ipv6: bool, local: SocketAddr, remote: SocketAddr) -> Result<Option<TcpEntry>, Error> {
+    let deadline = Instant::now() + TIME_WAIT_TIMEOUT;
+    loop {
+        let found = procnet::tcp_sockets(ipv6)?.into_iter().find(|entry| is_time_wait(entry, local, remote));
+        if found.is_some() || Instant::now() >= deadline {
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,152 @@
+//! The ground truth a scenario prints: what each actor did and what the kernel answered.
+//! Field names and value formats follow sockerr's JSON records (docs/design.md) where the
+//! two describe the same thing, so that tests compare them field by field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Scenario name as on the command line, e.g. "cilium".
+    pub scenario: String,
+    pub ipv6: bool,
+    /// Inode of the scenario's network namespace (all actors share it).
+    pub netns: u64,
+    pub hold_ms: u64,
+    /// Wall time of the whole run, hold included.
+    pub elapsed_ms: u64,
+    pub actors: Vec<ActorFacts>,
+    /// Every failing call, in the order they happened.
+    pub attempts: Vec<Attempt>,
+    /// Sockets that held what the failing calls wanted, as the kernel listed them while
+    /// the failures happened (empty when nothing holds anything, e.g. `refused`).
+    pub holders: Vec<HolderFacts>,
+    /// Connections that succeeded before the failure (`exhaustion`), or that set up the
+    /// conflict (the client's connection in `cilium`).
+    pub connections: Vec<Connection>,
+    /// `exhaustion`: the namespace's ip_local_port_range and the ports in use.
+    pub ports: Option<PortFacts>,
+    /// `cilium`: how the SO_MARK value was built (Cilium's proxy mark layout).
+    pub mark: Option<CiliumMark>,
+}
+
+impl Report {
+    pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
+        self.actors.iter().find(|actor| actor.role == role)
+    }
+
+    /// The attempts made by the actor playing `role`.
+    pub fn attempts_of(&self, role: &str) -> Vec<&Attempt> {
+        match self.actor(role) {
+            Some(actor) => self.attempts.iter().filter(|attempt| attempt.pid == actor.pid).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorFacts {
+    /// proxy, client, upstream, other.
+    pub role: String,
+    pub pid: u32,
+    /// As read back with PR_GET_NAME.
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    Connect,
+    Bind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: i32,
+    /// The call that failed.
+    pub call: Call,
+    /// sockerr's `event` for it: connect_error or bind_error.
+    pub event: String,
+    pub nonblocking: bool,
+    /// Options set on the socket before the call, as sockerr renders them.
+    pub sockopts: BTreeMap<String, serde_json::Value>,
+    /// The socket's address: bind(): the wanted address; connect(): getsockname() right
+    /// after the call. None when the kernel had already cleared the address again
+    /// (a blocking connect that failed keeps only the port: see `src_port`).
+    pub src: Option<SocketAddr>,
+    /// The source port the call used, when known.
+    pub src_port: Option<u16>,
+    /// connect(): the destination; bind(): None.
+    pub dst: Option<SocketAddr>,
+    /// The failure as a positive errno and its name.
+    pub errno: i32,
+    pub error: String,
+    /// True when the call itself returned `returned` (EINPROGRESS) and the error came
+    /// later through SO_ERROR.
+    #[serde(rename = "async")]
+    pub is_async: bool,
+    /// What the call itself returned: the error, or EINPROGRESS for `async` ones.
+    pub returned: String,
+    /// Milliseconds since the first attempt of this actor.
+    pub at_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderFacts {
+    /// Owner; all None when no process owns the socket (TIME_WAIT).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub fd: Option<i32>,
+    /// Socket inode; 0 when no file refers to it (TIME_WAIT).
+    pub inode: u64,
+    /// TCP state as /proc/net/tcp showed it, named as sockerr names it.
+    pub state: String,
+    pub src: SocketAddr,
+    pub dst: Option<SocketAddr>,
+    /// Time left on the socket's timer when it was checked (TIME_WAIT).
+    pub timer_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: i32,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFacts {
+    /// ip_local_port_range as read back from the namespace.
+    pub range: [u16; 2],
+    /// Ports to the destination held when connect() failed.
+    pub in_use: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiliumMark {
+    /// "0x32030b00"
+    pub value: String,
+    /// Low 16 bits: 0x0b00 marks egress traffic of Cilium's proxy.
+    pub magic: String,
+    /// Security identity in bits 16..32.
+    pub identity: u32,
+    pub cluster: u32,
+}
+
+/// What `--gate` prints before anything fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    pub gate: GateActors,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateActors {
+    pub netns: u64,
+    pub actors: Vec<ActorFacts>,
+}
