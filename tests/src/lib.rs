@@ -306,6 +306,25 @@ fn parse_records(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// What a command printed when it ran to the end.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to the end (killed, failing the test, after `timeout`).
+pub fn run_to_end(what: &str, command: &mut Command, timeout: Duration) -> Finished {
+    command.stdin(Stdio::null());
+    let mut process = Process::spawn(what.to_string(), command);
+    let status = process.wait(timeout);
+    let output = process.shared.lock();
+    let (stdout, stderr) = (output.stdout.join("\n"), output.stderr.join("\n"));
+    let status = status.unwrap_or_else(|e| panic!("{e}: stderr:\n{stderr}"));
+    Finished { status, stdout, stderr }
+}
+
 /// Runs `sockerr scenario <name> <args>` to the end and returns its report.
 pub fn run_scenario(name: &str, args: &[&str]) -> Report {
     ScenarioRun::start(name, args).finish()
@@ -319,9 +338,22 @@ pub struct ScenarioRun {
 
 impl ScenarioRun {
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, args, None)
+    }
+
+    /// Starts the scenario as a member of the cgroup v2 directory `cgroup`: the runner
+    /// joins it before exec, so every actor it starts is in it too.
+    pub fn start_in_cgroup(name: &str, args: &[&str], cgroup: &Path) -> Self {
+        Self::spawn(name, args, Some(cgroup))
+    }
+
+    fn spawn(name: &str, args: &[&str], cgroup: Option<&Path>) -> Self {
         require_root();
         let mut command = Command::new(sockerr_bin());
         command.arg("scenario").arg(name).args(args).stdin(Stdio::piped());
+        if let Some(cgroup) = cgroup {
+            join_cgroup_before_exec(&mut command, cgroup);
+        }
         let mut process = Process::spawn(format!("sockerr scenario {name} {}", args.join(" ")), &mut command);
         let stdin = process.child.stdin.take();
         Self { process, stdin }
@@ -475,6 +507,64 @@ pub fn cilium_text_expectations(report: &Report) -> Vec<String> {
     // Boolean options print as their bare name.
     expected.extend(first.sockopts.keys().filter(|name| name.as_str() != "SO_MARK").cloned());
     expected
+}
+
+/// Makes the child write "0" (itself) to `cgroup`/cgroup.procs between fork and exec.
+fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
+    use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .expect("cgroup path without NUL");
+    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared
+    // before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 { Err(error) } else { Ok(()) }
+        });
+    }
+}
+
+/// A cgroup v2 directory made for one test, removed when dropped (once its processes
+/// are gone: rmdir of a populated cgroup fails with EBUSY, so it is retried briefly).
+pub struct TestCgroup {
+    path: PathBuf,
+    relative: String,
+}
+
+impl TestCgroup {
+    pub fn create(tag: &str) -> Self {
+        let root = tracer::kernel::cgroup::resolve(Path::new("/"))
+            .unwrap_or_else(|e| panic!("the cgroup filter test needs cgroup v2: {e}"))
+            .path;
+        let name = format!("sockerr-e2e-{}-{tag}", std::process::id());
+        let path = root.join(&name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        Self { path, relative: format!("/{name}") }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as `--cgroup` takes it: relative to the cgroup2 mount.
+    pub fn relative(&self) -> &str {
+        &self.relative
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 #[cfg(test)]

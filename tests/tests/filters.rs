@@ -54,3 +54,29 @@ fn pid_filter_selects_one_process() {
         assert_failure_matches(record, attempt, &report);
     }
 }
+
+/// `--cgroup`: a tracer on the scenario's cgroup sees its failures; one on an empty
+/// sibling cgroup, running at the same time, sees nothing at all.
+#[test]
+fn cgroup_filter_selects_the_subtree() {
+    let inside = TestCgroup::create("inside");
+    let empty = TestCgroup::create("empty");
+    let inside_tracer = Tracer::start(&["--cgroup", inside.relative(), "--output", "json"]);
+    let empty_tracer = Tracer::start(&["--cgroup", empty.relative(), "--output", "json"]);
+    let report = ScenarioRun::start_in_cgroup("bind-in-use", &[], inside.path()).finish();
+    let proxy = actor(&report, "proxy");
+    let [attempt] = report.attempts_of("proxy")[..] else { panic!("one proxy attempt expected: {report:?}") };
+
+    let mine = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "bind_error";
+    inside_tracer.wait_for_records(1, RECORD_TIMEOUT, mine);
+    let inside_records = inside_tracer.stop().records();
+    let actors: Vec<u64> = report.actors.iter().map(|a| u64::from(a.pid)).collect();
+    for record in &inside_records {
+        assert!(record.pid().is_some_and(|pid| actors.contains(&pid)), "not from the cgroup: {record}");
+    }
+    let failures: Vec<&Value> = inside_records.iter().filter(|r| mine(r)).collect();
+    let [record] = failures.as_slice() else { panic!("one bind_error expected: {inside_records:#?}") };
+    assert_failure_matches(record, attempt, &report);
+    let empty_records = empty_tracer.stop().records();
+    assert!(empty_records.is_empty(), "the empty cgroup's tracer saw: {empty_records:#?}");
+}

@@ -21,3 +21,4 @@ pub mod record;
 pub mod scenario;
 pub mod table;
 pub mod trace;
+pub mod ttl_cache;

@@ -9,13 +9,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Trace(args) => runtime()
-            .and_then(|rt| rt.block_on(tracer::trace::run(args)).map(drop).context("sockerr trace failed")),
-        Command::Demo(args) => {
-            runtime().and_then(|rt| rt.block_on(tracer::demo::run(args)).context("sockerr demo failed"))
+        Command::Trace(args) => {
+            runtime().and_then(|rt| Ok(rt.block_on(tracer::trace::run(args)).map(drop)?))
         }
-        // Single-threaded on purpose: the scenario unshares its network namespace and
-        // forks actors, which must not race with runtime threads.
+        Command::Demo(args) => runtime().and_then(|rt| Ok(rt.block_on(tracer::demo::run(args))?)),
+        // No async runtime on purpose: the scenario unshares its network namespace and
+        // starts actors, which must not race with runtime threads.
         Command::Scenario(args) => tracer::scenario::run(args).context("scenario failed"),
     };
     match result {

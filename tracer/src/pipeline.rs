@@ -5,7 +5,6 @@
 //! tests on synthetic events with a fake system.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,6 +17,7 @@ use crate::{
     event::KernelEvent,
     record::Record,
     table::SocketTable,
+    ttl_cache::TtlCache,
 };
 
 /// What the processor needs to know about the running system.
@@ -46,8 +46,9 @@ pub struct Processor<S: SystemView> {
     system: Arc<S>,
     clock: Clock,
     table: SocketTable,
-    processes: HashMap<u32, (Instant, ProcessInfo)>,
-    lookups: HashMap<(Option<u64>, Query), (Instant, Result<Findings, String>)>,
+    processes: TtlCache<u32, ProcessInfo>,
+    /// Keyed by network namespace and query: a lookup's answer or why it failed.
+    lookups: TtlCache<(Option<u64>, Query), Result<Findings, String>>,
     last_prune: Instant,
 }
 
@@ -57,8 +58,8 @@ impl<S: SystemView> Processor<S> {
             system,
             clock,
             table: SocketTable::new(TABLE_CAPACITY),
-            processes: HashMap::new(),
-            lookups: HashMap::new(),
+            processes: TtlCache::new(PROCESS_TTL, MAX_CACHED),
+            lookups: TtlCache::new(LOOKUP_TTL, MAX_CACHED),
             last_prune: Instant::now(),
         }
     }
@@ -94,11 +95,15 @@ impl<S: SystemView> Processor<S> {
         if let Some(Ok(findings)) = outcome {
             record.holders = findings.holders;
             record.ports = findings.ports;
+            record.note = match (record.note.take(), findings.note) {
+                (Some(cause), Some(lookup)) => Some(format!("{cause}; {lookup}")),
+                (cause, lookup) => cause.or(lookup),
+            };
         }
         Some(record)
     }
 
-    /// Drops what is known about processes that exited; cheap enough to call often.
+    /// Drops what the table knows about processes that exited; cheap enough to call often.
     pub fn prune(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.last_prune) < Duration::from_secs(5) {
@@ -110,47 +115,30 @@ impl<S: SystemView> Processor<S> {
                 self.table.forget_pid(pid);
             }
         }
-        self.processes.retain(|_, (at, _)| now.duration_since(*at) < PROCESS_TTL);
-        self.lookups.retain(|_, (at, _)| now.duration_since(*at) < LOOKUP_TTL);
     }
 
     fn process_info(&mut self, pid: u32) -> ProcessInfo {
         let now = Instant::now();
-        if let Some((at, info)) = self.processes.get(&pid)
-            && now.duration_since(*at) < PROCESS_TTL
-        {
-            return info.clone();
+        if let Some(info) = self.processes.get(&pid, now) {
+            return info;
         }
         let info = self.system.process(pid);
-        if self.processes.len() >= MAX_CACHED {
-            self.processes.clear();
-        }
-        // A process that already exited keeps what was learnt while it lived.
-        let info = match (info.name.is_none(), self.processes.get(&pid)) {
-            (true, Some((_, known))) => known.clone(),
-            _ => info,
-        };
-        self.processes.insert(pid, (now, info.clone()));
+        self.processes.insert(pid, info.clone(), now);
         info
     }
 
     async fn lookup(&mut self, pid: u32, netns: Option<u64>, query: &Query) -> Result<Findings, String> {
         let key = (netns, query.clone());
         let now = Instant::now();
-        if let Some((at, cached)) = self.lookups.get(&key)
-            && now.duration_since(*at) < LOOKUP_TTL
-        {
-            return cached.clone();
+        if let Some(cached) = self.lookups.get(&key, now) {
+            return cached;
         }
         let system = Arc::clone(&self.system);
         let owned = query.clone();
         let result = tokio::task::spawn_blocking(move || system.lookup(pid, &owned))
             .await
             .unwrap_or_else(|join| Err(format!("lookup task failed: {join}")));
-        if self.lookups.len() >= MAX_CACHED {
-            self.lookups.clear();
-        }
-        self.lookups.insert(key, (now, result.clone()));
+        self.lookups.insert(key, result.clone(), now);
         result
     }
 }

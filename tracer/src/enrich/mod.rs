@@ -18,7 +18,6 @@ mod netns;
 mod port_range;
 mod procfs;
 mod sock_diag;
-mod ttl_cache;
 
 use std::{
     io,

@@ -49,8 +49,9 @@ pub enum LoadError {
     CommLength(String),
     #[error("too many --pid/--comm values: at most {max} of each")]
     TooManyFilters { max: usize },
+    // Boxed: aya's errors carry verifier logs and would make every Result huge.
     #[error("the kernel rejected sockerr's eBPF object")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no {0} (daemon and kernel programs out of sync?)")]
     Missing(&'static str),
     #[error("eBPF map {name}")]
@@ -59,11 +60,11 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("loading program {program} (the verifier log above tells why)")]
+    #[error("loading program {program} (the verifier log tells why)")]
     Program {
         program: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
     Attach {
@@ -71,7 +72,7 @@ pub enum LoadError {
         category: &'static str,
         tracepoint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 }
 
@@ -141,7 +142,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::FILTERS, &filters, true)
         .load(PROGRAMS)
-        .map_err(LoadError::Load)?;
+        .map_err(|err| LoadError::Load(Box::new(err)))?;
 
     fill_filter_maps(&mut ebpf, &pids, &comms)?;
     let mut attached = 0;
@@ -249,16 +250,16 @@ fn attach(
         .program_mut(program)
         .ok_or(LoadError::Missing(program))?
         .try_into()
-        .map_err(|source| LoadError::Program { program, source })?;
+        .map_err(|source| LoadError::Program { program, source: Box::new(source) })?;
     // A program attached to several tracepoints is loaded once.
     if prog.fd().is_err() {
-        prog.load().map_err(|source| LoadError::Program { program, source })?;
+        prog.load().map_err(|source| LoadError::Program { program, source: Box::new(source) })?;
     }
     prog.attach(category, tracepoint).map_err(|source| LoadError::Attach {
         program,
         category,
         tracepoint,
-        source,
+        source: Box::new(source),
     })?;
     Ok(())
 }

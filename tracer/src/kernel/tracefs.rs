@@ -15,8 +15,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed ({source}); \
-         mount it with `mount -t tracefs nodev /sys/kernel/tracing`"
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed; mount it with \
+         `mount -t tracefs nodev /sys/kernel/tracing`"
     )]
     NotMounted {
         #[source]

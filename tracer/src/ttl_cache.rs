@@ -1,5 +1,5 @@
 //! A small map whose entries expire, for facts that are costly to re-read on every
-//! failure of a retry storm yet may change (a pid's network namespace).
+//! failure of a retry storm yet may change (a pid's network namespace, a lookup's answer).
 
 use std::{
     collections::HashMap,
@@ -7,20 +7,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub(crate) struct TtlCache<K, V> {
+pub struct TtlCache<K, V> {
     entries: HashMap<K, (Instant, V)>,
     ttl: Duration,
     capacity: usize,
 }
 
-impl<K: Eq + Hash, V: Copy> TtlCache<K, V> {
+impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self { entries: HashMap::new(), ttl, capacity }
     }
 
     pub fn get(&self, key: &K, now: Instant) -> Option<V> {
         let (stored, value) = self.entries.get(key)?;
-        (now.saturating_duration_since(*stored) < self.ttl).then_some(*value)
+        (now.saturating_duration_since(*stored) < self.ttl).then(|| value.clone())
     }
 
     /// Never grows past `capacity`: drops expired entries first, everything if that is
