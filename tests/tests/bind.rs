@@ -60,3 +60,41 @@ fn bind_time_wait() {
     let at_report = holder.timer_ms.expect("the scenario read the timer");
     assert!(timer > 0 && timer < at_report + 10, "timer_ms {timer} not in (0, {at_report} + 10): {record}");
 }
+
+/// A bind to an address the namespace lacks fails without IP_TRANSPARENT and succeeds
+/// with it; sockerr names the cause of the first and reports the second as a bind of a
+/// socket carrying options.
+#[test]
+fn bind_not_local_ipv4() {
+    bind_not_local(false);
+}
+
+#[test]
+fn bind_not_local_ipv6() {
+    bind_not_local(true);
+}
+
+fn bind_not_local(ipv6: bool) {
+    let tracer = Tracer::start(&["--comm", "demo-proxy", "--output", "json"]);
+    let report = run_scenario("bind-not-local", if ipv6 { &["--ipv6"] } else { &[] });
+    let proxy = actor(&report, "proxy");
+    let [attempt] = report.attempts_of("proxy")[..] else { panic!("one proxy attempt expected: {report:?}") };
+
+    let mine = |r: &Value| r.pid() == Some(u64::from(proxy.pid));
+    let is_failure = |r: &Value| mine(r) && r.event() == "bind_error";
+    let is_fixed = |r: &Value| mine(r) && r.event() == "bind";
+    tracer.wait_for_records(1, RECORD_TIMEOUT, is_fixed);
+    let records = tracer.stop().records();
+    let failures: Vec<&Value> = records.iter().filter(|r| is_failure(r)).collect();
+    let [failure] = failures.as_slice() else { panic!("one bind_error expected: {records:#?}") };
+    assert_failure_matches(failure, attempt, &report);
+    assert_eq!(failure.str_at("/cause"), Some("address_not_local"), "{failure}");
+    assert_eq!(failure.pointer("/holder"), Some(&Value::Null), "{failure}");
+
+    let fixed: Vec<&Value> = records.iter().filter(|r| is_fixed(r)).collect();
+    let [fixed] = fixed.as_slice() else { panic!("one bind expected: {records:#?}") };
+    let transparent = if ipv6 { "/sockopts/IPV6_TRANSPARENT" } else { "/sockopts/IP_TRANSPARENT" };
+    assert_eq!(fixed.u64_at(transparent), Some(1), "{fixed}");
+    assert_eq!(fixed.str_at("/src"), failure.str_at("/src"), "same address, bound this time: {fixed}");
+    assert_eq!(fixed.pointer("/errno"), Some(&Value::Null), "{fixed}");
+}

@@ -15,6 +15,7 @@
 
 mod actor;
 mod bind_in_use;
+mod bind_not_local;
 mod bind_time_wait;
 mod cilium;
 mod exhaustion;
@@ -48,6 +49,9 @@ pub enum Scenario {
     Cilium(CiliumArgs),
     /// A proxy binds the address an upstream listens on: EADDRINUSE.
     BindInUse(BindInUseArgs),
+    /// A proxy binds an address the namespace lacks, without IP_TRANSPARENT:
+    /// EADDRNOTAVAIL (then binds it with IP_TRANSPARENT, which succeeds).
+    BindNotLocal(CommonArgs),
     /// A proxy binds the ip:port of a closed connection still in TIME_WAIT: EADDRINUSE,
     /// held by no process.
     BindTimeWait(CommonArgs),
@@ -198,6 +202,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::Actor(args) => return actor::run(args),
         Scenario::Cilium(args) => cilium::run(&args)?,
         Scenario::BindInUse(args) => bind_in_use::run(&args)?,
+        Scenario::BindNotLocal(args) => bind_not_local::run(&args)?,
         Scenario::BindTimeWait(args) => bind_time_wait::run(&args)?,
         Scenario::Exhaustion(args) => exhaustion::run(&args)?,
         Scenario::Refused(args) => refused::run(&args)?,
@@ -212,7 +217,8 @@ fn not_reproduced(what: &str, report: &Report) -> Error {
     }
 }
 
-/// The only addresses scenarios use: 127.0.0.0/8 and ::1, inside their own namespace.
+/// The only addresses scenarios send to: 127.0.0.0/8 and ::1, inside their own namespace.
+/// (`bind-not-local` also binds a documentation address, which fails by design.)
 pub(crate) struct Addrs {
     pub ipv6: bool,
 }
