@@ -14,7 +14,7 @@ mod system_packages;
 mod test;
 mod toolchain;
 
-use std::ffi::OsString;
+use std::{ffi::OsString, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -61,8 +61,23 @@ struct RunArgs {
     sockerr_args: Vec<OsString>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain without anyhow's backtrace: these are messages for the user,
+            // even where RUST_BACKTRACE is set for the sake of tests.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     bpf_linker::put_install_dir_first_on_path()?;
     match cli.command {
         Command::Setup => setup::ensure(),
