@@ -68,7 +68,16 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
     suite.stage("clippy-ebpf", |_| run_inherited(&mut clippy_ebpf()))?;
     suite.stage("unit-tests", |counts| {
         let mut command = cargo();
-        command.args(["test", "--workspace", "--exclude", "tracer-ebpf", "--exclude", "sockerr-e2e"]);
+        // --no-fail-fast: one run shows every failing test, not just the first crate's.
+        command.args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--exclude",
+            "sockerr-e2e",
+        ]);
         run_counting_tests(&mut command, counts, &mut io::stdout())
     })?;
     let mut sockerr = PathBuf::new();
@@ -120,7 +129,7 @@ fn clippy_ebpf() -> Command {
 fn end_to_end_tests(sockerr: &Path, args: &TestArgs) -> Command {
     let mut command = cargo();
     command
-        .args(["test", "--release", "--package", "sockerr-e2e", "--"])
+        .args(["test", "--no-fail-fast", "--release", "--package", "sockerr-e2e", "--"])
         .arg(format!("--test-threads={}", args.e2e_threads))
         .args(&args.e2e_args)
         .env("SOCKERR_BIN", sockerr);
