@@ -1,1 +1,124 @@
-fn main() {}
+//! sockerr's developer tasks: `cargo xtask <command>` (the alias is in .cargo/config.toml).
+//!
+//! Everything a fresh machine lacks (nightly rust-src, bpf-linker, system tools) is
+//! installed by `setup`, which every other command runs first.
+
+mod bpf_linker;
+mod build;
+mod paths;
+mod privileges;
+mod process;
+mod run;
+mod setup;
+mod system_packages;
+mod test;
+mod toolchain;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test sockerr; installs what the machine lacks first"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (nightly rust-src and clippy, bpf-linker,
+    /// system tools). Checks only, when everything is present.
+    Setup,
+    /// Build sockerr with its eBPF programs embedded and print the binary's path.
+    Build(BuildArgs),
+    /// Build sockerr and run it as root (through `sudo -E` when not root).
+    #[command(after_help = "Example: cargo xtask run -- trace --comm envoy --output json")]
+    Run(RunArgs),
+    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
+    /// release build, end-to-end tests (as root). Stops at the first failing stage.
+    Test(test::TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Build the debug profile instead of release.
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Build and run the debug profile instead of release.
+    #[arg(long)]
+    debug: bool,
+    /// Arguments for sockerr, after `--`.
+    #[arg(last = true, value_name = "SOCKERR_ARGS")]
+    sockerr_args: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain without anyhow's backtrace: these are messages for the user,
+            // even where RUST_BACKTRACE is set for the sake of tests.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    bpf_linker::put_install_dir_first_on_path()?;
+    match cli.command {
+        Command::Setup => setup::ensure(),
+        Command::Build(args) => {
+            setup::ensure()?;
+            let binary = build::build_sockerr(build::Profile::from_debug_flag(args.debug))?;
+            // stdout carries only the path, so `$(cargo xtask build)` works.
+            println!("{}", binary.display());
+            Ok(())
+        }
+        Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
+        Command::Test(args) => test::run_suite(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_everything_after_the_separator_to_sockerr() {
+        let cli =
+            Cli::try_parse_from(["xtask", "run", "--debug", "--", "trace", "--help", "--debug"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert!(args.debug);
+        assert_eq!(args.sockerr_args, ["trace", "--help", "--debug"]);
+    }
+
+    #[test]
+    fn test_flags_parse() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--no-vm", "--skip-e2e"]).unwrap();
+        let Command::Test(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert!(args.no_vm);
+        assert!(args.skip_e2e);
+        assert_eq!(args.e2e_threads, 2);
+        assert!(Cli::try_parse_from(["xtask", "test", "--e2e-threads", "0"]).is_err());
+    }
+}

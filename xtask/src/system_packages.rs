@@ -1,0 +1,90 @@
+//! Debian packages the build and the suite run programs from.
+
+use std::{process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    privileges::is_root,
+    process::{describe, find_in_path, run_inherited},
+    setup::Report,
+};
+
+struct RequiredCommand {
+    command: &'static str,
+    package: &'static str,
+    needed_for: &'static str,
+}
+
+/// The one list of system programs xtask relies on; add a line when a test starts one.
+const REQUIRED_COMMANDS: &[RequiredCommand] = &[RequiredCommand {
+    command: "cc",
+    package: "gcc",
+    needed_for: "linking sockerr, its build scripts and bpf-linker",
+}];
+
+pub fn ensure(report: &mut Report) -> Result<()> {
+    let missing: Vec<&RequiredCommand> =
+        REQUIRED_COMMANDS.iter().filter(|required| find_in_path(required.command).is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|required| required.package).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let why: Vec<String> = missing
+        .iter()
+        .map(|required| format!("`{}` from {} ({})", required.command, required.package, required.needed_for))
+        .collect();
+    let why = why.join(", ");
+    let fix = format!("apt-get install -y --no-install-recommends {}", packages.join(" "));
+    if find_in_path("apt-get").is_none() {
+        bail!("missing {why}, and apt-get is not available: install them with the system's package manager");
+    }
+    if !is_root()? {
+        bail!("missing {why}: install with `sudo {fix}`, or run xtask as root once");
+    }
+
+    let started = Instant::now();
+    eprintln!("setup: installing {} for {why}", packages.join(" "));
+    if apt_install(&packages).is_err() {
+        // A fresh machine often has no package lists yet; refresh them only when needed,
+        // as it takes far longer than an install from a current list.
+        run_inherited(apt_get().arg("update")).context("apt-get update failed")?;
+        apt_install(&packages).with_context(|| format!("missing {why}; installing failed: try `{fix}`"))?;
+    }
+    for required in &missing {
+        if find_in_path(required.command).is_none() {
+            bail!("installed {} but `{}` is still not on PATH", required.package, required.command);
+        }
+    }
+    report.did(format!("installed {}", packages.join(" ")), started.elapsed());
+    Ok(())
+}
+
+fn apt_get() -> Command {
+    let mut command = Command::new("apt-get");
+    // CI has no stdin: a package that asks a question must take its default instead.
+    command.env("DEBIAN_FRONTEND", "noninteractive").stdin(std::process::Stdio::null());
+    command
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let mut command = apt_get();
+    command.args(["install", "-y", "--no-install-recommends"]).args(packages);
+    run_inherited(&mut command).with_context(|| format!("`{}` failed", describe(&command)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_commands_name_a_package_and_a_reason() {
+        for required in REQUIRED_COMMANDS {
+            assert!(!required.command.is_empty() && !required.command.contains('/'), "{}", required.command);
+            assert!(!required.package.is_empty(), "{} has no package", required.command);
+            assert!(!required.needed_for.is_empty(), "{} has no reason", required.command);
+        }
+    }
+}
