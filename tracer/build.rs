@@ -10,5 +10,10 @@ fn main() -> anyhow::Result<()> {
         .join("tracer-ebpf");
     let root = root.to_str().expect("workspace path is UTF-8");
     let package = aya_build::Package { name: "tracer-ebpf", root_dir: root, ..Default::default() };
+    // aya-build relays every stderr line of the nested cargo as a cargo:warning, and cargo
+    // replays those on every later build: without this, each `cargo` command prints ~35
+    // "Compiling ..." warnings that bury real ones. Compiler diagnostics still come through.
+    // SAFETY: build scripts are single-threaded; the nested cargo inherits the variable.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)
 }
