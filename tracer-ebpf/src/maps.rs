@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{Filters, SockAddr, SockOpts, TracepointOffsets};
 
+use crate::sockaddr::same_endpoint;
+
 /// Set by the daemon before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
 pub static OFFSETS: TracepointOffsets = unsafe { core::mem::zeroed() };
@@ -141,4 +143,18 @@ pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entr
 
 /// How long the first half of an asynchronous failure waits for the second: both run
 /// back to back in one softirq, so anything older belongs to another socket.
-pub const PENDING_MAX_AGE_NS: u64 = 1_000_000;
+const PENDING_MAX_AGE_NS: u64 = 1_000_000;
+
+/// Whether a half recorded at `ts_ns` for `pending` (src, dst) is the other half of the
+/// failure seen `now` on `seen`.
+pub fn other_half(
+    ts_ns: u64,
+    pending: (&SockAddr, &SockAddr),
+    now: u64,
+    seen: (&SockAddr, &SockAddr),
+) -> bool {
+    ts_ns != 0
+        && now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS
+        && same_endpoint(pending.0, seen.0)
+        && same_endpoint(pending.1, seen.1)
+}

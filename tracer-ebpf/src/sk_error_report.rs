@@ -13,8 +13,8 @@ use tracer_common::{SockAddr, SockEvent, kind};
 
 use crate::{
     emit::{emit, owner_header},
-    maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PENDING_MAX_AGE_NS, PendingError, global},
-    sockaddr::{TupleOffsets, read_tuple, same_endpoint},
+    maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingError, global, other_half},
+    sockaddr::{TupleOffsets, read_tuple},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -51,11 +51,7 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     if let Some(pending) = PENDING_CLOSE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot (see sock_set_state).
         let pending = unsafe { &mut *pending };
-        if pending.ts_ns != 0
-            && now.wrapping_sub(pending.ts_ns) < PENDING_MAX_AGE_NS
-            && same_endpoint(&pending.src, &src)
-            && same_endpoint(&pending.dst, &dst)
-        {
+        if other_half(pending.ts_ns, (&pending.src, &pending.dst), now, (&src, &dst)) {
             pending.ts_ns = 0;
             report_async_failure(&pending.owner, pending.sk, &src, &dst, error);
             return 0;

@@ -18,11 +18,9 @@ use tracer_common::{SockEvent, config::FILTER_EMIT_ALL, kind};
 use crate::{
     emit::{emit, owner_header},
     filter::current_task,
-    maps::{
-        CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PENDING_MAX_AGE_NS, PendingClose, SK_OWNERS, global,
-    },
+    maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, global, other_half},
     sk_error_report::report_async_failure,
-    sockaddr::{TupleOffsets, read_tuple, same_endpoint},
+    sockaddr::{TupleOffsets, read_tuple},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -128,11 +126,7 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
         // SAFETY: per-CPU slot; softirq and process context on one CPU do not interleave
         // inside these tracepoints (the socket lock is held).
         let pending = unsafe { &mut *pending };
-        if pending.ts_ns != 0
-            && now.wrapping_sub(pending.ts_ns) < PENDING_MAX_AGE_NS
-            && same_endpoint(&pending.src, &src)
-            && same_endpoint(&pending.dst, &dst)
-        {
+        if other_half(pending.ts_ns, (&pending.src, &pending.dst), now, (&src, &dst)) {
             pending.ts_ns = 0;
             report_async_failure(&owner, sk, &src, &dst, pending.error);
             return;

@@ -119,33 +119,18 @@ fn by_errno(errno: i32) -> Cause {
 mod tests {
     use std::net::SocketAddr;
 
-    use tracer_common::SockOpts;
-
     use super::*;
-    use crate::record::{Holder, PortUsage, TcpState};
+    use crate::{
+        record::{Holder, PortUsage, TcpState},
+        testing,
+    };
 
     fn failure(event: EventName, errno: i32, src: Option<&str>, dst: Option<&str>) -> Record {
         Record {
-            time: jiff::Timestamp::UNIX_EPOCH,
-            event,
-            pid: 1,
-            tid: 1,
-            comm: "p".into(),
-            thread: "p".into(),
-            fd: 3,
             errno: Some(errno),
-            asynchronous: false,
-            src: src.map(|s| s.parse().unwrap()),
-            dst: dst.map(|s| s.parse().unwrap()),
-            sockopts: SockOpts::default(),
-            sockopt: None,
-            cause: None,
-            holders: Vec::new(),
-            ports: None,
-            note: None,
-            netns: None,
-            cgroup_id: 0,
-            count: 1,
+            src: src.map(testing::addr),
+            dst: dst.map(testing::addr),
+            ..testing::record(event)
         }
     }
 

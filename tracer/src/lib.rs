@@ -20,5 +20,7 @@ pub mod pipeline;
 pub mod record;
 pub mod scenario;
 pub mod table;
+#[cfg(test)]
+mod testing;
 pub mod trace;
 pub mod ttl_cache;

@@ -174,7 +174,7 @@ mod tests {
     use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
 
     use super::*;
-    use crate::output::testing::{addr, cilium_incident, record};
+    use crate::testing::{addr, cilium_incident, record};
     use crate::record::SockoptCall;
 
     const WINDOW: Duration = Duration::from_millis(500);

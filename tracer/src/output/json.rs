@@ -185,7 +185,7 @@ mod tests {
     use tracer_common::options::{FLAG_IP_FREEBIND, FLAG_SO_MARK};
 
     use super::*;
-    use crate::output::testing::{addr, cilium_incident, record};
+    use crate::testing::{addr, cilium_incident, record};
     use crate::record::{Cause, SockoptCall, TcpState};
 
     fn parsed(record: &Record) -> Value {

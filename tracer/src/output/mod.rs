@@ -7,8 +7,6 @@
 mod fold;
 mod json;
 mod options;
-#[cfg(test)]
-mod testing;
 mod text;
 
 use std::time::Duration;
@@ -58,7 +56,7 @@ mod tests {
     use jiff::tz::TimeZone;
 
     use super::*;
-    use crate::output::testing::cilium_incident;
+    use crate::testing::cilium_incident;
 
     #[test]
     fn text_and_json_render_the_same_record() {

@@ -254,7 +254,7 @@ mod tests {
     use tracer_common::options::{FLAG_IP_TRANSPARENT, FLAG_SO_MARK, FLAG_SO_REUSEADDR, FLAG_SO_REUSEPORT};
 
     use super::*;
-    use crate::output::testing::{addr, cilium_incident, record};
+    use crate::testing::{addr, cilium_incident, record};
     use crate::record::{Cause, HolderOwner, SockoptCall};
 
     fn utc(fold_window_ms: u64) -> TextRenderer {

@@ -1,4 +1,4 @@
-//! Records for the renderer and folding tests.
+//! Records for unit tests of everything that consumes them.
 
 use std::net::SocketAddr;
 
