@@ -327,7 +327,7 @@ impl SystemView for LiveSystem {
     }
 
     fn is_alive(&self, pid: u32) -> bool {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
+        self.enricher.proc_root().join(pid.to_string()).exists()
     }
 }
 
