@@ -43,6 +43,7 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
         note: None,
         netns: who.netns,
         cgroup_id: header.cgroup_id,
+        pod: None,
         count: 1,
     };
     match &event.payload {

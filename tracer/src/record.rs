@@ -170,6 +170,17 @@ pub struct SockoptCall {
     pub value: u32,
 }
 
+/// Who a process is in Kubernetes terms, as far as its cgroup and the API tell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub pod_uid: Option<String>,
+    pub container_id: Option<String>,
+    /// From the API server (`--kubernetes`), when reachable.
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub container: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     /// Wall-clock time of the kernel event.
@@ -202,6 +213,8 @@ pub struct Record {
     /// Network namespace inode of the process.
     pub netns: Option<u64>,
     pub cgroup_id: u64,
+    /// Kubernetes attribution; `None` for processes outside pods (or before it is known).
+    pub pod: Option<PodIdentity>,
     /// How many identical records this one stands for (text output folds repeats).
     pub count: u32,
 }

@@ -33,6 +33,7 @@ pub fn record(event: EventName) -> Record {
         note: None,
         netns: None,
         cgroup_id: 1,
+        pod: None,
         count: 1,
     }
 }

@@ -174,8 +174,8 @@ mod tests {
     use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
 
     use super::*;
-    use crate::testing::{addr, cilium_incident, record};
     use crate::record::SockoptCall;
+    use crate::testing::{addr, cilium_incident, record};
 
     const WINDOW: Duration = Duration::from_millis(500);
 

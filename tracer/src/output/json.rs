@@ -6,7 +6,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use crate::errno::errno_name;
 use crate::mark::CiliumMark;
 use crate::output::options::{NamedOption, OptionValue, enabled_options};
-use crate::record::{EventName, Holder, PortUsage, Record};
+use crate::record::{EventName, Holder, PodIdentity, PortUsage, Record};
 
 /// The record as one line of JSON (without the newline).
 pub fn render_json(record: &Record) -> String {
@@ -40,6 +40,11 @@ struct RecordView<'a> {
     note: Option<&'a str>,
     netns: Option<u64>,
     cgroup_id: u64,
+    pod: Option<&'a str>,
+    namespace: Option<&'a str>,
+    container: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    container_id: Option<&'a str>,
 }
 
 impl<'a> RecordView<'a> {
@@ -70,8 +75,20 @@ impl<'a> RecordView<'a> {
             note: record.note.as_deref(),
             netns: record.netns,
             cgroup_id: record.cgroup_id,
+            pod: pod_field(record, |p| &p.pod),
+            namespace: pod_field(record, |p| &p.namespace),
+            container: pod_field(record, |p| &p.container),
+            pod_uid: pod_field(record, |p| &p.pod_uid),
+            container_id: pod_field(record, |p| &p.container_id),
         }
     }
+}
+
+fn pod_field<'a>(
+    record: &'a Record,
+    field: impl Fn(&'a PodIdentity) -> &'a Option<String>,
+) -> Option<&'a str> {
+    record.pod.as_ref().and_then(|pod| field(pod).as_deref())
 }
 
 /// The mark the record is about: the one a setsockopt(SO_MARK) set, else the socket's.
@@ -185,8 +202,8 @@ mod tests {
     use tracer_common::options::{FLAG_IP_FREEBIND, FLAG_SO_MARK};
 
     use super::*;
-    use crate::testing::{addr, cilium_incident, record};
     use crate::record::{Cause, SockoptCall, TcpState};
+    use crate::testing::{addr, cilium_incident, record};
 
     fn parsed(record: &Record) -> Value {
         let line = render_json(record);

@@ -254,8 +254,8 @@ mod tests {
     use tracer_common::options::{FLAG_IP_TRANSPARENT, FLAG_SO_MARK, FLAG_SO_REUSEADDR, FLAG_SO_REUSEPORT};
 
     use super::*;
-    use crate::testing::{addr, cilium_incident, record};
     use crate::record::{Cause, HolderOwner, SockoptCall};
+    use crate::testing::{addr, cilium_incident, record};
 
     fn utc(fold_window_ms: u64) -> TextRenderer {
         TextRenderer::new(TimeZone::UTC, Duration::from_millis(fold_window_ms))
