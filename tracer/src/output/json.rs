@@ -250,7 +250,8 @@ mod tests {
                 "ports": null,
                 "note": null,
                 "netns": 4026531840u64,
-                "cgroup_id": 1
+                "cgroup_id": 1,
+                "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null
             })
         );
     }
