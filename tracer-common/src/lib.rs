@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect;
 pub mod header;
 pub mod options;
+pub mod reset;
 pub mod sock_event;
 pub mod sockaddr;
 pub mod sockopt;
@@ -22,6 +23,7 @@ pub use config::{Filters, TracepointOffsets};
 pub use connect::ConnectEvent;
 pub use header::EventHeader;
 pub use options::SockOpts;
+pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
 pub use sock_event::SockEvent;
 pub use sockaddr::SockAddr;
 pub use sockopt::SockoptEvent;
@@ -40,6 +42,10 @@ pub mod kind {
     pub const ESTABLISHED: u32 = 5;
     /// A socket that carried options was closed, or its fd number was reused.
     pub const CLOSE: u32 = 6;
+    /// A TCP RST was sent or received (no `--http-peek` bytes).
+    pub const RESET: u32 = 7;
+    /// A TCP RST with the `--http-peek` bytes of its socket and of a related one.
+    pub const RESET_PEEK: u32 = 8;
 }
 
 /// Sizes the ring buffer carries for each kind: header plus payload.
@@ -50,6 +56,8 @@ pub const fn record_size(kind: u32) -> usize {
         kind::CONNECT => size_of::<ConnectEvent>(),
         kind::CONNECT_ASYNC_ERROR | kind::ESTABLISHED => size_of::<SockEvent>(),
         kind::CLOSE => size_of::<CloseEvent>(),
+        kind::RESET => size_of::<ResetEvent>(),
+        kind::RESET_PEEK => size_of::<ResetPeekEvent>(),
         _ => return 0,
     };
     size_of::<EventHeader>() + payload
@@ -66,6 +74,9 @@ pub mod names {
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const OFFSETS: &str = "OFFSETS";
     pub const FILTERS: &str = "FILTERS";
+    pub const RESET_OFFSETS: &str = "RESET_OFFSETS";
+    /// Per-socket `--http-peek` buffers: sized to 1 entry when the option is off.
+    pub const PEEKS: &str = "PEEKS";
 }
 
 /// Declares a `#[repr(C)]` type `aya::Pod` for the daemon (feature `user`).
@@ -91,4 +102,8 @@ user_pod!(
     CloseEvent,
     TracepointOffsets,
     Filters,
+    ResetEvent,
+    PeekCopy,
+    ResetPeekEvent,
+    ResetOffsets,
 );

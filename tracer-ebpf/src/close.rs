@@ -35,6 +35,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(global!(OFFSETS.close_fd) as usize) } {
         untrack(fd as i32, CLOSE_REASON_CLOSE);
+        crate::sockets::close_started(fd as i32);
     }
     0
 }
@@ -48,6 +49,7 @@ pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
         && ret >= 0
     {
         untrack(ret as i32, CLOSE_REASON_FD_REUSED);
+        crate::sockets::fd_reused(ret as i32);
     }
     0
 }

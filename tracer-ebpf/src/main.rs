@@ -6,17 +6,26 @@
 #![no_std]
 #![no_main]
 
+mod accept;
 mod bind;
 mod close;
 mod connect;
+mod destroy_sock;
 mod emit;
 mod filter;
 mod maps;
+mod peek;
+mod peek_enter;
+mod peek_exit;
 mod process;
+mod receive_reset;
+mod reset_report;
+mod send_reset;
 mod setsockopt;
 mod sk_error_report;
 mod sock_set_state;
 mod sockaddr;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Filters, SockAddr, SockOpts, TracepointOffsets};
+use tracer_common::{Filters, ResetOffsets, SockAddr, SockOpts, TracepointOffsets};
 
 use crate::sockaddr::same_endpoint;
 
@@ -15,6 +15,9 @@ pub static OFFSETS: TracepointOffsets = unsafe { core::mem::zeroed() };
 /// Set by the daemon before load.
 #[unsafe(no_mangle)]
 pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
+/// Set by the daemon before load: offsets for the reset and `--http-peek` programs.
+#[unsafe(no_mangle)]
+pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
 macro_rules! global {

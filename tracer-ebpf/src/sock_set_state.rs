@@ -20,12 +20,14 @@ use crate::{
     filter::current_task,
     maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, global, other_half},
     sk_error_report::report_async_failure,
+    sockets,
     sockaddr::{TupleOffsets, read_tuple},
 };
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
 fn tuple_offsets() -> TupleOffsets {
@@ -61,6 +63,14 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         entered_syn_sent(&ctx, sk);
     } else if old == TCP_SYN_SENT {
         left_syn_sent(&ctx, sk, new);
+    } else if old == TCP_SYN_RECV
+        && new == TCP_ESTABLISHED
+        && let Some((local, peer)) = read_tuple(&ctx, &tuple_offsets())
+    {
+        sockets::passive_established(sk, &local, &peer);
+    }
+    if new == TCP_CLOSE {
+        sockets::entered_close(sk);
     }
     0
 }
@@ -109,6 +119,7 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
         }
     }
     if new == TCP_ESTABLISHED {
+        sockets::register(&owner, sk, &src, &dst);
         if owner.opts.flags != 0 || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
             emit::<SockEvent>(|r| {
                 r.header = owner_header(kind::ESTABLISHED, 0, &owner);

@@ -1,0 +1,42 @@
+//! `tcp:tcp_receive_reset`: an RST arrived on a socket. Emitted first thing in
+//! tcp_reset() (net/ipv4/tcp_input.c, 6.1 to 6.18), before tcp_done() closes the socket,
+//! mostly in softirq: the owner comes from `sockets::SOCK_OWNERS`, never from the
+//! current task. Class tcp_event_sk (include/trace/events/tcp.h): ports, family, v4 and
+//! v6 addresses, and `sock_cookie` where the kernel has it.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::reset::{OFFSET_ABSENT, REASON_NONE, RESET_RECEIVED};
+
+use crate::{
+    maps::global,
+    reset_report::{Seen, report},
+    sockaddr::{TupleOffsets, read_tuple},
+};
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.recv_skaddr) as usize) }) else {
+        return 0;
+    };
+    let offsets = TupleOffsets {
+        family: global!(RESET_OFFSETS.recv_family),
+        sport: global!(RESET_OFFSETS.recv_sport),
+        dport: global!(RESET_OFFSETS.recv_dport),
+        saddr: global!(RESET_OFFSETS.recv_saddr),
+        daddr: global!(RESET_OFFSETS.recv_daddr),
+        saddr_v6: global!(RESET_OFFSETS.recv_saddr_v6),
+        daddr_v6: global!(RESET_OFFSETS.recv_daddr_v6),
+    };
+    let (local, peer) = read_tuple(&ctx, &offsets).unwrap_or_default();
+    let cookie_at = global!(RESET_OFFSETS.recv_cookie);
+    let cookie = if cookie_at == OFFSET_ABSENT {
+        0
+    } else {
+        // SAFETY: as above.
+        unsafe { ctx.read_at::<u64>(cookie_at as usize) }.unwrap_or(0)
+    };
+    let seen = Seen { direction: RESET_RECEIVED, sk, active: false, state: 0, reason: REASON_NONE, cookie, local, peer };
+    report(&seen);
+    0
+}

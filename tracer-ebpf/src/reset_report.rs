@@ -1,0 +1,142 @@
+//! What the two reset hooks share: finding the socket's owner and writing the record,
+//! with the `--http-peek` bytes when there are any.
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use tracer_common::{
+    PeekCopy, ResetEvent, ResetPeekEvent, SockAddr,
+    config::{FILTER_CGROUP, FILTER_PROCESS},
+    kind,
+    reset::{ATTRIBUTED_CLOSE, ATTRIBUTED_NONE, ATTRIBUTED_SOCKET, PEEK_BYTES, RESET_RECEIVED, RESET_SENT},
+};
+
+use crate::{
+    emit::{emit, owner_header},
+    maps::{Owner, SK_OWNERS, fd_key, global},
+    peek::{PEEKS, PeekBuffers, RECENT_RX},
+    sockets::{SOCK_OWNERS, closing_owner},
+};
+
+/// A reset as one of the tracepoints saw it.
+pub struct Seen {
+    pub direction: u32,
+    pub sk: u64,
+    /// No incoming segment caused it (tcp_send_active_reset() passes skb NULL).
+    pub active: bool,
+    pub state: i32,
+    pub reason: u32,
+    pub cookie: u64,
+    pub local: SockAddr,
+    pub peer: SockAddr,
+}
+
+pub fn report(seen: &Seen) {
+    // SAFETY: copied out at once.
+    let recorded = unsafe { SOCK_OWNERS.get(seen.sk) }.copied();
+    let (owner, attributed) = match recorded {
+        Some(owner) => (Some(owner), ATTRIBUTED_SOCKET),
+        None if seen.direction == RESET_SENT && seen.active => match closing_owner(seen.sk) {
+            Some(owner) => (Some(owner), ATTRIBUTED_CLOSE),
+            None => (None, ATTRIBUTED_NONE),
+        },
+        None => (None, ATTRIBUTED_NONE),
+    };
+    if owner.is_none() {
+        // With a process or cgroup filter, only the selected processes' sockets count.
+        if global!(FILTERS.flags) & (FILTER_PROCESS | FILTER_CGROUP) != 0 {
+            return;
+        }
+        // An RST answering a SYN is a refused connect, reported as its connect error.
+        // SAFETY: only presence is read.
+        if seen.direction == RESET_RECEIVED && unsafe { SK_OWNERS.get(seen.sk) }.is_some() {
+            return;
+        }
+    }
+    let event = ResetEvent {
+        direction: seen.direction,
+        attributed,
+        fd: owner.map_or(-1, |o| o.fd),
+        state: seen.state,
+        reason: seen.reason,
+        active: u32::from(seen.active),
+        sk: seen.sk,
+        cookie: seen.cookie,
+        local: seen.local,
+        peer: seen.peer,
+    };
+    let header_owner = owner.unwrap_or(Owner {
+        tgid: 0,
+        tid: 0,
+        fd: -1,
+        _pad: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+        opts: Default::default(),
+    });
+    let Some(owner) = owner else {
+        emit::<ResetEvent>(|r| {
+            r.header = owner_header(kind::RESET, 0, &header_owner);
+            r.payload = event;
+        });
+        return;
+    };
+    let own = PEEKS.get_ptr(fd_key(owner.tgid, owner.fd));
+    // SAFETY: copied out at once.
+    let related_fd = unsafe { RECENT_RX.get(owner.tgid) }.map(|recent| recent.fd).filter(|&fd| fd != owner.fd);
+    let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd)));
+    if own.is_none() && related.is_none() {
+        emit::<ResetEvent>(|r| {
+            r.header = owner_header(kind::RESET, 0, &owner);
+            r.payload = event;
+        });
+        return;
+    }
+    emit::<ResetPeekEvent>(|r| {
+        r.header = owner_header(kind::RESET_PEEK, 0, &owner);
+        r.payload.reset = event;
+        fill(&mut r.payload.own, owner.fd, own);
+        fill(&mut r.payload.related, related_fd.unwrap_or(-1), related);
+    });
+}
+
+/// Copies one socket's kept exchange into the record (an empty slot for `None`).
+fn fill(dst: &mut PeekCopy, fd: i32, src: Option<*const PeekBuffers>) {
+    let Some(src) = src else {
+        dst.fd = -1;
+        dst.sent_len = 0;
+        dst.received_len = 0;
+        dst.sent_total = 0;
+        dst.received_total = 0;
+        dst.received_ns = 0;
+        dst.local = SockAddr::default();
+        dst.peer = SockAddr::default();
+        return;
+    };
+    // SAFETY: a map value pointer, read field by field; the buffers are copied with the
+    // probe helper since they are larger than the stack.
+    unsafe {
+        dst.fd = fd;
+        dst.sent_total = (*src).sent_total;
+        dst.received_total = (*src).received_total;
+        dst.received_ns = (*src).received_ns;
+        dst.local = (*src).local;
+        dst.peer = (*src).peer;
+        dst.sent_len = copy(dst.sent.as_mut_ptr(), (*src).sent.as_ptr(), (*src).sent_len);
+        dst.received_len = copy(dst.received.as_mut_ptr(), (*src).received.as_ptr(), (*src).received_len);
+    }
+}
+
+/// Copies `len` (at most PEEK_BYTES) bytes; returns how many were copied.
+///
+/// # Safety
+/// `dst` and `src` must have room for PEEK_BYTES bytes.
+unsafe fn copy(dst: *mut u8, src: *const u8, len: u32) -> u32 {
+    // Volatile: keeps the bound check below in the program for the verifier, which
+    // must see `len <= PEEK_BYTES` before it accepts the helper's size argument.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len == 0 || len > PEEK_BYTES as u32 {
+        return 0;
+    }
+    // SAFETY: both sides have PEEK_BYTES bytes (caller's contract).
+    let ret = unsafe { bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
+    if ret == 0 { len } else { 0 }
+}

@@ -1,0 +1,140 @@
+//! The TCP sockets of traced processes, by `struct sock` and by (tgid, fd).
+//!
+//! Resets are mostly seen in softirq context, where the current task is whoever the
+//! interrupt hit: the owner must come from a map filled in process context. Connected
+//! sockets are recorded when `sock_set_state` sees them reach ESTABLISHED (the owner
+//! is known from the traced connect()); accepted sockets when accept() returns them
+//! (`accept`), matched by the peer address with the SYN_RECV -> ESTABLISHED transition
+//! that carried the `struct sock`. The (tgid, fd) side tells `--http-peek` which fds
+//! are TCP sockets worth copying, so file reads are never copied.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    macros::map,
+    maps::LruHashMap,
+};
+use tracer_common::SockAddr;
+
+use crate::{
+    filter::{Task, current_task, selected},
+    maps::{Owner, TRACKED, fd_key},
+    peek,
+};
+
+/// Owner of each TCP socket a traced process connected or accepted, by `struct sock`
+/// address. Removed when the kernel destroys the socket (`destroy_sock`), so a reused
+/// address never inherits an owner.
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// A traced TCP socket as its fd names it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockRef {
+    pub sk: u64,
+    pub local: SockAddr,
+    pub peer: SockAddr,
+}
+
+/// The same sockets by `tgid << 32 | fd`; removed at close() and fd reuse.
+#[map]
+pub static FD_SOCKS: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(65536, 0);
+
+/// An accepted socket between its handshake and accept().
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Passive {
+    pub sk: u64,
+    pub local: SockAddr,
+}
+
+/// Sockets that completed a passive handshake, by peer address (scope id zeroed),
+/// until accept() returns them. Filled in softirq for every process (the listener is
+/// not known there); a peer ip:port completing handshakes in two network namespaces
+/// before either is accepted can be confused: the later one wins.
+#[map]
+pub static PASSIVE: LruHashMap<SockAddr, Passive> = LruHashMap::with_max_entries(16384, 0);
+
+/// A traced task inside close(fd): the fd, and the socket the call moved to CLOSE.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Closing {
+    pub fd: i32,
+    pub _pad: u32,
+    pub sk: u64,
+}
+
+/// By thread id. Not removed at exit: an entry only matches a reset of the very socket
+/// its close() moved to CLOSE, so a stale one is harmless.
+#[map]
+pub static CLOSING: LruHashMap<u32, Closing> = LruHashMap::with_max_entries(16384, 0);
+
+pub fn peer_key(peer: &SockAddr) -> SockAddr {
+    SockAddr { scope_id: 0, ..*peer }
+}
+
+/// `owner` now holds `sk`, with this tuple.
+pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
+    let _ = SOCK_OWNERS.insert(sk, owner, 0);
+    let key = fd_key(owner.tgid, owner.fd);
+    let _ = FD_SOCKS.insert(key, SockRef { sk, local: *local, peer: *peer }, 0);
+    // What the fd carried before belongs to another socket.
+    peek::forget(key);
+}
+
+/// SYN_RECV -> ESTABLISHED (softirq): remember the socket until accept() claims it.
+pub fn passive_established(sk: u64, local: &SockAddr, peer: &SockAddr) {
+    let _ = PASSIVE.insert(peer_key(peer), Passive { sk, local: *local }, 0);
+}
+
+/// sys_enter_close of `fd`: the fd no longer names the socket (no more peeking), and a
+/// reset sent inside this call belongs to the caller.
+pub fn close_started(fd: i32) {
+    let task = current_task();
+    let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
+    if selected(&task) {
+        let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0 }, 0);
+    }
+}
+
+/// A socket moved to CLOSE. In process context inside a traced close() this is the
+/// closed socket: __tcp_close() and tcp_disconnect() (net/ipv4/tcp.c, 6.1 to 6.18) call
+/// tcp_set_state(sk, TCP_CLOSE) before tcp_send_active_reset().
+pub fn entered_close(sk: u64) {
+    let task = current_task();
+    if let Some(closing) = CLOSING.get_ptr_mut(task.tid) {
+        // SAFETY: the entry belongs to this thread.
+        unsafe { (*closing).sk = sk };
+    }
+}
+
+/// The traced task whose close() sent a reset on `sk`, when this runs inside it.
+pub fn closing_owner(sk: u64) -> Option<Owner> {
+    let task = current_task();
+    // SAFETY: copied out at once.
+    let closing = unsafe { CLOSING.get(task.tid) }.copied()?;
+    if closing.sk != sk || sk == 0 {
+        return None;
+    }
+    Some(current_owner(&task, closing.fd))
+}
+
+pub fn current_owner(task: &Task, fd: i32) -> Owner {
+    Owner {
+        tgid: task.tgid,
+        tid: task.tid,
+        fd,
+        _pad: 0,
+        // SAFETY: helper call without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        // SAFETY: copied out at once.
+        opts: unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default(),
+    }
+}
+
+/// socket()/accept() handed out `fd` again: whatever it named before is gone.
+pub fn fd_reused(fd: i32) {
+    let task = current_task();
+    let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
+}
