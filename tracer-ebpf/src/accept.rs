@@ -7,7 +7,7 @@
 //! int __user *, upeer_addrlen, int, flags) and accept (the same first three) in
 //! net/socket.c; the address comes from inet_getname() (net/ipv4/af_inet.c).
 
-use aya_ebpf::{macros::tracepoint, macros::map, maps::LruHashMap, programs::TracePointContext};
+use aya_ebpf::{macros::map, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
 
 use crate::{
     filter::{current_task, selected},

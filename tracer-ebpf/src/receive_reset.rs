@@ -36,7 +36,16 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         // SAFETY: as above.
         unsafe { ctx.read_at::<u64>(cookie_at as usize) }.unwrap_or(0)
     };
-    let seen = Seen { direction: RESET_RECEIVED, sk, active: false, state: 0, reason: REASON_NONE, cookie, local, peer };
+    let seen = Seen {
+        direction: RESET_RECEIVED,
+        sk,
+        active: false,
+        state: 0,
+        reason: REASON_NONE,
+        cookie,
+        local,
+        peer,
+    };
     report(&seen);
     0
 }

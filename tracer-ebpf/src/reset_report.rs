@@ -81,7 +81,8 @@ pub fn report(seen: &Seen) {
     };
     let own = PEEKS.get_ptr(fd_key(owner.tgid, owner.fd));
     // SAFETY: copied out at once.
-    let related_fd = unsafe { RECENT_RX.get(owner.tgid) }.map(|recent| recent.fd).filter(|&fd| fd != owner.fd);
+    let related_fd =
+        unsafe { RECENT_RX.get(owner.tgid) }.map(|recent| recent.fd).filter(|&fd| fd != owner.fd);
     let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd)));
     if own.is_none() && related.is_none() {
         emit::<ResetEvent>(|r| {

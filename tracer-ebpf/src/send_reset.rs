@@ -86,7 +86,8 @@ fn record_sockaddr(ctx: &TracePointContext, at: u32) -> SockAddr {
                 }
             }
             AF_INET6 => {
-                if let (Ok(addr), Ok(scope)) = (ctx.read_at::<[u8; 16]>(at + 8), ctx.read_at::<u32>(at + 24)) {
+                if let (Ok(addr), Ok(scope)) = (ctx.read_at::<[u8; 16]>(at + 8), ctx.read_at::<u32>(at + 24))
+                {
                     out.addr = addr;
                     out.scope_id = scope;
                     out.family = AF_INET6;

@@ -20,8 +20,8 @@ use crate::{
     filter::current_task,
     maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, global, other_half},
     sk_error_report::report_async_failure,
-    sockets,
     sockaddr::{TupleOffsets, read_tuple},
+    sockets,
 };
 
 const IPPROTO_TCP: u16 = 6;

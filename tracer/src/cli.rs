@@ -60,6 +60,12 @@ pub struct TraceArgs {
     /// (by default it prints one line per failure).
     #[arg(long)]
     pub all: bool,
+    /// Copy the first 1 KiB each way of the current exchange on the selected processes'
+    /// TCP sockets, and show it with the TCP resets that follow (HTTP/1.x anomalies in
+    /// text, the bytes in JSON). Off by default: it copies payload (requires --pid,
+    /// --comm or --cgroup).
+    #[arg(long)]
+    pub http_peek: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Text output: identical failures within this window print as one line with a

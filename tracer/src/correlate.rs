@@ -5,6 +5,7 @@ use tracer_common::{SockOpts, options::option_flag};
 use crate::{
     event::{KernelEvent, Payload},
     record::{EventName, Record, SockoptCall},
+    reset::{self, ResetDirection},
     table::Socket,
 };
 
@@ -45,6 +46,7 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
         cgroup_id: header.cgroup_id,
         pod: None,
         count: 1,
+        reset: None,
     };
     match &event.payload {
         Payload::Sockopt { level, optname, value, opts, .. } => {
@@ -79,6 +81,18 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
             record.sockopts = opts_at_call(opts);
         }
         Payload::Close { .. } => return None,
+        Payload::Reset(seen) => {
+            record.event = match seen.direction {
+                ResetDirection::Sent => EventName::RstSent,
+                ResetDirection::Received => EventName::RstReceived,
+            };
+            record.src = seen.local;
+            record.dst = seen.peer;
+            let last_error = socket.and_then(|s| s.last_error);
+            // Reason names are the kernel's: the caller fills them in.
+            record.reset =
+                Some(Box::new(reset::details(seen, header.ts_ns, last_error, &Default::default())));
+        }
     }
     Some(record)
 }

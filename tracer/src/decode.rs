@@ -8,8 +8,8 @@
 use bytes::Buf;
 use thiserror::Error;
 use tracer_common::{
-    BindEvent, CloseEvent, ConnectEvent, EventHeader, SockEvent, SockoptEvent, close::CLOSE_REASON_FD_REUSED,
-    kind, record_size,
+    BindEvent, CloseEvent, ConnectEvent, EventHeader, ResetEvent, ResetPeekEvent, SockEvent, SockoptEvent,
+    close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
 use crate::event::{Header, KernelEvent, Payload, socket_addr};
@@ -93,6 +93,14 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         kind::CLOSE => {
             let e: CloseEvent = read_pod(&mut record, "close")?;
             Payload::Close { fd: e.fd, reused: e.reason == CLOSE_REASON_FD_REUSED }
+        }
+        kind::RESET => {
+            let e: ResetEvent = read_pod(&mut record, "reset")?;
+            Payload::Reset(Box::new(crate::reset::seen(&e, &[])))
+        }
+        kind::RESET_PEEK => {
+            let e: ResetPeekEvent = read_pod(&mut record, "reset with peek")?;
+            Payload::Reset(Box::new(crate::reset::seen(&e.reset, &[&e.own, &e.related])))
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };

@@ -66,6 +66,8 @@ pub enum Payload {
         fd: i32,
         reused: bool,
     },
+    /// A TCP RST sent or received; the header names its owner (pid 0: none).
+    Reset(Box<crate::reset::ResetSeen>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +85,7 @@ impl KernelEvent {
             | Payload::ConnectAsyncError { fd, .. }
             | Payload::Established { fd, .. }
             | Payload::Close { fd, .. } => fd,
+            Payload::Reset(ref seen) => seen.fd,
         }
     }
 }

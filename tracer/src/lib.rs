@@ -13,11 +13,13 @@ pub mod demo;
 pub mod enrich;
 pub mod errno;
 pub mod event;
+pub mod http;
 pub mod kernel;
 pub mod mark;
 pub mod output;
 pub mod pipeline;
 pub mod record;
+pub mod reset;
 pub mod scenario;
 pub mod table;
 #[cfg(test)]

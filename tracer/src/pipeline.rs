@@ -5,6 +5,7 @@
 //! tests on synthetic events with a fake system.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -50,6 +51,8 @@ pub struct Processor<S: SystemView> {
     /// Keyed by network namespace and query: a lookup's answer or why it failed.
     lookups: TtlCache<(Option<u64>, Query), Result<Findings, String>>,
     last_prune: Instant,
+    /// `enum sk_rst_reason` names of the running kernel.
+    reset_reasons: BTreeMap<u32, String>,
 }
 
 impl<S: SystemView> Processor<S> {
@@ -61,7 +64,13 @@ impl<S: SystemView> Processor<S> {
             processes: TtlCache::new(PROCESS_TTL, MAX_CACHED),
             lookups: TtlCache::new(LOOKUP_TTL, MAX_CACHED),
             last_prune: Instant::now(),
+            reset_reasons: BTreeMap::new(),
         }
+    }
+
+    /// Names for the kernel's reset reasons (from tracefs); numbers stay numbers without.
+    pub fn set_reset_reasons(&mut self, reasons: BTreeMap<u32, String>) {
+        self.reset_reasons = reasons;
     }
 
     pub fn table(&self) -> &SocketTable {
@@ -71,13 +80,18 @@ impl<S: SystemView> Processor<S> {
     /// The finished record for `event`, if it makes one.
     pub async fn process(&mut self, event: &KernelEvent) -> Option<Record> {
         let socket = self.table.apply(event).cloned();
-        let info = self.process_info(event.header.pid);
+        // pid 0: a reset no traced process owns.
+        let info =
+            if event.header.pid == 0 { ProcessInfo::default() } else { self.process_info(event.header.pid) };
         let who = Attribution {
             time: self.clock.wall_time(event.header.ts_ns),
             comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
             netns: info.netns,
         };
         let mut record = correlate::record(event, socket.as_ref(), who)?;
+        if let Some(reset) = record.reset.as_mut() {
+            reset.reason_name = reset.reason.and_then(|code| self.reset_reasons.get(&code).cloned());
+        }
         let query = classify::query_for(&record);
         let outcome = match &query {
             Some(query) => Some(self.lookup(record.pid, record.netns, query).await),

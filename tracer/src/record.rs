@@ -13,6 +13,10 @@ pub enum EventName {
     Sockopt,
     Connect,
     Bind,
+    /// This host sent a TCP RST.
+    RstSent,
+    /// A TCP RST arrived.
+    RstReceived,
 }
 
 impl EventName {
@@ -23,11 +27,14 @@ impl EventName {
             Self::Sockopt => "sockopt",
             Self::Connect => "connect",
             Self::Bind => "bind",
+            Self::RstSent => "rst_sent",
+            Self::RstReceived => "rst_received",
         }
     }
 
+    /// Failures of a call, and broken connections: what text output prints by default.
     pub fn is_failure(self) -> bool {
-        matches!(self, Self::ConnectError | Self::BindError)
+        matches!(self, Self::ConnectError | Self::BindError | Self::RstSent | Self::RstReceived)
     }
 }
 
@@ -217,4 +224,6 @@ pub struct Record {
     pub pod: Option<PodIdentity>,
     /// How many identical records this one stands for (text output folds repeats).
     pub count: u32,
+    /// `rst_sent` / `rst_received`: the reset's details.
+    pub reset: Option<Box<crate::reset::ResetDetails>>,
 }

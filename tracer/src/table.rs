@@ -72,6 +72,10 @@ impl SocketTable {
     pub fn apply(&mut self, event: &KernelEvent) -> Option<&Socket> {
         let key = (event.header.pid, event.fd());
         let ts = event.header.ts_ns;
+        // A reset is reported with what the table knows; it does not create an entry.
+        if let Payload::Reset(_) = event.payload {
+            return self.sockets.get(&key);
+        }
         if let Payload::Close { .. } = event.payload {
             self.sockets.remove(&key);
             *self.next_generation.entry(key).or_insert(0) += 1;
@@ -137,7 +141,7 @@ impl SocketTable {
                 socket.local = *src;
                 socket.phase = Phase::Established;
             }
-            Payload::Close { .. } => unreachable!("handled above"),
+            Payload::Close { .. } | Payload::Reset(_) => unreachable!("handled above"),
         }
         Some(socket)
     }

@@ -35,6 +35,7 @@ pub fn record(event: EventName) -> Record {
         cgroup_id: 1,
         pod: None,
         count: 1,
+        reset: None,
     }
 }
 

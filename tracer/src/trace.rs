@@ -65,6 +65,7 @@ pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
         comms: args.comms.clone(),
         cgroup: args.cgroup.clone(),
         all: args.all,
+        http_peek: args.http_peek,
     };
     let output = OutputOptions {
         format: args.output,
@@ -120,7 +121,7 @@ impl Tracer {
 
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<Summary, TraceError> {
         let Tracer { loaded, output, clock } = self;
-        let Loaded { events, lost, .. } = loaded;
+        let Loaded { events, lost, reset_reasons, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         let (batches, mut incoming) = mpsc::channel::<Vec<KernelEvent>>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
@@ -128,6 +129,7 @@ impl Tracer {
 
         let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
         let mut processor = Processor::new(system, clock);
+        processor.set_reset_reasons(reset_reasons);
         let mut sink = Sink::new(&output);
         let mut summary = Summary::default();
         let mut losses = LossWatch::new(lost);
@@ -281,7 +283,7 @@ impl Sink {
         if !self.errnos.is_empty() {
             return record.errno.is_some_and(|e| self.errnos.contains(&e));
         }
-        !self.failures_only || record.errno.is_some()
+        !self.failures_only || record.errno.is_some() || record.event.is_failure()
     }
 
     fn deadline(&self) -> Option<Instant> {

@@ -19,6 +19,8 @@ use super::{
     cgroup::{self, Cgroup, CgroupError},
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
+    reset_offsets::{ResetOffsetsError, ResetReasons},
+    resets,
     tracefs::{self, TracefsError},
 };
 
@@ -33,6 +35,8 @@ pub struct Selection {
     pub cgroup: Option<PathBuf>,
     /// Report successes of sockets without recorded options too.
     pub all: bool,
+    /// Copy the first bytes of each exchange on the selected processes' TCP sockets.
+    pub http_peek: bool,
 }
 
 #[derive(Debug, Error)]
@@ -44,7 +48,14 @@ pub enum LoadError {
     #[error(transparent)]
     Offsets(#[from] OffsetsError),
     #[error(transparent)]
+    ResetOffsets(#[from] ResetOffsetsError),
+    #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(
+        "--http-peek copies payload bytes of the traced processes: name them with --pid, --comm or \
+         --cgroup (it never applies to every process)"
+    )]
+    PeekWithoutFilter,
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
     #[error("too many --pid/--comm values: at most {max} of each")]
@@ -84,6 +95,8 @@ pub struct Loaded {
     pub lost: LostCounter,
     pub attached: usize,
     pub cgroup: Option<Cgroup>,
+    /// `enum sk_rst_reason` names of this kernel (empty when it has no reasons).
+    pub reset_reasons: ResetReasons,
 }
 
 /// Records the kernel side could not fit in the ring buffer.
@@ -129,6 +142,16 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
+    if selection.http_peek
+        && selection.pids.is_empty()
+        && selection.comms.is_empty()
+        && selection.cgroup.is_none()
+    {
+        return Err(LoadError::PeekWithoutFilter);
+    }
+    let reset_setup = resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?;
+    let reset_offsets = reset_setup.as_ref().map(|setup| setup.offsets).unwrap_or_default();
+    let peek_sockets = if selection.http_peek { resets::PEEK_SOCKETS } else { 1 };
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
@@ -141,6 +164,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::FILTERS, &filters, true)
+        .override_global(names::RESET_OFFSETS, &reset_offsets, true)
+        .map_max_entries(names::PEEKS, peek_sockets)
         .load(PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
 
@@ -151,6 +176,19 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         attach(&mut ebpf, program, category, tracepoint)?;
         attached += 1;
     }
+    if reset_setup.is_some() {
+        for &(program, category, tracepoint) in resets::RESET_ATTACHMENTS {
+            attach(&mut ebpf, program, category, tracepoint)?;
+            attached += 1;
+        }
+    }
+    // Without --http-peek these programs are not attached at all: no cost, no bytes.
+    if selection.http_peek {
+        for &(program, category, tracepoint) in resets::PEEK_ATTACHMENTS {
+            attach(&mut ebpf, program, category, tracepoint)?;
+            attached += 1;
+        }
+    }
 
     let events = take_map(&mut ebpf, names::EVENTS)?;
     let events =
@@ -158,7 +196,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost = take_map(&mut ebpf, names::LOST_EVENTS)?;
     let lost =
         PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOST_EVENTS, source })?;
-    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup })
+    let reset_reasons = reset_setup.map(|setup| setup.reasons).unwrap_or_default();
+    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup, reset_reasons })
 }
 
 fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {

@@ -4,6 +4,9 @@
 pub mod cgroup;
 pub mod loader;
 pub mod offsets;
+pub mod print_fmt;
 pub mod privileges;
 pub mod reader;
+pub mod reset_offsets;
+pub mod resets;
 pub mod tracefs;

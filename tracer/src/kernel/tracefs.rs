@@ -76,6 +76,8 @@ pub struct Format {
     pub tracepoint: String,
     pub kernel: String,
     fields: HashMap<String, Field>,
+    /// The `print fmt:` line's text (empty when the file has none).
+    pub print_fmt: String,
 }
 
 impl Format {
@@ -100,6 +102,11 @@ impl Format {
     /// Parses a format file; `Err` carries the offending line.
     pub fn parse(text: &str, tracepoint: &str, kernel: &str) -> Result<Self, String> {
         let mut fields = HashMap::new();
+        let print_fmt = text
+            .lines()
+            .find_map(|line| line.strip_prefix("print fmt:"))
+            .map(|rest| rest.trim().to_string())
+            .unwrap_or_default();
         for line in text.lines().map(str::trim) {
             let Some(rest) = line.strip_prefix("field:") else { continue };
             let mut decl = None;
@@ -120,7 +127,7 @@ impl Format {
             let name = field_name(decl).ok_or_else(|| line.to_string())?;
             fields.insert(name.to_string(), Field { offset, size });
         }
-        Ok(Self { tracepoint: tracepoint.into(), kernel: kernel.into(), fields })
+        Ok(Self { tracepoint: tracepoint.into(), kernel: kernel.into(), fields, print_fmt })
     }
 
     /// The offset of `name`, checking that its size is `size` bytes.
@@ -159,6 +166,7 @@ fn missing_hint(category: &str) -> &'static str {
     match category {
         "syscalls" => "the kernel needs CONFIG_FTRACE_SYSCALLS=y",
         "sock" => "sock:inet_sock_set_state needs Linux 4.16 and sock:inet_sk_error_report Linux 5.15",
+        "tcp" => "tcp:tcp_send_reset needs Linux 4.15, tcp:tcp_receive_reset and tcp:tcp_destroy_sock 4.16",
         _ => "the kernel was built without it",
     }
 }

@@ -6,7 +6,9 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use crate::errno::errno_name;
 use crate::mark::CiliumMark;
 use crate::output::options::{NamedOption, OptionValue, enabled_options};
+use crate::output::reset_json::{AnomalyView, ExchangeView, RstView};
 use crate::record::{EventName, Holder, PodIdentity, PortUsage, Record};
+use crate::reset::ResetOwner;
 
 /// The record as one line of JSON (without the newline).
 pub fn render_json(record: &Record) -> String {
@@ -19,11 +21,12 @@ pub fn render_json(record: &Record) -> String {
 struct RecordView<'a> {
     time: String,
     event: &'static str,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    thread: &'a str,
-    fd: i32,
+    // null for a reset no traced process owns
+    pid: Option<u32>,
+    tid: Option<u32>,
+    comm: Option<&'a str>,
+    thread: Option<&'a str>,
+    fd: Option<i32>,
     errno: Option<i32>,
     error: Option<&'static str>,
     #[serde(rename = "async")]
@@ -45,21 +48,32 @@ struct RecordView<'a> {
     container: Option<&'a str>,
     pod_uid: Option<&'a str>,
     container_id: Option<&'a str>,
+    rst: Option<RstView<'a>>,
+    http_anomaly: Option<AnomalyView<'a>>,
+    http_anomalies: Vec<AnomalyView<'a>>,
+    payload: Option<Vec<ExchangeView>>,
 }
 
 impl<'a> RecordView<'a> {
     fn of(record: &'a Record) -> Self {
         let call = record.sockopt.map(NamedOption::of_call);
         let holders: Vec<_> = record.holders.iter().map(HolderView::of).collect();
+        let reset = record.reset.as_deref();
+        let owned = reset.is_none_or(|r| r.owner != ResetOwner::Kernel);
+        let anomalies: Vec<_> =
+            reset.map(|r| r.anomalies.iter().map(AnomalyView::of).collect()).unwrap_or_default();
+        let payload = reset
+            .filter(|r| !r.exchanges.is_empty())
+            .map(|r| r.exchanges.iter().map(ExchangeView::of).collect());
         Self {
             // RFC 3339 in UTC with microseconds: "2026-11-23T12:53:25.866123Z".
             time: format!("{:.6}", record.time),
             event: record.event.as_str(),
-            pid: record.pid,
-            tid: record.tid,
-            comm: &record.comm,
-            thread: &record.thread,
-            fd: record.fd,
+            pid: owned.then_some(record.pid),
+            tid: owned.then_some(record.tid),
+            comm: owned.then_some(record.comm.as_str()),
+            thread: owned.then_some(record.thread.as_str()),
+            fd: owned.then_some(record.fd),
             errno: record.errno,
             error: record.errno.and_then(errno_name),
             asynchronous: record.asynchronous,
@@ -80,6 +94,10 @@ impl<'a> RecordView<'a> {
             container: pod_field(record, |p| &p.container),
             pod_uid: pod_field(record, |p| &p.pod_uid),
             container_id: pod_field(record, |p| &p.container_id),
+            rst: reset.map(RstView::of),
+            http_anomaly: anomalies.first().cloned(),
+            http_anomalies: anomalies,
+            payload,
         }
     }
 }
@@ -251,7 +269,8 @@ mod tests {
                 "note": null,
                 "netns": 4026531840u64,
                 "cgroup_id": 1,
-                "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null
+                "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null,
+                "rst": null, "http_anomaly": null, "http_anomalies": [], "payload": null
             })
         );
     }

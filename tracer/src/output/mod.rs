@@ -7,6 +7,8 @@
 mod fold;
 mod json;
 mod options;
+mod reset_json;
+mod reset_text;
 mod text;
 
 use std::time::Duration;

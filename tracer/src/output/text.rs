@@ -57,6 +57,14 @@ impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let record = self.record;
         write!(f, "{}", self.renderer.clock(record.time))?;
+        if let Some(reset) = &record.reset {
+            let process = Process(record);
+            write!(f, "{}", super::reset_text::ResetLine { record, reset, process: &process })?;
+            if record.count > 1 {
+                write!(f, " ({} in {})", record.count, compact(self.renderer.fold_window))?;
+            }
+            return Ok(());
+        }
         if let Some(errno) = record.errno {
             match errno_name(errno) {
                 Some(name) => write!(f, " {name}")?,
@@ -101,6 +109,7 @@ fn verb(record: &Record) -> &'static str {
         EventName::ConnectError | EventName::Connect => "connect",
         EventName::BindError | EventName::Bind => "bind",
         EventName::Sockopt => "setsockopt",
+        EventName::RstSent | EventName::RstReceived => "RST",
     }
 }
 
