@@ -90,6 +90,9 @@ pub enum DemoIncident {
     /// Envoy re-binds a client's ip:port with SO_MARK + SO_REUSEADDR while that
     /// client's connection is live: connect() fails with EADDRNOTAVAIL, 4 times.
     Cilium,
+    /// Istio's sidecar resets the upstream and the client when the upstream answers
+    /// with two Transfer-Encoding fields ("Chunked", "chunked"); traced with --http-peek.
+    Istio,
 }
 
 /// Durations such as `500ms`, `2s`, `1m` or `0`.

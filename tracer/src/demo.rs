@@ -29,11 +29,13 @@ pub enum DemoError {
 const GRACE: Duration = Duration::from_millis(300);
 
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let (scenario, actor) = match args.incident {
-        DemoIncident::Cilium => ("cilium", "demo-proxy"),
+    let (scenario, comms, http_peek): (_, &[&str], _) = match args.incident {
+        DemoIncident::Cilium => ("cilium", &["demo-proxy"], false),
+        DemoIncident::Istio => ("proxy-reset", &["demo-proxy", "demo-client", "demo-upstream"], true),
     };
     let exe = std::env::current_exe().map_err(DemoError::Exe)?;
-    let selection = Selection { comms: vec![actor.into()], ..Default::default() };
+    let comms = comms.iter().map(|c| c.to_string()).collect();
+    let selection = Selection { comms, http_peek, ..Default::default() };
     let output = OutputOptions {
         format: args.output,
         fold: Duration::from_millis(500),
@@ -81,6 +83,13 @@ fn intro(incident: DemoIncident) -> &'static str {
              0x32030b00, SO_REUSEADDR and IP_TRANSPARENT, binds the client's ip:port and connects to \
              the same upstream, 4 times (1 try + 3 retries). sockerr traces demo-proxy:"
         }
+        DemoIncident::Istio => {
+            "demo: Istio's upstream reset incident, replayed in a throwaway network namespace.\n\
+             demo-client sends GET /wrong to demo-proxy (like Envoy) on 127.0.0.1:15001, which forwards it to \
+             demo-upstream on 127.0.0.1:8080; the answer carries `Transfer-Encoding: Chunked` and \
+             `Transfer-Encoding: chunked`, so the proxy resets both connections. sockerr traces the three \
+             with --http-peek:"
+        }
     }
 }
 
@@ -89,6 +98,10 @@ fn outro(incident: DemoIncident) -> &'static str {
         DemoIncident::Cilium => {
             "demo: Envoy only logged \"immediate connect error: 99\" and answered 503. sockerr names the \
              socket, its options, the tuple and the live socket that holds it."
+        }
+        DemoIncident::Istio => {
+            "demo: Envoy only logged \"upstream_reset_before_response_started{protocol_error}\" and answered \
+             502. sockerr names who reset which connection, and the response header that made it do so."
         }
     }
 }

@@ -70,7 +70,7 @@ impl fmt::Display for After<'_> {
         let first = self.first;
         let preposition = match first.direction {
             DataDirection::Received => "from",
-            DataDirection::Sent => "to",
+            DataDirection::Sent => "sent to",
         };
         write!(f, "after {} {preposition} ", first.message.as_str())?;
         match first.peer {

@@ -99,7 +99,14 @@ fn serve(sockets: &mut HashMap<i32, Socket>, request: Request) -> Reply {
             let error = s.take_error().map_err(errno)?;
             Ok(Reply::Completed { errno: error.and_then(|e| e.raw_os_error()) })
         }),
-        Request::Accept { fd, timeout_ms } => accept(sockets, fd, Duration::from_millis(timeout_ms)),
+        Request::Accept { fd, timeout_ms, anonymous } => {
+            accept(sockets, fd, Duration::from_millis(timeout_ms), anonymous)
+        }
+        Request::Send { fd, data } => socket(sockets, fd).and_then(|s| send_all(s, data.as_bytes())),
+        Request::Recv { fd, until, max, timeout_ms } => socket(sockets, fd)
+            .and_then(|s| receive(s, until.as_bytes(), max, Duration::from_millis(timeout_ms))),
+        Request::LingerZero { fd } => socket(sockets, fd)
+            .and_then(|s| s.set_linger(Some(Duration::ZERO)).map(|()| Reply::Done).map_err(errno)),
         Request::AwaitEof { fd, timeout_ms } => {
             socket(sockets, fd).and_then(|s| read_to_eof(s, Duration::from_millis(timeout_ms)))
         }
@@ -121,12 +128,23 @@ fn socket(sockets: &HashMap<i32, Socket>, fd: i32) -> Result<&Socket, Reply> {
     sockets.get(&fd).ok_or_else(|| refuse(format!("fd {fd} is not an actor socket")))
 }
 
-fn accept(sockets: &mut HashMap<i32, Socket>, fd: i32, timeout: Duration) -> Result<Reply, Reply> {
+fn accept(
+    sockets: &mut HashMap<i32, Socket>,
+    fd: i32,
+    timeout: Duration,
+    anonymous: bool,
+) -> Result<Reply, Reply> {
     let listener = socket(sockets, fd)?;
     if !wait_for(listener, PollFlags::POLLIN, timeout)? {
         return Ok(Reply::TimedOut);
     }
-    let (conn, peer) = listener.accept().map_err(errno)?;
+    let (conn, peer) = if anonymous {
+        let conn = accept_without_address(listener)?;
+        let peer = conn.peer_addr().map_err(errno)?;
+        (conn, peer)
+    } else {
+        listener.accept().map_err(errno)?
+    };
     let local = address(conn.local_addr().map_err(errno)?)?;
     let peer = address(peer)?;
     let fd = conn.as_raw_fd();
@@ -187,4 +205,56 @@ fn read_to_eof(mut socket: &Socket, timeout: Duration) -> Result<Reply, Reply> {
             Err(e) => return Err(errno(e)),
         }
     }
+}
+
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC): the kernel writes no peer address.
+fn accept_without_address(listener: &Socket) -> Result<Socket, Reply> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall on a listening socket we own; null address pointers are allowed.
+    let fd = unsafe {
+        libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(errno(std::io::Error::last_os_error()));
+    }
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { Socket::from_raw_fd(fd) })
+}
+
+/// Short writes are retried a bounded number of times.
+fn send_all(mut socket: &Socket, mut data: &[u8]) -> Result<Reply, Reply> {
+    for _ in 0..64 {
+        if data.is_empty() {
+            return Ok(Reply::Done);
+        }
+        match socket.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Err(refuse("write made no progress in 64 calls".into()))
+}
+
+fn receive(mut socket: &Socket, until: &[u8], max: usize, timeout: Duration) -> Result<Reply, Reply> {
+    let deadline = Instant::now() + timeout;
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let done = |data: &[u8]| !until.is_empty() && data.windows(until.len()).any(|w| w == until);
+    while !done(&data) && data.len() < max {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !wait_for(socket, PollFlags::POLLIN, left)? {
+            return Ok(Reply::TimedOut);
+        }
+        match socket.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let data = String::from_utf8_lossy(&data).into_owned();
+                return Ok(Reply::Received { data, errno: e.raw_os_error() });
+            }
+        }
+    }
+    Ok(Reply::Received { data: String::from_utf8_lossy(&data).into_owned(), errno: None })
 }

@@ -22,6 +22,7 @@ mod exhaustion;
 mod netns;
 mod procnet;
 mod protocol;
+mod proxy_reset;
 mod refused;
 pub mod report;
 mod runner;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-pub use report::Report;
+pub use report::{Report, ResetReport};
 
 /// `sockerr scenario <NAME> [options]`
 #[derive(Debug, Clone, Args)]
@@ -61,6 +62,10 @@ pub enum Scenario {
     /// A proxy connects to a port nobody listens on: ECONNREFUSED, reported
     /// asynchronously (SO_ERROR) unless --blocking.
     Refused(RefusedArgs),
+    /// The Istio incident: an upstream answers with two Transfer-Encoding fields
+    /// ("Chunked", "chunked"); the proxy rejects the response and resets the upstream and
+    /// the client connection (SO_LINGER 0).
+    ProxyReset(ProxyResetArgs),
     /// Internal: one actor process of a running scenario.
     #[command(hide = true)]
     Actor(actor::ActorArgs),
@@ -120,6 +125,16 @@ fn parse_port_count(text: &str) -> Result<u16, String> {
         Ok(count) if (2..=256).contains(&count) && count % 2 == 0 => Ok(count),
         _ => Err(format!("`{text}`: expected an even number of ports from 2 to 256")),
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyResetArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The proxy accepts with accept(fd, NULL, NULL): no peer address for sockerr to
+    /// recognise the socket by, so the reset it sends must be attributed from its close().
+    #[arg(long)]
+    pub anonymous_accept: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -206,11 +221,16 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::BindTimeWait(args) => bind_time_wait::run(&args)?,
         Scenario::Exhaustion(args) => exhaustion::run(&args)?,
         Scenario::Refused(args) => refused::run(&args)?,
+        Scenario::ProxyReset(args) => return runner::print_line(&proxy_reset::run(&args)?),
     };
     runner::print_line(&report)
 }
 
 fn not_reproduced(what: &str, report: &Report) -> Error {
+    not_reproduced_as(what, report)
+}
+
+fn not_reproduced_as(what: &str, report: &impl serde::Serialize) -> Error {
     Error::NotReproduced {
         what: what.into(),
         report: serde_json::to_string(report).unwrap_or_else(|e| format!("(unprintable: {e})")),

@@ -62,10 +62,30 @@ pub enum Request {
         fd: i32,
         timeout_ms: u64,
     },
-    /// Waits (bounded) for a connection, then accept().
+    /// Waits (bounded) for a connection, then accept(). `anonymous`: accept(fd, NULL,
+    /// NULL), as servers that do not ask for the peer's address do.
     Accept {
         fd: i32,
         timeout_ms: u64,
+        #[serde(default)]
+        anonymous: bool,
+    },
+    /// write() of the whole text (bounded retries on short writes).
+    Send {
+        fd: i32,
+        data: String,
+    },
+    /// read()s until the data received contains `until` (or the peer closed, or an error,
+    /// or `max` bytes), within the timeout.
+    Recv {
+        fd: i32,
+        until: String,
+        max: usize,
+        timeout_ms: u64,
+    },
+    /// SO_LINGER {on, 0}: close() then resets the connection.
+    LingerZero {
+        fd: i32,
     },
     /// Reads until the peer's FIN (bounded), discarding data.
     AwaitEof {
@@ -91,6 +111,9 @@ impl Request {
             Self::Connect { .. } => "connect",
             Self::AwaitConnect { .. } => "await-connect",
             Self::Accept { .. } => "accept",
+            Self::Send { .. } => "send",
+            Self::Recv { .. } => "recv",
+            Self::LingerZero { .. } => "setsockopt(SO_LINGER)",
             Self::AwaitEof { .. } => "await-eof",
             Self::LocalAddr { .. } => "getsockname",
             Self::Close { .. } => "close",
@@ -102,6 +125,7 @@ impl Request {
         match *self {
             Self::AwaitConnect { timeout_ms, .. }
             | Self::Accept { timeout_ms, .. }
+            | Self::Recv { timeout_ms, .. }
             | Self::AwaitEof { timeout_ms, .. } => timeout_ms,
             _ => 0,
         }
@@ -141,6 +165,11 @@ pub enum Reply {
     /// The call failed with this errno.
     Errno {
         errno: i32,
+    },
+    /// recv: what arrived (lossy UTF-8), and the error that ended the reading, if any.
+    Received {
+        data: String,
+        errno: Option<i32>,
     },
     /// A bounded wait expired.
     TimedOut,

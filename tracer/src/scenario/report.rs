@@ -150,3 +150,60 @@ pub struct GateActors {
     pub netns: u64,
     pub actors: Vec<ActorFacts>,
 }
+
+/// What `proxy-reset` prints: who reset which connection, and the HTTP exchange that
+/// made the proxy do it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResetReport {
+    pub scenario: String,
+    pub ipv6: bool,
+    pub netns: u64,
+    pub hold_ms: u64,
+    pub elapsed_ms: u64,
+    pub actors: Vec<ActorFacts>,
+    /// Every RST of the run, as the actors saw their sockets: sent ones by the proxy in
+    /// the order it closed them, then the received ones.
+    pub resets: Vec<ResetFacts>,
+    pub exchange: HttpExchange,
+    /// The proxy accepted without asking for the client's address.
+    pub anonymous_accept: bool,
+}
+
+impl ResetReport {
+    pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
+        self.actors.iter().find(|actor| actor.role == role)
+    }
+
+    /// The reset of `direction` ("sent" or "received") on `role`'s socket to `peer_role`.
+    pub fn reset(&self, direction: &str, role: &str, peer_role: &str) -> Option<&ResetFacts> {
+        self.resets.iter().find(|r| r.direction == direction && r.role == role && r.peer_role == peer_role)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetFacts {
+    /// sent, received: as sockerr's `rst_sent` / `rst_received`.
+    pub direction: String,
+    pub role: String,
+    pub pid: u32,
+    pub comm: String,
+    pub fd: i32,
+    /// The socket's own address and its peer's (getsockname/getpeername before the RST).
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Role of the actor at the other end.
+    pub peer_role: String,
+    /// What the actor's next read returned, for received resets ("ECONNRESET").
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpExchange {
+    pub request: String,
+    pub response: String,
+    /// The upstream the response came from.
+    pub upstream: SocketAddr,
+    /// Values of the response's Transfer-Encoding fields, in order, as the proxy found
+    /// them before rejecting the response.
+    pub transfer_encoding: Vec<String>,
+}

@@ -226,8 +226,13 @@ impl Actor {
     }
 
     pub fn accept(&mut self, fd: i32, timeout: Duration) -> Result<Accepted, Error> {
+        self.accept_with(fd, timeout, false)
+    }
+
+    /// accept(); `anonymous`: without asking for the peer's address.
+    pub fn accept_with(&mut self, fd: i32, timeout: Duration, anonymous: bool) -> Result<Accepted, Error> {
         let timeout_ms = timeout.as_millis() as u64;
-        match self.call(&Request::Accept { fd, timeout_ms })? {
+        match self.call(&Request::Accept { fd, timeout_ms, anonymous })? {
             Reply::Accepted { fd, inode: _, local, peer } => Ok(Accepted { fd, local, peer }),
             Reply::TimedOut => Err(self.fail(format!("no connection to accept within {timeout_ms} ms"))),
             Reply::Errno { errno } => Err(self.unexpected("accept", errno)),
@@ -257,6 +262,33 @@ impl Actor {
 
     pub fn close(&mut self, fd: i32) -> Result<(), Error> {
         self.must(&Request::Close { fd })
+    }
+
+    pub fn send(&mut self, fd: i32, data: &str) -> Result<(), Error> {
+        self.must(&Request::Send { fd, data: data.into() })
+    }
+
+    /// Reads until `until` arrived; returns the data and the error that ended it, if any.
+    pub fn recv_until(
+        &mut self,
+        fd: i32,
+        until: &str,
+        timeout: Duration,
+    ) -> Result<(String, Option<Errno>), Error> {
+        let timeout_ms = timeout.as_millis() as u64;
+        match self.call(&Request::Recv { fd, until: until.into(), max: 64 * 1024, timeout_ms })? {
+            Reply::Received { data, errno } => Ok((data, errno.map(Errno::from_raw))),
+            Reply::TimedOut => {
+                Err(self.fail(format!("{until:?} did not arrive on fd {fd} within {timeout_ms} ms")))
+            }
+            Reply::Errno { errno } => Err(self.unexpected("read", errno)),
+            other => Err(self.fail(format!("recv: unexpected reply {other:?}"))),
+        }
+    }
+
+    /// SO_LINGER {on, 0}: the next close() resets the connection.
+    pub fn linger_zero(&mut self, fd: i32) -> Result<(), Error> {
+        self.must(&Request::LingerZero { fd })
     }
 
     /// Socket, options, bind, connect (and, when non-blocking, the wait for its outcome),
