@@ -21,7 +21,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 pub use tracer::scenario::Report;
-pub use tracer::scenario::report::{ActorFacts, Attempt, Gate, GateActors, HolderFacts};
+pub use tracer::scenario::report::{
+    ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
+};
 
 /// How long sockerr may take to load and attach its programs (the contract: it logs a
 /// line containing `tracing started` on stderr once they are attached).
@@ -330,6 +332,11 @@ pub fn run_scenario(name: &str, args: &[&str]) -> Report {
     ScenarioRun::start(name, args).finish()
 }
 
+/// Runs `sockerr scenario proxy-reset <args>` to the end and returns its report.
+pub fn run_reset_scenario(args: &[&str]) -> ResetReport {
+    ScenarioRun::start("proxy-reset", args).finish_as()
+}
+
 /// A scenario in flight (see `--gate`).
 pub struct ScenarioRun {
     process: Process,
@@ -378,7 +385,12 @@ impl ScenarioRun {
     }
 
     /// Waits (bounded) for the end and parses the report (the last stdout line).
-    pub fn finish(mut self) -> Report {
+    pub fn finish(self) -> Report {
+        self.finish_as()
+    }
+
+    /// [`ScenarioRun::finish`] for scenarios whose report has another shape.
+    pub fn finish_as<T: serde::de::DeserializeOwned>(mut self) -> T {
         self.open();
         let status = self.process.wait(SCENARIO_TIMEOUT);
         let output = self.process.shared.lock();

@@ -97,14 +97,20 @@ pub fn close_started(fd: i32) {
     }
 }
 
-/// A socket moved to CLOSE. In process context inside a traced close() this is the
+/// A socket moved to CLOSE. The first such transition inside a traced close() is the
 /// closed socket: __tcp_close() and tcp_disconnect() (net/ipv4/tcp.c, 6.1 to 6.18) call
-/// tcp_set_state(sk, TCP_CLOSE) before tcp_send_active_reset().
+/// tcp_set_state(sk, TCP_CLOSE) before tcp_send_active_reset(). Later ones are other
+/// sockets handled in softirq on this task's stack: on loopback the peer processes the
+/// RST (and moves to CLOSE) before tcp_send_reset fires at the end of
+/// tcp_send_active_reset().
 pub fn entered_close(sk: u64) {
     let task = current_task();
     if let Some(closing) = CLOSING.get_ptr_mut(task.tid) {
         // SAFETY: the entry belongs to this thread.
-        unsafe { (*closing).sk = sk };
+        let closing = unsafe { &mut *closing };
+        if closing.sk == 0 {
+            closing.sk = sk;
+        }
     }
 }
 
