@@ -37,9 +37,7 @@ fn record_of<'r>(records: &'r [Value], facts: &ResetFacts, report: &ResetReport)
     let event = format!("rst_{}", facts.direction);
     let matching: Vec<&Value> = records
         .iter()
-        .filter(|r| {
-            r.event() == event && r.pid() == Some(u64::from(facts.pid)) && r["fd"] == Value::from(facts.fd)
-        })
+        .filter(|r| r.event() == event && r.pid() == Some(u64::from(facts.pid)) && r["fd"] == facts.fd)
         .collect();
     let [record] = matching.as_slice() else { panic!("one {event} of {facts:?} expected: {records:#?}") };
     let context = || format!("record: {record}\nfacts: {facts:?}");

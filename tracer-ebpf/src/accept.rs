@@ -59,10 +59,10 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     };
     let key = peer_key(&peer);
     // SAFETY: copied out before removal.
-    let Some(passive) = (unsafe { PASSIVE.get(&key) }).copied() else {
+    let Some(passive) = (unsafe { PASSIVE.get(key) }).copied() else {
         return 0;
     };
-    let _ = PASSIVE.remove(&key);
+    let _ = PASSIVE.remove(key);
     register(&current_owner(&task, ret as i32), passive.sk, &passive.local, &peer);
     0
 }

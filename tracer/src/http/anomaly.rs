@@ -222,7 +222,7 @@ fn is_chunked(headers: &[Header<'_>]) -> bool {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
         .filter_map(|h| text(h.value).rsplit(',').next().map(|c| c.trim().eq_ignore_ascii_case("chunked")))
-        .last()
+        .next_back()
         .unwrap_or(false)
 }
 
