@@ -151,6 +151,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     }
     let reset_setup = resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?;
     let reset_offsets = reset_setup.as_ref().map(|setup| setup.offsets).unwrap_or_default();
+    if reset_setup.is_some() {
+        for gap in resets::gaps(&reset_offsets) {
+            tracing::info!("TCP resets on kernel {kernel}: {gap}");
+        }
+    }
     let peek_sockets = if selection.http_peek { resets::PEEK_SOCKETS } else { 1 };
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;

@@ -1,7 +1,12 @@
 //! The reset and `--http-peek` programs on the loading side: which tracepoints they
 //! attach to, and what to do when this kernel lacks the reset tracepoints.
 
-use std::path::Path;
+use std::{fmt, path::Path};
+
+use tracer_common::{
+    ResetOffsets,
+    reset::{OFFSET_ABSENT, SEND_LAYOUT_FIELDS},
+};
 
 #[cfg(test)]
 use super::reset_offsets::PEEK_SYSCALLS;
@@ -63,9 +68,68 @@ pub fn prepare(
     }
 }
 
+/// What this kernel's reset tracepoints cannot show. The extension point for the kprobe
+/// backend (issue 4): its programs would build a `reset_report::Seen` (tracer-ebpf) and
+/// call `reset_report::report()`, as both tracepoint programs do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetGap {
+    /// tcp:tcp_send_reset has no `reason`: `enum sk_rst_reason` appeared in Linux 6.10.
+    /// No probe can read a value the kernel does not have; the calling function (a
+    /// kprobe's stack) is the nearest substitute.
+    NoReason,
+    /// Before 6.10 tcp_v4_send_reset()/tcp_v6_send_reset() call the tracepoint only for
+    /// full sockets (`if (sk && sk_fullsock(sk))`, net/ipv4/tcp_ipv4.c in 6.1): RSTs that
+    /// answer segments for TIME_WAIT, request or no sockets are not seen. Kprobes on those
+    /// two functions would see them.
+    FullSocketsOnly,
+}
+
+impl fmt::Display for ResetGap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoReason => f.write_str(
+                "tcp:tcp_send_reset has no reason field (Linux 6.10 added it): resets are reported without one",
+            ),
+            Self::FullSocketsOnly => f.write_str(
+                "tcp:tcp_send_reset fires only for full sockets before Linux 6.10: RSTs answering segments \
+                 for TIME_WAIT, request or no sockets need kprobes on tcp_v4_send_reset/tcp_v6_send_reset",
+            ),
+        }
+    }
+}
+
+/// The gaps of the kernel whose reset tracepoints have these offsets.
+pub fn gaps(offsets: &ResetOffsets) -> Vec<ResetGap> {
+    let mut gaps = Vec::new();
+    if offsets.send_reason == OFFSET_ABSENT {
+        gaps.push(ResetGap::NoReason);
+    }
+    // The field layout is the pre-6.10 event class, which guards the call site.
+    if offsets.send_layout == SEND_LAYOUT_FIELDS {
+        gaps.push(ResetGap::FullSocketsOnly);
+    }
+    gaps
+}
+
 #[cfg(test)]
 mod tests {
+    use tracer_common::reset::SEND_LAYOUT_SOCKADDR;
+
     use super::*;
+
+    #[test]
+    fn gaps_of_6_1_and_none_on_6_18() {
+        let linux_6_1 = ResetOffsets {
+            send_reason: OFFSET_ABSENT,
+            send_layout: SEND_LAYOUT_FIELDS,
+            ..Default::default()
+        };
+        assert_eq!(gaps(&linux_6_1), [ResetGap::NoReason, ResetGap::FullSocketsOnly]);
+        let linux_6_18 =
+            ResetOffsets { send_reason: 28, send_layout: SEND_LAYOUT_SOCKADDR, ..Default::default() };
+        assert!(gaps(&linux_6_18).is_empty());
+        assert!(ResetGap::FullSocketsOnly.to_string().contains("tcp_v4_send_reset"));
+    }
 
     #[test]
     fn every_peek_syscall_has_an_entry_and_an_exit() {
