@@ -111,6 +111,23 @@ fn proxy_reset_with_http_peek_shows_the_duplicate_transfer_encoding() {
 }
 
 #[test]
+fn ipv6_resets_keep_their_tuples_and_anomaly() {
+    let tracer = tracer(&["--http-peek", "--output", "json"]);
+    let report = run_reset_scenario(&["--ipv6"]);
+    assert!(report.ipv6);
+    let (records, _) = resets_of(tracer, &report);
+    for facts in &report.resets {
+        let record = record_of(&records, facts, &report);
+        assert!(record.str_at("/src").is_some_and(|s| s.starts_with("[::1]:")), "{record}");
+    }
+    let facts = report.reset("sent", "proxy", "client").expect("the proxy reset the client");
+    let downstream = record_of(&records, facts, &report);
+    assert_duplicate_transfer_encoding(&downstream["http_anomaly"], &report);
+    let upstream = report.exchange.upstream.to_string();
+    assert_eq!(downstream.str_at("/http_anomaly/peer"), Some(upstream.as_str()), "{downstream}");
+}
+
+#[test]
 fn received_resets_name_the_receiver() {
     let tracer = tracer(&["--output", "json"]);
     let report = run_reset_scenario(&[]);

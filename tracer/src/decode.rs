@@ -189,6 +189,39 @@ mod tests {
     }
 
     #[test]
+    fn decodes_resets_with_and_without_peek() {
+        use tracer_common::{
+            PeekCopy, ResetEvent, ResetPeekEvent,
+            reset::{ATTRIBUTED_SOCKET, REASON_NONE, RESET_RECEIVED},
+        };
+        let reset = ResetEvent {
+            direction: RESET_RECEIVED,
+            attributed: ATTRIBUTED_SOCKET,
+            fd: 3,
+            reason: REASON_NONE,
+            sk: 1,
+            local: raw_sockaddr("[::1]:45854".parse().unwrap()),
+            peer: raw_sockaddr("[::1]:15001".parse().unwrap()),
+            ..Default::default()
+        };
+        let event = decode(&record(header(kind::RESET, 0, 9, 1, "demo-client"), reset)).unwrap();
+        let Payload::Reset(seen) = &event.payload else { panic!("{event:?}") };
+        assert_eq!((seen.fd, seen.reason, seen.exchanges.len()), (3, None, 0));
+        assert_eq!(seen.peer, Some("[::1]:15001".parse().unwrap()));
+        assert_eq!(event.fd(), 3);
+
+        let mut own = PeekCopy { fd: 3, sent_len: 4, ..Default::default() };
+        own.sent[..4].copy_from_slice(b"GET ");
+        let peek = ResetPeekEvent { reset, own, related: PeekCopy::default() };
+        let event = decode(&record(header(kind::RESET_PEEK, 0, 9, 1, "demo-client"), peek)).unwrap();
+        let Payload::Reset(seen) = &event.payload else { panic!("{event:?}") };
+        assert_eq!(seen.exchanges.len(), 1, "the empty related slot is skipped");
+        assert_eq!(seen.exchanges[0].sent, b"GET ");
+        let short = record(header(kind::RESET_PEEK, 0, 9, 1, "x"), reset);
+        assert!(matches!(decode(&short), Err(DecodeError::Short { .. })));
+    }
+
+    #[test]
     fn comm_stops_at_nul() {
         assert_eq!(comm_str(&comm("wrk:worker_0")), "wrk:worker_0");
         assert_eq!(comm_str(&[b'a'; 16]), "a".repeat(16));

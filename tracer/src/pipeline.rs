@@ -297,6 +297,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn resets_get_kernel_reason_names_and_the_sockets_last_error() {
+        use crate::reset::{ResetDirection, ResetOwner, ResetSeen};
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(Arc::clone(&system), Clock::from_offset_ns(0));
+        processor.set_reset_reasons(BTreeMap::from([(14, "TCP_STATE".to_string())]));
+        let refused = event(
+            1,
+            111,
+            Payload::ConnectAsyncError {
+                fd: 7,
+                src: addr("127.0.0.1:4000"),
+                dst: addr("127.0.0.1:444"),
+                opts: SockOpts::default(),
+                sk: 0,
+            },
+        );
+        processor.process(&refused).await.unwrap();
+        let seen = ResetSeen {
+            direction: ResetDirection::Sent,
+            owner: ResetOwner::Close,
+            fd: 7,
+            has_socket: true,
+            state: Some(TcpState::Close),
+            reason: Some(14),
+            active: true,
+            cookie: None,
+            local: addr("127.0.0.1:4000"),
+            peer: addr("127.0.0.1:444"),
+            exchanges: Vec::new(),
+        };
+        let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen.clone())))).await.unwrap();
+        assert_eq!(r.event, EventName::RstSent);
+        assert_eq!((r.pid, r.fd, r.errno, r.comm.as_str()), (401, 7, None, "envoy"));
+        let reset = r.reset.as_deref().unwrap();
+        assert_eq!(reset.reason_name.as_deref(), Some("TCP_STATE"));
+        assert_eq!(reset.last_error.map(|e| e.errno), Some(111));
+        assert!(system.lookups.lock().unwrap().is_empty(), "resets need no lookup");
+
+        // No traced owner: pid 0, whose process is never looked up.
+        let mut orphan =
+            event(3, 0, Payload::Reset(Box::new(ResetSeen { owner: ResetOwner::Kernel, fd: -1, ..seen })));
+        orphan.header.pid = 0;
+        let r = processor.process(&orphan).await.unwrap();
+        assert_eq!((r.pid, r.netns), (0, None));
+        assert!(processor.table().get(0, -1).is_none(), "a reset creates no table entry");
+    }
+
+    #[tokio::test]
     async fn unknown_process_falls_back_to_thread_name() {
         let system = Arc::new(FakeSystem::default());
         let mut processor = Processor::new(system, Clock::from_offset_ns(0));

@@ -62,3 +62,56 @@ pub fn cilium_incident() -> Record {
         ..record(EventName::ConnectError)
     }
 }
+
+/// The proxy's reset of its client in the Istio incident, after the upstream's response
+/// with two Transfer-Encoding fields (as `--http-peek` shows it).
+pub fn istio_reset() -> Record {
+    use crate::http::{Anomaly, AnomalyKind, MessageKind};
+    use crate::reset::{DataDirection, Exchange, FoundAnomaly, ResetDetails, ResetDirection, ResetOwner};
+    let upstream = addr("127.0.0.1:8080");
+    let response =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let details = ResetDetails {
+        direction: ResetDirection::Sent,
+        owner: ResetOwner::Socket,
+        has_socket: true,
+        state: Some(TcpState::Close),
+        reason: Some(14),
+        reason_name: Some("TCP_STATE".to_owned()),
+        active: true,
+        cookie: None,
+        last_error: None,
+        exchanges: vec![Exchange {
+            own: false,
+            fd: 24,
+            local: Some(addr("127.0.0.1:40628")),
+            peer: Some(upstream),
+            sent: b"GET /wrong HTTP/1.1\r\n\r\n".to_vec(),
+            sent_total: 23,
+            received: response.clone(),
+            received_total: response.len() as u64,
+            received_ns: 1,
+        }],
+        anomalies: vec![FoundAnomaly {
+            anomaly: Anomaly {
+                kind: AnomalyKind::DuplicateTransferEncoding,
+                values: vec!["Chunked".to_owned(), "chunked".to_owned()],
+            },
+            message: MessageKind::Response,
+            direction: DataDirection::Received,
+            fd: 24,
+            peer: Some(upstream),
+        }],
+    };
+    Record {
+        pid: 812,
+        tid: 812,
+        comm: "proxy".to_owned(),
+        thread: "proxy".to_owned(),
+        fd: 23,
+        src: Some(addr("127.0.0.1:15001")),
+        dst: Some(addr("127.0.0.1:38120")),
+        reset: Some(Box::new(details)),
+        ..record(EventName::RstSent)
+    }
+}

@@ -375,6 +375,40 @@ mod tests {
     }
 
     #[test]
+    fn reset_with_anomaly_and_payload() {
+        let object = parsed(&crate::testing::istio_reset());
+        assert_eq!(object["event"], "rst_sent");
+        assert_eq!((object["pid"].clone(), object["fd"].clone()), (json!(812), json!(23)));
+        assert_eq!(
+            object["rst"],
+            json!({"direction": "sent", "by": "socket", "socket": true, "state": "CLOSE", "reason": "TCP_STATE",
+                   "reason_code": 14, "active": true, "sock_cookie": null, "last_error": null})
+        );
+        let anomaly = json!({"kind": "duplicate_transfer_encoding", "values": ["Chunked", "chunked"],
+                             "message": "response", "direction": "received", "fd": 24, "peer": "127.0.0.1:8080"});
+        assert_eq!(object["http_anomaly"], anomaly);
+        assert_eq!(object["http_anomalies"], json!([anomaly]));
+        assert_eq!(object["payload"][0]["socket"], "related");
+        assert_eq!(object["payload"][0]["sent"], "GET /wrong HTTP/1.1\r\n\r\n");
+        assert_eq!(object["payload"][0]["received_bytes"], 75, "the response head is 75 bytes");
+    }
+
+    #[test]
+    fn unattributed_reset_has_null_process() {
+        let mut record = crate::testing::istio_reset();
+        let reset = record.reset.as_mut().unwrap();
+        reset.owner = crate::reset::ResetOwner::Kernel;
+        reset.exchanges.clear();
+        reset.anomalies.clear();
+        let object = parsed(&record);
+        for field in ["pid", "tid", "comm", "thread", "fd", "payload", "http_anomaly"] {
+            assert_eq!(object[field], Value::Null, "{field}");
+        }
+        assert_eq!(object["rst"]["by"], "kernel");
+        assert_eq!(object["src"], "127.0.0.1:15001");
+    }
+
+    #[test]
     fn text_in_fields_is_escaped() {
         let odd = Record {
             comm: "a\"b\\c".to_owned(),

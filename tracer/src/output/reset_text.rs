@@ -98,3 +98,93 @@ impl fmt::Display for After<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jiff::tz::TimeZone;
+
+    use crate::{
+        output::TextRenderer,
+        record::Record,
+        reset::{ResetDirection, ResetOwner},
+        table::{LastError, Operation},
+        testing::istio_reset,
+    };
+
+    fn line(record: &Record) -> String {
+        TextRenderer::new(TimeZone::UTC, Duration::from_millis(500)).render(record)
+    }
+
+    #[test]
+    fn the_issues_example_line() {
+        assert_eq!(
+            line(&istio_reset()),
+            "12:53:25.866 RST sent by proxy[812] fd=23 127.0.0.1:15001 -> 127.0.0.1:38120 after response from \
+             127.0.0.1:8080 with duplicate Transfer-Encoding (\"Chunked\", \"chunked\") reason=TCP_STATE"
+        );
+    }
+
+    #[test]
+    fn without_peek_reason_numbers_and_last_error() {
+        let mut record = istio_reset();
+        let reset = record.reset.as_mut().unwrap();
+        reset.anomalies.clear();
+        reset.exchanges.clear();
+        reset.reason_name = None;
+        reset.last_error = Some(LastError { operation: Operation::Connect, errno: 111, ts_ns: 1 });
+        assert_eq!(
+            line(&record),
+            "12:53:25.866 RST sent by proxy[812] fd=23 127.0.0.1:15001 -> 127.0.0.1:38120 reason=14 \
+             last-error=ECONNREFUSED(connect)"
+        );
+    }
+
+    #[test]
+    fn kernel_resets_and_received_ones() {
+        let mut record = istio_reset();
+        let reset = record.reset.as_mut().unwrap();
+        reset.owner = ResetOwner::Kernel;
+        reset.has_socket = false;
+        reset.anomalies.clear();
+        reset.reason_name = Some("NO_SOCKET".into());
+        assert!(line(&record).contains(" RST sent by kernel (no socket) 127.0.0.1:15001 -> "));
+        record.reset.as_mut().unwrap().has_socket = true;
+        assert!(line(&record).contains(" RST sent by kernel (socket of no traced process) "));
+        let mut received = istio_reset();
+        let reset = received.reset.as_mut().unwrap();
+        reset.direction = ResetDirection::Received;
+        reset.reason = None;
+        reset.reason_name = None;
+        reset.anomalies.clear();
+        assert!(
+            line(&received).ends_with(" RST received by proxy[812] fd=23 127.0.0.1:15001 -> 127.0.0.1:38120")
+        );
+    }
+
+    #[test]
+    fn anomalies_of_a_sent_message_and_several_in_one() {
+        use crate::http::{Anomaly, AnomalyKind};
+        use crate::reset::DataDirection;
+        let mut record = istio_reset();
+        let reset = record.reset.as_mut().unwrap();
+        let mut second = reset.anomalies[0].clone();
+        second.anomaly = Anomaly {
+            kind: AnomalyKind::TransferEncodingWithContentLength,
+            values: vec!["chunked".into(), "5".into()],
+        };
+        reset.anomalies.push(second);
+        for found in &mut reset.anomalies {
+            found.direction = DataDirection::Sent;
+        }
+        let text = line(&record);
+        assert!(
+            text.contains(
+                "after response sent to 127.0.0.1:8080 with duplicate Transfer-Encoding (\"Chunked\", \"chunked\") \
+                 and Transfer-Encoding with Content-Length (\"chunked\", \"5\")"
+            ),
+            "{text}"
+        );
+    }
+}
