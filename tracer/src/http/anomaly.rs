@@ -91,8 +91,8 @@ pub fn analyze(kept: &[u8], total: u64) -> Option<Analysis> {
     let (message, head_len) = message_kind(kept)?;
     let mut anomalies = Vec::new();
     // httparse accepts obs-fold only in responses: a request's header section is parsed
-    // behind a status line instead of its request line, once the request line itself
-    // passed httparse.
+    // behind a status line in place of its request line. httparse's own verdict on the
+    // request is reported when the header checks found nothing to explain it.
     let request_error = match message {
         MessageKind::Request => request_line_error(kept),
         MessageKind::Response => None,
@@ -161,8 +161,8 @@ fn message_kind(bytes: &[u8]) -> Option<(MessageKind, usize)> {
         .then_some((MessageKind::Request, line_end + 2))
 }
 
-/// httparse's verdict on a request, unless it only failed on obs-fold (or on fields
-/// beyond `MAX_HEADERS`), which the header checks report themselves.
+/// httparse's verdict on a request; fields beyond `MAX_HEADERS` are left to the header
+/// checks, which report them as oversized.
 fn request_line_error(bytes: &[u8]) -> Option<httparse::Error> {
     let mut headers = [EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
