@@ -40,6 +40,22 @@ pub enum OutputFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Text output: identical failures within this window print as one line with a
+    /// count (e.g. 500ms, 1s; 0 prints every failure at once).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub fold: std::time::Duration,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+/// Which processes and failures `trace` and `daemon` report.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
     /// Trace only this process id (repeatable). With --comm: either matches.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -60,15 +76,6 @@ pub struct TraceArgs {
     /// (by default it prints one line per failure).
     #[arg(long)]
     pub all: bool,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Text output: identical failures within this window print as one line with a
-    /// count (e.g. 500ms, 1s; 0 prints every failure at once).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub fold: std::time::Duration,
-    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,9 +150,9 @@ mod tests {
         ])
         .unwrap();
         let Command::Trace(args) = cli.command else { panic!("not trace") };
-        assert_eq!(args.pids, [1, 2]);
-        assert_eq!(args.comms, ["envoy"]);
-        assert_eq!(args.errnos, [99, 98]);
+        assert_eq!(args.filters.pids, [1, 2]);
+        assert_eq!(args.filters.comms, ["envoy"]);
+        assert_eq!(args.filters.errnos, [99, 98]);
         assert_eq!(args.output, OutputFormat::Json);
     }
 

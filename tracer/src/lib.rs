@@ -19,6 +19,7 @@ pub mod output;
 pub mod pipeline;
 pub mod record;
 pub mod scenario;
+pub mod sink;
 pub mod table;
 #[cfg(test)]
 mod testing;

@@ -7,12 +7,14 @@
 mod fold;
 mod json;
 mod options;
+mod stdout;
 mod text;
 
 use std::time::Duration;
 
 pub use fold::{DEFAULT_MAX_OPEN_GROUPS, Folder};
 pub use json::render_json;
+pub use stdout::{OutputOptions, StdoutSink};
 pub use text::TextRenderer;
 
 use crate::record::Record;
