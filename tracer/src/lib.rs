@@ -13,6 +13,7 @@ pub mod demo;
 pub mod enrich;
 pub mod errno;
 pub mod event;
+pub mod fatal;
 pub mod kernel;
 pub mod mark;
 pub mod output;

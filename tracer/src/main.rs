@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    tracer::fatal::exit_on_panic();
     let result = match cli.command {
         Command::Trace(args) => {
             runtime().and_then(|rt| Ok(rt.block_on(tracer::trace::run(args)).map(drop)?))
