@@ -8,6 +8,7 @@ pub mod classify;
 pub mod cli;
 pub mod clock;
 pub mod correlate;
+pub mod daemon;
 pub mod decode;
 pub mod demo;
 pub mod enrich;

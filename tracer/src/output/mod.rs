@@ -14,6 +14,8 @@ use std::time::Duration;
 
 pub use fold::{DEFAULT_MAX_OPEN_GROUPS, Folder};
 pub use json::render_json;
+pub(crate) use json::{MarkView, SockoptsView};
+pub use options::{NamedOption, OptionValue, enabled_options};
 pub use stdout::{OutputOptions, StdoutSink};
 pub use text::TextRenderer;
 
