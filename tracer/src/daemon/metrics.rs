@@ -76,7 +76,9 @@ impl BuildInfo {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            // Set by build.rs when the build ran in a git checkout.
+            // Set by whoever builds a release (e.g. `SOCKERR_GIT_SHA=$(git rev-parse --short
+            // HEAD) cargo build`). Not computed in build.rs: a build script that follows HEAD
+            // would recompile the whole crate after every commit.
             git_sha: option_env!("SOCKERR_GIT_SHA").unwrap_or("unknown").to_owned(),
             kernel: crate::kernel::tracefs::kernel_release(),
         }
