@@ -8,10 +8,12 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use super::{Stopped, Tracer};
+use super::{READY_TIMEOUT, Stopped, Tracer};
 
 /// The daemon's log line naming its address: `... listening on http://127.0.0.1:PORT (...)`.
 const LISTEN_MARKER: &str = "listening on http://";
+/// Logged once /readyz answers 200 (a moment after `tracing started`).
+const DAEMON_READY_MARKER: &str = "/readyz answers 200";
 /// Bound on one HTTP request to the daemon.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,11 +41,18 @@ impl HttpResponse {
 }
 
 impl Daemon {
-    /// `sockerr daemon --listen 127.0.0.1:0 <args>`, once its programs are attached.
+    /// `sockerr daemon --listen 127.0.0.1:0 <args>`, once it is ready.
     pub fn start(args: &[&str]) -> Self {
         let all: Vec<&str> = ["--listen", "127.0.0.1:0"].iter().chain(args).copied().collect();
         let tracer = Tracer::start_command("daemon", &all);
+        let ready = tracer.process.shared.wait_until(READY_TIMEOUT, |output| {
+            output.stderr_closed || output.stderr.iter().any(|line| line.contains(DAEMON_READY_MARKER))
+        });
         let stderr = tracer.process.stderr();
+        assert!(
+            ready && stderr.contains(DAEMON_READY_MARKER),
+            "the daemon did not log `{DAEMON_READY_MARKER}`: stderr:\n{stderr}"
+        );
         let addr = stderr
             .lines()
             .find_map(|line| line.split_once(LISTEN_MARKER))

@@ -24,7 +24,7 @@ fn daemon_reports_the_cilium_incident_and_stops_on_sigterm() {
     let health = daemon.get("/healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"), "{health:?}");
     let ready = daemon.get("/readyz");
-    assert_eq!(ready.status, 200, "programs are attached once the daemon logged it: {ready:?}");
+    assert_eq!(ready.status, 200, "ready once the daemon logged it: {ready:?}");
 
     scenario.open();
     let is_proxy = |r: &Value| r.pid() == Some(u64::from(proxy_pid));

@@ -96,6 +96,8 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
         .await
         .map_err(DaemonError::LoaderTask)??;
     ready.store(true, Ordering::Release);
+    // After the store: whoever reads this line (the end-to-end tests) finds /readyz at 200.
+    tracing::info!("ready: /readyz answers 200");
 
     let stop = async move {
         tokio::select! {
