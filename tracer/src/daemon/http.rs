@@ -107,30 +107,9 @@ mod tests {
         clock::Clock,
         daemon::metrics::{BuildInfo, MAX_LABEL_SETS, MetricsOptions},
         event::{Header, KernelEvent, Payload},
-        pipeline::Inspect,
         table::SocketTable,
-        testing::{addr, cilium_incident},
+        testing::{FakeState, addr, cilium_incident},
     };
-
-    /// A processing task stand-in: answers inspections from a table with one socket of
-    /// pid 401 ("envoy").
-    struct Tables {
-        table: SocketTable,
-    }
-
-    impl Inspect for Tables {
-        fn table(&self) -> &SocketTable {
-            &self.table
-        }
-
-        fn clock(&self) -> Clock {
-            Clock::from_offset_ns(0)
-        }
-
-        fn process_name(&mut self, pid: u32) -> Option<String> {
-            (pid == 401).then(|| "envoy".into())
-        }
-    }
 
     fn state(ready: bool) -> (AppState, mpsc::Receiver<Inspection>) {
         let build = BuildInfo { version: "0.1.0".into(), git_sha: "unknown".into(), kernel: "6.18.0".into() };
@@ -143,16 +122,17 @@ mod tests {
         (state, receiver)
     }
 
-    /// Answers inspections like the run loop does, until the senders are gone.
+    /// Answers inspections like the run loop does, until the senders are gone, from a
+    /// table with one socket of pid 401 ("envoy").
     fn serve_inspections(mut receiver: mpsc::Receiver<Inspection>) {
         let mut table = SocketTable::new(8);
         let bind = Payload::Bind { fd: 3, addr: Some(addr("127.0.0.1:8080")), opts: Default::default() };
         let header = Header { ts_ns: 1, pid: 401, tid: 401, cgroup_id: 1, thread: "envoy".into(), errno: 0 };
         table.apply(&KernelEvent { header, payload: bind });
-        let mut tables = Tables { table };
+        let mut state = FakeState { table, clock: Clock::from_offset_ns(0), names: vec![(401, "envoy")] };
         tokio::spawn(async move {
             while let Some(inspect) = receiver.recv().await {
-                inspect(&mut tables);
+                inspect(&mut state);
             }
         });
     }

@@ -162,32 +162,8 @@ mod tests {
         clock::Clock,
         event::{Header, KernelEvent, Payload},
         table::SocketTable,
-        testing::addr,
+        testing::{FakeState, addr},
     };
-
-    /// A socket table with names for pids 401 ("envoy") and 402 ("envoy"), 77 ("curl").
-    struct Fake {
-        table: SocketTable,
-    }
-
-    impl Inspect for Fake {
-        fn table(&self) -> &SocketTable {
-            &self.table
-        }
-
-        fn clock(&self) -> Clock {
-            // 2026-11-23T12:53:25Z at kernel time 0.
-            Clock::from_offset_ns(1_795_438_405_000_000_000)
-        }
-
-        fn process_name(&mut self, pid: u32) -> Option<String> {
-            match pid {
-                401 | 402 => Some("envoy".into()),
-                77 => Some("curl".into()),
-                _ => None,
-            }
-        }
-    }
 
     fn event(pid: u32, ts_ns: u64, errno: i32, payload: Payload) -> KernelEvent {
         KernelEvent {
@@ -198,7 +174,7 @@ mod tests {
 
     /// Envoy's Cilium attempt on fd 131, the second socket on that fd: options, bind,
     /// connect failing with EADDRNOTAVAIL. Plus one bare socket of each other process.
-    fn table() -> Fake {
+    fn table() -> FakeState {
         let mut table = SocketTable::new(64);
         let opts =
             SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR | FLAG_IP_TRANSPARENT, mark: 0x3203_0b00 };
@@ -242,7 +218,12 @@ mod tests {
         for e in &events {
             table.apply(e);
         }
-        Fake { table }
+        FakeState {
+            table,
+            // 2026-11-23T12:53:25Z at kernel time 0.
+            clock: Clock::from_offset_ns(1_795_438_405_000_000_000),
+            names: vec![(401, "envoy"), (402, "envoy"), (77, "curl")],
+        }
     }
 
     fn json_of(view: &SocketsView) -> Value {
