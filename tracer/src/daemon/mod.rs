@@ -66,6 +66,8 @@ pub enum DaemonError {
 }
 
 pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
+    // First: from here on SIGTERM stops the daemon cleanly, even while it loads.
+    let signal = trace::stop_signal(None)?;
     let listener =
         TcpListener::bind(args.listen).await.map_err(|source| listen_error(args.listen, source))?;
     let address = listener.local_addr().map_err(|source| listen_error(args.listen, source))?;
@@ -89,7 +91,6 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
             .await
     });
 
-    let signal = trace::stop_signal(None)?;
     let selection = Selection::from(&args.filters);
     // Loading takes a while and blocks: off the runtime's workers, so /healthz answers.
     let tracer = tokio::task::spawn_blocking(move || Tracer::start(&selection))
