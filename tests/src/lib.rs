@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use daemon::{Daemon, HttpResponse};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -63,6 +64,8 @@ pub fn require_root() {
         "the end-to-end tests need root (eBPF, network namespaces): run `cargo xtask test`"
     );
 }
+
+mod daemon;
 
 /// Output of a process, collected by reader threads.
 #[derive(Default)]
@@ -200,6 +203,8 @@ pub struct Stopped {
     pub stdout: Vec<String>,
     pub stderr: String,
     pub status: ExitStatus,
+    /// From the stop signal to the exit (as the test saw it, for reports, not asserts).
+    pub elapsed: Duration,
 }
 
 impl Stopped {
@@ -213,10 +218,15 @@ impl Tracer {
     /// Starts `sockerr trace <args>` and waits until it reports that its programs are
     /// attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_command("trace", args)
+    }
+
+    /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
+    fn start_command(subcommand: &str, args: &[&str]) -> Self {
         require_root();
         let mut command = Command::new(sockerr_bin());
-        command.arg("trace").args(args).stdin(Stdio::null());
-        let what = format!("sockerr trace {}", args.join(" "));
+        command.arg(subcommand).args(args).stdin(Stdio::null());
+        let what = format!("sockerr {subcommand} {}", args.join(" "));
         let process = Process::spawn(what.clone(), &mut command);
         let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
             output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))
@@ -287,14 +297,21 @@ impl Tracer {
     }
 
     /// SIGINT, then a bounded wait for the exit (killed on timeout, which fails the test).
-    pub fn stop(mut self) -> Stopped {
+    pub fn stop(self) -> Stopped {
+        self.stop_with(Signal::SIGINT)
+    }
+
+    /// `signal`, then a bounded wait for the exit (killed on timeout, which fails the test).
+    pub fn stop_with(mut self, signal: Signal) -> Stopped {
         let what = self.process.what.clone();
-        kill(self.process.pid(), Signal::SIGINT).unwrap_or_else(|e| panic!("SIGINT to {what}: {e}"));
+        let sent = Instant::now();
+        kill(self.process.pid(), signal).unwrap_or_else(|e| panic!("{signal} to {what}: {e}"));
         let status = self.process.wait(STOP_TIMEOUT);
+        let elapsed = sent.elapsed();
         let output = self.process.shared.lock();
         let stderr = output.stderr.join("\n");
         let status = status.unwrap_or_else(|e| panic!("{e}: stderr:\n{stderr}"));
-        Stopped { stdout: output.stdout.clone(), stderr, status }
+        Stopped { stdout: output.stdout.clone(), stderr, status, elapsed }
     }
 }
 

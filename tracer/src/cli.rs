@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Trace connect/bind/setsockopt of matching processes and print each failure.
     Trace(TraceArgs),
+    /// Trace like `trace --output json` and serve Prometheus metrics, health and the
+    /// live socket table over HTTP (default 127.0.0.1:9966).
+    Daemon(DaemonArgs),
     /// Reproduce a known incident in a throwaway network namespace while tracing it.
     Demo(DemoArgs),
     /// Run a scenario without tracing and print what it did as JSON (used by the
@@ -40,6 +43,22 @@ pub enum OutputFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Text output: identical failures within this window print as one line with a
+    /// count (e.g. 500ms, 1s; 0 prints every failure at once).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub fold: std::time::Duration,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+/// Which processes and failures `trace` and `daemon` report.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
     /// Trace only this process id (repeatable). With --comm: either matches.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -52,7 +71,7 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Print only failures with this errno (name like EADDRNOTAVAIL, or number;
-    /// repeatable).
+    /// repeatable). The daemon's metrics still count every failure.
     #[arg(long = "errno", value_name = "NAME|NUM", value_parser = crate::errno::parse_errno)]
     pub errnos: Vec<i32>,
     /// Report successful bind/connect of every socket, not only of those carrying a
@@ -66,15 +85,24 @@ pub struct TraceArgs {
     /// --comm or --cgroup).
     #[arg(long)]
     pub http_peek: bool,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-    /// Text output: identical failures within this window print as one line with a
-    /// count (e.g. 500ms, 1s; 0 prints every failure at once).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub fold: std::time::Duration,
-    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<std::time::Duration>,
+}
+
+/// The HTTP endpoints' default address: loopback, so a node does not expose them unless
+/// asked to (`--listen 0.0.0.0:9966` for a Prometheus outside the host).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9966";
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /v1/sockets). Port 0
+    /// picks a free port; the address in use is logged on stderr.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Label connect-error metrics with the destination ip and port (one series per
+    /// destination: only where destinations are few).
+    #[arg(long)]
+    pub metrics_dst_labels: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -152,10 +180,30 @@ mod tests {
         ])
         .unwrap();
         let Command::Trace(args) = cli.command else { panic!("not trace") };
-        assert_eq!(args.pids, [1, 2]);
-        assert_eq!(args.comms, ["envoy"]);
-        assert_eq!(args.errnos, [99, 98]);
+        assert_eq!(args.filters.pids, [1, 2]);
+        assert_eq!(args.filters.comms, ["envoy"]);
+        assert_eq!(args.filters.errnos, [99, 98]);
         assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn daemon_flags_parse() {
+        let cli =
+            Cli::try_parse_from(["sockerr", "daemon", "--comm", "envoy", "--errno", "EADDRINUSE"]).unwrap();
+        let Command::Daemon(args) = cli.command else { panic!("not daemon") };
+        assert_eq!(args.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(args.filters.comms, ["envoy"]);
+        assert_eq!(args.filters.errnos, [98]);
+        assert!(!args.metrics_dst_labels);
+        let cli = Cli::try_parse_from(["sockerr", "daemon", "--listen", "[::1]:0", "--metrics-dst-labels"])
+            .unwrap();
+        let Command::Daemon(args) = cli.command else { panic!("not daemon") };
+        assert_eq!(args.listen, "[::1]:0".parse().unwrap());
+        assert!(args.metrics_dst_labels);
+        let err = Cli::try_parse_from(["sockerr", "daemon", "--listen", "localhost"]).unwrap_err();
+        assert!(err.to_string().contains("localhost"), "{err}");
+        // Text output is trace's: the daemon prints JSON only.
+        assert!(Cli::try_parse_from(["sockerr", "daemon", "--output", "text"]).is_err());
     }
 
     #[test]

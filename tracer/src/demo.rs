@@ -10,7 +10,8 @@ use tokio::{process::Command, sync::oneshot};
 use crate::{
     cli::{DemoArgs, DemoIncident},
     kernel::loader::Selection,
-    trace::{OutputOptions, TraceError, Tracer},
+    output::{OutputOptions, StdoutSink},
+    trace::{TraceError, Tracer},
 };
 
 #[derive(Debug, Error)]
@@ -42,7 +43,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         errnos: Vec::new(),
         text_successes: false,
     };
-    let tracer = Tracer::start(&selection, output)?;
+    let tracer = Tracer::start(&selection)?;
     eprintln!("{}", intro(args.incident));
 
     let child = Command::new(exe)
@@ -58,12 +59,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = ended.send(());
         status
     });
-    tracer
-        .run_until(async {
-            let _ = scenario_ended.await;
-            tokio::time::sleep(GRACE).await;
-        })
-        .await?;
+    let stop = async {
+        let _ = scenario_ended.await;
+        tokio::time::sleep(GRACE).await;
+    };
+    tracer.run_until(stop, &mut StdoutSink::new(&output), None).await?;
     let status = waiter
         .await
         .map_err(|join| DemoError::Spawn(std::io::Error::other(join)))?

@@ -8,10 +8,17 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    tracer::fatal::exit_on_panic();
     let result = match cli.command {
         Command::Trace(args) => {
             runtime().and_then(|rt| Ok(rt.block_on(tracer::trace::run(args)).map(drop)?))
         }
+        Command::Daemon(args) => runtime().and_then(|rt| {
+            let result = rt.block_on(tracer::daemon::run(args));
+            // A lookup still blocking in a namespace must not hold up the exit.
+            rt.shutdown_timeout(std::time::Duration::from_millis(300));
+            Ok(result.map(drop)?)
+        }),
         Command::Demo(args) => runtime().and_then(|rt| Ok(rt.block_on(tracer::demo::run(args))?)),
         // No async runtime on purpose: the scenario unshares its network namespace and
         // starts actors, which must not race with runtime threads.

@@ -157,6 +157,30 @@ impl<S: SystemView> Processor<S> {
     }
 }
 
+/// The processor's state as seen from outside the run loop (the daemon's /v1/sockets):
+/// a trait, so that the run loop's inspections do not depend on the system it reads.
+pub trait Inspect {
+    fn table(&self) -> &SocketTable;
+    /// Turns the table's kernel timestamps into wall-clock time.
+    fn clock(&self) -> Clock;
+    /// The process's name as records give it (cached like theirs).
+    fn process_name(&mut self, pid: u32) -> Option<String>;
+}
+
+impl<S: SystemView> Inspect for Processor<S> {
+    fn table(&self) -> &SocketTable {
+        &self.table
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn process_name(&mut self, pid: u32) -> Option<String> {
+        self.process_info(pid).name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::SocketAddr, sync::Mutex};

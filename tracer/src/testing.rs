@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use tracer_common::SockOpts;
 use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
 
+use crate::clock::Clock;
+use crate::pipeline::Inspect;
 use crate::record::{Cause, EventName, Holder, HolderOwner, Record, TcpState};
+use crate::table::SocketTable;
 
 pub fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
@@ -113,5 +116,27 @@ pub fn istio_reset() -> Record {
         dst: Some(addr("127.0.0.1:38120")),
         reset: Some(Box::new(details)),
         ..record(EventName::RstSent)
+    }
+}
+
+/// What the run loop's inspections see, without a kernel: a socket table, a clock and
+/// the names of some processes.
+pub struct FakeState {
+    pub table: SocketTable,
+    pub clock: Clock,
+    pub names: Vec<(u32, &'static str)>,
+}
+
+impl Inspect for FakeState {
+    fn table(&self) -> &SocketTable {
+        &self.table
+    }
+
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    fn process_name(&mut self, pid: u32) -> Option<String> {
+        self.names.iter().find(|(known, _)| *known == pid).map(|(_, name)| (*name).to_owned())
     }
 }

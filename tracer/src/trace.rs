@@ -1,8 +1,11 @@
 //! `sockerr trace`: load the programs, read events until told to stop, print records.
+//!
+//! The run loop here is shared: `trace` and `demo` give it the stdout sink, `daemon`
+//! adds metrics and lets its HTTP handlers inspect the socket table.
 
 use std::{
     future::Future,
-    io::{self, Write},
+    io,
     pin::pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -12,7 +15,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    cli::{OutputFormat, TraceArgs},
+    cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
     enrich::{Enricher, Findings, Query},
     event::KernelEvent,
@@ -20,9 +23,9 @@ use crate::{
         loader::{self, LoadError, Loaded, LostCounter, Selection},
         reader::Reader,
     },
-    output::{Folder, Renderer},
-    pipeline::{ProcessInfo, Processor, SystemView},
-    record::Record,
+    output::{OutputOptions, StdoutSink},
+    pipeline::{Inspect, ProcessInfo, Processor, SystemView},
+    sink::{Sink, Totals},
 };
 
 #[derive(Debug, Error)]
@@ -39,17 +42,6 @@ pub enum TraceError {
     Output(#[source] io::Error),
 }
 
-/// How `trace` prints.
-#[derive(Debug, Clone)]
-pub struct OutputOptions {
-    pub format: OutputFormat,
-    pub fold: Duration,
-    /// Print only failures with one of these errnos (empty: everything).
-    pub errnos: Vec<i32>,
-    /// Text prints failures only unless this is set; JSON prints every record.
-    pub text_successes: bool,
-}
-
 /// What a run saw, for the closing log line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -59,23 +51,32 @@ pub struct Summary {
     pub undecodable: u64,
 }
 
+/// A look at the processor's state (the socket table), run on the processing task
+/// between two events: nothing else touches the processor, so nothing needs a lock.
+pub type Inspection = Box<dyn FnOnce(&mut dyn Inspect) + Send>;
+
 pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
-    let selection = Selection {
-        pids: args.pids.clone(),
-        comms: args.comms.clone(),
-        cgroup: args.cgroup.clone(),
-        all: args.all,
-        http_peek: args.http_peek,
-    };
     let output = OutputOptions {
         format: args.output,
         fold: args.fold,
-        errnos: args.errnos.clone(),
-        text_successes: args.all,
+        errnos: args.filters.errnos.clone(),
+        text_successes: args.filters.all,
     };
-    let tracer = Tracer::start(&selection, output)?;
+    let tracer = Tracer::start(&Selection::from(&args.filters))?;
     let stop = stop_signal(args.duration)?;
-    tracer.run_until(stop).await
+    tracer.run_until(stop, &mut StdoutSink::new(&output), None).await
+}
+
+impl From<&FilterArgs> for Selection {
+    fn from(filters: &FilterArgs) -> Self {
+        Selection {
+            pids: filters.pids.clone(),
+            comms: filters.comms.clone(),
+            cgroup: filters.cgroup.clone(),
+            all: filters.all,
+            http_peek: filters.http_peek,
+        }
+    }
 }
 
 /// Resolves on SIGINT, SIGTERM, or after `duration`.
@@ -101,13 +102,12 @@ pub fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()
 /// Programs loaded and attached, not yet read.
 pub struct Tracer {
     loaded: Loaded,
-    output: OutputOptions,
     clock: Clock,
 }
 
 impl Tracer {
     /// Loads and attaches the programs; events are buffered in the kernel from here on.
-    pub fn start(selection: &Selection, output: OutputOptions) -> Result<Self, TraceError> {
+    pub fn start(selection: &Selection) -> Result<Self, TraceError> {
         let clock = Clock::now()?;
         let loaded = loader::load(selection)?;
         // The end-to-end tests and `demo` wait for this line.
@@ -116,56 +116,75 @@ impl Tracer {
             loaded.attached,
             describe(selection, loaded.cgroup.as_ref().map(|c| c.id))
         );
-        Ok(Self { loaded, output, clock })
+        Ok(Self { loaded, clock })
     }
 
-    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<Summary, TraceError> {
-        let Tracer { loaded, output, clock } = self;
+    /// Reads and processes events until `stop` resolves (then drains the ring once
+    /// more); every record goes to `sink`. `inspections`, when given, are run between
+    /// events for as long as their senders live.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()>,
+        sink: &mut impl Sink,
+        mut inspections: Option<mpsc::Receiver<Inspection>>,
+    ) -> Result<Summary, TraceError> {
+        let Tracer { loaded, clock } = self;
         let Loaded { events, lost, reset_reasons, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
-        let (batches, mut incoming) = mpsc::channel::<Vec<KernelEvent>>(256);
+        let (batches, mut incoming) = mpsc::channel::<Batch>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
         let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
         let mut processor = Processor::new(system, clock);
         processor.set_reset_reasons(reset_reasons);
-        let mut sink = Sink::new(&output);
-        let mut summary = Summary::default();
+        let mut totals = Totals::default();
+        let mut failures = 0;
         let mut losses = LossWatch::new(lost);
         let mut stop = pin!(stop);
         let mut stop_reader = Some(stop_reader);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let output = TraceError::Output;
 
         loop {
             let deadline = sink.deadline();
             tokio::select! {
                 batch = incoming.recv() => {
                     let Some(batch) = batch else { break };
-                    for event in &batch {
-                        summary.events += 1;
+                    for event in &batch.events {
+                        totals.events += 1;
                         if let Some(record) = processor.process(event).await {
-                            summary.failures += u64::from(record.event.is_failure());
-                            sink.accept(record)?;
+                            failures += u64::from(record.event.is_failure());
+                            sink.record(&record).map_err(output)?;
                         }
                     }
-                    sink.flush()?;
+                    totals.undecodable = batch.undecodable;
+                    sink.progress(&totals).map_err(output)?;
                 }
-                () = sleep_until(deadline) => sink.flush_due()?,
+                () = sleep_until(deadline) => sink.flush_due(Instant::now()).map_err(output)?,
                 () = &mut stop, if stop_reader.is_some() => {
                     if let Some(tx) = stop_reader.take() {
                         let _ = tx.send(());
                     }
                 }
+                inspection = next_inspection(&mut inspections) => match inspection {
+                    Some(inspect) => inspect(&mut processor),
+                    // Nobody can ask any more (the HTTP server is gone): stop listening.
+                    None => inspections = None,
+                },
                 _ = ticker.tick() => {
-                    losses.check();
+                    totals.lost = losses.check();
+                    sink.progress(&totals).map_err(output)?;
                     processor.prune();
                 }
             }
         }
-        summary.undecodable = reader_task.await.unwrap_or(Ok(0)).map_err(TraceError::Reader)?;
-        summary.lost = losses.check();
-        sink.finish()?;
+        totals.undecodable =
+            reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
+        totals.lost = losses.check();
+        sink.finish(&totals).map_err(output)?;
+        let summary =
+            Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
         tracing::info!(
             "stopped: {} events, {} failures, {} lost in the kernel, {} undecodable",
             summary.events,
@@ -177,19 +196,29 @@ impl Tracer {
     }
 }
 
+/// What one drain of the ring buffer gave.
+struct Batch {
+    events: Vec<KernelEvent>,
+    /// Undecodable records since the start (a running total).
+    undecodable: u64,
+}
+
 /// Forwards ring-buffer batches until told to stop, then drains once more.
 async fn read_ring(
     mut reader: Reader,
-    batches: mpsc::Sender<Vec<KernelEvent>>,
+    batches: mpsc::Sender<Batch>,
     mut stop: oneshot::Receiver<()>,
 ) -> io::Result<u64> {
     loop {
-        let mut batch = Vec::new();
+        let mut events = Vec::new();
+        let undecodable_before = reader.decode_errors();
         let stopping = tokio::select! {
-            result = reader.next_batch(&mut batch) => { result?; false }
-            _ = &mut stop => { reader.drain_now(&mut batch); true }
+            result = reader.next_batch(&mut events) => { result?; false }
+            _ = &mut stop => { reader.drain_now(&mut events); true }
         };
-        if !batch.is_empty() && batches.send(batch).await.is_err() {
+        let undecodable = reader.decode_errors();
+        let news = !events.is_empty() || undecodable != undecodable_before;
+        if news && batches.send(Batch { events, undecodable }).await.is_err() {
             break;
         }
         if stopping {
@@ -197,6 +226,13 @@ async fn read_ring(
         }
     }
     Ok(reader.decode_errors())
+}
+
+async fn next_inspection(inspections: &mut Option<mpsc::Receiver<Inspection>>) -> Option<Inspection> {
+    match inspections {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -241,76 +277,6 @@ impl LossWatch {
             self.reported = total;
         }
         total
-    }
-}
-
-/// Records to stdout: rendered, filtered by errno, folded for text.
-struct Sink {
-    renderer: Renderer,
-    folder: Folder,
-    errnos: Vec<i32>,
-    failures_only: bool,
-    out: io::BufWriter<io::Stdout>,
-}
-
-impl Sink {
-    fn new(options: &OutputOptions) -> Self {
-        let renderer = match options.format {
-            OutputFormat::Json => Renderer::Json,
-            OutputFormat::Text => Renderer::text(options.fold),
-        };
-        let folder = renderer.folder();
-        // A person reads text: one line per failure. Programs get every event as JSON.
-        let failures_only = options.format == OutputFormat::Text && !options.text_successes;
-        Self {
-            renderer,
-            folder,
-            errnos: options.errnos.clone(),
-            failures_only,
-            out: io::BufWriter::new(io::stdout()),
-        }
-    }
-
-    fn accept(&mut self, record: Record) -> Result<(), TraceError> {
-        if !self.wanted(&record) {
-            return Ok(());
-        }
-        let ready = self.folder.push(record, Instant::now());
-        self.write_all(&ready)
-    }
-
-    fn wanted(&self, record: &Record) -> bool {
-        if !self.errnos.is_empty() {
-            return record.errno.is_some_and(|e| self.errnos.contains(&e));
-        }
-        !self.failures_only || record.errno.is_some() || record.event.is_failure()
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.folder.next_deadline()
-    }
-
-    fn flush_due(&mut self) -> Result<(), TraceError> {
-        let due = self.folder.flush_due(Instant::now());
-        self.write_all(&due)?;
-        self.flush()
-    }
-
-    fn finish(&mut self) -> Result<(), TraceError> {
-        let rest = self.folder.flush_all();
-        self.write_all(&rest)?;
-        self.flush()
-    }
-
-    fn write_all(&mut self, records: &[Record]) -> Result<(), TraceError> {
-        for record in records {
-            writeln!(self.out, "{}", self.renderer.render(record)).map_err(TraceError::Output)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), TraceError> {
-        self.out.flush().map_err(TraceError::Output)
     }
 }
 

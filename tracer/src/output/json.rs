@@ -2,6 +2,7 @@
 //! every field always present, `null` where unknown.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use tracer_common::SockOpts;
 
 use crate::errno::errno_name;
 use crate::mark::CiliumMark;
@@ -33,7 +34,7 @@ struct RecordView<'a> {
     asynchronous: bool,
     src: Option<String>,
     dst: Option<String>,
-    sockopts: SockoptsView<'a>,
+    sockopts: SockoptsView,
     mark: Option<MarkView>,
     sockopt: Option<SockoptView>,
     cause: Option<&'static str>,
@@ -79,7 +80,7 @@ impl<'a> RecordView<'a> {
             asynchronous: record.asynchronous,
             src: record.src.map(|addr| addr.to_string()),
             dst: record.dst.map(|addr| addr.to_string()),
-            sockopts: SockoptsView(record),
+            sockopts: SockoptsView(record.sockopts),
             mark: mark_of(record, call).map(MarkView::of),
             sockopt: call.map(|option| SockoptView { name: option.name, value: JsonValue(option.value) }),
             cause: record.cause.map(|cause| cause.as_str()),
@@ -121,12 +122,12 @@ fn is_mark(value: OptionValue) -> bool {
 }
 
 /// `{"SO_MARK":"0x32030b00","SO_REUSEADDR":1}`, in the renderers' option order.
-struct SockoptsView<'a>(&'a Record);
+pub(crate) struct SockoptsView(pub SockOpts);
 
-impl Serialize for SockoptsView<'_> {
+impl Serialize for SockoptsView {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        for option in enabled_options(self.0.sockopts) {
+        for option in enabled_options(self.0) {
             map.serialize_entry(option.name, &JsonValue(option.value))?;
         }
         map.end()
@@ -153,7 +154,7 @@ struct SockoptView {
 }
 
 #[derive(serde::Serialize)]
-struct MarkView {
+pub(crate) struct MarkView {
     magic: String,
     magic_name: &'static str,
     identity: Option<u32>,
@@ -162,6 +163,11 @@ struct MarkView {
 }
 
 impl MarkView {
+    /// Cilium's reading of the socket's SO_MARK, when it is set and looks like Cilium's.
+    pub(crate) fn of_socket(opts: SockOpts) -> Option<Self> {
+        enabled_options(opts).find_map(|option| option.value.cilium_mark()).map(Self::of)
+    }
+
     fn of(mark: CiliumMark) -> Self {
         Self {
             magic: format!("{:#06x}", mark.magic),

@@ -9,12 +9,16 @@ mod json;
 mod options;
 mod reset_json;
 mod reset_text;
+mod stdout;
 mod text;
 
 use std::time::Duration;
 
 pub use fold::{DEFAULT_MAX_OPEN_GROUPS, Folder};
 pub use json::render_json;
+pub(crate) use json::{MarkView, SockoptsView};
+pub use options::{NamedOption, OptionValue, enabled_options};
+pub use stdout::{OutputOptions, StdoutSink};
 pub use text::TextRenderer;
 
 use crate::record::Record;

@@ -97,7 +97,10 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
         }
         let at = first.elapsed();
         let opened = proxy.open(&plan)?;
-        proxy.close(opened.fd)?;
+        let last = attempt + 1 == args.attempts;
+        if !(last && args.keep_open) {
+            proxy.close(opened.fd)?;
+        }
         if let Some(attempt) = opened.attempt(&proxy, &plan, at) {
             attempts.push(attempt);
         }

@@ -95,6 +95,11 @@ pub struct CiliumArgs {
     /// try plus 3 retries.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub attempts: u32,
+    /// The proxy keeps its last failed socket open until the actors exit instead of
+    /// closing it (a proxy that holds on to it): a tracer's socket table still lists it,
+    /// with its options and error, during the hold.
+    #[arg(long)]
+    pub keep_open: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,0 +1,145 @@
+//! `sockerr daemon`: the Cilium incident seen through its metrics, its live socket table
+//! and its NDJSON; health endpoints; SIGTERM; a taken port; the panic policy.
+//!
+//! The daemon traces `--pid <the scenario's proxy>` (the scenario waits at its gate until
+//! the daemon runs), so its counters hold exactly this scenario's events even while
+//! other tests run proxies named demo-proxy.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use sockerr_e2e::*;
+
+/// Long enough to query the socket table while the proxy still holds its socket.
+const HOLD_MS: &str = "4000";
+
+#[test]
+fn daemon_reports_the_cilium_incident_and_stops_on_sigterm() {
+    let mut scenario = ScenarioRun::start("cilium", &["--gate", "--keep-open", "--hold-ms", HOLD_MS]);
+    let gate = scenario.gate();
+    let proxy_pid = gate.actors.iter().find(|a| a.role == "proxy").expect("a proxy at the gate").pid;
+    let daemon = Daemon::start(&["--pid", &proxy_pid.to_string()]);
+
+    let health = daemon.get("/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"), "{health:?}");
+    let ready = daemon.get("/readyz");
+    assert_eq!(ready.status, 200, "ready once the daemon logged it: {ready:?}");
+
+    scenario.open();
+    let is_proxy = |r: &Value| r.pid() == Some(u64::from(proxy_pid));
+    let is_failure = |r: &Value| is_proxy(r) && r.event() == "connect_error";
+    daemon.wait_for_records(4, RECORD_TIMEOUT, is_failure);
+    // The scenario holds its sockets (and its proxy keeps the last one open) meanwhile.
+    let by_pid = daemon.get(&format!("/v1/sockets?pid={proxy_pid}"));
+    let by_comm = daemon.get("/v1/sockets?comm=demo-proxy");
+    let samples = daemon.metrics();
+    let report = scenario.finish();
+
+    let attempts = report.attempts_of("proxy");
+    assert_eq!(attempts.len(), 4, "Envoy's 1 try + 3 retries: {report:?}");
+    let last = attempts.last().expect("attempts");
+
+    // /metrics: exactly this scenario's counts.
+    let counter = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, value)| *value);
+    let labels = r#"comm="demo-proxy",pod_namespace="""#;
+    let connect_errors =
+        format!(r#"sockerr_connect_errors_total{{errno="EADDRNOTAVAIL",cause="tuple_in_use",{labels}}}"#);
+    assert_eq!(counter(&connect_errors), Some(4.0), "{samples:#?}");
+    let conflicts = format!(r#"sockerr_tuple_conflicts_total{{cause="tuple_in_use",{labels}}}"#);
+    assert_eq!(counter(&conflicts), Some(4.0), "{samples:#?}");
+    for option in last.sockopts.keys() {
+        let calls = format!(r#"sockerr_setsockopt_calls_total{{option="{option}",result="ok"}}"#);
+        assert_eq!(counter(&calls), Some(4.0), "{samples:#?}");
+    }
+    let failure_series: Vec<&String> = samples
+        .iter()
+        .map(|(series, _)| series)
+        .filter(|s| {
+            s.starts_with("sockerr_connect_errors_total") || s.starts_with("sockerr_bind_errors_total")
+        })
+        .collect();
+    assert_eq!(failure_series, [&connect_errors], "no other failure was seen");
+    assert_eq!(counter("sockerr_events_lost_total"), Some(0.0), "{samples:#?}");
+    assert_eq!(counter("sockerr_records_undecodable_total"), Some(0.0), "{samples:#?}");
+    // 4 x (3 options, bind, connect) at least; closes of tracked sockets are events too.
+    assert!(counter("sockerr_events_total").is_some_and(|events| events >= 20.0), "{samples:#?}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        samples
+            .iter()
+            .any(|(s, v)| s.starts_with(&format!(r#"sockerr_build_info{{version="{version}""#)) && *v == 1.0),
+        "{samples:#?}"
+    );
+
+    // /v1/sockets: the proxy's last socket, still open, with its options and error.
+    assert_eq!(by_pid.status, 200, "{by_pid:?}");
+    assert_eq!(by_pid.content_type.as_deref(), Some("application/json"));
+    let view = by_pid.json();
+    let processes = view["processes"].as_array().expect("processes");
+    let [process] = processes.as_slice() else { panic!("one process expected: {view:#}") };
+    assert_eq!(process["pid"], Value::from(proxy_pid), "{view:#}");
+    assert_eq!(process["comm"], "demo-proxy", "{view:#}");
+    let sockets = process["sockets"].as_array().expect("sockets");
+    let [socket] = sockets.as_slice() else { panic!("the closed sockets are gone, one is left: {view:#}") };
+    let earlier_on_that_fd = attempts[..attempts.len() - 1].iter().filter(|a| a.fd == last.fd).count();
+    assert_eq!(socket["fd"], Value::from(last.fd), "{view:#}");
+    assert_eq!(socket["generation"], Value::from(earlier_on_that_fd), "{view:#}");
+    assert_eq!(socket["options"], serde_json::to_value(&last.sockopts).unwrap(), "{view:#}");
+    let mark = report.mark.as_ref().expect("cilium reports its mark");
+    assert_eq!(socket["mark"]["identity"], Value::from(mark.identity), "{view:#}");
+    let src = addr_json(last.src);
+    assert_eq!((&socket["bound"], &socket["local"]), (&src, &src), "{view:#}");
+    assert_eq!(socket["peer"], addr_json(last.dst), "{view:#}");
+    assert_eq!(socket["phase"], "failed", "{view:#}");
+    let error = &socket["last_error"];
+    assert_eq!((error["call"].as_str(), error["errno"].as_i64()), (Some("connect"), Some(99)), "{view:#}");
+    assert_eq!(error["error"], Value::from(last.error.as_str()), "{view:#}");
+    assert!(error["time"].as_str().is_some_and(|t| t.ends_with('Z')), "RFC 3339 UTC: {view:#}");
+    // By name: the same process (the daemon traces no other).
+    assert_eq!(by_comm.status, 200, "{by_comm:?}");
+    assert_eq!(by_comm.json(), view, "comm=demo-proxy and pid={proxy_pid} differ");
+
+    // SIGTERM: a clean exit, the records on stdout as `trace --output json` prints them.
+    let stopped = daemon.terminate();
+    eprintln!("daemon exited {:?} after SIGTERM", stopped.elapsed);
+    assert!(stopped.status.success(), "{}: stderr:\n{}", stopped.status, stopped.stderr);
+    assert!(stopped.stderr.contains("SIGTERM: stopping"), "{}", stopped.stderr);
+    let records = stopped.records();
+    let failures: Vec<&Value> = records.iter().filter(|r| is_failure(r)).collect();
+    assert_eq!(failures.len(), 4, "{failures:#?}");
+    let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
+    for (record, attempt) in failures.iter().zip(&attempts) {
+        assert_failure_matches(record, attempt, &report);
+        assert_eq!(record.str_at("/cause"), Some("tuple_in_use"), "{record}");
+        assert_holder_matches(record, holder);
+    }
+    assert!(records.iter().all(is_proxy), "--pid admitted another process: {records:#?}");
+}
+
+#[test]
+fn daemon_refuses_a_taken_port() {
+    require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let mut command = Command::new(sockerr_bin());
+    command.args(["daemon", "--listen", &addr]);
+    let finished = run_to_end(&format!("sockerr daemon --listen {addr}"), &mut command, STOP_TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    let expected =
+        format!("sockerr: error: cannot listen on {addr} for the HTTP endpoints: the port is taken");
+    assert!(finished.stderr.contains(&expected), "{}", finished.stderr);
+    assert!(finished.stderr.contains("--listen ADDR"), "the fix: {}", finished.stderr);
+    assert!(!finished.stderr.contains(READY_MARKER), "fails before loading programs: {}", finished.stderr);
+    assert!(finished.stdout.is_empty(), "{finished:?}");
+}
+
+#[test]
+fn a_panicking_task_ends_the_process() {
+    let mut probe = Command::new(env!("CARGO_BIN_EXE_panic_probe"));
+    let finished = run_to_end("panic_probe", &mut probe, Duration::from_secs(15));
+    assert_eq!(finished.status.code(), Some(tracer::fatal::PANIC_EXIT_STATUS), "{finished:?}");
+    assert!(finished.stderr.contains("probe: a task panicked"), "logged: {}", finished.stderr);
+    assert!(finished.stderr.contains("panic in thread"), "logged: {}", finished.stderr);
+    assert!(!finished.stdout.contains("still alive"), "{finished:?}");
+}

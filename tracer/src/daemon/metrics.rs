@@ -1,0 +1,427 @@
+//! Prometheus metrics of the daemon (prometheus-client, OpenMetrics text).
+//!
+//! Every record counts: folding is a text-output matter and never reaches these counters.
+//! Cardinality is bounded: labels are errno, cause, option and result names (small fixed
+//! sets), the process name and the pod namespace (bounded in practice, and capped here
+//! per metric: increments that would create one label set too many are counted in
+//! `sockerr_metrics_overflow_total` instead), and destination ip and port only with
+//! `--metrics-dst-labels`.
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, info::Info},
+    registry::Registry,
+};
+
+use crate::{
+    errno::errno_name,
+    output::NamedOption,
+    record::{Cause, EventName, Record},
+    reset::ResetOwner,
+    sink::{Sink, Totals},
+};
+
+/// Label sets a labelled metric may grow to before further ones count as overflow: far
+/// more than (errnos x causes x processes x namespaces) on a node in practice, small
+/// enough that a runaway label (or --metrics-dst-labels on a busy node) cannot exhaust
+/// memory or the scraper.
+pub const MAX_LABEL_SETS: usize = 2000;
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+type Counters = Family<Labels, Counter>;
+
+/// A labelled counter that stops growing label sets at the cap.
+struct Capped {
+    name: &'static str,
+    family: Counters,
+    /// prometheus-client counts a family's label sets only in its test builds.
+    label_sets: AtomicUsize,
+}
+
+impl Capped {
+    fn register(registry: &mut Registry, name: &'static str, help: &str) -> Self {
+        let family = Counters::default();
+        registry.register(name, help, family.clone());
+        Self { name, family, label_sets: AtomicUsize::new(0) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Label connect errors (and tuple conflicts of connects) with dst_ip and dst_port.
+    pub dst_labels: bool,
+    pub max_label_sets: usize,
+}
+
+/// What `sockerr_build_info` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: String,
+    pub git_sha: String,
+    pub kernel: String,
+}
+
+impl BuildInfo {
+    /// This binary on this kernel.
+    pub fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            // Set by whoever builds a release (e.g. `SOCKERR_GIT_SHA=$(git rev-parse --short
+            // HEAD) cargo build`). Not computed in build.rs: a build script that follows HEAD
+            // would recompile the whole crate after every commit.
+            git_sha: option_env!("SOCKERR_GIT_SHA").unwrap_or("unknown").to_owned(),
+            kernel: crate::kernel::tracefs::kernel_release(),
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    options: MetricsOptions,
+    connect_errors: Capped,
+    bind_errors: Capped,
+    setsockopt_calls: Capped,
+    tuple_conflicts: Capped,
+    resets: Capped,
+    overflow: Counters,
+    events: Counter,
+    events_lost: Counter,
+    records_undecodable: Counter,
+}
+
+impl Metrics {
+    pub fn new(options: MetricsOptions, build: BuildInfo) -> Self {
+        let mut registry = Registry::with_prefix("sockerr");
+        let connect_errors = Capped::register(
+            &mut registry,
+            "connect_errors",
+            "Failed connect() calls, synchronous or not, by errno, cause, process name and pod namespace",
+        );
+        let bind_errors = Capped::register(
+            &mut registry,
+            "bind_errors",
+            "Failed bind() calls by errno, cause, process name and pod namespace",
+        );
+        let setsockopt_calls = Capped::register(
+            &mut registry,
+            "setsockopt_calls",
+            "setsockopt() calls of the recorded options (SO_MARK, SO_REUSEADDR, IP_TRANSPARENT, ...) by option and result",
+        );
+        let tuple_conflicts = Capped::register(
+            &mut registry,
+            "tuple_conflicts",
+            "Failures because a live socket held the tuple (tuple_in_use) or the local port (port_in_use)",
+        );
+        let resets = Capped::register(
+            &mut registry,
+            "resets",
+            "TCP resets sent or received, by direction, process name (\"kernel\" when no traced process owns the socket), the kernel's reason and pod namespace",
+        );
+        let overflow = Counters::default();
+        registry.register(
+            "metrics_overflow",
+            "Increments not counted in a metric because it reached its cap of label sets, by metric",
+            overflow.clone(),
+        );
+        let (events, events_lost, records_undecodable): (Counter, Counter, Counter) = Default::default();
+        registry.register("events", "Kernel events read from the ring buffer", Counter::clone(&events));
+        registry.register(
+            "events_lost",
+            "Kernel events dropped because the ring buffer was full (sockerr fell behind)",
+            Counter::clone(&events_lost),
+        );
+        registry.register(
+            "records_undecodable",
+            "Ring-buffer records that did not decode (daemon and kernel programs out of sync)",
+            Counter::clone(&records_undecodable),
+        );
+        let build_labels: Labels =
+            vec![("version", build.version), ("git_sha", build.git_sha), ("kernel", build.kernel)];
+        registry.register("build", "The sockerr build and the kernel it runs on", Info::new(build_labels));
+        Self {
+            registry,
+            options,
+            connect_errors,
+            bind_errors,
+            setsockopt_calls,
+            tuple_conflicts,
+            resets,
+            overflow,
+            events,
+            events_lost,
+            records_undecodable,
+        }
+    }
+
+    /// Counts one record.
+    pub fn observe(&self, record: &Record) {
+        match record.event {
+            EventName::ConnectError => {
+                self.count(&self.connect_errors, self.failure_labels(record));
+            }
+            EventName::BindError => {
+                self.count(&self.bind_errors, self.failure_labels(record));
+            }
+            EventName::Sockopt => {
+                if let Some(call) = record.sockopt {
+                    let option = NamedOption::of_call(call).name.to_owned();
+                    let result = record.errno.map_or_else(|| "ok".to_owned(), errno_label);
+                    let labels = vec![("option", option), ("result", result)];
+                    self.count(&self.setsockopt_calls, labels);
+                }
+            }
+            EventName::RstSent | EventName::RstReceived => {
+                self.count(&self.resets, self.reset_labels(record))
+            }
+            EventName::Connect | EventName::Bind => {}
+        }
+        if let Some(cause @ (Cause::TupleInUse | Cause::PortInUse)) = record.cause {
+            let mut labels = vec![("cause", cause.as_str().to_owned())];
+            labels.extend(self.who_and_where(record));
+            self.count(&self.tuple_conflicts, labels);
+        }
+    }
+
+    /// Brings the run loop's totals into the counters (they only ever grow).
+    pub fn update(&self, totals: &Totals) {
+        for (counter, total) in [
+            (&self.events, totals.events),
+            (&self.events_lost, totals.lost),
+            (&self.records_undecodable, totals.undecodable),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail, and every label here is a plain string.
+        encode(&mut text, &self.registry).expect("metrics encode into a String");
+        text
+    }
+
+    fn failure_labels(&self, record: &Record) -> Labels {
+        let errno = record.errno.map_or_else(String::new, errno_label);
+        let cause = record.cause.map_or("", Cause::as_str).to_owned();
+        let mut labels = vec![("errno", errno), ("cause", cause)];
+        labels.extend(self.who_and_where(record));
+        labels
+    }
+
+    fn reset_labels(&self, record: &Record) -> Labels {
+        let direction = if record.event == EventName::RstSent { "sent" } else { "received" };
+        let details = record.reset.as_deref();
+        let by_kernel = details.is_none_or(|d| d.owner == ResetOwner::Kernel);
+        let comm = if by_kernel { "kernel".to_owned() } else { record.comm.clone() };
+        let reason = details.and_then(|d| d.reason_name.clone()).unwrap_or_default();
+        let namespace = record.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
+        vec![
+            ("direction", direction.to_owned()),
+            ("comm", comm),
+            ("reason", reason),
+            ("pod_namespace", namespace),
+        ]
+    }
+
+    /// Process name, pod namespace ("" outside pods) and, when asked for, destination.
+    fn who_and_where(&self, record: &Record) -> Labels {
+        let namespace = record.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
+        let mut labels = vec![("comm", record.comm.clone()), ("pod_namespace", namespace)];
+        if self.options.dst_labels
+            && let Some(dst) = record.dst
+        {
+            labels.push(("dst_ip", dst.ip().to_string()));
+            labels.push(("dst_port", dst.port().to_string()));
+        }
+        labels
+    }
+
+    fn count(&self, metric: &Capped, labels: Labels) {
+        if let Some(counter) = metric.family.get(&labels) {
+            counter.inc();
+            return;
+        }
+        // Only the run loop writes, so the count cannot change between check and insert.
+        if metric.label_sets.load(Ordering::Relaxed) >= self.options.max_label_sets {
+            self.overflow.get_or_create(&vec![("metric", format!("sockerr_{}", metric.name))]).inc();
+            return;
+        }
+        metric.label_sets.fetch_add(1, Ordering::Relaxed);
+        metric.family.get_or_create(&labels).inc();
+    }
+}
+
+fn errno_label(errno: i32) -> String {
+    errno_name(errno).map_or_else(|| errno.to_string(), str::to_owned)
+}
+
+/// Feeds [`Metrics`] from the run loop.
+pub struct MetricsSink(pub Arc<Metrics>);
+
+impl Sink for MetricsSink {
+    fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.0.observe(record);
+        Ok(())
+    }
+
+    fn progress(&mut self, totals: &Totals) -> io::Result<()> {
+        self.0.update(totals);
+        Ok(())
+    }
+
+    fn finish(&mut self, totals: &Totals) -> io::Result<()> {
+        self.0.update(totals);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::options::FLAG_SO_MARK;
+
+    use super::*;
+    use crate::{
+        record::{PodIdentity, SockoptCall},
+        testing::{addr, cilium_incident, istio_reset, record},
+    };
+
+    fn metrics(dst_labels: bool, max_label_sets: usize) -> Metrics {
+        let build = BuildInfo { version: "0.1.0".into(), git_sha: "abc123".into(), kernel: "6.18.0".into() };
+        Metrics::new(MetricsOptions { dst_labels, max_label_sets }, build)
+    }
+
+    /// The sample lines of the exposition (no comments), in order.
+    fn samples(metrics: &Metrics) -> Vec<String> {
+        metrics.encode().lines().filter(|line| !line.starts_with('#')).map(str::to_owned).collect()
+    }
+
+    fn in_pod(record: Record, namespace: &str) -> Record {
+        Record {
+            pod: Some(PodIdentity { namespace: Some(namespace.into()), ..Default::default() }),
+            ..record
+        }
+    }
+
+    #[test]
+    fn cilium_retries_count_four_times_each() {
+        let metrics = metrics(false, MAX_LABEL_SETS);
+        for _ in 0..4 {
+            metrics.observe(&cilium_incident());
+        }
+        let samples = samples(&metrics);
+        let connect = r#"sockerr_connect_errors_total{errno="EADDRNOTAVAIL",cause="tuple_in_use",comm="envoy",pod_namespace=""} 4"#;
+        let conflict =
+            r#"sockerr_tuple_conflicts_total{cause="tuple_in_use",comm="envoy",pod_namespace=""} 4"#;
+        assert!(samples.contains(&connect.to_owned()), "{samples:#?}");
+        assert!(samples.contains(&conflict.to_owned()), "{samples:#?}");
+        assert!(!samples.iter().any(|s| s.starts_with("sockerr_bind_errors_total")), "{samples:#?}");
+        assert!(!samples.iter().any(|s| s.contains("dst_ip")), "no destination without the flag");
+    }
+
+    #[test]
+    fn bind_errors_setsockopt_and_pod_namespace() {
+        let metrics = metrics(false, MAX_LABEL_SETS);
+        let bind = Record {
+            errno: Some(98),
+            cause: Some(Cause::PortInUse),
+            src: Some(addr("10.0.1.7:8080")),
+            ..record(EventName::BindError)
+        };
+        metrics.observe(&in_pod(bind, "payments"));
+        let mark = SockoptCall { flag: FLAG_SO_MARK, value: 0x0b00 };
+        metrics.observe(&Record { sockopt: Some(mark), ..record(EventName::Sockopt) });
+        metrics.observe(&Record { sockopt: Some(mark), errno: Some(1), ..record(EventName::Sockopt) });
+        metrics.observe(&record(EventName::Connect));
+        let samples = samples(&metrics);
+        for expected in [
+            r#"sockerr_bind_errors_total{errno="EADDRINUSE",cause="port_in_use",comm="envoy",pod_namespace="payments"} 1"#,
+            r#"sockerr_tuple_conflicts_total{cause="port_in_use",comm="envoy",pod_namespace="payments"} 1"#,
+            r#"sockerr_setsockopt_calls_total{option="SO_MARK",result="ok"} 1"#,
+            r#"sockerr_setsockopt_calls_total{option="SO_MARK",result="EPERM"} 1"#,
+        ] {
+            assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
+        }
+        assert!(!samples.iter().any(|s| s.starts_with("sockerr_connect_errors_total")), "{samples:#?}");
+    }
+
+    #[test]
+    fn resets_by_direction_process_and_reason() {
+        let metrics = metrics(false, MAX_LABEL_SETS);
+        metrics.observe(&istio_reset());
+        metrics.observe(&istio_reset());
+        let mut kernel = istio_reset();
+        kernel.event = EventName::RstReceived;
+        if let Some(details) = kernel.reset.as_deref_mut() {
+            details.owner = ResetOwner::Kernel;
+            details.reason_name = None;
+        }
+        metrics.observe(&kernel);
+        let samples = samples(&metrics);
+        let sent =
+            r#"sockerr_resets_total{direction="sent",comm="proxy",reason="TCP_STATE",pod_namespace=""} 2"#;
+        let received =
+            r#"sockerr_resets_total{direction="received",comm="kernel",reason="",pod_namespace=""} 1"#;
+        assert!(samples.contains(&sent.to_owned()), "{samples:#?}");
+        assert!(samples.contains(&received.to_owned()), "{samples:#?}");
+        assert!(!samples.iter().any(|s| s.starts_with("sockerr_connect_errors_total")), "{samples:#?}");
+    }
+
+    #[test]
+    fn destination_labels_only_when_asked() {
+        let metrics = metrics(true, MAX_LABEL_SETS);
+        metrics.observe(&cilium_incident());
+        let samples = samples(&metrics);
+        let connect = r#"sockerr_connect_errors_total{errno="EADDRNOTAVAIL",cause="tuple_in_use",comm="envoy",pod_namespace="",dst_ip="52.216.8.19",dst_port="443"} 1"#;
+        assert!(samples.contains(&connect.to_owned()), "{samples:#?}");
+    }
+
+    #[test]
+    fn label_sets_are_capped_and_the_rest_counted_as_overflow() {
+        let metrics = metrics(false, 2);
+        for comm in ["a", "b", "c", "c", "a", "d"] {
+            metrics.observe(&Record { comm: comm.into(), ..cilium_incident() });
+        }
+        let samples = samples(&metrics);
+        // The exposition lists label sets in no particular order.
+        let mut connect: Vec<&String> =
+            samples.iter().filter(|s| s.starts_with("sockerr_connect_errors_total")).collect();
+        connect.sort();
+        assert_eq!(connect.len(), 2, "{samples:#?}");
+        assert!(connect[0].contains(r#"comm="a""#) && connect[0].ends_with(" 2"), "{connect:?}");
+        assert!(connect[1].contains(r#"comm="b""#) && connect[1].ends_with(" 1"), "{connect:?}");
+        // c twice and d: counted, just not under their own labels. Every failure counts once.
+        for metric in ["sockerr_connect_errors", "sockerr_tuple_conflicts"] {
+            let overflow = format!(r#"sockerr_metrics_overflow_total{{metric="{metric}"}} 3"#);
+            assert!(samples.contains(&overflow), "missing {overflow} in {samples:#?}");
+        }
+    }
+
+    #[test]
+    fn totals_become_counters_and_build_info_is_there() {
+        let metrics = metrics(false, MAX_LABEL_SETS);
+        metrics.update(&Totals { events: 10, lost: 2, undecodable: 0 });
+        metrics.update(&Totals { events: 25, lost: 2, undecodable: 1 });
+        let samples = samples(&metrics);
+        for expected in [
+            "sockerr_events_total 25",
+            "sockerr_events_lost_total 2",
+            "sockerr_records_undecodable_total 1",
+            r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,
+        ] {
+            assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
+        }
+        assert!(metrics.encode().ends_with("# EOF\n"));
+    }
+}

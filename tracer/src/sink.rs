@@ -1,0 +1,123 @@
+//! Where the run loop's results go: stdout, metrics, or both.
+//!
+//! The loop (`trace::Tracer::run_until`) calls a sink on its own task, one record at a
+//! time and in event order, so a sink needs no lock for its own state and must not block.
+
+use std::{io, time::Instant};
+
+use crate::record::Record;
+
+/// What the run loop has seen so far, as running totals.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Kernel events read from the ring buffer.
+    pub events: u64,
+    /// Records the kernel side could not fit in the ring buffer.
+    pub lost: u64,
+    /// Ring-buffer records that did not decode.
+    pub undecodable: u64,
+}
+
+pub trait Sink {
+    /// A finished record (every record the kernel filters let through).
+    fn record(&mut self, record: &Record) -> io::Result<()>;
+
+    /// After each batch of events, and once a second: the totals so far.
+    fn progress(&mut self, totals: &Totals) -> io::Result<()>;
+
+    /// When [`Sink::flush_due`] has something to do (text folding), if ever.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn flush_due(&mut self, _now: Instant) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The run ended: write out whatever is held back.
+    fn finish(&mut self, totals: &Totals) -> io::Result<()>;
+}
+
+/// Both sinks, in order: the first sees each record before the second.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.0.record(record)?;
+        self.1.record(record)
+    }
+
+    fn progress(&mut self, totals: &Totals) -> io::Result<()> {
+        self.0.progress(totals)?;
+        self.1.progress(totals)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match (self.0.deadline(), self.1.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn flush_due(&mut self, now: Instant) -> io::Result<()> {
+        self.0.flush_due(now)?;
+        self.1.flush_due(now)
+    }
+
+    fn finish(&mut self, totals: &Totals) -> io::Result<()> {
+        self.0.finish(totals)?;
+        self.1.finish(totals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{record::EventName, testing::record};
+
+    /// Remembers what it was given; `due` is its deadline.
+    #[derive(Default)]
+    struct Log {
+        seen: Vec<String>,
+        due: Option<Instant>,
+    }
+
+    impl Sink for Log {
+        fn record(&mut self, record: &Record) -> io::Result<()> {
+            self.seen.push(format!("record {}", record.event.as_str()));
+            Ok(())
+        }
+
+        fn progress(&mut self, totals: &Totals) -> io::Result<()> {
+            self.seen.push(format!("progress {}", totals.events));
+            Ok(())
+        }
+
+        fn deadline(&self) -> Option<Instant> {
+            self.due
+        }
+
+        fn finish(&mut self, totals: &Totals) -> io::Result<()> {
+            self.seen.push(format!("finish {}", totals.events));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_pair_feeds_both_and_keeps_the_earlier_deadline() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let mut pair = (Log { due: Some(later), ..Log::default() }, Log { due: Some(now), ..Log::default() });
+        pair.record(&record(EventName::BindError)).unwrap();
+        pair.progress(&Totals { events: 3, ..Totals::default() }).unwrap();
+        pair.finish(&Totals { events: 4, ..Totals::default() }).unwrap();
+        for log in [&pair.0, &pair.1] {
+            assert_eq!(log.seen, ["record bind_error", "progress 3", "finish 4"]);
+        }
+        assert_eq!(pair.deadline(), Some(now));
+        pair.0.due = None;
+        assert_eq!(pair.deadline(), Some(now));
+        pair.1.due = None;
+        assert_eq!(pair.deadline(), None);
+    }
+}
