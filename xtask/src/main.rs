@@ -13,6 +13,7 @@ mod setup;
 mod system_packages;
 mod test;
 mod toolchain;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -42,6 +43,10 @@ enum Command {
     /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
+    /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
+    /// (kernels downloaded once and cached under target/vm-cache).
+    #[command(after_help = "Example: cargo xtask vm-test --kernel 6.12 -- cilium")]
+    VmTest(vm::VmTestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +95,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
         Command::Test(args) => test::run_suite(&args),
+        Command::VmTest(args) => vm::run(&args),
     }
 }
 

@@ -1,0 +1,109 @@
+//! What the VM's init is told to do ([`Plan`]) and what it answers ([`Status`]): the
+//! contract between `cargo xtask vm-test` (host) and `vm-init` (PID 1 in the guest).
+//!
+//! The plan travels as `/plan.json` inside the initramfs; the answers as one JSON object
+//! per line on the guest's second serial port, which qemu writes to a file on the host.
+//! Both sides use these types, so they cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the plan sits in the initramfs.
+pub const PLAN_PATH: &str = "/plan.json";
+/// Where the modules sit in the initramfs (file names in [`Plan::modules`]).
+pub const MODULES_DIR: &str = "/modules";
+/// The guest device of the status port: the second 16550 UART (qemu's second `-serial`).
+pub const STATUS_DEVICE: &str = "/dev/ttyS1";
+/// Where the host root is mounted before init changes root into it.
+pub const HOST_ROOT_MOUNT: &str = "/host";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Module files under [`MODULES_DIR`], in load order (dependencies first).
+    pub modules: Vec<String>,
+    /// 9p mount tag of the host root (qemu `-virtfs ...,mount_tag=`).
+    pub root_tag: String,
+    /// Working directory of the runs, a path of the host.
+    pub cwd: String,
+    /// The whole environment of the runs (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    /// Programs of the host to run one after the other, whatever the previous returned.
+    pub runs: Vec<Run>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Short name for reports (e.g. the test target).
+    pub name: String,
+    /// Program (absolute host path) and arguments.
+    pub argv: Vec<String>,
+}
+
+/// One line on the status port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// The host root is mounted and the runs start.
+    Ready { kernel: String },
+    /// A run ended: its exit code, or the signal that killed it.
+    Finished { name: String, code: Option<i32>, signal: Option<i32> },
+    /// A step of the set-up failed; nothing runs after it.
+    SetupFailed { step: String, error: String },
+    /// Every run ended; the guest powers off next.
+    Done,
+}
+
+impl Status {
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("status values always serialize");
+        line.push('\n');
+        line
+    }
+
+    /// `None` for a line that is not a status (a torn last line of a dying guest).
+    pub fn parse_line(line: &str) -> Option<Status> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_round_trip() {
+        for status in [
+            Status::Ready { kernel: "6.1.0-56-amd64".into() },
+            Status::Finished { name: "cilium".into(), code: Some(0), signal: None },
+            Status::Finished { name: "bind".into(), code: None, signal: Some(9) },
+            Status::SetupFailed { step: "mount 9p".into(), error: "ENODEV".into() },
+            Status::Done,
+        ] {
+            let line = status.to_line();
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'), "{line:?}");
+            assert_eq!(Status::parse_line(&line), Some(status));
+        }
+    }
+
+    #[test]
+    fn torn_or_foreign_lines_are_not_statuses() {
+        assert_eq!(Status::parse_line("{\"status\":\"fini"), None);
+        assert_eq!(Status::parse_line("[    1.234] random kernel message"), None);
+        assert_eq!(Status::parse_line(""), None);
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let plan = Plan {
+            modules: vec!["01-virtio.ko".into(), "02-9p.ko.xz".into()],
+            root_tag: "hostroot".into(),
+            cwd: "/work".into(),
+            env: vec![("SOCKERR_BIN".into(), "/work/target/release/sockerr".into())],
+            runs: vec![Run {
+                name: "cilium".into(),
+                argv: vec!["/work/t".into(), "--test-threads=2".into()],
+            }],
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+    }
+}
