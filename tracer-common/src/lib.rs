@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect;
 pub mod header;
 pub mod options;
+pub mod origin;
 pub mod sock_event;
 pub mod sockaddr;
 pub mod sockopt;
@@ -22,6 +23,7 @@ pub use config::{Filters, TracepointOffsets};
 pub use connect::ConnectEvent;
 pub use header::EventHeader;
 pub use options::SockOpts;
+pub use origin::{KernelOrigin, SockOffsets};
 pub use sock_event::SockEvent;
 pub use sockaddr::SockAddr;
 pub use sockopt::SockoptEvent;
@@ -66,6 +68,7 @@ pub mod names {
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const OFFSETS: &str = "OFFSETS";
     pub const FILTERS: &str = "FILTERS";
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
 }
 
 /// Declares a `#[repr(C)]` type `aya::Pod` for the daemon (feature `user`).
@@ -91,4 +94,6 @@ user_pod!(
     CloseEvent,
     TracepointOffsets,
     Filters,
+    KernelOrigin,
+    SockOffsets,
 );

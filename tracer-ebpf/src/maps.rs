@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Filters, SockAddr, SockOpts, TracepointOffsets};
+use tracer_common::{Filters, KernelOrigin, SockAddr, SockOffsets, SockOpts, TracepointOffsets};
 
 use crate::sockaddr::same_endpoint;
 
@@ -15,6 +15,10 @@ pub static OFFSETS: TracepointOffsets = unsafe { core::mem::zeroed() };
 /// Set by the daemon before load.
 #[unsafe(no_mangle)]
 pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
+/// `struct sock` field offsets from BTF, set by the daemon before load (kprobe backend;
+/// zero and unused with the tracepoint backend).
+#[unsafe(no_mangle)]
+pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
 macro_rules! global {
@@ -71,6 +75,8 @@ pub struct ConnectInFlight {
     pub src: SockAddr,
     pub opts: SockOpts,
     pub sk: u64,
+    /// Filled by the kprobe backend's kretprobes when the kernel refuses the call.
+    pub origin: KernelOrigin,
 }
 
 #[map]
@@ -82,6 +88,8 @@ pub struct BindInFlight {
     pub fd: i32,
     pub _pad: u32,
     pub addr: SockAddr,
+    /// Filled by the kprobe backend's kretprobes when the kernel refuses the call.
+    pub origin: KernelOrigin,
 }
 
 #[map]
@@ -158,3 +166,9 @@ pub fn other_half(
         && same_endpoint(pending.0, seen.0)
         && same_endpoint(pending.1, seen.1)
 }
+
+/// The `struct sock *` a probed function was called with, keyed by thread id: a
+/// kretprobe cannot see the arguments. The probed functions of one syscall all work on
+/// the same socket, so nesting (`__inet_bind` -> `inet_csk_get_port`) shares the slot.
+#[map]
+pub static PROBED_SOCKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);

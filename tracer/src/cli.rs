@@ -69,6 +69,10 @@ pub struct TraceArgs {
     /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Kernel hooks: `kprobe` adds the kernel function that refused a bind/connect
+    /// (needs CONFIG_KPROBES and BTF); `auto` takes it when the kernel has it.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendChoice::Auto)]
+    pub backend: crate::backend::BackendChoice,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,7 +15,7 @@ use crate::{
     correlate::{self, Attribution},
     enrich::{Findings, Query},
     event::KernelEvent,
-    record::Record,
+    record::{Backend, Record},
     table::SocketTable,
     ttl_cache::TtlCache,
 };
@@ -50,6 +50,7 @@ pub struct Processor<S: SystemView> {
     /// Keyed by network namespace and query: a lookup's answer or why it failed.
     lookups: TtlCache<(Option<u64>, Query), Result<Findings, String>>,
     last_prune: Instant,
+    backend: Backend,
 }
 
 impl<S: SystemView> Processor<S> {
@@ -61,7 +62,13 @@ impl<S: SystemView> Processor<S> {
             processes: TtlCache::new(PROCESS_TTL, MAX_CACHED),
             lookups: TtlCache::new(LOOKUP_TTL, MAX_CACHED),
             last_prune: Instant::now(),
+            backend: Backend::default(),
         }
+    }
+
+    /// The backend the records are stamped with (`backend` in JSON).
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
     }
 
     pub fn table(&self) -> &SocketTable {
@@ -78,6 +85,7 @@ impl<S: SystemView> Processor<S> {
             netns: info.netns,
         };
         let mut record = correlate::record(event, socket.as_ref(), who)?;
+        record.backend = self.backend;
         let query = classify::query_for(&record);
         let outcome = match &query {
             Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
@@ -225,11 +233,18 @@ mod tests {
             let level = if flag == FLAG_IP_TRANSPARENT { 0 } else { 1 };
             calls.push(event(ts, 0, Payload::Sockopt { fd, level, optname, optlen: 4, value, ret: 0, opts }));
         }
-        calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts }));
+        calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts, origin: None }));
         calls.push(event(
             ts + 2,
             99,
-            Payload::Connect { fd, dst: addr("52.216.8.19:443"), src: addr("10.0.1.7:40312"), opts, sk: 1 },
+            Payload::Connect {
+                fd,
+                dst: addr("52.216.8.19:443"),
+                src: addr("10.0.1.7:40312"),
+                opts,
+                sk: 1,
+                origin: None,
+            },
         ));
         calls.push(event(ts + 3, 0, Payload::Close { fd, reused: false }));
         calls
@@ -274,8 +289,11 @@ mod tests {
     async fn failed_lookup_gives_unknown_with_note() {
         let system = Arc::new(FakeSystem::default());
         let mut processor = Processor::new(system, Clock::from_offset_ns(0));
-        let bind =
-            event(1, 98, Payload::Bind { fd: 3, addr: addr("127.0.0.1:80"), opts: SockOpts::default() });
+        let bind = event(
+            1,
+            98,
+            Payload::Bind { fd: 3, addr: addr("127.0.0.1:80"), opts: SockOpts::default(), origin: None },
+        );
         let r = processor.process(&bind).await.unwrap();
         assert_eq!(r.event, EventName::BindError);
         assert_eq!(r.cause, Some(Cause::Unknown));

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tracer_common::SockOpts;
 use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
 
-use crate::record::{Cause, EventName, Holder, HolderOwner, Record, TcpState};
+use crate::record::{Backend, Cause, EventName, Holder, HolderOwner, Record, TcpState};
 
 pub fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
@@ -34,6 +34,8 @@ pub fn record(event: EventName) -> Record {
         netns: None,
         cgroup_id: 1,
         pod: None,
+        kernel_fn: None,
+        backend: Backend::Tracepoint,
         count: 1,
     }
 }

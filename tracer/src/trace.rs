@@ -65,6 +65,7 @@ pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
         comms: args.comms.clone(),
         cgroup: args.cgroup.clone(),
         all: args.all,
+        backend: args.backend,
     };
     let output = OutputOptions {
         format: args.output,
@@ -109,6 +110,7 @@ impl Tracer {
     pub fn start(selection: &Selection, output: OutputOptions) -> Result<Self, TraceError> {
         let clock = Clock::now()?;
         let loaded = loader::load(selection)?;
+        tracing::info!("backend {}: {}", loaded.backend, loaded.backend_reason);
         // The end-to-end tests and `demo` wait for this line.
         tracing::info!(
             "tracing started: {} programs attached{}",
@@ -120,7 +122,7 @@ impl Tracer {
 
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<Summary, TraceError> {
         let Tracer { loaded, output, clock } = self;
-        let Loaded { events, lost, .. } = loaded;
+        let Loaded { events, lost, backend, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         let (batches, mut incoming) = mpsc::channel::<Vec<KernelEvent>>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
@@ -128,6 +130,7 @@ impl Tracer {
 
         let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
         let mut processor = Processor::new(system, clock);
+        processor.set_backend(backend);
         let mut sink = Sink::new(&output);
         let mut summary = Summary::default();
         let mut losses = LossWatch::new(lost);

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
+use crate::backend::{self, Backend, BackendChoice, BackendError};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -10,15 +11,18 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, LOST_EVENTS_INDEX,
+    Filters, LOST_EVENTS_INDEX, SockOffsets,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PROCESS},
     names,
 };
 
 use super::{
     cgroup::{self, Cgroup, CgroupError},
+    features,
+    kprobes::{self, KprobeError},
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
+    sock_offsets::{self, SockOffsetsError},
     tracefs::{self, TracefsError},
 };
 
@@ -33,6 +37,8 @@ pub struct Selection {
     pub cgroup: Option<PathBuf>,
     /// Report successes of sockets without recorded options too.
     pub all: bool,
+    /// Which hooks to use (`--backend`).
+    pub backend: BackendChoice,
 }
 
 #[derive(Debug, Error)]
@@ -45,6 +51,12 @@ pub enum LoadError {
     Offsets(#[from] OffsetsError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    SockOffsets(#[from] SockOffsetsError),
+    #[error(transparent)]
+    Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
     #[error("too many --pid/--comm values: at most {max} of each")]
@@ -84,6 +96,9 @@ pub struct Loaded {
     pub lost: LostCounter,
     pub attached: usize,
     pub cgroup: Option<Cgroup>,
+    pub backend: Backend,
+    /// Why this backend, for the start-up log.
+    pub backend_reason: String,
 }
 
 /// Records the kernel side could not fit in the ring buffer.
@@ -129,6 +144,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
+    let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
+    let sock_offsets = match backend {
+        Backend::Kprobe => sock_offsets::discover(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?,
+        Backend::Tracepoint => SockOffsets::default(),
+    };
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
@@ -141,6 +161,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::FILTERS, &filters, true)
+        .override_global(names::SOCK_OFFSETS, &sock_offsets, true)
         .load(PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
 
@@ -151,6 +172,9 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         attach(&mut ebpf, program, category, tracepoint)?;
         attached += 1;
     }
+    if backend == Backend::Kprobe {
+        attached += kprobes::attach_all(&mut ebpf, &kernel)?;
+    }
 
     let events = take_map(&mut ebpf, names::EVENTS)?;
     let events =
@@ -158,7 +182,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost = take_map(&mut ebpf, names::LOST_EVENTS)?;
     let lost =
         PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOST_EVENTS, source })?;
-    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup })
+    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup, backend, backend_reason })
 }
 
 fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {

@@ -45,6 +45,8 @@ struct RecordView<'a> {
     container: Option<&'a str>,
     pod_uid: Option<&'a str>,
     container_id: Option<&'a str>,
+    kernel_fn: Option<&'static str>,
+    backend: &'static str,
 }
 
 impl<'a> RecordView<'a> {
@@ -80,6 +82,8 @@ impl<'a> RecordView<'a> {
             container: pod_field(record, |p| &p.container),
             pod_uid: pod_field(record, |p| &p.pod_uid),
             container_id: pod_field(record, |p| &p.container_id),
+            kernel_fn: record.kernel_fn,
+            backend: record.backend.as_str(),
         }
     }
 }
@@ -251,9 +255,23 @@ mod tests {
                 "note": null,
                 "netns": 4026531840u64,
                 "cgroup_id": 1,
-                "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null
+                "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null,
+                "kernel_fn": null,
+                "backend": "tracepoint"
             })
         );
+    }
+
+    #[test]
+    fn kprobe_records_name_the_kernel_function() {
+        let refused = Record {
+            kernel_fn: Some("__inet_hash_connect"),
+            backend: crate::record::Backend::Kprobe,
+            ..cilium_incident()
+        };
+        let object = parsed(&refused);
+        assert_eq!(object["kernel_fn"], "__inet_hash_connect");
+        assert_eq!(object["backend"], "kprobe");
     }
 
     #[test]
