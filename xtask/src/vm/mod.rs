@@ -36,7 +36,7 @@ use qemu::Accel;
 /// backend comparison. `enrich` (netns unit-style tests of the lookup code, which does
 /// not depend on the tracing kernel) and `errors` (argument and environment errors) stay
 /// on the host.
-pub const VM_TEST_TARGETS: &[&str] = &["cilium", "bind", "refused", "exhaustion", "filters"];
+pub const VM_TEST_TARGETS: &[&str] = &["cilium", "bind", "refused", "exhaustion", "filters", "backends"];
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Modest: the guest runs the tests and nothing else; the machine is shared.
