@@ -36,6 +36,14 @@ pub enum Series {
 impl Series {
     pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
 
+    /// Its stage in `cargo xtask test`.
+    pub fn stage_name(self) -> &'static str {
+        match self {
+            Series::V6_1 => "vm-6.1",
+            Series::V6_12 => "vm-6.12",
+        }
+    }
+
     /// The metapackage that depends on the current kernel of the series. Generic
     /// flavour, not cloud: cloud kernels lack 9p, and virtiofs needs a virtiofsd.
     pub fn metapackage(self) -> &'static str {

@@ -1,5 +1,5 @@
 //! `cargo xtask vm-test`: the privileged end-to-end tests inside Debian kernels booted
-//! with qemu, the host's root shared read-only over 9p (see docs/vm-test.md).
+//! with qemu, the host's root shared read-only over 9p (README: "Kernels").
 //!
 //! Per kernel: resolve and cache the package (kernel.rs), pick the modules the guest
 //! needs (modules.rs), pack vm-init, its plan and the modules into an initramfs
@@ -25,6 +25,7 @@ use vm_init::{Plan, Run, Status};
 use crate::{
     build::{Profile, build_sockerr},
     paths::{target_dir, workspace_root},
+    privileges::is_root,
     process::{describe, run_inherited},
     setup::{self, Report},
     system_packages, toolchain,
@@ -42,6 +43,9 @@ const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Modest: the guest runs the tests and nothing else; the machine is shared.
 const GUEST_MEMORY_MIB: u32 = 1536;
 const GUEST_CPUS: u32 = 2;
+/// Per kernel: boot and tests take 1-3 min under TCG on 2 busy cores; a hung guest is
+/// killed well before the suite's 30 minutes run out.
+pub const DEFAULT_TIME_LIMIT_SECS: u64 = 600;
 /// How long a KVM probe boot may take before KVM counts as unusable.
 const KVM_PROBE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -62,7 +66,7 @@ pub struct VmTestArgs {
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
     /// Time limit of one kernel's boot and tests, in seconds (a hung guest is killed).
-    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIME_LIMIT_SECS)]
     pub time_limit: u64,
     /// How many tests of one target run at once inside the guest.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
@@ -73,6 +77,12 @@ pub struct VmTestArgs {
 }
 
 pub fn run(args: &VmTestArgs) -> Result<()> {
+    if !is_root()? {
+        bail!(
+            "vm-test installs qemu and kernels with apt and shares / with the guests: run \
+             `sudo -E cargo xtask vm-test`"
+        );
+    }
     let mut prepared = Prepared::new(args)?;
     let mut failures = Vec::new();
     for spec in &args.kernels {
