@@ -150,8 +150,10 @@ pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entr
 pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
 
 /// How long the first half of an asynchronous failure waits for the second: both run
-/// back to back in one softirq, so anything older belongs to another socket.
-const PENDING_MAX_AGE_NS: u64 = 1_000_000;
+/// back to back in one softirq, so anything much older belongs to another socket (the
+/// halves must also name the same tuple). 1 ms was too short on a slow CPU: under qemu's
+/// TCG, 6.12 lost the record of 2 in 10 refused non-blocking connects (0 in 10 with 20 ms).
+const PENDING_MAX_AGE_NS: u64 = 20_000_000;
 
 /// Whether a half recorded at `ts_ns` for `pending` (src, dst) is the other half of the
 /// failure seen `now` on `seen`.

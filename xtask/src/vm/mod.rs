@@ -98,6 +98,43 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Kernel to boot: a Debian series, or a kernel .deb or vmlinuz file.
+    #[arg(long = "kernel", value_name = "6.1|6.12|PATH", default_value_t = KernelSpec::Series(Series::V6_12))]
+    pub kernel: KernelSpec,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Time limit of the boot and the command, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIME_LIMIT_SECS)]
+    pub time_limit: u64,
+    /// The command, run as root in the guest from the workspace root; `sockerr` is the
+    /// release binary just built.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `cargo xtask vm-run`: one command of the host inside a test kernel, e.g. to see what
+/// sockerr prints there.
+pub fn run_one(args: &VmRunArgs) -> Result<()> {
+    if !is_root()? {
+        bail!("vm-run installs qemu and kernels with apt and shares / with the guest: run it as root");
+    }
+    let test_args = VmTestArgs {
+        kernels: vec![args.kernel.clone()],
+        accel: args.accel,
+        time_limit: args.time_limit,
+        test_threads: 1,
+        test_args: Vec::new(),
+    };
+    let mut prepared = Prepared::build(&test_args, false)?;
+    let mut argv = args.command.clone();
+    if argv[0] == "sockerr" {
+        argv[0] = prepared.sockerr.display().to_string();
+    }
+    prepared.run_command(&args.kernel, argv)
+}
+
 /// Everything built once for all kernels.
 pub struct Prepared {
     init: PathBuf,
@@ -122,6 +159,10 @@ struct KernelResult {
 impl Prepared {
     /// Installs what is missing, builds sockerr, the test binaries and vm-init.
     pub fn new(args: &VmTestArgs) -> Result<Self> {
+        Self::build(args, true)
+    }
+
+    fn build(args: &VmTestArgs, with_tests: bool) -> Result<Self> {
         let started = Instant::now();
         let mut report = Report::default();
         system_packages::ensure_commands(system_packages::VM_COMMANDS, &mut report)?;
@@ -129,8 +170,8 @@ impl Prepared {
         setup::ensure()?;
         let sockerr = build_sockerr(Profile::Release)?;
         let init = build_init()?;
-        let tests = build_tests()?;
-        for name in VM_TEST_TARGETS {
+        let tests = if with_tests { build_tests()? } else { BTreeMap::new() };
+        for name in VM_TEST_TARGETS.iter().filter(|_| with_tests) {
             if !tests.contains_key(*name) {
                 bail!("the e2e crate has no test target `{name}` (VM_TEST_TARGETS in xtask/src/vm/mod.rs)");
             }
@@ -151,13 +192,38 @@ impl Prepared {
 
     /// Boots `spec` and runs the VM test targets in it; `on_line` sees the console.
     pub fn test_kernel(&mut self, spec: &KernelSpec, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+        let runs = VM_TEST_TARGETS
+            .iter()
+            .map(|name| {
+                let mut argv = vec![self.tests[*name].display().to_string()];
+                argv.push(format!("--test-threads={}", self.test_threads));
+                argv.extend(self.test_args.iter().cloned());
+                Run { name: name.to_string(), argv }
+            })
+            .collect();
+        self.boot_with(spec, runs, &workspace_root().join("tests"), on_line)
+    }
+
+    /// Boots `spec` and runs one command of the host in it, from the workspace root.
+    pub fn run_command(&mut self, spec: &KernelSpec, argv: Vec<String>) -> Result<()> {
+        let runs = vec![Run { name: "command".into(), argv }];
+        self.boot_with(spec, runs, workspace_root(), &mut |_| {})
+    }
+
+    fn boot_with(
+        &mut self,
+        spec: &KernelSpec,
+        runs: Vec<Run>,
+        cwd: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
         let started = Instant::now();
         let cache = target_dir().join("vm-cache");
         let kernel = kernel::prepare(spec, &cache).with_context(|| format!("preparing kernel {spec}"))?;
         let work = target_dir().join("vm-run").join(&kernel.release);
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let module_files = self.module_files(&kernel)?;
-        let plan = self.plan(spec, &module_files);
+        let plan = self.plan(spec, &module_files, runs, cwd);
         let initramfs = work.join("initramfs.cpio");
         let modules: Vec<(String, &Path)> =
             module_files.iter().map(|(name, path)| (name.clone(), path.as_path())).collect();
@@ -214,7 +280,7 @@ impl Prepared {
             .collect())
     }
 
-    fn plan(&self, spec: &KernelSpec, modules: &[(String, PathBuf)]) -> Plan {
+    fn plan(&self, spec: &KernelSpec, modules: &[(String, PathBuf)], runs: Vec<Run>, cwd: &Path) -> Plan {
         let mut env = vec![
             ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
             ("HOME".to_string(), "/tmp".to_string()),
@@ -226,19 +292,10 @@ impl Prepared {
         if matches!(spec, KernelSpec::Series(_)) {
             env.push(("SOCKERR_E2E_KPROBES".to_string(), "required".to_string()));
         }
-        let runs = VM_TEST_TARGETS
-            .iter()
-            .map(|name| {
-                let mut argv = vec![self.tests[*name].display().to_string()];
-                argv.push(format!("--test-threads={}", self.test_threads));
-                argv.extend(self.test_args.iter().cloned());
-                Run { name: name.to_string(), argv }
-            })
-            .collect();
         Plan {
             modules: modules.iter().map(|(name, _)| name.clone()).collect(),
             root_tag: qemu::ROOT_TAG.to_string(),
-            cwd: workspace_root().join("tests").display().to_string(),
+            cwd: cwd.display().to_string(),
             env,
             runs,
         }
