@@ -15,6 +15,9 @@ pub const MODULES_DIR: &str = "/modules";
 pub const STATUS_DEVICE: &str = "/dev/ttyS1";
 /// Where the host root is mounted before init changes root into it.
 pub const HOST_ROOT_MOUNT: &str = "/host";
+/// Host directories the guest covers with a tmpfs (the shared root is read-only, and the
+/// tests write there). A [`Share`] keeps a host path below them visible.
+pub const GUEST_TMPFS: [&str; 3] = ["/tmp", "/run", "/var/tmp"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -28,6 +31,34 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     /// Programs of the host to run one after the other, whatever the previous returned.
     pub runs: Vec<Run>,
+    /// Host directories exported on their own, mounted at their own path after the
+    /// tmpfs of [`GUEST_TMPFS`] (a workspace under /tmp would be hidden otherwise).
+    #[serde(default)]
+    pub shares: Vec<Share>,
+}
+
+/// A host directory exported over 9p with its own tag (qemu `-virtfs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    pub tag: String,
+    /// Absolute host path, mounted read-only at the same path in the guest.
+    pub path: String,
+}
+
+/// The paths of `needed` that a guest tmpfs would hide, without those inside another one.
+pub fn hidden_paths(needed: &[&str]) -> Vec<String> {
+    let under =
+        |path: &str, dir: &str| path == dir || path.starts_with(&format!("{}/", dir.trim_end_matches('/')));
+    let mut hidden: Vec<String> = needed
+        .iter()
+        .filter(|path| GUEST_TMPFS.iter().any(|tmpfs| under(path, tmpfs)))
+        .map(|path| path.to_string())
+        .collect();
+    hidden.sort();
+    hidden.dedup();
+    let all = hidden.clone();
+    hidden.retain(|path| !all.iter().any(|other| other != path && under(path, other)));
+    hidden
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +123,14 @@ mod tests {
     }
 
     #[test]
+    fn only_paths_under_a_guest_tmpfs_need_their_own_share() {
+        assert_eq!(hidden_paths(&["/work/sockerr", "/work/sockerr/target"]), Vec::<String>::new());
+        assert_eq!(hidden_paths(&["/tmp/ci/sockerr", "/tmp/ci/sockerr/target"]), ["/tmp/ci/sockerr"]);
+        assert_eq!(hidden_paths(&["/work/s", "/var/tmp/target", "/run"]), ["/run", "/var/tmp/target"]);
+        assert_eq!(hidden_paths(&["/tmpfoo/s"]), Vec::<String>::new(), "a sibling, not below /tmp");
+    }
+
+    #[test]
     fn plan_round_trips_through_json() {
         let plan = Plan {
             modules: vec!["01-virtio.ko".into(), "02-9p.ko.xz".into()],
@@ -102,6 +141,7 @@ mod tests {
                 name: "cilium".into(),
                 argv: vec!["/work/t".into(), "--test-threads=2".into()],
             }],
+            shares: vec![Share { tag: "share0".into(), path: "/tmp/clone".into() }],
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);

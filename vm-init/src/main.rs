@@ -30,6 +30,10 @@ use nix::{
 use thiserror::Error;
 use vm_init::{HOST_ROOT_MOUNT, MODULES_DIR, PLAN_PATH, Plan, STATUS_DEVICE, Status};
 
+/// cache=loose: nothing on the host changes under a test run, and it saves a 9p round
+/// trip (slow under TCG) per stat and read.
+const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000,cache=loose";
+
 /// finit_module(2) flag: the kernel decompresses the module itself (Linux 6.4+ with
 /// CONFIG_MODULE_DECOMPRESS; Debian's 6.12 ships `.ko.xz` and has it).
 const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
@@ -117,15 +121,7 @@ fn set_up() -> Result<Plan, InitError> {
     for module in &plan.modules {
         load_module(&Path::new(MODULES_DIR).join(module))?;
     }
-    // cache=loose: nothing on the host changes under a test run, and it saves a 9p round
-    // trip (slow under TCG) per stat and read.
-    mount_fs(
-        &plan.root_tag,
-        HOST_ROOT_MOUNT,
-        "9p",
-        MsFlags::MS_RDONLY,
-        Some("trans=virtio,version=9p2000.L,msize=512000,cache=loose"),
-    )?;
+    mount_fs(&plan.root_tag, HOST_ROOT_MOUNT, "9p", MsFlags::MS_RDONLY, Some(NINEP_OPTIONS))?;
     for fs in ["dev", "proc", "sys"] {
         let target = format!("{HOST_ROOT_MOUNT}/{fs}");
         mount(Some(format!("/{fs}").as_str()), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -133,16 +129,21 @@ fn set_up() -> Result<Plan, InitError> {
     }
     let host = |path: &str| format!("{HOST_ROOT_MOUNT}{path}");
     // The host root is read-only: everything the tests write goes to these.
+    for dir in vm_init::GUEST_TMPFS {
+        mount_fs("tmpfs", &host(dir), "tmpfs", MsFlags::empty(), None)?;
+    }
     for (source, target, fstype) in [
-        ("tmpfs", "/tmp", "tmpfs"),
-        ("tmpfs", "/run", "tmpfs"),
-        ("tmpfs", "/var/tmp", "tmpfs"),
         ("tracefs", "/sys/kernel/tracing", "tracefs"),
         ("debugfs", "/sys/kernel/debug", "debugfs"),
         ("bpffs", "/sys/fs/bpf", "bpf"),
         ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
     ] {
         mount_fs(source, &host(target), fstype, MsFlags::empty(), None)?;
+    }
+    for share in &plan.shares {
+        let target = host(&share.path);
+        fs::create_dir_all(&target).map_err(io_step(format!("create {target}")))?;
+        mount_fs(&share.tag, &target, "9p", MsFlags::MS_RDONLY, Some(NINEP_OPTIONS))?;
     }
     chroot(HOST_ROOT_MOUNT).map_err(sys_step("chroot into the host root"))?;
     chdir(plan.cwd.as_str()).map_err(sys_step(format!("chdir {}", plan.cwd)))?;

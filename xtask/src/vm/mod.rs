@@ -224,6 +224,7 @@ impl Prepared {
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let module_files = self.module_files(&kernel)?;
         let plan = self.plan(spec, &module_files, runs, cwd);
+        let shares = plan.shares.clone();
         let initramfs = work.join("initramfs.cpio");
         let modules: Vec<(String, &Path)> =
             module_files.iter().map(|(name, path)| (name.clone(), path.as_path())).collect();
@@ -240,6 +241,7 @@ impl Prepared {
             cpus: GUEST_CPUS,
             status_file: work.join("status"),
             time_limit: self.time_limit,
+            shares: &shares,
         };
         let ended = qemu::boot(&boot, |line| {
             println!("[{}] {line}", kernel.release);
@@ -298,6 +300,7 @@ impl Prepared {
             cwd: cwd.display().to_string(),
             env,
             runs,
+            shares: shares(),
         }
     }
 
@@ -343,6 +346,7 @@ impl Prepared {
             cwd: "/".into(),
             env: Vec::new(),
             runs: Vec::new(),
+            shares: Vec::new(),
         };
         let initramfs = work.join("kvm-probe.cpio");
         initramfs::write(&initramfs, &self.init, &plan, modules)?;
@@ -354,6 +358,7 @@ impl Prepared {
             cpus: GUEST_CPUS,
             status_file: work.join("kvm-probe.status"),
             time_limit: KVM_PROBE_LIMIT,
+            shares: &[],
         };
         let ended = qemu::boot(&boot, |_| {})?;
         if ended.statuses.contains(&Status::Done) {
@@ -378,6 +383,18 @@ impl Prepared {
         }
         lines.join("\n")
     }
+}
+
+/// The workspace and the build output, exported on their own when they sit where the
+/// guest mounts a tmpfs (a CI clone under /tmp).
+fn shares() -> Vec<vm_init::Share> {
+    let workspace = workspace_root().display().to_string();
+    let target = target_dir().display().to_string();
+    vm_init::hidden_paths(&[&workspace, &target])
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| vm_init::Share { tag: format!("share{i}"), path })
+        .collect()
 }
 
 /// vm-init, static, for the initramfs.

@@ -48,6 +48,8 @@ pub struct Boot<'a> {
     /// Where qemu writes the status port.
     pub status_file: PathBuf,
     pub time_limit: Duration,
+    /// Host directories exported besides the root (see `vm_init::Share`).
+    pub shares: &'a [vm_init::Share],
 }
 
 impl Boot<'_> {
@@ -77,6 +79,12 @@ impl Boot<'_> {
             .arg(format!(
                 "local,path=/,mount_tag={ROOT_TAG},security_model=none,readonly=on,multidevs=remap"
             ));
+        for share in self.shares {
+            command.arg("-virtfs").arg(format!(
+                "local,path={},mount_tag={},security_model=none,readonly=on,multidevs=remap",
+                share.path, share.tag
+            ));
+        }
         command
     }
 }
@@ -275,10 +283,15 @@ mod tests {
             cpus: 2,
             status_file: PathBuf::from("/c/status"),
             time_limit: LIMIT,
+            shares: &[vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }],
         };
         let line = describe(&boot.command());
         assert!(line.contains("-accel tcg -cpu max -smp 2 -m 1536M"), "{line}");
         assert!(line.contains("-serial stdio -serial file:/c/status"), "{line}");
         assert!(line.contains("local,path=/,mount_tag=hostroot,security_model=none,readonly=on"), "{line}");
+        assert!(
+            line.contains("local,path=/tmp/ci,mount_tag=share0,security_model=none,readonly=on"),
+            "{line}"
+        );
     }
 }
