@@ -154,6 +154,20 @@ mod tests {
     }
 
     #[test]
+    fn backend_flag_parses_and_defaults_to_auto() {
+        use crate::backend::BackendChoice;
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Trace(trace) = cli.command else { panic!("not trace") };
+            trace.backend
+        };
+        assert_eq!(parse(&["sockerr", "trace"]), BackendChoice::Auto);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "kprobe"]), BackendChoice::Kprobe);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "tracepoint"]), BackendChoice::Tracepoint);
+        assert!(Cli::try_parse_from(["sockerr", "trace", "--backend", "fentry"]).is_err());
+    }
+
+    #[test]
     fn bad_flags_are_errors() {
         assert!(Cli::try_parse_from(["sockerr", "trace", "--pid", "abc"]).is_err());
         let err = Cli::try_parse_from(["sockerr", "trace", "--errno", "ENOTANERRNO"]).unwrap_err();

@@ -43,9 +43,31 @@ pub enum KprobeError {
     },
 }
 
-/// Loads and attaches every program of [`ATTACHMENTS`]; returns how many were attached.
+/// The probed functions `kallsyms` (the text of /proc/kallsyms) does not list: inlined or
+/// renamed in this kernel's build. Their failures then get no `kernel_fn`.
+pub fn missing_functions(kallsyms: &str) -> Vec<&'static str> {
+    let wanted: std::collections::BTreeSet<&'static str> = ATTACHMENTS.iter().map(|&(_, f)| f).collect();
+    let present: std::collections::HashSet<&str> = kallsyms
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|name| wanted.contains(name))
+        .collect();
+    wanted.into_iter().filter(|function| !present.contains(function)).collect()
+}
+
+/// Loads and attaches every program of [`ATTACHMENTS`] whose function this kernel has;
+/// returns how many were attached.
 pub fn attach_all(ebpf: &mut Ebpf, kernel: &str) -> Result<usize, KprobeError> {
-    for &(program, function) in ATTACHMENTS {
+    let missing = match std::fs::read_to_string("/proc/kallsyms") {
+        Ok(kallsyms) => missing_functions(&kallsyms),
+        // Attaching will say which function is missing.
+        Err(_) => Vec::new(),
+    };
+    for function in &missing {
+        tracing::warn!("kernel {kernel} has no function {function} to probe: its failures get no kernel_fn");
+    }
+    let mut attached = 0;
+    for &(program, function) in ATTACHMENTS.iter().filter(|(_, f)| !missing.contains(f)) {
         let probe: &mut KProbe = ebpf
             .program_mut(program)
             .ok_or(KprobeError::Missing(program))?
@@ -60,13 +82,30 @@ pub fn attach_all(ebpf: &mut Ebpf, kernel: &str) -> Result<usize, KprobeError> {
             kernel: kernel.into(),
             source: Box::new(source),
         })?;
+        attached += 1;
     }
-    Ok(ATTACHMENTS.len())
+    Ok(attached)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_missing_from_kallsyms_are_named() {
+        let kallsyms = "\
+ffffffffab683270 T __inet_hash_connect
+ffffffffab687530 T inet_csk_get_port
+ffffffffab6caf60 T __inet_bind
+ffffffffab71ac70 t __inet6_bind_helper
+ffffffffc0a01000 t some_module_fn\t[nf_tables]
+";
+        assert_eq!(missing_functions(kallsyms), ["__inet6_bind"]);
+        assert_eq!(
+            missing_functions(""),
+            ["__inet6_bind", "__inet_bind", "__inet_hash_connect", "inet_csk_get_port"]
+        );
+    }
 
     #[test]
     fn every_probed_function_has_an_entry_and_a_return_program() {
