@@ -85,6 +85,10 @@ pub struct FilterArgs {
     /// --comm or --cgroup).
     #[arg(long)]
     pub http_peek: bool,
+    /// Kernel hooks: `kprobe` adds the kernel function that refused a bind/connect
+    /// (needs CONFIG_KPROBES and BTF); `auto` takes it when the kernel has it.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendChoice::Auto)]
+    pub backend: crate::backend::BackendChoice,
 }
 
 /// The HTTP endpoints' default address: loopback, so a node does not expose them unless
@@ -204,6 +208,20 @@ mod tests {
         assert!(err.to_string().contains("localhost"), "{err}");
         // Text output is trace's: the daemon prints JSON only.
         assert!(Cli::try_parse_from(["sockerr", "daemon", "--output", "text"]).is_err());
+    }
+
+    #[test]
+    fn backend_flag_parses_and_defaults_to_auto() {
+        use crate::backend::BackendChoice;
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Trace(trace) = cli.command else { panic!("not trace") };
+            trace.filters.backend
+        };
+        assert_eq!(parse(&["sockerr", "trace"]), BackendChoice::Auto);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "kprobe"]), BackendChoice::Kprobe);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "tracepoint"]), BackendChoice::Tracepoint);
+        assert!(Cli::try_parse_from(["sockerr", "trace", "--backend", "fentry"]).is_err());
     }
 
     #[test]
