@@ -33,11 +33,13 @@ use crate::{
 pub use kernel::{KernelSpec, Series};
 use qemu::Accel;
 
-/// The e2e test targets run inside the VMs: the incident scenarios of issue 3 and the
-/// backend comparison. `enrich` (netns unit-style tests of the lookup code, which does
-/// not depend on the tracing kernel) and `errors` (argument and environment errors) stay
-/// on the host.
-pub const VM_TEST_TARGETS: &[&str] = &["cilium", "bind", "refused", "exhaustion", "filters", "backends"];
+/// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
+/// family and Istio's resets, whose tracepoints differ by kernel) and the backend
+/// comparison. `enrich` (netns unit-style tests of the lookup code, which does not depend
+/// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
+/// and metrics over the same records) stay on the host.
+pub const VM_TEST_TARGETS: &[&str] =
+    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets"];
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Modest: the guest runs the tests and nothing else; the machine is shared.
