@@ -69,6 +69,8 @@ pub struct TraceArgs {
     /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub attribution: crate::k8s::AttributionArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,13 +16,14 @@ use crate::{
     clock::{Clock, ClockError},
     enrich::{Enricher, Findings, Query},
     event::KernelEvent,
+    k8s::Attributor,
     kernel::{
         loader::{self, LoadError, Loaded, LostCounter, Selection},
         reader::Reader,
     },
     output::{Folder, Renderer},
     pipeline::{ProcessInfo, Processor, SystemView},
-    record::Record,
+    record::{PodIdentity, Record},
 };
 
 #[derive(Debug, Error)]
@@ -37,6 +38,8 @@ pub enum TraceError {
     Signals(#[source] io::Error),
     #[error("writing records to stdout")]
     Output(#[source] io::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::K8sError),
 }
 
 /// How `trace` prints.
@@ -65,6 +68,7 @@ pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
         comms: args.comms.clone(),
         cgroup: args.cgroup.clone(),
         all: args.all,
+        proc_root: args.attribution.host_proc.clone(),
     };
     let output = OutputOptions {
         format: args.output,
@@ -72,7 +76,8 @@ pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
         errnos: args.errnos.clone(),
         text_successes: args.all,
     };
-    let tracer = Tracer::start(&selection, output)?;
+    let attributor = crate::k8s::attributor(&args.attribution).await?;
+    let tracer = Tracer::start(&selection, output)?.with_attributor(attributor);
     let stop = stop_signal(args.duration)?;
     tracer.run_until(stop).await
 }
@@ -102,6 +107,8 @@ pub struct Tracer {
     loaded: Loaded,
     output: OutputOptions,
     clock: Clock,
+    /// Pod and container of each record's process; reads the selection's procfs.
+    attributor: Attributor,
 }
 
 impl Tracer {
@@ -115,18 +122,25 @@ impl Tracer {
             loaded.attached,
             describe(selection, loaded.cgroup.as_ref().map(|c| c.id))
         );
-        Ok(Self { loaded, output, clock })
+        Ok(Self { loaded, output, clock, attributor: Attributor::new(selection.proc_root.clone()) })
+    }
+
+    /// Attribution beyond cgroup ids (`--kubernetes`): see [`crate::k8s::attributor`].
+    pub fn with_attributor(mut self, attributor: Attributor) -> Self {
+        self.attributor = attributor;
+        self
     }
 
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<Summary, TraceError> {
-        let Tracer { loaded, output, clock } = self;
+        let Tracer { loaded, output, clock, attributor } = self;
         let Loaded { events, lost, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         let (batches, mut incoming) = mpsc::channel::<Vec<KernelEvent>>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
-        let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
+        let enricher = Enricher::new(attributor.proc_root().to_path_buf());
+        let system = Arc::new(LiveSystem { enricher, pods: attributor });
         let mut processor = Processor::new(system, clock);
         let mut sink = Sink::new(&output);
         let mut summary = Summary::default();
@@ -315,6 +329,7 @@ impl Sink {
 /// The running system, seen through /proc and the network namespaces of processes.
 struct LiveSystem {
     enricher: Enricher,
+    pods: Attributor,
 }
 
 impl SystemView for LiveSystem {
@@ -328,6 +343,10 @@ impl SystemView for LiveSystem {
 
     fn is_alive(&self, pid: u32) -> bool {
         self.enricher.proc_root().join(pid.to_string()).exists()
+    }
+
+    fn pod(&self, pid: u32) -> Option<PodIdentity> {
+        self.pods.identify(pid)
     }
 }
 
