@@ -696,6 +696,25 @@ mod tests {
         assert!(!cilium_text_expectations(&report).iter().all(|part| unfolded.contains(part)));
     }
 
+    /// Needs root and cgroup v2, like every test of this crate but the ones above.
+    #[test]
+    fn nested_cgroups_are_removed_deepest_first_even_on_failure() {
+        require_root();
+        let cgroup = TestCgroup::nested("harness", &["kubepods.slice", "cri-containerd-x.scope"]);
+        assert!(cgroup.path().is_dir() && cgroup.path().ends_with("kubepods.slice/cri-containerd-x.scope"));
+        assert!(cgroup.relative().ends_with("-harness/kubepods.slice/cri-containerd-x.scope"));
+        let top = cgroup.created[0].clone();
+        drop(cgroup);
+        assert!(!top.exists(), "{} left behind", top.display());
+
+        // `cgroup.procs` is a file of every cgroup: that level cannot be made.
+        let failed = std::panic::catch_unwind(|| TestCgroup::nested("harness-bad", &["ok", "cgroup.procs"]));
+        assert!(failed.is_err());
+        let root = tracer::kernel::cgroup::resolve(Path::new("/")).unwrap().path;
+        let top = root.join(format!("sockerr-e2e-{}-harness-bad", std::process::id()));
+        assert!(!top.exists(), "{} left behind", top.display());
+    }
+
     #[test]
     #[should_panic(expected = "not JSON")]
     fn non_json_output_fails() {

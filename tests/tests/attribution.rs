@@ -189,6 +189,9 @@ fn unreachable_api_degrades_to_ids() {
     let warnings = stopped.stderr.lines().filter(|l| l.contains("Kubernetes API unreachable")).count();
     assert_eq!(warnings, 1, "one warning for the outage, not one per retry:\n{}", stopped.stderr);
     assert!(stopped.stderr.contains("pod_uid and container_id"), "{}", stopped.stderr);
+    // Nor does the client log each failed retry.
+    let errors: Vec<&str> = stopped.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 /// `--kubernetes` without a node name: a clear error before anything is loaded.

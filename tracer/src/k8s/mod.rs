@@ -11,6 +11,7 @@ pub mod directory;
 pub mod watch;
 
 use thiserror::Error;
+use tracing_subscriber::EnvFilter;
 
 pub use args::AttributionArgs;
 pub use attributor::Attributor;
@@ -21,6 +22,15 @@ pub enum K8sError {
     Args(#[from] args::ArgsError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+}
+
+/// kube's client logs every failed request at error level, once per retry; the pod
+/// watcher reports an outage once itself. Its logs stay on when `RUST_LOG` names kube.
+pub fn quiet_client_logs(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter {
+    if rust_log.is_some_and(|directives| directives.contains("kube")) {
+        return filter;
+    }
+    filter.add_directive("kube_client=off".parse().expect("a constant, valid directive"))
 }
 
 /// The attributor the flags ask for; with `--kubernetes` this starts the pod watcher
@@ -34,4 +44,18 @@ pub async fn attributor(args: &AttributionArgs) -> Result<Attributor, K8sError> 
     let directory = directory::PodDirectory::default();
     watch::start(&node, directory.clone()).await?;
     Ok(attributor.with_directory(directory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_client_logs_are_off_unless_asked_for() {
+        let quiet = quiet_client_logs(EnvFilter::new("info"), Some("info")).to_string();
+        assert!(quiet.contains("kube_client=off"), "{quiet}");
+        let asked =
+            quiet_client_logs(EnvFilter::new("kube_client=debug"), Some("kube_client=debug")).to_string();
+        assert!(!asked.contains("off"), "{asked}");
+    }
 }
