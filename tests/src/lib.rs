@@ -218,11 +218,28 @@ impl Tracer {
 
     /// As [`Tracer::start`], with these environment variables set for sockerr.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], args, env)
+    }
+
+    /// As [`Tracer::start_with_env`], started through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv ... --`), which then runs `sockerr trace <args>`.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
-        let mut command = Command::new(sockerr_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(sockerr_bin());
+                command
+            }
+            None => Command::new(sockerr_bin()),
+        };
         command.arg("trace").args(args).stdin(Stdio::null());
         command.envs(env.iter().copied());
-        let what = format!("sockerr trace {}", args.join(" "));
+        let what = format!(
+            "{}sockerr trace {}",
+            wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
+            args.join(" ")
+        );
         let process = Process::spawn(what.clone(), &mut command);
         let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
             output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))

@@ -72,17 +72,19 @@ fn run_checks(root: &Path) -> Result<()> {
     if entries != ["sockerr"] {
         bail!("{} should hold only the binary, holds {entries:?}", root.display());
     }
-    let version = stdout_of(&mut chrooted(root, &["--version"]))?;
+    let chroot = find_in_path("chroot").context("`chroot` (coreutils) is not on PATH")?;
+    let version = stdout_of(&mut chrooted(&chroot, root, &["--version"]))?;
     check_version(&version)?;
-    let help = stdout_of(&mut chrooted(root, &["trace", "--help"]))?;
+    let help = stdout_of(&mut chrooted(&chroot, root, &["trace", "--help"]))?;
     check_trace_help(&help)?;
     eprintln!("static-binary: `{}` and `trace --help` run in an empty root", version.trim());
     Ok(())
 }
 
-/// `chroot ROOT /sockerr ARGS` with an empty environment: nothing from the host leaks in.
-fn chrooted(root: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new("chroot");
+/// `chroot ROOT /sockerr ARGS` with an empty environment: nothing from the host leaks in
+/// (`chroot` is given by its path: without PATH it could not be found).
+fn chrooted(chroot: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(chroot);
     command.arg(root).arg("/sockerr").args(args).env_clear();
     command
 }
@@ -148,8 +150,8 @@ mod tests {
 
     #[test]
     fn the_check_runs_the_binary_at_the_new_root_with_no_environment() {
-        let command = chrooted(Path::new("/tmp/r"), &["--version"]);
-        assert_eq!(describe(&command), "chroot /tmp/r /sockerr --version");
+        let command = chrooted(Path::new("/usr/sbin/chroot"), Path::new("/tmp/r"), &["--version"]);
+        assert_eq!(describe(&command), "/usr/sbin/chroot /tmp/r /sockerr --version");
         assert!(command.get_envs().all(|(_, value)| value.is_none()), "env_clear");
     }
 }
