@@ -279,6 +279,11 @@ impl Tracer {
         output.stderr.iter().find(|l| matches(l)).cloned().expect("just found")
     }
 
+    /// The process started: sockerr, or the wrapper of [`Tracer::start_under`].
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Stdout lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.process.shared.lock().stdout.clone()
