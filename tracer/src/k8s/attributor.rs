@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::task::AbortHandle;
+
 use crate::{proc_root::ProcRoot, record::PodIdentity, ttl_cache::TtlCache};
 
 use super::{
@@ -24,17 +26,21 @@ pub struct Attributor {
     /// `None`: the process is in no container (or was gone when asked).
     ids: Mutex<TtlCache<u32, Option<ContainerIds>>>,
     directory: Option<PodDirectory>,
+    /// The task that keeps `directory` current; it stops with the attributor.
+    watcher: Option<AbortHandle>,
 }
 
 impl Attributor {
     /// Ids from cgroup paths only.
     pub fn new(proc_root: ProcRoot) -> Self {
-        Self { proc_root, ids: Mutex::new(TtlCache::new(IDS_TTL, IDS_CACHE_SIZE)), directory: None }
+        let ids = Mutex::new(TtlCache::new(IDS_TTL, IDS_CACHE_SIZE));
+        Self { proc_root, ids, directory: None, watcher: None }
     }
 
-    /// Names pods and containers from `directory` too.
-    pub fn with_directory(mut self, directory: PodDirectory) -> Self {
+    /// Names pods and containers from `directory` too, which `watcher` keeps current.
+    pub fn with_directory(mut self, directory: PodDirectory, watcher: Option<AbortHandle>) -> Self {
         self.directory = Some(directory);
+        self.watcher = watcher;
         self
     }
 
@@ -59,6 +65,8 @@ impl Attributor {
     }
 
     fn ids_of(&self, pid: u32) -> Option<ContainerIds> {
+        // The event path is one task: the lock is never contended, and holding it over
+        // the read keeps one procfs read per pid.
         let now = Instant::now();
         let mut cache = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(ids) = cache.get(&pid, now) {
@@ -74,6 +82,14 @@ impl Attributor {
         };
         cache.insert(pid, ids.clone(), now);
         ids
+    }
+}
+
+impl Drop for Attributor {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 
@@ -128,7 +144,7 @@ mod tests {
         }))
         .unwrap();
         mirror.apply(kube::runtime::watcher::Event::Apply(pod));
-        let attributor = Attributor::new(proc_root(&dir)).with_directory(directory);
+        let attributor = Attributor::new(proc_root(&dir)).with_directory(directory, None);
         let identity = attributor.identify(401).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(

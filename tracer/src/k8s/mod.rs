@@ -34,7 +34,7 @@ pub fn quiet_client_logs(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter
 }
 
 /// The attributor the flags ask for; with `--kubernetes` this starts the pod watcher
-/// (a task on the current runtime, running until the runtime stops).
+/// (a task on the current runtime, running until the attributor is dropped).
 pub async fn attributor(args: &AttributionArgs) -> Result<Attributor, K8sError> {
     let attributor = Attributor::new(args.host_proc.clone());
     if !args.kubernetes {
@@ -42,8 +42,8 @@ pub async fn attributor(args: &AttributionArgs) -> Result<Attributor, K8sError> 
     }
     let node = args.node_name(std::env::var("NODE_NAME").ok())?;
     let directory = directory::PodDirectory::default();
-    watch::start(&node, directory.clone()).await?;
-    Ok(attributor.with_directory(directory))
+    let watcher = watch::start(&node, directory.clone()).await?;
+    Ok(attributor.with_directory(directory, Some(watcher.abort_handle())))
 }
 
 #[cfg(test)]
