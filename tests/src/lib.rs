@@ -10,6 +10,8 @@
 //! unique while the processes live, and the scenario keeps them alive until the tracer had
 //! time to look them up), and assert the netns of each record rather than filtering on it.
 
+pub mod fake_api;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -218,15 +220,42 @@ impl Tracer {
     /// Starts `sockerr trace <args>` and waits until it reports that its programs are
     /// attached.
     pub fn start(args: &[&str]) -> Self {
-        Self::start_command("trace", args)
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Tracer::start`], with these environment variables set for sockerr.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(&[], args, env)
+    }
+
+    /// As [`Tracer::start_with_env`], started through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv ... --`), which then runs `sockerr trace <args>`.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(wrapper, "trace", args, env)
     }
 
     /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
     fn start_command(subcommand: &str, args: &[&str]) -> Self {
+        Self::launch(&[], subcommand, args, &[])
+    }
+
+    fn launch(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
-        let mut command = Command::new(sockerr_bin());
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(sockerr_bin());
+                command
+            }
+            None => Command::new(sockerr_bin()),
+        };
         command.arg(subcommand).args(args).stdin(Stdio::null());
-        let what = format!("sockerr {subcommand} {}", args.join(" "));
+        command.envs(env.iter().copied());
+        let what = format!(
+            "{}sockerr {subcommand} {}",
+            wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
+            args.join(" ")
+        );
         let process = Process::spawn(what.clone(), &mut command);
         let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
             output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))
@@ -248,6 +277,27 @@ impl Tracer {
             );
         }
         tracer
+    }
+
+    /// Waits until a stderr line satisfies `matches`; returns it. Fails the test with
+    /// everything printed so far when none arrives within `timeout`.
+    pub fn wait_for_stderr(&self, timeout: Duration, matches: impl Fn(&str) -> bool) -> String {
+        let arrived =
+            self.process.shared.wait_until(timeout, |output| output.stderr.iter().any(|l| matches(l)));
+        let output = self.process.shared.lock();
+        assert!(
+            arrived,
+            "{}: no matching stderr line within {} s.\nstderr:\n{}",
+            self.process.what,
+            timeout.as_secs(),
+            output.stderr.join("\n"),
+        );
+        output.stderr.iter().find(|l| matches(l)).cloned().expect("just found")
+    }
+
+    /// The process started: sockerr, or the wrapper of [`Tracer::start_under`].
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 
     /// Stdout lines so far.
@@ -559,26 +609,45 @@ fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
     }
 }
 
-/// A cgroup v2 directory made for one test, removed when dropped (once its processes
-/// are gone: rmdir of a populated cgroup fails with EBUSY, so it is retried briefly).
+/// A cgroup v2 directory made for one test (with nested levels below it, if asked),
+/// removed when dropped, deepest first, also when the test fails half-way (once its
+/// processes are gone: rmdir of a populated cgroup fails with EBUSY, so it is retried
+/// briefly).
 pub struct TestCgroup {
-    path: PathBuf,
+    /// Every directory created, outermost first.
+    created: Vec<PathBuf>,
     relative: String,
 }
 
 impl TestCgroup {
     pub fn create(tag: &str) -> Self {
+        Self::nested(tag, &[])
+    }
+
+    /// `<cgroup2 mount>/sockerr-e2e-<pid>-<tag>/<levels...>`, e.g. the levels of a pod
+    /// and container as a kubelet names them; [`TestCgroup::path`] is the deepest.
+    pub fn nested(tag: &str, levels: &[&str]) -> Self {
         let root = tracer::kernel::cgroup::resolve(Path::new("/"))
-            .unwrap_or_else(|e| panic!("the cgroup filter test needs cgroup v2: {e}"))
+            .unwrap_or_else(|e| panic!("the cgroup tests need cgroup v2: {e}"))
             .path;
         let name = format!("sockerr-e2e-{}-{tag}", std::process::id());
-        let path = root.join(&name);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
-        Self { path, relative: format!("/{name}") }
+        let mut cgroup = Self { created: Vec::new(), relative: String::new() };
+        let mut path = root;
+        for level in std::iter::once(name.as_str()).chain(levels.iter().copied()) {
+            assert!(!level.is_empty() && !level.contains('/'), "one directory per level: {level:?}");
+            path.push(level);
+            // On failure the levels made so far are removed as `cgroup` drops.
+            std::fs::create_dir(&path)
+                .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+            cgroup.created.push(path.clone());
+            cgroup.relative.push('/');
+            cgroup.relative.push_str(level);
+        }
+        cgroup
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.created.last().expect("at least the top directory")
     }
 
     /// The path as `--cgroup` takes it: relative to the cgroup2 mount.
@@ -590,8 +659,10 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        for dir in self.created.iter().rev() {
+            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -711,6 +782,25 @@ mod tests {
         }
         let unfolded = line.replace("(2 in 4ms)", "");
         assert!(!cilium_text_expectations(&report).iter().all(|part| unfolded.contains(part)));
+    }
+
+    /// Needs root and cgroup v2, like every test of this crate but the ones above.
+    #[test]
+    fn nested_cgroups_are_removed_deepest_first_even_on_failure() {
+        require_root();
+        let cgroup = TestCgroup::nested("harness", &["kubepods.slice", "cri-containerd-x.scope"]);
+        assert!(cgroup.path().is_dir() && cgroup.path().ends_with("kubepods.slice/cri-containerd-x.scope"));
+        assert!(cgroup.relative().ends_with("-harness/kubepods.slice/cri-containerd-x.scope"));
+        let top = cgroup.created[0].clone();
+        drop(cgroup);
+        assert!(!top.exists(), "{} left behind", top.display());
+
+        // `cgroup.procs` is a file of every cgroup: that level cannot be made.
+        let failed = std::panic::catch_unwind(|| TestCgroup::nested("harness-bad", &["ok", "cgroup.procs"]));
+        assert!(failed.is_err());
+        let root = tracer::kernel::cgroup::resolve(Path::new("/")).unwrap().path;
+        let top = root.join(format!("sockerr-e2e-{}-harness-bad", std::process::id()));
+        assert!(!top.exists(), "{} left behind", top.display());
     }
 
     #[test]

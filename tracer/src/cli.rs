@@ -89,6 +89,8 @@ pub struct FilterArgs {
     /// (needs CONFIG_KPROBES and BTF); `auto` takes it when the kernel has it.
     #[arg(long, value_enum, default_value_t = crate::backend::BackendChoice::Auto)]
     pub backend: crate::backend::BackendChoice,
+    #[command(flatten)]
+    pub attribution: crate::k8s::AttributionArgs,
 }
 
 /// The HTTP endpoints' default address: loopback, so a node does not expose them unless

@@ -45,6 +45,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Logs to stderr (stdout carries only records); RUST_LOG overrides the level.
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = tracer::k8s::quiet_client_logs(filter, std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -16,7 +16,7 @@ use crate::{
     correlate::{self, Attribution},
     enrich::{Findings, Query},
     event::KernelEvent,
-    record::{Backend, Record},
+    record::{Backend, PodIdentity, Record},
     table::SocketTable,
     ttl_cache::TtlCache,
 };
@@ -28,6 +28,10 @@ pub trait SystemView: Send + Sync + 'static {
     /// Blocking lookup inside the network namespace of `pid`.
     fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, String>;
     fn is_alive(&self, pid: u32) -> bool;
+    /// Pod and container of `pid`, from caches only (never waits on the API server).
+    fn pod(&self, _pid: u32) -> Option<PodIdentity> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,6 +104,7 @@ impl<S: SystemView> Processor<S> {
             reset.reason_name = reset.reason.and_then(|code| self.reset_reasons.get(&code).cloned());
         }
         record.backend = self.backend;
+        record.pod = self.system.pod(record.pid);
         let query = classify::query_for(&record);
         let outcome = match &query {
             Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
@@ -239,6 +244,14 @@ mod tests {
         fn is_alive(&self, pid: u32) -> bool {
             pid == 401
         }
+
+        fn pod(&self, pid: u32) -> Option<PodIdentity> {
+            (pid == 401).then(|| PodIdentity {
+                pod_uid: Some("8b9f4a3e-2c1d-4e5f-9a7b-6c5d4e3f2a1b".into()),
+                pod: Some("web-0".into()),
+                ..Default::default()
+            })
+        }
     }
 
     fn event(ts: u64, errno: i32, payload: Payload) -> KernelEvent {
@@ -319,6 +332,7 @@ mod tests {
             assert_eq!(r.netns, Some(4026531993));
         }
         assert_eq!(system.lookups.lock().unwrap().len(), 1, "retries share the lookup");
+        assert!(failures.iter().all(|r| r.pod.as_ref().and_then(|p| p.pod.as_deref()) == Some("web-0")));
         // The fd was closed after every attempt: the table forgot each socket.
         assert!(processor.table().get(401, 131).is_none());
     }
@@ -406,5 +420,6 @@ mod tests {
         assert_eq!(r.comm, "wrk:worker_1");
         assert_eq!(r.cause, Some(Cause::ConnectionRefused));
         assert_eq!(r.netns, None);
+        assert_eq!(r.pod, None, "a process outside pods has no attribution");
     }
 }

@@ -19,12 +19,14 @@ use crate::{
     clock::{Clock, ClockError},
     enrich::{Enricher, Findings, Query},
     event::KernelEvent,
+    k8s::Attributor,
     kernel::{
         loader::{self, LoadError, Loaded, LostCounter, Selection},
         reader::Reader,
     },
     output::{OutputOptions, StdoutSink},
     pipeline::{Inspect, ProcessInfo, Processor, SystemView},
+    record::PodIdentity,
     sink::{Sink, Totals},
 };
 
@@ -40,6 +42,8 @@ pub enum TraceError {
     Signals(#[source] io::Error),
     #[error("writing records to stdout")]
     Output(#[source] io::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::K8sError),
 }
 
 /// What a run saw, for the closing log line.
@@ -62,7 +66,8 @@ pub async fn run(args: TraceArgs) -> Result<Summary, TraceError> {
         errnos: args.filters.errnos.clone(),
         text_successes: args.filters.all,
     };
-    let tracer = Tracer::start(&Selection::from(&args.filters))?;
+    let attributor = crate::k8s::attributor(&args.filters.attribution).await?;
+    let tracer = Tracer::start(&Selection::from(&args.filters))?.with_attributor(attributor);
     let stop = stop_signal(args.duration)?;
     tracer.run_until(stop, &mut StdoutSink::new(&output), None).await
 }
@@ -76,6 +81,7 @@ impl From<&FilterArgs> for Selection {
             all: filters.all,
             http_peek: filters.http_peek,
             backend: filters.backend,
+            proc_root: filters.attribution.host_proc.clone(),
         }
     }
 }
@@ -104,6 +110,8 @@ pub fn stop_signal(duration: Option<Duration>) -> Result<impl Future<Output = ()
 pub struct Tracer {
     loaded: Loaded,
     clock: Clock,
+    /// Pod and container of each record's process; reads the selection's procfs.
+    attributor: Attributor,
 }
 
 impl Tracer {
@@ -118,7 +126,13 @@ impl Tracer {
             loaded.attached,
             describe(selection, loaded.cgroup.as_ref().map(|c| c.id))
         );
-        Ok(Self { loaded, clock })
+        Ok(Self { loaded, clock, attributor: Attributor::new(selection.proc_root.clone()) })
+    }
+
+    /// Attribution beyond cgroup ids (`--kubernetes`): see [`crate::k8s::attributor`].
+    pub fn with_attributor(mut self, attributor: Attributor) -> Self {
+        self.attributor = attributor;
+        self
     }
 
     /// Reads and processes events until `stop` resolves (then drains the ring once
@@ -130,14 +144,15 @@ impl Tracer {
         sink: &mut impl Sink,
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
-        let Tracer { loaded, clock } = self;
+        let Tracer { loaded, clock, attributor } = self;
         let Loaded { events, lost, reset_reasons, backend, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         let (batches, mut incoming) = mpsc::channel::<Batch>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
-        let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
+        let enricher = Enricher::new(attributor.proc_root().to_path_buf());
+        let system = Arc::new(LiveSystem { enricher, pods: attributor });
         let mut processor = Processor::new(system, clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -286,6 +301,7 @@ impl LossWatch {
 /// The running system, seen through /proc and the network namespaces of processes.
 struct LiveSystem {
     enricher: Enricher,
+    pods: Attributor,
 }
 
 impl SystemView for LiveSystem {
@@ -299,6 +315,10 @@ impl SystemView for LiveSystem {
 
     fn is_alive(&self, pid: u32) -> bool {
         self.enricher.proc_root().join(pid.to_string()).exists()
+    }
+
+    fn pod(&self, pid: u32) -> Option<PodIdentity> {
+        self.pods.identify(pid)
     }
 }
 

@@ -5,11 +5,13 @@
 
 mod bpf_linker;
 mod build;
+mod manifests;
 mod paths;
 mod privileges;
 mod process;
 mod run;
 mod setup;
+mod static_build;
 mod system_packages;
 mod test;
 mod toolchain;
@@ -57,6 +59,9 @@ struct BuildArgs {
     /// Build the debug profile instead of release.
     #[arg(long)]
     debug: bool,
+    /// Build a static binary (musl, release), as the container image ships it.
+    #[arg(long = "static", conflicts_with = "debug")]
+    static_binary: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +96,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Setup => setup::ensure(),
         Command::Build(args) => {
             setup::ensure()?;
-            let binary = build::build_sockerr(build::Profile::from_debug_flag(args.debug))?;
+            let binary = if args.static_binary {
+                static_build::build_static()?
+            } else {
+                build::build_sockerr(build::Profile::from_debug_flag(args.debug))?
+            };
             // stdout carries only the path, so `$(cargo xtask build)` works.
             println!("{}", binary.display());
             Ok(())
@@ -136,6 +145,14 @@ mod tests {
         assert_eq!(args.kernels.len(), 2, "both series by default");
         assert!(Cli::try_parse_from(["xtask", "vm-test", "--kernel", "5.10"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "vm-run"]).is_err(), "vm-run needs a command");
+    }
+
+    #[test]
+    fn build_static_is_release_only() {
+        let cli = Cli::try_parse_from(["xtask", "build", "--static"]).unwrap();
+        let Command::Build(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert!(args.static_binary && !args.debug);
+        assert!(Cli::try_parse_from(["xtask", "build", "--static", "--debug"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::{bpf_linker, system_packages, toolchain};
+use crate::{bpf_linker, static_build, system_packages, toolchain};
 
 /// What setup installed, for the one summary line.
 #[derive(Default)]
@@ -35,6 +35,7 @@ pub fn ensure() -> Result<()> {
     let nightly = toolchain::ensure_nightly(&mut report)?;
     toolchain::ensure_active_lint_tools(&mut report)?;
     bpf_linker::ensure(&nightly, &mut report)?;
+    static_build::ensure_target(&mut report)?;
     eprintln!("{}", report.summary(started.elapsed()));
     Ok(())
 }

@@ -17,11 +17,23 @@ pub struct RequiredCommand {
 }
 
 /// The one list of system programs xtask relies on; add a line when a test starts one.
-const REQUIRED_COMMANDS: &[RequiredCommand] = &[RequiredCommand {
-    command: "cc",
-    package: "gcc",
-    needed_for: "linking sockerr, its build scripts and bpf-linker",
-}];
+const REQUIRED_COMMANDS: &[RequiredCommand] = &[
+    RequiredCommand {
+        command: "cc",
+        package: "gcc",
+        needed_for: "linking sockerr, its build scripts and bpf-linker",
+    },
+    RequiredCommand {
+        command: "musl-gcc",
+        package: "musl-tools",
+        needed_for: "the static build: ring's C code for the musl target",
+    },
+    RequiredCommand {
+        command: "python3",
+        package: "python3-venv",
+        needed_for: "validating deploy/kubernetes with kubernetes-validate (PyPI) in a virtualenv",
+    },
+];
 
 /// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build.
 pub const VM_COMMANDS: &[RequiredCommand] = &[

@@ -14,10 +14,11 @@ use clap::Args;
 
 use crate::{
     build::{Profile, build_sockerr},
+    manifests,
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup,
+    setup, static_build,
     vm::{self, KernelSpec, Series},
 };
 
@@ -86,6 +87,13 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
         sockerr = build_sockerr(Profile::Release)?;
         Ok(())
     })?;
+    suite.stage("manifests", |_| manifests::validate())?;
+    if args.skip_e2e {
+        suite.skip("static-binary", "--skip-e2e (chroot needs root)");
+    } else {
+        suite
+            .stage("static-binary", |_| static_build::check_in_empty_root(&static_build::build_static()?))?;
+    }
     if args.skip_e2e {
         suite.skip("e2e", "--skip-e2e");
     } else {

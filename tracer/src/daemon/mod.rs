@@ -92,10 +92,12 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
     });
 
     let selection = Selection::from(&args.filters);
+    let attributor = crate::k8s::attributor(&args.filters.attribution).await.map_err(TraceError::from)?;
     // Loading takes a while and blocks: off the runtime's workers, so /healthz answers.
     let tracer = tokio::task::spawn_blocking(move || Tracer::start(&selection))
         .await
-        .map_err(DaemonError::LoaderTask)??;
+        .map_err(DaemonError::LoaderTask)??
+        .with_attributor(attributor);
     ready.store(true, Ordering::Release);
     // After the store: whoever reads this line (the end-to-end tests) finds /readyz at 200.
     tracing::info!("ready: /readyz answers 200");

@@ -43,6 +43,8 @@ pub struct Selection {
     pub http_peek: bool,
     /// Which hooks to use (`--backend`).
     pub backend: BackendChoice,
+    /// The host's procfs, where `--comm` processes are looked for.
+    pub proc_root: crate::proc_root::ProcRoot,
 }
 
 #[derive(Debug, Error)]
@@ -265,13 +267,13 @@ fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {
 fn initial_pids(selection: &Selection) -> BTreeSet<u32> {
     let mut pids = BTreeSet::new();
     for &pid in &selection.pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !selection.proc_root.pid_dir(pid).exists() {
             tracing::warn!("no process with pid {pid} is running now; tracing it if it appears");
         }
         pids.insert(pid);
     }
     for comm in &selection.comms {
-        let found = processes_named(comm);
+        let found = processes_named(&selection.proc_root, comm);
         if found.is_empty() {
             tracing::warn!("no process named {comm:?} is running now; tracing those that start later");
         }
@@ -280,11 +282,13 @@ fn initial_pids(selection: &Selection) -> BTreeSet<u32> {
     pids
 }
 
-fn processes_named(comm: &str) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+fn processes_named(proc_root: &crate::proc_root::ProcRoot, comm: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(proc_root) else { return Vec::new() };
     dir.filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .filter(|&pid| {
+            fs::read_to_string(proc_root.pid_dir(pid).join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
         .collect()
 }
 
@@ -363,6 +367,23 @@ mod tests {
         assert_eq!(&comm_key("envoy").unwrap()[..6], b"envoy\0");
         assert!(comm_key("a-name-longer-than-15").is_err());
         assert!(comm_key("").is_err());
+    }
+
+    /// `--comm` looks in the host's procfs (`--host-proc`), not in this process's /proc.
+    #[test]
+    fn processes_are_found_under_the_given_proc_root() {
+        let dir = std::env::temp_dir().join(format!("sockerr-loader-proc-{}", std::process::id()));
+        for (entry, comm) in [("123", "envoy\n"), ("456", "nginx\n"), ("self", "envoy\n")] {
+            fs::create_dir_all(dir.join(entry)).unwrap();
+            fs::write(dir.join(entry).join("comm"), comm).unwrap();
+        }
+        let root = crate::proc_root::ProcRoot::new(&dir);
+        let found = processes_named(&root, "envoy");
+        let selection = Selection { pids: vec![456], proc_root: root, ..Default::default() };
+        let pids = initial_pids(&Selection { comms: vec!["envoy".into()], ..selection });
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [123]);
+        assert_eq!(pids.into_iter().collect::<Vec<_>>(), [123, 456]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fs;
 use thiserror::Error;
 
 /// Capability numbers (include/uapi/linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_NET_ADMIN: u32 = 12;
@@ -76,6 +77,14 @@ fn check_effective(caps: u64) -> Result<Vec<Degradation>, PrivilegeError> {
             consequence: "cannot read other users' /proc/PID/fd: holders are shown without their process",
         });
     }
+    // /proc/PID/fd is a mode 0500 directory of the process's user (fs/proc/fd.c:
+    // proc_fd_permission falls back to generic_permission): root needs this to list it.
+    if !has(CAP_DAC_READ_SEARCH) {
+        degraded.push(Degradation {
+            capability: "CAP_DAC_READ_SEARCH",
+            consequence: "cannot list other users' /proc/PID/fd: holders are shown without their process",
+        });
+    }
     Ok(degraded)
 }
 
@@ -99,7 +108,7 @@ mod tests {
         let caps = (1u64 << CAP_BPF) | (1 << CAP_PERFMON);
         let degraded = check_effective(caps).unwrap();
         let names: Vec<_> = degraded.iter().map(|d| d.capability).collect();
-        assert_eq!(names, ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]);
+        assert_eq!(names, ["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use jiff::tz::TimeZone;
 use crate::errno::errno_name;
 use crate::mark::CiliumMark;
 use crate::output::options::{NamedOption, OptionValue, enabled_options};
-use crate::record::{EventName, Holder, PortUsage, Record, TcpState};
+use crate::record::{EventName, Holder, PodIdentity, PortUsage, Record, TcpState};
 
 /// Renders records as text lines in a time zone.
 #[derive(Clone, Debug)]
@@ -95,6 +95,9 @@ impl fmt::Display for Line<'_> {
         }
         if let Some(ports) = record.ports {
             write!(f, " {}", Ports(ports))?;
+        }
+        if let Some(pod) = &record.pod {
+            write!(f, "{}", PodLabel(pod))?;
         }
         if let Some(note) = &record.note {
             write!(f, " note={}", Quoted(note))?;
@@ -223,6 +226,22 @@ impl fmt::Display for HeldBy<'_> {
             f.write_str(" (owner not found)")?;
         }
         Ok(())
+    }
+}
+
+/// ` pod=<namespace>/<name>` when the API named the pod, ` pod-uid=<uid>` when only the
+/// cgroup did, else nothing.
+struct PodLabel<'a>(&'a PodIdentity);
+
+impl fmt::Display for PodLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            PodIdentity { pod: Some(pod), namespace: Some(namespace), .. } => {
+                write!(f, " pod={namespace}/{pod}")
+            }
+            PodIdentity { pod_uid: Some(uid), .. } => write!(f, " pod-uid={uid}"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -517,5 +536,26 @@ mod tests {
     fn long_fold_windows_read_naturally() {
         let folded = Record { count: 12, ..cilium_incident() };
         assert!(utc(1500).render(&folded).ends_with(" (12 in 1s 500ms)"));
+    }
+
+    #[test]
+    fn pod_is_named_when_known() {
+        let uid = "8b9f4a3e-2c1d-4e5f-9a7b-6c5d4e3f2a1b";
+        let ids_only = PodIdentity {
+            pod_uid: Some(uid.into()),
+            container_id: Some("3f4e".into()),
+            ..Default::default()
+        };
+        let named = PodIdentity {
+            pod: Some("web-0".into()),
+            namespace: Some("shop".into()),
+            container: Some("istio-proxy".into()),
+            ..ids_only.clone()
+        };
+        let line = |pod: Option<PodIdentity>| utc(500).render(&Record { pod, count: 4, ..cilium_incident() });
+        assert!(line(Some(named)).ends_with("ESTABLISHED pod=shop/web-0 (4 in 500ms)"), "{}", line(None));
+        assert!(line(Some(ids_only)).ends_with(&format!("ESTABLISHED pod-uid={uid} (4 in 500ms)")));
+        let container_only = PodIdentity { container_id: Some("3f4e".into()), ..Default::default() };
+        assert_eq!(line(Some(container_only)), line(None));
     }
 }

@@ -1,0 +1,200 @@
+//! A stand-in for the Kubernetes API server, for the `--kubernetes` tests: no real API
+//! server runs where the suite runs, so this one serves a recorded pod list on 127.0.0.1
+//! and holds the watch that follows it open, as an API server with no pod changes would.
+//!
+//! It answers `GET /api/v1/pods?...` (list, or watch with `watch=true`) and nothing else,
+//! records every request line, and stops (closing held watches) when dropped. Connections
+//! are bounded in number and every read and hold in time.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const MAX_CONNECTIONS: usize = 64;
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A watch is held at most this long (tests last seconds).
+const MAX_WATCH_HOLD: Duration = Duration::from_secs(120);
+
+pub struct FakeApiServer {
+    address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FakeApiServer {
+    /// Serves `pod_list` (a `v1.PodList` as JSON) to list requests.
+    pub fn start(pod_list: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("bound address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let pod_list = Arc::new(pod_list);
+        let acceptor = {
+            let (stop, requests) = (Arc::clone(&stop), Arc::clone(&requests));
+            std::thread::spawn(move || {
+                let mut handlers = Vec::new();
+                for stream in listener.incoming().take(MAX_CONNECTIONS) {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (stop, requests, pod_list) =
+                        (Arc::clone(&stop), Arc::clone(&requests), Arc::clone(&pod_list));
+                    handlers.push(std::thread::spawn(move || {
+                        let _ = serve(stream, &pod_list, &requests, &stop);
+                    }));
+                }
+                for handler in handlers {
+                    let _ = handler.join();
+                }
+            })
+        };
+        Self { address, stop, requests, acceptor: Some(acceptor) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Request lines (`GET /api/v1/pods?... HTTP/1.1`) received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes a kubeconfig for this server into `dir`; returns its path.
+    pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        write_kubeconfig(dir, &self.url())
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the acceptor, which then sees the flag.
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// A kubeconfig pointing at `server` (plain HTTP, no credentials).
+pub fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+         current-context: test\nusers:\n- name: test\n  user: {{}}\n"
+    );
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+fn serve(
+    mut stream: TcpStream,
+    pod_list: &str,
+    requests: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    let head = read_head(&mut stream)?;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(&head).map_err(std::io::Error::other)?;
+    if parsed.is_partial() {
+        return Err(std::io::Error::other("incomplete request head"));
+    }
+    let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
+    requests.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{method} {path}"));
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    if method != "GET" || route != "/api/v1/pods" {
+        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+        return respond(&mut stream, "404 Not Found", body);
+    }
+    if query.split('&').any(|pair| pair == "watch=true" || pair == "watch=1") {
+        // Headers now, events never: the pods do not change during a test.
+        stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        stream.flush()?;
+        let held = Instant::now();
+        while !stop.load(Ordering::SeqCst) && held.elapsed() < MAX_WATCH_HOLD {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return stream.write_all(b"0\r\n\r\n");
+    }
+    respond(&mut stream, "200 OK", pod_list)
+}
+
+fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_REQUEST_HEAD {
+            return Err(std::io::Error::other("request head too large"));
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("connection closed before the request head ended"));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(server: &FakeApiServer, path: &str) -> String {
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    #[test]
+    fn serves_the_list_and_records_requests() {
+        let server = FakeApiServer::start(r#"{"kind":"PodList","items":[]}"#.into());
+        let list = get(&server, "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a");
+        assert!(list.starts_with("HTTP/1.1 200 OK") && list.ends_with(r#"{"kind":"PodList","items":[]}"#));
+        assert!(get(&server, "/api/v1/namespaces").starts_with("HTTP/1.1 404"));
+        assert_eq!(
+            server.requests(),
+            ["GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a", "GET /api/v1/namespaces"]
+        );
+    }
+
+    #[test]
+    fn held_watch_ends_when_the_server_stops() {
+        let server = FakeApiServer::start("{}".into());
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = [0u8; 15];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200 OK");
+        drop(server);
+        let mut rest = String::new();
+        stream.read_to_string(&mut rest).unwrap();
+        assert!(rest.ends_with("0\r\n\r\n"), "{rest:?}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Where the host's procfs is: `/proc`, or where a DaemonSet mounts the host's `/proc`
+//! (`--host-proc /host/proc`).
+//!
+//! The kernel programs report pids of the initial pid namespace. A procfs shows the pids
+//! of the namespace it was mounted from, so every /proc read about a traced pid (its name,
+//! network namespace, fds, cgroup) goes through this root, never through a literal `/proc`.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    ops::Deref,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcRoot(PathBuf);
+
+impl ProcRoot {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    /// `<root>/<pid>`.
+    pub fn pid_dir(&self, pid: u32) -> PathBuf {
+        self.0.join(pid.to_string())
+    }
+
+    pub fn to_path_buf(&self) -> PathBuf {
+        self.0.clone()
+    }
+}
+
+impl Default for ProcRoot {
+    fn default() -> Self {
+        Self("/proc".into())
+    }
+}
+
+impl Deref for ProcRoot {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ProcRoot {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl FromStr for ProcRoot {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Infallible> {
+        Ok(Self::new(text))
+    }
+}
+
+impl fmt::Display for ProcRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_proc_and_joins_pids() {
+        assert_eq!(ProcRoot::default().pid_dir(42), PathBuf::from("/proc/42"));
+        let host: ProcRoot = "/host/proc".parse().unwrap();
+        assert_eq!(host.pid_dir(7), PathBuf::from("/host/proc/7"));
+        assert_eq!(host.to_string(), "/host/proc");
+    }
+}

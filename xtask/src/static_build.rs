@@ -1,0 +1,157 @@
+//! The static (musl) sockerr the container image ships, and the check that it needs
+//! nothing from the filesystem it runs in (the image is `FROM scratch`).
+//!
+//! No container engine runs where the suite runs, so the check does what the image does:
+//! it runs the binary in an empty root (`chroot` into a fresh directory holding only the
+//! binary). A dynamically linked binary fails there at once: its ELF interpreter is missing.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    paths::{target_dir, workspace_root},
+    process::{find_in_path, run_inherited, stdout_of},
+    setup::Report,
+};
+
+/// `x86_64-unknown-linux-musl` on x86-64: musl links into a static executable.
+pub fn musl_target() -> String {
+    format!("{}-unknown-linux-musl", std::env::consts::ARCH)
+}
+
+/// Builds `target/<musl target>/release/sockerr`. Run setup first (nightly and
+/// bpf-linker for the eBPF object, the musl target, musl-gcc).
+pub fn build_static() -> Result<PathBuf> {
+    let target = musl_target();
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--target",
+        &target,
+    ]);
+    // ring compiles C; cc-rs looks for `<arch>-linux-musl-gcc`, Debian's musl-tools
+    // installs it as `musl-gcc`.
+    let cross_gcc = format!("{}-linux-musl-gcc", std::env::consts::ARCH);
+    let cc_variable = format!("CC_{}", target.replace('-', "_"));
+    if find_in_path(&cross_gcc).is_none() && std::env::var_os(&cc_variable).is_none() {
+        command.env(&cc_variable, "musl-gcc");
+    }
+    run_inherited(&mut command)?;
+    let binary = target_dir().join(&target).join("release").join("sockerr");
+    if !binary.is_file() {
+        bail!("cargo built tracer for {target} but {} does not exist", binary.display());
+    }
+    Ok(binary)
+}
+
+/// Runs `sockerr --version` and `sockerr trace --help` in an empty root and checks what
+/// they print. Needs root (chroot).
+pub fn check_in_empty_root(binary: &Path) -> Result<()> {
+    let root = target_dir().join("static-root");
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    fs::copy(binary, root.join("sockerr"))
+        .with_context(|| format!("copying {} into {}", binary.display(), root.display()))?;
+    let result = run_checks(&root);
+    fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    result
+}
+
+fn run_checks(root: &Path) -> Result<()> {
+    let entries: Vec<_> = fs::read_dir(root)?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    if entries != ["sockerr"] {
+        bail!("{} should hold only the binary, holds {entries:?}", root.display());
+    }
+    let chroot = find_in_path("chroot").context("`chroot` (coreutils) is not on PATH")?;
+    let version = stdout_of(&mut chrooted(&chroot, root, &["--version"]))?;
+    check_version(&version)?;
+    let help = stdout_of(&mut chrooted(&chroot, root, &["trace", "--help"]))?;
+    check_trace_help(&help)?;
+    eprintln!("static-binary: `{}` and `trace --help` run in an empty root", version.trim());
+    Ok(())
+}
+
+/// `chroot ROOT /sockerr ARGS` with an empty environment: nothing from the host leaks in
+/// (`chroot` is given by its path: without PATH it could not be found).
+fn chrooted(chroot: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(chroot);
+    command.arg(root).arg("/sockerr").args(args).env_clear();
+    command
+}
+
+fn check_version(output: &str) -> Result<()> {
+    let expected = format!("sockerr {}", env!("CARGO_PKG_VERSION"));
+    if output.trim() != expected {
+        bail!("`sockerr --version` printed {:?}, expected {expected:?}", output.trim());
+    }
+    Ok(())
+}
+
+fn check_trace_help(output: &str) -> Result<()> {
+    for expected in ["Usage: sockerr trace", "--comm <NAME>", "--host-proc <PATH>", "--kubernetes"] {
+        if !output.contains(expected) {
+            bail!("`sockerr trace --help` lacks {expected:?}:\n{output}");
+        }
+    }
+    Ok(())
+}
+
+/// Adds the musl target to the active toolchain when its standard library is missing.
+pub fn ensure_target(report: &mut Report) -> Result<()> {
+    let target = musl_target();
+    let sysroot = stdout_of(Command::new("rustc").args(["--print", "sysroot"]))?;
+    if Path::new(sysroot.trim()).join("lib/rustlib").join(&target).join("lib").is_dir() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    run_inherited(Command::new("rustup").args(["target", "add", &target])).with_context(|| {
+        format!("the static build needs the {target} target: run `rustup target add {target}`")
+    })?;
+    report.did(format!("added the {target} target"), started.elapsed());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::describe;
+
+    #[test]
+    fn musl_target_follows_the_architecture() {
+        assert!(musl_target().ends_with("-unknown-linux-musl"));
+        assert!(musl_target().starts_with(std::env::consts::ARCH));
+    }
+
+    #[test]
+    fn version_must_match_exactly() {
+        check_version(&format!("sockerr {}\n", env!("CARGO_PKG_VERSION"))).unwrap();
+        let err = check_version("").unwrap_err().to_string();
+        assert!(err.contains("expected \"sockerr "), "{err}");
+        assert!(check_version("sockerr 0.0.0-other").is_err());
+    }
+
+    #[test]
+    fn help_must_list_the_flags() {
+        let help = "Usage: sockerr trace [OPTIONS]\n  --comm <NAME>\n  --host-proc <PATH>\n  --kubernetes\n";
+        check_trace_help(help).unwrap();
+        let err = check_trace_help("Usage: sockerr trace\n--comm <NAME>\n").unwrap_err().to_string();
+        assert!(err.contains("--host-proc"), "{err}");
+    }
+
+    #[test]
+    fn the_check_runs_the_binary_at_the_new_root_with_no_environment() {
+        let command = chrooted(Path::new("/usr/sbin/chroot"), Path::new("/tmp/r"), &["--version"]);
+        assert_eq!(describe(&command), "/usr/sbin/chroot /tmp/r /sockerr --version");
+        assert!(command.get_envs().all(|(_, value)| value.is_none()), "env_clear");
+    }
+}
