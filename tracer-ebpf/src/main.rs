@@ -13,6 +13,7 @@ mod connect;
 mod destroy_sock;
 mod emit;
 mod filter;
+mod floor;
 mod maps;
 mod peek;
 mod peek_enter;

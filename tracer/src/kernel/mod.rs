@@ -2,6 +2,7 @@
 //! loading and attaching the programs, and reading the ring buffer.
 
 pub mod cgroup;
+pub mod floor;
 pub mod loader;
 pub mod offsets;
 pub mod print_fmt;
