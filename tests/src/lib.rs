@@ -596,6 +596,39 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Whether this kernel can run the kprobe backend (what `--backend auto` checks: the
+/// kprobe PMU and the kernel's BTF).
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        && Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+/// `cargo xtask vm-test` sets SOCKERR_E2E_KPROBES=required on kernels that have kprobes, so
+/// that a kernel where they silently went missing fails instead of testing less.
+pub fn kprobes_required() -> bool {
+    std::env::var("SOCKERR_E2E_KPROBES").is_ok_and(|value| value == "required")
+}
+
+/// The backend `--backend auto` picks here.
+pub fn auto_backend() -> &'static str {
+    let available = kprobes_available();
+    assert!(available || !kprobes_required(), "SOCKERR_E2E_KPROBES=required but this kernel has no kprobes");
+    if available { "kprobe" } else { "tracepoint" }
+}
+
+/// Asserts `backend` and `kernel_fn` of a record from a tracer started with the default
+/// `--backend auto`: the kprobe backend names `kprobe_fn` (`None`: no probed function
+/// refused the call), the tracepoint backend never names one.
+pub fn assert_kernel_fn(record: &Value, kprobe_fn: Option<&str>) {
+    let backend = auto_backend();
+    assert_eq!(record.str_at("/backend"), Some(backend), "{record}");
+    let expected = if backend == "kprobe" { kprobe_fn } else { None };
+    assert_eq!(record.str_at("/kernel_fn"), expected, "kernel_fn with the {backend} backend: {record}");
+    if expected.is_none() {
+        assert_eq!(record["kernel_fn"], Value::Null, "{record}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ fn bind_in_use(ipv6: bool) {
     assert_eq!(record.str_at("/cause"), Some("port_in_use"), "{record}");
     assert_holder_matches(record, holder);
     assert_eq!(record.str_at("/holder/state"), Some("LISTEN"), "{record}");
+    assert_kernel_fn(record, Some("inet_csk_get_port"));
 }
 
 #[test]
@@ -53,6 +54,7 @@ fn bind_time_wait() {
     // from 60 s (TCP_TIMEWAIT_LEN).
     assert_holder_matches(record, holder);
     assert_eq!(record.str_at("/holder/state"), Some("TIME_WAIT"), "{record}");
+    assert_kernel_fn(record, Some("inet_csk_get_port"));
     assert_eq!(record["holder"]["pid"], Value::Null, "{record}");
     // The tracer looks later than the scenario did, so less time is left; the scenario's
     // value comes from /proc/net/tcp in USER_HZ ticks (10 ms), truncated.
@@ -90,6 +92,7 @@ fn bind_not_local(ipv6: bool) {
     assert_failure_matches(failure, attempt, &report);
     assert_eq!(failure.str_at("/cause"), Some("address_not_local"), "{failure}");
     assert_eq!(failure.pointer("/holder"), Some(&Value::Null), "{failure}");
+    assert_kernel_fn(failure, Some(if ipv6 { "__inet6_bind" } else { "__inet_bind" }));
 
     let fixed: Vec<&Value> = records.iter().filter(|r| is_fixed(r)).collect();
     let [fixed] = fixed.as_slice() else { panic!("one bind expected: {records:#?}") };
@@ -97,4 +100,5 @@ fn bind_not_local(ipv6: bool) {
     assert_eq!(fixed.u64_at(transparent), Some(1), "{fixed}");
     assert_eq!(fixed.str_at("/src"), failure.str_at("/src"), "same address, bound this time: {fixed}");
     assert_eq!(fixed.pointer("/errno"), Some(&Value::Null), "{fixed}");
+    assert_kernel_fn(fixed, None);
 }

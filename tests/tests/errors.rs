@@ -31,6 +31,7 @@ fn bad_flags_exit_2_and_name_the_flag() {
         (&["trace", "--output", "xml"][..], "xml"),
         (&["trace", "--pid", "abc"][..], "abc"),
         (&["trace", "--fold", "fast"][..], "fast"),
+        (&["trace", "--backend", "fentry"][..], "fentry"),
     ] {
         let run = sockerr(args);
         assert_eq!(run.status.code(), Some(2), "{args:?}: {run:?}");

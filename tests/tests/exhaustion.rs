@@ -26,4 +26,6 @@ fn ephemeral_ports_exhausted() {
     assert_eq!(record.str_at("/cause"), Some("ephemeral_ports_exhausted"), "{record}");
     assert_eq!(record["ports"]["range"], serde_json::json!(ports.range), "{record}");
     assert_eq!(record["ports"]["in_use"], Value::from(ports.in_use), "{record}");
+    // No port left in the range: __inet_hash_connect's own EADDRNOTAVAIL.
+    assert_kernel_fn(record, Some("__inet_hash_connect"));
 }

@@ -31,4 +31,6 @@ fn refused(args: &[&str], is_async: bool) {
     assert_failure_matches(record, attempt, &report);
     assert_eq!(record.str_at("/cause"), Some("connection_refused"), "{record}");
     assert_eq!(record["holder"], Value::Null, "nothing holds anything: {record}");
+    // The RST arrives in softirq context: no probed function refused the call.
+    assert_kernel_fn(record, None);
 }

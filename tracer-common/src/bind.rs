@@ -9,6 +9,8 @@ pub struct BindEvent {
     pub addr: crate::SockAddr,
     /// Options the socket carried at bind() time.
     pub opts: crate::SockOpts,
+    /// Where the kernel refused the call (kprobe backend), zero otherwise.
+    pub origin: crate::KernelOrigin,
 }
 
-const _: () = assert!(size_of::<BindEvent>() == 40);
+const _: () = assert!(size_of::<BindEvent>() == 40 + 64);

@@ -15,6 +15,8 @@ pub struct ConnectEvent {
     /// Kernel address of the `struct sock`, 0 when no TCP state change was seen.
     /// Used only as an identity, never dereferenced.
     pub sk: u64,
+    /// Where the kernel refused the call (kprobe backend), zero otherwise.
+    pub origin: crate::KernelOrigin,
 }
 
-const _: () = assert!(size_of::<ConnectEvent>() == 72);
+const _: () = assert!(size_of::<ConnectEvent>() == 72 + 64);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect;
 pub mod header;
 pub mod options;
+pub mod origin;
 pub mod reset;
 pub mod sock_event;
 pub mod sockaddr;
@@ -23,6 +24,7 @@ pub use config::{Filters, TracepointOffsets};
 pub use connect::ConnectEvent;
 pub use header::EventHeader;
 pub use options::SockOpts;
+pub use origin::{KernelOrigin, SockOffsets};
 pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
 pub use sock_event::SockEvent;
 pub use sockaddr::SockAddr;
@@ -77,6 +79,7 @@ pub mod names {
     pub const RESET_OFFSETS: &str = "RESET_OFFSETS";
     /// Per-socket `--http-peek` buffers: sized to 1 entry when the option is off.
     pub const PEEKS: &str = "PEEKS";
+    pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
 }
 
 /// Declares a `#[repr(C)]` type `aya::Pod` for the daemon (feature `user`).
@@ -106,4 +109,6 @@ user_pod!(
     PeekCopy,
     ResetPeekEvent,
     ResetOffsets,
+    KernelOrigin,
+    SockOffsets,
 );

@@ -4,7 +4,7 @@
 //! net/ipv4/af_inet.c and __inet6_bind() in net/ipv6/af_inet6.c.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{BindEvent, config::FILTER_EMIT_ALL, kind};
+use tracer_common::{BindEvent, KernelOrigin, config::FILTER_EMIT_ALL, kind};
 
 use crate::{
     emit::{current_header, emit},
@@ -33,7 +33,11 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
     let Some(addr) = read_user_sockaddr(addr, len) else {
         return 0;
     };
-    let _ = BINDS.insert(task.tid, BindInFlight { fd: fd as i32, _pad: 0, addr }, 0);
+    let _ = BINDS.insert(
+        task.tid,
+        BindInFlight { fd: fd as i32, _pad: 0, addr, origin: KernelOrigin::default() },
+        0,
+    );
     0
 }
 
@@ -58,7 +62,13 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     }
     emit::<BindEvent>(|r| {
         r.header = current_header(kind::BIND, if ret < 0 { -ret } else { 0 }, &task);
-        r.payload = BindEvent { fd: call.fd, ret, addr: call.addr, opts: opts.unwrap_or_default() };
+        r.payload = BindEvent {
+            fd: call.fd,
+            ret,
+            addr: call.addr,
+            opts: opts.unwrap_or_default(),
+            origin: call.origin,
+        };
     });
     0
 }

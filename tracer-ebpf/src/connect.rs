@@ -8,7 +8,7 @@
 //! in net/socket.c.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{ConnectEvent, SockAddr, SockEvent, config::FILTER_EMIT_ALL, kind};
+use tracer_common::{ConnectEvent, KernelOrigin, SockAddr, SockEvent, config::FILTER_EMIT_ALL, kind};
 
 use crate::{
     emit::{current_header, emit},
@@ -46,7 +46,15 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let fd = fd as i32;
     // SAFETY: the value is copied out at once.
     let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();
-    let inflight = ConnectInFlight { fd, async_errno: 0, dst, src: SockAddr::default(), opts, sk: 0 };
+    let inflight = ConnectInFlight {
+        fd,
+        async_errno: 0,
+        dst,
+        src: SockAddr::default(),
+        opts,
+        sk: 0,
+        origin: KernelOrigin::default(),
+    };
     let _ = CONNECTS.insert(task.tid, inflight, 0);
     0
 }
@@ -93,8 +101,15 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     }
     emit::<ConnectEvent>(|r| {
         r.header = current_header(kind::CONNECT, if failed { -ret } else { 0 }, &task);
-        r.payload =
-            ConnectEvent { fd: call.fd, ret, dst: call.dst, src: call.src, opts: call.opts, sk: call.sk };
+        r.payload = ConnectEvent {
+            fd: call.fd,
+            ret,
+            dst: call.dst,
+            src: call.src,
+            opts: call.opts,
+            sk: call.sk,
+            origin: call.origin,
+        };
     });
     0
 }

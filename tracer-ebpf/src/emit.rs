@@ -72,3 +72,13 @@ pub fn owner_header(kind: u32, errno: i32, owner: &Owner) -> EventHeader {
         comm: owner.comm,
     }
 }
+
+/// Header for an event no traced task owns (a reset the kernel sent on its own).
+pub fn kernel_header(kind: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        // SAFETY: helper call without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..EventHeader::default()
+    }
+}

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{Filters, ResetOffsets, SockAddr, SockOpts, TracepointOffsets};
+use tracer_common::{
+    Filters, KernelOrigin, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+};
 
 use crate::sockaddr::same_endpoint;
 
@@ -18,6 +20,10 @@ pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
 /// Set by the daemon before load: offsets for the reset and `--http-peek` programs.
 #[unsafe(no_mangle)]
 pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
+/// `struct sock` field offsets from BTF, set by the daemon before load (kprobe backend;
+/// zero and unused with the tracepoint backend).
+#[unsafe(no_mangle)]
+pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
 macro_rules! global {
@@ -74,6 +80,8 @@ pub struct ConnectInFlight {
     pub src: SockAddr,
     pub opts: SockOpts,
     pub sk: u64,
+    /// Filled by the kprobe backend's kretprobes when the kernel refuses the call.
+    pub origin: KernelOrigin,
 }
 
 #[map]
@@ -85,6 +93,8 @@ pub struct BindInFlight {
     pub fd: i32,
     pub _pad: u32,
     pub addr: SockAddr,
+    /// Filled by the kprobe backend's kretprobes when the kernel refuses the call.
+    pub origin: KernelOrigin,
 }
 
 #[map]
@@ -145,8 +155,10 @@ pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entr
 pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
 
 /// How long the first half of an asynchronous failure waits for the second: both run
-/// back to back in one softirq, so anything older belongs to another socket.
-const PENDING_MAX_AGE_NS: u64 = 1_000_000;
+/// back to back in one softirq, so anything much older belongs to another socket (the
+/// halves must also name the same tuple). 1 ms was too short on a slow CPU: under qemu's
+/// TCG, 6.12 lost the record of 2 in 10 refused non-blocking connects (0 in 10 with 20 ms).
+const PENDING_MAX_AGE_NS: u64 = 20_000_000;
 
 /// Whether a half recorded at `ts_ns` for `pending` (src, dst) is the other half of the
 /// failure seen `now` on `seen`.
@@ -161,3 +173,9 @@ pub fn other_half(
         && same_endpoint(pending.0, seen.0)
         && same_endpoint(pending.1, seen.1)
 }
+
+/// The `struct sock *` a probed function was called with, keyed by thread id: a
+/// kretprobe cannot see the arguments. The probed functions of one syscall all work on
+/// the same socket, so nesting (`__inet_bind` -> `inet_csk_get_port`) shares the slot.
+#[map]
+pub static PROBED_SOCKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);

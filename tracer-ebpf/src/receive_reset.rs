@@ -5,12 +5,15 @@
 //! v6 addresses, and `sock_cookie` where the kernel has it.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::reset::{OFFSET_ABSENT, REASON_NONE, RESET_RECEIVED};
+use tracer_common::{
+    SockAddr,
+    reset::{OFFSET_ABSENT, REASON_NONE, RESET_RECEIVED},
+};
 
 use crate::{
     maps::global,
-    reset_report::{Seen, report},
-    sockaddr::{TupleOffsets, read_tuple},
+    reset_report::{report, seen_slot},
+    sockaddr::{TupleOffsets, read_tuple_into},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
@@ -28,7 +31,6 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         saddr_v6: global!(RESET_OFFSETS.recv_saddr_v6),
         daddr_v6: global!(RESET_OFFSETS.recv_daddr_v6),
     };
-    let (local, peer) = read_tuple(&ctx, &offsets).unwrap_or_default();
     let cookie_at = global!(RESET_OFFSETS.recv_cookie);
     let cookie = if cookie_at == OFFSET_ABSENT {
         0
@@ -36,16 +38,19 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         // SAFETY: as above.
         unsafe { ctx.read_at::<u64>(cookie_at as usize) }.unwrap_or(0)
     };
-    let seen = Seen {
-        direction: RESET_RECEIVED,
-        sk,
-        active: false,
-        state: 0,
-        reason: REASON_NONE,
-        cookie,
-        local,
-        peer,
+    let Some(seen) = seen_slot() else {
+        return 0;
     };
-    report(&seen);
+    if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
+        seen.local = SockAddr::default();
+        seen.peer = SockAddr::default();
+    }
+    seen.direction = RESET_RECEIVED;
+    seen.sk = sk;
+    seen.active = false;
+    seen.state = 0;
+    seen.reason = REASON_NONE;
+    seen.cookie = cookie;
+    report(seen);
     0
 }

@@ -1,7 +1,7 @@
 //! What the two reset hooks share: finding the socket's owner and writing the record,
 //! with the `--http-peek` bytes when there are any.
 
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use tracer_common::{
     PeekCopy, ResetEvent, ResetPeekEvent, SockAddr,
     config::{FILTER_CGROUP, FILTER_PROCESS},
@@ -10,13 +10,14 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{emit, owner_header},
-    maps::{Owner, SK_OWNERS, fd_key, global},
+    emit::{emit, kernel_header, owner_header},
+    maps::{SK_OWNERS, fd_key, global},
     peek::{PEEKS, PeekBuffers, RECENT_RX},
     sockets::{SOCK_OWNERS, closing_owner},
 };
 
 /// A reset as one of the tracepoints saw it.
+#[repr(C)]
 pub struct Seen {
     pub direction: u32,
     pub sk: u64,
@@ -27,6 +28,18 @@ pub struct Seen {
     pub cookie: u64,
     pub local: SockAddr,
     pub peer: SockAddr,
+}
+
+/// Where the tracepoints build the [`Seen`] they report. On the stack, it and the record
+/// built from it overflow the 512 bytes that 6.1 and 6.12 allow a chain of calls (6.13
+/// gave tracing programs a private stack, so newer kernels accepted it).
+#[map]
+static SEEN: PerCpuArray<Seen> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch [`Seen`]; tracepoints on one CPU do not nest into each other here.
+pub fn seen_slot() -> Option<&'static mut Seen> {
+    // SAFETY: per-CPU slot, used from entry to report() within one program run.
+    SEEN.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
 }
 
 pub fn report(seen: &Seen) {
@@ -51,31 +64,11 @@ pub fn report(seen: &Seen) {
             return;
         }
     }
-    let event = ResetEvent {
-        direction: seen.direction,
-        attributed,
-        fd: owner.map_or(-1, |o| o.fd),
-        state: seen.state,
-        reason: seen.reason,
-        active: u32::from(seen.active),
-        sk: seen.sk,
-        cookie: seen.cookie,
-        local: seen.local,
-        peer: seen.peer,
-    };
-    let header_owner = owner.unwrap_or(Owner {
-        tgid: 0,
-        tid: 0,
-        fd: -1,
-        _pad: 0,
-        cgroup_id: 0,
-        comm: [0; 16],
-        opts: Default::default(),
-    });
+    let fd = owner.map_or(-1, |o| o.fd);
     let Some(owner) = owner else {
         emit::<ResetEvent>(|r| {
-            r.header = owner_header(kind::RESET, 0, &header_owner);
-            r.payload = event;
+            r.header = kernel_header(kind::RESET);
+            fill_event(&mut r.payload, seen, attributed, fd);
         });
         return;
     };
@@ -87,16 +80,31 @@ pub fn report(seen: &Seen) {
     if own.is_none() && related.is_none() {
         emit::<ResetEvent>(|r| {
             r.header = owner_header(kind::RESET, 0, &owner);
-            r.payload = event;
+            fill_event(&mut r.payload, seen, attributed, fd);
         });
         return;
     }
     emit::<ResetPeekEvent>(|r| {
         r.header = owner_header(kind::RESET_PEEK, 0, &owner);
-        r.payload.reset = event;
+        fill_event(&mut r.payload.reset, seen, attributed, fd);
         fill(&mut r.payload.own, owner.fd, own);
         fill(&mut r.payload.related, related_fd.unwrap_or(-1), related);
     });
+}
+
+/// Writes the reset in place (in the ring buffer): a copy on the stack would cost the
+/// bytes 6.1's verifier does not have to spare.
+fn fill_event(dst: &mut ResetEvent, seen: &Seen, attributed: u32, fd: i32) {
+    dst.direction = seen.direction;
+    dst.attributed = attributed;
+    dst.fd = fd;
+    dst.state = seen.state;
+    dst.reason = seen.reason;
+    dst.active = u32::from(seen.active);
+    dst.sk = seen.sk;
+    dst.cookie = seen.cookie;
+    dst.local = seen.local;
+    dst.peer = seen.peer;
 }
 
 /// Copies one socket's kept exchange into the record (an empty slot for `None`).

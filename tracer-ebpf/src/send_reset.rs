@@ -23,8 +23,8 @@ use tracer_common::{
 
 use crate::{
     maps::global,
-    reset_report::{Seen, report},
-    sockaddr::{TupleOffsets, read_tuple},
+    reset_report::{report, seen_slot},
+    sockaddr::{TupleOffsets, read_tuple_into},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -47,11 +47,12 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         // SAFETY: as above.
         unsafe { ctx.read_at::<u32>(reason_at as usize) }.unwrap_or(REASON_NONE)
     };
-    let (local, peer) = if global!(RESET_OFFSETS.send_layout) == SEND_LAYOUT_SOCKADDR {
-        (
-            record_sockaddr(&ctx, global!(RESET_OFFSETS.send_saddr)),
-            record_sockaddr(&ctx, global!(RESET_OFFSETS.send_daddr)),
-        )
+    let Some(seen) = seen_slot() else {
+        return 0;
+    };
+    if global!(RESET_OFFSETS.send_layout) == SEND_LAYOUT_SOCKADDR {
+        seen.local = record_sockaddr(&ctx, global!(RESET_OFFSETS.send_saddr));
+        seen.peer = record_sockaddr(&ctx, global!(RESET_OFFSETS.send_daddr));
     } else {
         let offsets = TupleOffsets {
             family: global!(RESET_OFFSETS.send_family),
@@ -62,9 +63,18 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
             saddr_v6: global!(RESET_OFFSETS.send_saddr_v6),
             daddr_v6: global!(RESET_OFFSETS.send_daddr_v6),
         };
-        read_tuple(&ctx, &offsets).unwrap_or_default()
-    };
-    report(&Seen { direction: RESET_SENT, sk, active: skb == 0, state, reason, cookie: 0, local, peer });
+        if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
+            seen.local = SockAddr::default();
+            seen.peer = SockAddr::default();
+        }
+    }
+    seen.direction = RESET_SENT;
+    seen.sk = sk;
+    seen.active = skb == 0;
+    seen.state = state;
+    seen.reason = reason;
+    seen.cookie = 0;
+    report(seen);
     0
 }
 

@@ -66,25 +66,52 @@ pub struct TupleOffsets {
 /// order and addresses as network-order bytes, with both v4 and v6 copies
 /// (include/trace/events/sock.h, TP_STORE_ADDRS).
 pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Option<(SockAddr, SockAddr)> {
+    let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
+    read_tuple_into(ctx, off, &mut src, &mut dst).then_some((src, dst))
+}
+
+/// [`read_tuple`] into places the caller owns (a per-CPU scratch slot, when the stack is
+/// short); on `false` they are partly written and must not be used.
+pub fn read_tuple_into(
+    ctx: &TracePointContext,
+    off: &TupleOffsets,
+    src: &mut SockAddr,
+    dst: &mut SockAddr,
+) -> bool {
     // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
     unsafe {
-        let family: u16 = ctx.read_at(off.family as usize).ok()?;
-        let mut src = SockAddr { family, port: ctx.read_at(off.sport as usize).ok()?, ..Default::default() };
-        let mut dst = SockAddr { family, port: ctx.read_at(off.dport as usize).ok()?, ..Default::default() };
+        let (Ok(family), Ok(sport), Ok(dport)) = (
+            ctx.read_at::<u16>(off.family as usize),
+            ctx.read_at::<u16>(off.sport as usize),
+            ctx.read_at::<u16>(off.dport as usize),
+        ) else {
+            return false;
+        };
+        *src = SockAddr { family, port: sport, ..Default::default() };
+        *dst = SockAddr { family, port: dport, ..Default::default() };
         match family {
             AF_INET => {
-                let s: [u8; 4] = ctx.read_at(off.saddr as usize).ok()?;
-                let d: [u8; 4] = ctx.read_at(off.daddr as usize).ok()?;
+                let (Ok(s), Ok(d)) =
+                    (ctx.read_at::<[u8; 4]>(off.saddr as usize), ctx.read_at::<[u8; 4]>(off.daddr as usize))
+                else {
+                    return false;
+                };
                 src.addr[..4].copy_from_slice(&s);
                 dst.addr[..4].copy_from_slice(&d);
             }
             AF_INET6 => {
-                src.addr = ctx.read_at(off.saddr_v6 as usize).ok()?;
-                dst.addr = ctx.read_at(off.daddr_v6 as usize).ok()?;
+                let (Ok(s), Ok(d)) = (
+                    ctx.read_at::<[u8; 16]>(off.saddr_v6 as usize),
+                    ctx.read_at::<[u8; 16]>(off.daddr_v6 as usize),
+                ) else {
+                    return false;
+                };
+                src.addr = s;
+                dst.addr = d;
             }
-            _ => return None,
+            _ => return false,
         }
-        Some((src, dst))
+        true
     }
 }
 

@@ -100,6 +100,10 @@ pub struct FilterArgs {
     /// --comm or --cgroup).
     #[arg(long)]
     pub http_peek: bool,
+    /// Kernel hooks: `kprobe` adds the kernel function that refused a bind/connect
+    /// (needs CONFIG_KPROBES and BTF); `auto` takes it when the kernel has it.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendChoice::Auto)]
+    pub backend: crate::backend::BackendChoice,
 }
 
 /// The HTTP endpoints' default address: loopback, so a node does not expose them unless
@@ -222,8 +226,23 @@ mod tests {
     }
 
     #[test]
+    fn backend_flag_parses_and_defaults_to_auto() {
+        use crate::backend::BackendChoice;
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Trace(trace) = cli.command else { panic!("not trace") };
+            trace.filters.backend
+        };
+        assert_eq!(parse(&["sockerr", "trace"]), BackendChoice::Auto);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "kprobe"]), BackendChoice::Kprobe);
+        assert_eq!(parse(&["sockerr", "trace", "--backend", "tracepoint"]), BackendChoice::Tracepoint);
+        assert!(Cli::try_parse_from(["sockerr", "trace", "--backend", "fentry"]).is_err());
+    }
+
+    #[test]
     fn bench_floor_takes_the_trace_filters() {
-        let cli = Cli::try_parse_from(["sockerr", "bench-floor", "--comm", "envoy", "--duration", "2s"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["sockerr", "bench-floor", "--comm", "envoy", "--duration", "2s"]).unwrap();
         let Command::BenchFloor(args) = cli.command else { panic!("not bench-floor") };
         assert_eq!(args.filters.comms, ["envoy"]);
         assert_eq!(args.duration, Some(std::time::Duration::from_secs(2)));

@@ -2,9 +2,11 @@
 
 use tracer_common::{SockOpts, options::option_flag};
 
+use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR, FLAG_SO_REUSEPORT};
+
 use crate::{
-    event::{KernelEvent, Payload},
-    record::{EventName, Record, SockoptCall},
+    event::{KernelEvent, Origin, Payload},
+    record::{Backend, EventName, Record, SockoptCall},
     reset::{self, ResetDirection},
     table::Socket,
 };
@@ -45,6 +47,8 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
         netns: who.netns,
         cgroup_id: header.cgroup_id,
         pod: None,
+        kernel_fn: None,
+        backend: Backend::Tracepoint,
         count: 1,
         reset: None,
     };
@@ -54,18 +58,24 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
             record.sockopts = *opts;
             record.src = socket.and_then(|s| s.bound);
         }
-        Payload::Bind { addr, opts, .. } => {
+        Payload::Bind { addr, opts, origin, .. } => {
             record.event = if errno.is_some() { EventName::BindError } else { EventName::Bind };
             record.src = *addr;
             record.sockopts = opts_at_call(opts);
+            if let Some(origin) = origin {
+                apply_kernel_view(&mut record, origin, false);
+            }
         }
-        Payload::Connect { dst, src, opts, .. } => {
+        Payload::Connect { dst, src, opts, origin, .. } => {
             record.event = if errno.is_some() { EventName::ConnectError } else { EventName::Connect };
             record.dst = *dst;
             // The kernel names the tuple it tried; before it got that far, the bound
             // address is the best the table knows.
             record.src = src.or_else(|| socket.and_then(|s| s.bound));
             record.sockopts = opts_at_call(opts);
+            if let Some(origin) = origin {
+                apply_kernel_view(&mut record, origin, true);
+            }
         }
         Payload::ConnectAsyncError { src, dst, opts, .. } => {
             record.event = EventName::ConnectError;
@@ -95,6 +105,31 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
         }
     }
     Some(record)
+}
+
+/// What the kprobe backend read from the refusing function's `struct sock` replaces
+/// what sockerr pieced together from syscalls: the options it can see (SO_MARK,
+/// SO_REUSEADDR, SO_REUSEPORT, also when set before sockerr started) and, for connect(),
+/// the tuple. A bind keeps the address the caller asked for: the kernel has already
+/// cleared the socket's on the way out (__inet_bind resets inet_rcv_saddr).
+fn apply_kernel_view(record: &mut Record, origin: &Origin, connect: bool) {
+    record.kernel_fn = Some(origin.function);
+    let opts = &mut record.sockopts;
+    if opts.flags & FLAG_SO_MARK != 0 || origin.mark != 0 {
+        opts.flags |= FLAG_SO_MARK;
+        opts.mark = origin.mark;
+    }
+    for (flag, on) in [(FLAG_SO_REUSEADDR, origin.reuse), (FLAG_SO_REUSEPORT, origin.reuseport)] {
+        if on {
+            opts.flags |= flag;
+        } else {
+            opts.flags &= !flag;
+        }
+    }
+    if connect {
+        record.src = origin.src.or(record.src);
+        record.dst = origin.dst.or(record.dst);
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +167,7 @@ mod tests {
     fn connect_error_takes_source_from_bind_when_kernel_had_none() {
         let mut table = SocketTable::new(8);
         let opts = SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x32030b00 };
-        table.apply(&event(0, Payload::Bind { fd: 131, addr: addr("10.0.1.7:40312"), opts }));
+        table.apply(&event(0, Payload::Bind { fd: 131, addr: addr("10.0.1.7:40312"), opts, origin: None }));
         let connect = event(
             99,
             Payload::Connect {
@@ -141,6 +176,7 @@ mod tests {
                 src: None,
                 opts: SockOpts::default(),
                 sk: 0,
+                origin: None,
             },
         );
         let socket = table.apply(&connect).cloned();
@@ -163,6 +199,7 @@ mod tests {
                 src: addr("[::1]:40312"),
                 opts: SockOpts::default(),
                 sk: 1,
+                origin: None,
             },
         );
         let r = record(&connect, None, who()).unwrap();
@@ -172,10 +209,14 @@ mod tests {
     #[test]
     fn kinds_map_to_event_names() {
         let cases = [
-            (0, Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default() }, EventName::Bind),
+            (
+                0,
+                Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default(), origin: None },
+                EventName::Bind,
+            ),
             (
                 98,
-                Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default() },
+                Payload::Bind { fd: 1, addr: addr("1.2.3.4:5"), opts: SockOpts::default(), origin: None },
                 EventName::BindError,
             ),
             (
@@ -223,6 +264,51 @@ mod tests {
         let r = record(&event(1, payload), None, who()).unwrap();
         assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x32030b00 }));
         assert_eq!(r.errno, Some(1));
+    }
+
+    fn origin(function: &'static str, mark: u32, reuse: bool, src: &str, dst: Option<&str>) -> Origin {
+        Origin {
+            function,
+            ret: -99,
+            state: 2,
+            reuse,
+            reuseport: false,
+            mark,
+            src: addr(src),
+            dst: dst.and_then(addr),
+        }
+    }
+
+    #[test]
+    fn kernel_view_of_a_refused_connect_overrides_options_and_tuple() {
+        // SO_MARK and SO_REUSEADDR were set before sockerr started: the table knows nothing.
+        let seen =
+            origin("__inet_hash_connect", 0x3203_0b00, true, "127.0.0.7:40312", Some("127.0.0.19:443"));
+        let payload = Payload::Connect {
+            fd: 3,
+            dst: addr("127.0.0.19:443"),
+            src: None,
+            opts: SockOpts::default(),
+            sk: 1,
+            origin: Some(seen),
+        };
+        let r = record(&event(99, payload), None, who()).unwrap();
+        assert_eq!(r.kernel_fn, Some("__inet_hash_connect"));
+        assert_eq!(r.sockopts, SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x3203_0b00 });
+        assert_eq!((r.src, r.dst), (addr("127.0.0.7:40312"), addr("127.0.0.19:443")));
+    }
+
+    #[test]
+    fn kernel_view_of_a_refused_bind_keeps_the_asked_address() {
+        let opts = SockOpts { flags: FLAG_SO_REUSEADDR, mark: 0 };
+        // The kernel cleared SO_REUSEADDR (setsockopt(.., 0) sockerr missed) and the
+        // socket's address on the way out.
+        let seen = origin("inet_csk_get_port", 0, false, "0.0.0.0:0", None);
+        let payload = Payload::Bind { fd: 3, addr: addr("127.0.0.19:443"), opts, origin: Some(seen) };
+        let r = record(&event(98, payload), None, who()).unwrap();
+        assert_eq!(r.kernel_fn, Some("inet_csk_get_port"));
+        assert_eq!(r.sockopts, SockOpts::default());
+        assert_eq!(r.src, addr("127.0.0.19:443"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracer_common::{
     close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
-use crate::event::{Header, KernelEvent, Payload, socket_addr};
+use crate::event::{Header, KernelEvent, Origin, Payload, socket_addr};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -69,7 +69,12 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         kind::BIND => {
             let e: BindEvent = read_pod(&mut record, "bind")?;
-            Payload::Bind { fd: e.fd, addr: socket_addr(&e.addr), opts: e.opts }
+            Payload::Bind {
+                fd: e.fd,
+                addr: socket_addr(&e.addr),
+                opts: e.opts,
+                origin: Origin::decode(&e.origin),
+            }
         }
         kind::CONNECT => {
             let e: ConnectEvent = read_pod(&mut record, "connect")?;
@@ -79,6 +84,7 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
                 src: socket_addr(&e.src),
                 opts: e.opts,
                 sk: e.sk,
+                origin: Origin::decode(&e.origin),
             }
         }
         kind::CONNECT_ASYNC_ERROR | kind::ESTABLISHED => {
@@ -160,6 +166,7 @@ mod tests {
             src: raw_sockaddr(src),
             opts,
             sk: 0xffff_8880_dead_beef,
+            origin: Default::default(),
         };
         let bytes = record(header(kind::CONNECT, 99, 401, 5, "envoy"), payload);
         let event = decode(&bytes).unwrap();
@@ -168,7 +175,14 @@ mod tests {
         assert_eq!(event.header.thread, "envoy");
         assert_eq!(
             event.payload,
-            Payload::Connect { fd: 131, dst: Some(dst), src: Some(src), opts, sk: 0xffff_8880_dead_beef }
+            Payload::Connect {
+                fd: 131,
+                dst: Some(dst),
+                src: Some(src),
+                opts,
+                sk: 0xffff_8880_dead_beef,
+                origin: None
+            }
         );
     }
 

@@ -3,7 +3,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use tracer_common::{
-    SockAddr, SockOpts,
+    KernelOrigin, SockAddr, SockOpts,
+    origin::function_name,
     sockaddr::{AF_INET, AF_INET6},
 };
 
@@ -37,6 +38,8 @@ pub enum Payload {
         fd: i32,
         addr: Option<SocketAddr>,
         opts: SockOpts,
+        /// Where the kernel refused the call (kprobe backend).
+        origin: Option<Origin>,
     },
     /// A connect() return. `src` is the tuple the kernel tried, when it got that far.
     Connect {
@@ -45,6 +48,8 @@ pub enum Payload {
         src: Option<SocketAddr>,
         opts: SockOpts,
         sk: u64,
+        /// Where the kernel refused the call (kprobe backend).
+        origin: Option<Origin>,
     },
     /// A TCP connect that failed after connect() returned; errno in the header.
     ConnectAsyncError {
@@ -68,6 +73,44 @@ pub enum Payload {
     },
     /// A TCP RST sent or received; the header names its owner (pid 0: none).
     Reset(Box<crate::reset::ResetSeen>),
+}
+
+/// The kernel function that refused a bind()/connect(), and its `struct sock` then, as
+/// the kprobe backend's kretprobes read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub function: &'static str,
+    /// The function's return value.
+    pub ret: i32,
+    /// `sk_state` (TCP state number).
+    pub state: u8,
+    /// `sk_reuse` != 0: SO_REUSEADDR is on.
+    pub reuse: bool,
+    pub reuseport: bool,
+    /// `sk_mark`.
+    pub mark: u32,
+    /// Local address and port of the socket (port 0 before one was chosen).
+    pub src: Option<SocketAddr>,
+    /// Remote address and port (`None` before connect() set them).
+    pub dst: Option<SocketAddr>,
+}
+
+impl Origin {
+    /// `None` when no kretprobe saw the failure (tracepoint backend, other errors).
+    pub fn decode(raw: &KernelOrigin) -> Option<Self> {
+        let function = function_name(raw.function)?;
+        let dst = socket_addr(&raw.dst).filter(|addr| addr.port() != 0 || !addr.ip().is_unspecified());
+        Some(Self {
+            function,
+            ret: raw.ret,
+            state: raw.state,
+            reuse: raw.reuse != 0,
+            reuseport: raw.reuseport != 0,
+            mark: raw.mark,
+            src: socket_addr(&raw.src),
+            dst,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +168,30 @@ pub fn raw_sockaddr(addr: SocketAddr) -> SockAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_names_its_function_and_drops_an_unset_peer() {
+        let raw = KernelOrigin {
+            function: tracer_common::origin::FN_INET_CSK_GET_PORT,
+            ret: 1,
+            state: 7,
+            reuse: 1,
+            reuseport: 0,
+            _pad: 0,
+            mark: 0x0b00,
+            src: raw_sockaddr("127.0.0.19:0".parse().unwrap()),
+            dst: raw_sockaddr("0.0.0.0:0".parse().unwrap()),
+        };
+        let origin = Origin::decode(&raw).unwrap();
+        assert_eq!(origin.function, "inet_csk_get_port");
+        assert_eq!(
+            (origin.ret, origin.state, origin.reuse, origin.reuseport, origin.mark),
+            (1, 7, true, false, 0x0b00)
+        );
+        assert_eq!(origin.src, Some("127.0.0.19:0".parse().unwrap()));
+        assert_eq!(origin.dst, None);
+        assert_eq!(Origin::decode(&KernelOrigin::default()), None, "tracepoint backend");
+    }
 
     #[test]
     fn addresses_round_trip() {

@@ -4,6 +4,7 @@
 //! Pure logic (decode, table, classify, output) is unit-tested on synthetic events;
 //! only `kernel` and `enrich` touch the running system. See docs/design.md.
 
+pub mod backend;
 pub mod bench_floor;
 pub mod classify;
 pub mod cli;

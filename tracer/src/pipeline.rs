@@ -16,7 +16,7 @@ use crate::{
     correlate::{self, Attribution},
     enrich::{Findings, Query},
     event::KernelEvent,
-    record::Record,
+    record::{Backend, Record},
     table::SocketTable,
     ttl_cache::TtlCache,
 };
@@ -53,6 +53,7 @@ pub struct Processor<S: SystemView> {
     last_prune: Instant,
     /// `enum sk_rst_reason` names of the running kernel.
     reset_reasons: BTreeMap<u32, String>,
+    backend: Backend,
 }
 
 impl<S: SystemView> Processor<S> {
@@ -65,12 +66,18 @@ impl<S: SystemView> Processor<S> {
             lookups: TtlCache::new(LOOKUP_TTL, MAX_CACHED),
             last_prune: Instant::now(),
             reset_reasons: BTreeMap::new(),
+            backend: Backend::default(),
         }
     }
 
     /// Names for the kernel's reset reasons (from tracefs); numbers stay numbers without.
     pub fn set_reset_reasons(&mut self, reasons: BTreeMap<u32, String>) {
         self.reset_reasons = reasons;
+    }
+
+    /// The backend the records are stamped with (`backend` in JSON).
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
     }
 
     pub fn table(&self) -> &SocketTable {
@@ -92,6 +99,7 @@ impl<S: SystemView> Processor<S> {
         if let Some(reset) = record.reset.as_mut() {
             reset.reason_name = reset.reason.and_then(|code| self.reset_reasons.get(&code).cloned());
         }
+        record.backend = self.backend;
         let query = classify::query_for(&record);
         let outcome = match &query {
             Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
@@ -263,11 +271,18 @@ mod tests {
             let level = if flag == FLAG_IP_TRANSPARENT { 0 } else { 1 };
             calls.push(event(ts, 0, Payload::Sockopt { fd, level, optname, optlen: 4, value, ret: 0, opts }));
         }
-        calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts }));
+        calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts, origin: None }));
         calls.push(event(
             ts + 2,
             99,
-            Payload::Connect { fd, dst: addr("52.216.8.19:443"), src: addr("10.0.1.7:40312"), opts, sk: 1 },
+            Payload::Connect {
+                fd,
+                dst: addr("52.216.8.19:443"),
+                src: addr("10.0.1.7:40312"),
+                opts,
+                sk: 1,
+                origin: None,
+            },
         ));
         calls.push(event(ts + 3, 0, Payload::Close { fd, reused: false }));
         calls
@@ -312,8 +327,11 @@ mod tests {
     async fn failed_lookup_gives_unknown_with_note() {
         let system = Arc::new(FakeSystem::default());
         let mut processor = Processor::new(system, Clock::from_offset_ns(0));
-        let bind =
-            event(1, 98, Payload::Bind { fd: 3, addr: addr("127.0.0.1:80"), opts: SockOpts::default() });
+        let bind = event(
+            1,
+            98,
+            Payload::Bind { fd: 3, addr: addr("127.0.0.1:80"), opts: SockOpts::default(), origin: None },
+        );
         let r = processor.process(&bind).await.unwrap();
         assert_eq!(r.event, EventName::BindError);
         assert_eq!(r.cause, Some(Cause::Unknown));

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use tracer_common::SockOpts;
 
+pub use crate::backend::Backend;
+
 /// What happened, as the JSON `event` field names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventName {
@@ -222,6 +224,10 @@ pub struct Record {
     pub cgroup_id: u64,
     /// Kubernetes attribution; `None` for processes outside pods (or before it is known).
     pub pod: Option<PodIdentity>,
+    /// The kernel function that refused the call (kprobe backend), e.g. `__inet_hash_connect`.
+    pub kernel_fn: Option<&'static str>,
+    /// The hooks that produced the record.
+    pub backend: Backend,
     /// How many identical records this one stands for (text output folds repeats).
     pub count: u32,
     /// `rst_sent` / `rst_received`: the reset's details.

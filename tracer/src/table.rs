@@ -243,7 +243,7 @@ mod tests {
             7,
             3,
             0,
-            Payload::Bind { fd: 5, addr: addr("10.0.1.7:40312"), opts: SockOpts::default() },
+            Payload::Bind { fd: 5, addr: addr("10.0.1.7:40312"), opts: SockOpts::default(), origin: None },
         ));
         let connect = Payload::Connect {
             fd: 5,
@@ -251,6 +251,7 @@ mod tests {
             src: None,
             opts: SockOpts::default(),
             sk: 1,
+            origin: None,
         };
         let s = table.apply(&event(7, 4, 99, connect)).unwrap();
         assert_eq!(s.opts, SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x32030b00 });
@@ -268,7 +269,8 @@ mod tests {
         assert_eq!(table.get(7, 5).unwrap().generation, 0);
         assert!(table.apply(&event(7, 2, 0, Payload::Close { fd: 5, reused: false })).is_none());
         assert!(table.get(7, 5).is_none());
-        let bind = Payload::Bind { fd: 5, addr: addr("127.0.0.1:80"), opts: SockOpts::default() };
+        let bind =
+            Payload::Bind { fd: 5, addr: addr("127.0.0.1:80"), opts: SockOpts::default(), origin: None };
         let s = table.apply(&event(7, 3, 98, bind)).unwrap();
         assert_eq!(s.generation, 1);
         assert_eq!(s.opts, SockOpts::default(), "options of the closed socket must not leak");

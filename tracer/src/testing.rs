@@ -7,7 +7,7 @@ use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR};
 
 use crate::clock::Clock;
 use crate::pipeline::Inspect;
-use crate::record::{Cause, EventName, Holder, HolderOwner, Record, TcpState};
+use crate::record::{Backend, Cause, EventName, Holder, HolderOwner, Record, TcpState};
 use crate::table::SocketTable;
 
 pub fn addr(text: &str) -> SocketAddr {
@@ -37,6 +37,8 @@ pub fn record(event: EventName) -> Record {
         netns: None,
         cgroup_id: 1,
         pod: None,
+        kernel_fn: None,
+        backend: Backend::Tracepoint,
         count: 1,
         reset: None,
     }

@@ -75,6 +75,7 @@ impl From<&FilterArgs> for Selection {
             cgroup: filters.cgroup.clone(),
             all: filters.all,
             http_peek: filters.http_peek,
+            backend: filters.backend,
         }
     }
 }
@@ -110,6 +111,7 @@ impl Tracer {
     pub fn start(selection: &Selection) -> Result<Self, TraceError> {
         let clock = Clock::now()?;
         let loaded = loader::load(selection)?;
+        tracing::info!("backend {}: {}", loaded.backend, loaded.backend_reason);
         // The end-to-end tests and `demo` wait for this line.
         tracing::info!(
             "tracing started: {} programs attached{}",
@@ -129,7 +131,7 @@ impl Tracer {
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock } = self;
-        let Loaded { events, lost, reset_reasons, .. } = loaded;
+        let Loaded { events, lost, reset_reasons, backend, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         let (batches, mut incoming) = mpsc::channel::<Batch>(256);
         let (stop_reader, reader_stopped) = oneshot::channel();
@@ -138,6 +140,7 @@ impl Tracer {
         let system = Arc::new(LiveSystem { enricher: Enricher::new("/proc".into()) });
         let mut processor = Processor::new(system, clock);
         processor.set_reset_reasons(reset_reasons);
+        processor.set_backend(backend);
         let mut totals = Totals::default();
         let mut failures = 0;
         let mut losses = LossWatch::new(lost);

@@ -13,6 +13,7 @@ mod setup;
 mod system_packages;
 mod test;
 mod toolchain;
+mod vm;
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -42,6 +43,13 @@ enum Command {
     /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
+    /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
+    /// (kernels downloaded once and cached under target/vm-cache).
+    #[command(after_help = "Example: cargo xtask vm-test --kernel 6.12 -- cilium")]
+    VmTest(vm::VmTestArgs),
+    /// Boot one test kernel and run a command in it (as root, the host's root shared).
+    #[command(after_help = "Example: cargo xtask vm-run --kernel 6.1 -- sockerr demo cilium")]
+    VmRun(vm::VmRunArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +98,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
         Command::Test(args) => test::run_suite(&args),
+        Command::VmTest(args) => vm::run(&args),
+        Command::VmRun(args) => vm::run_one(&args),
     }
 }
 
@@ -110,6 +120,22 @@ mod tests {
         let Command::Run(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert!(args.debug);
         assert_eq!(args.sockerr_args, ["trace", "--help", "--debug"]);
+    }
+
+    #[test]
+    fn vm_flags_parse() {
+        let cli =
+            Cli::try_parse_from(["xtask", "vm-test", "--kernel", "6.1", "--accel", "tcg", "--", "cilium"])
+                .unwrap();
+        let Command::VmTest(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(args.kernels, [vm::KernelSpec::Series(vm::Series::V6_1)]);
+        assert_eq!(args.accel, vm::AccelChoice::Tcg);
+        assert_eq!(args.test_args, ["cilium"]);
+        let cli = Cli::try_parse_from(["xtask", "vm-test"]).unwrap();
+        let Command::VmTest(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(args.kernels.len(), 2, "both series by default");
+        assert!(Cli::try_parse_from(["xtask", "vm-test", "--kernel", "5.10"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "vm-run"]).is_err(), "vm-run needs a command");
     }
 
     #[test]

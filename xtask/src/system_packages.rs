@@ -10,7 +10,7 @@ use crate::{
     setup::Report,
 };
 
-struct RequiredCommand {
+pub struct RequiredCommand {
     command: &'static str,
     package: &'static str,
     needed_for: &'static str,
@@ -23,9 +23,28 @@ const REQUIRED_COMMANDS: &[RequiredCommand] = &[RequiredCommand {
     needed_for: "linking sockerr, its build scripts and bpf-linker",
 }];
 
+/// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build.
+pub const VM_COMMANDS: &[RequiredCommand] = &[
+    RequiredCommand {
+        command: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+        needed_for: "booting the test kernels",
+    },
+    RequiredCommand { command: "depmod", package: "kmod", needed_for: "indexing the test kernels' modules" },
+    RequiredCommand {
+        command: "dpkg-deb",
+        package: "dpkg",
+        needed_for: "unpacking the test kernels' packages",
+    },
+];
+
 pub fn ensure(report: &mut Report) -> Result<()> {
+    ensure_commands(REQUIRED_COMMANDS, report)
+}
+
+pub fn ensure_commands(required: &[RequiredCommand], report: &mut Report) -> Result<()> {
     let missing: Vec<&RequiredCommand> =
-        REQUIRED_COMMANDS.iter().filter(|required| find_in_path(required.command).is_none()).collect();
+        required.iter().filter(|required| find_in_path(required.command).is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -81,7 +100,7 @@ mod tests {
 
     #[test]
     fn required_commands_name_a_package_and_a_reason() {
-        for required in REQUIRED_COMMANDS {
+        for required in REQUIRED_COMMANDS.iter().chain(VM_COMMANDS) {
             assert!(!required.command.is_empty() && !required.command.contains('/'), "{}", required.command);
             assert!(!required.package.is_empty(), "{} has no package", required.command);
             assert!(!required.needed_for.is_empty(), "{} has no reason", required.command);

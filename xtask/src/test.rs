@@ -18,11 +18,12 @@ use crate::{
     privileges::is_root,
     process::{describe, run_inherited},
     setup,
+    vm::{self, KernelSpec, Series},
 };
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Skip the VM kernels (the VM tests are not part of this suite yet).
+    /// Skip the VM kernels (Debian 6.1 and 6.12 under qemu), for quick local runs.
     #[arg(long)]
     pub no_vm: bool,
     /// Skip the end-to-end tests, which need root.
@@ -92,12 +93,33 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
             run_counting_tests(&mut end_to_end_tests(&sockerr, args), counts, &mut io::stdout())
         })?;
     }
-    if args.no_vm {
-        suite.skip("vm-test", "--no-vm");
-    } else {
-        eprintln!("vm-test: not part of this suite yet");
-        suite.skip("vm-test", "not part of this suite yet");
+    if args.no_vm || args.skip_e2e {
+        suite.skip("vm-test", if args.no_vm { "--no-vm" } else { "--skip-e2e" });
+        return Ok(());
     }
+    let vm_args = vm::VmTestArgs {
+        kernels: Series::ALL.iter().map(|series| KernelSpec::Series(*series)).collect(),
+        accel: vm::AccelChoice::Auto,
+        time_limit: vm::DEFAULT_TIME_LIMIT_SECS,
+        test_threads: args.e2e_threads,
+        test_args: args.e2e_args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect(),
+    };
+    let mut prepared = None;
+    suite.stage("vm-build", |_| {
+        prepared = Some(vm::Prepared::new(&vm_args)?);
+        Ok(())
+    })?;
+    let mut prepared = prepared.context("vm-build left nothing prepared")?;
+    for series in Series::ALL {
+        suite.stage(series.stage_name(), |counts| {
+            prepared.test_kernel(&KernelSpec::Series(series), &mut |line| {
+                if let Some(result) = parse_test_result(line) {
+                    counts.add(&result);
+                }
+            })
+        })?;
+    }
+    eprintln!("\n{}", prepared.summary());
     Ok(())
 }
 

@@ -69,6 +69,21 @@ pub fn ensure_active_lint_tools(report: &mut Report) -> Result<()> {
     ensure_component(report, &toolchain, "rustfmt", &sysroot.join("bin/cargo-fmt"))
 }
 
+/// The static target of the VM's init (`vm-init`), for the active toolchain.
+pub fn ensure_static_target(report: &mut Report, target: &str) -> Result<()> {
+    let sysroot = sysroot(None)?;
+    let installed = sysroot.join("lib/rustlib").join(target).join("lib");
+    if installed.is_dir() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    run_inherited(Command::new("rustup").args(["target", "add", target])).with_context(|| {
+        format!("the {target} target builds the VM's static init and could not be added: run `rustup target add {target}`")
+    })?;
+    report.did(format!("added the {target} target"), started.elapsed());
+    Ok(())
+}
+
 fn sysroot(toolchain_override: Option<&str>) -> Result<PathBuf> {
     let mut command = Command::new("rustc");
     command.args(toolchain_override).args(["--print", "sysroot"]);

@@ -126,7 +126,12 @@ mod tests {
     /// table with one socket of pid 401 ("envoy").
     fn serve_inspections(mut receiver: mpsc::Receiver<Inspection>) {
         let mut table = SocketTable::new(8);
-        let bind = Payload::Bind { fd: 3, addr: Some(addr("127.0.0.1:8080")), opts: Default::default() };
+        let bind = Payload::Bind {
+            fd: 3,
+            addr: Some(addr("127.0.0.1:8080")),
+            opts: Default::default(),
+            origin: None,
+        };
         let header = Header { ts_ns: 1, pid: 401, tid: 401, cgroup_id: 1, thread: "envoy".into(), errno: 0 };
         table.apply(&KernelEvent { header, payload: bind });
         let mut state = FakeState { table, clock: Clock::from_offset_ns(0), names: vec![(401, "envoy")] };

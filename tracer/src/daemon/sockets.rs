@@ -195,24 +195,41 @@ mod tests {
                     opts,
                 },
             ),
-            event(401, 3_000, 0, Payload::Bind { fd: 131, addr: src, opts }),
+            event(401, 3_000, 0, Payload::Bind { fd: 131, addr: src, opts, origin: None }),
             event(
                 401,
                 866_123_000,
                 99,
-                Payload::Connect { fd: 131, dst: Some(addr("52.216.8.19:443")), src, opts, sk: 1 },
+                Payload::Connect {
+                    fd: 131,
+                    dst: Some(addr("52.216.8.19:443")),
+                    src,
+                    opts,
+                    sk: 1,
+                    origin: None,
+                },
             ),
             event(
                 402,
                 4_000,
                 0,
-                Payload::Bind { fd: 5, addr: Some(addr("0.0.0.0:8080")), opts: SockOpts::default() },
+                Payload::Bind {
+                    fd: 5,
+                    addr: Some(addr("0.0.0.0:8080")),
+                    opts: SockOpts::default(),
+                    origin: None,
+                },
             ),
             event(
                 77,
                 5_000,
                 0,
-                Payload::Bind { fd: 3, addr: Some(addr("0.0.0.0:9090")), opts: SockOpts::default() },
+                Payload::Bind {
+                    fd: 3,
+                    addr: Some(addr("0.0.0.0:9090")),
+                    opts: SockOpts::default(),
+                    origin: None,
+                },
             ),
         ];
         for e in &events {

@@ -34,8 +34,7 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
-    let has_resets =
-        resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?.is_some();
+    let has_resets = resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?.is_some();
     let plan = loader::attachment_plan(selection, has_resets);
     // The maps come with the object; only the floor program is loaded. PEEKS as small as
     // without --http-peek: nothing reads it.
@@ -54,7 +53,9 @@ fn floor_plan(plan: &[Attachment]) -> Result<Vec<Attachment>, LoadError> {
     let mut floor = Vec::with_capacity(plan.len());
     for (index, &(_, category, tracepoint)) in plan.iter().enumerate() {
         let rank = plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count();
-        let program = FLOOR_PROGRAMS.get(rank).ok_or(LoadError::Missing("a floor program for each program on one tracepoint"))?;
+        let program = FLOOR_PROGRAMS
+            .get(rank)
+            .ok_or(LoadError::Missing("a floor program for each program on one tracepoint"))?;
         floor.push((*program, category, tracepoint));
     }
     Ok(floor)

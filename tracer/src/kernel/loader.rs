@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
+use crate::backend::{self, Backend, BackendChoice, BackendError};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -10,17 +11,20 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, LOST_EVENTS_INDEX,
+    Filters, LOST_EVENTS_INDEX, SockOffsets,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PROCESS},
     names,
 };
 
 use super::{
     cgroup::{self, Cgroup, CgroupError},
+    features,
+    kprobes::{self, KprobeError},
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
     reset_offsets::{ResetOffsetsError, ResetReasons},
     resets,
+    sock_offsets::{self, SockOffsetsError},
     tracefs::{self, TracefsError},
 };
 
@@ -37,6 +41,8 @@ pub struct Selection {
     pub all: bool,
     /// Copy the first bytes of each exchange on the selected processes' TCP sockets.
     pub http_peek: bool,
+    /// Which hooks to use (`--backend`).
+    pub backend: BackendChoice,
 }
 
 #[derive(Debug, Error)]
@@ -56,6 +62,12 @@ pub enum LoadError {
          --cgroup (it never applies to every process)"
     )]
     PeekWithoutFilter,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    SockOffsets(#[from] SockOffsetsError),
+    #[error(transparent)]
+    Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
     #[error("too many --pid/--comm values: at most {max} of each")]
@@ -97,6 +109,9 @@ pub struct Loaded {
     pub cgroup: Option<Cgroup>,
     /// `enum sk_rst_reason` names of this kernel (empty when it has no reasons).
     pub reset_reasons: ResetReasons,
+    pub backend: Backend,
+    /// Why this backend, for the start-up log.
+    pub backend_reason: String,
 }
 
 /// Records the kernel side could not fit in the ring buffer.
@@ -176,6 +191,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         }
     }
     let peek_sockets = if selection.http_peek { resets::PEEK_SOCKETS } else { 1 };
+    let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
+    let sock_offsets = match backend {
+        Backend::Kprobe => sock_offsets::discover(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?,
+        Backend::Tracepoint => SockOffsets::default(),
+    };
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
@@ -190,6 +210,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .override_global(names::FILTERS, &filters, true)
         .override_global(names::RESET_OFFSETS, &reset_offsets, true)
         .map_max_entries(names::PEEKS, peek_sockets)
+        .override_global(names::SOCK_OFFSETS, &sock_offsets, true)
         .load(PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
 
@@ -198,7 +219,10 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     for &(program, category, tracepoint) in &plan {
         attach(&mut ebpf, program, category, tracepoint)?;
     }
-    let attached = plan.len();
+    let mut attached = plan.len();
+    if backend == Backend::Kprobe {
+        attached += kprobes::attach_all(&mut ebpf, &kernel)?;
+    }
 
     let events = take_map(&mut ebpf, names::EVENTS)?;
     let events =
@@ -207,7 +231,16 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost =
         PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOST_EVENTS, source })?;
     let reset_reasons = reset_setup.map(|setup| setup.reasons).unwrap_or_default();
-    Ok(Loaded { _ebpf: ebpf, events, lost: LostCounter(lost), attached, cgroup, reset_reasons })
+    Ok(Loaded {
+        _ebpf: ebpf,
+        events,
+        lost: LostCounter(lost),
+        attached,
+        cgroup,
+        reset_reasons,
+        backend,
+        backend_reason,
+    })
 }
 
 fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {

@@ -1,8 +1,11 @@
 //! Everything that touches the kernel's tracing interfaces: tracefs, privileges,
 //! loading and attaching the programs, and reading the ring buffer.
 
+pub mod btf;
 pub mod cgroup;
+pub mod features;
 pub mod floor;
+pub mod kprobes;
 pub mod loader;
 pub mod offsets;
 pub mod print_fmt;
@@ -10,4 +13,5 @@ pub mod privileges;
 pub mod reader;
 pub mod reset_offsets;
 pub mod resets;
+pub mod sock_offsets;
 pub mod tracefs;

@@ -53,6 +53,8 @@ struct RecordView<'a> {
     http_anomaly: Option<AnomalyView<'a>>,
     http_anomalies: Vec<AnomalyView<'a>>,
     payload: Option<Vec<ExchangeView>>,
+    kernel_fn: Option<&'static str>,
+    backend: &'static str,
 }
 
 impl<'a> RecordView<'a> {
@@ -99,6 +101,8 @@ impl<'a> RecordView<'a> {
             http_anomaly: anomalies.first().cloned(),
             http_anomalies: anomalies,
             payload,
+            kernel_fn: record.kernel_fn,
+            backend: record.backend.as_str(),
         }
     }
 }
@@ -276,9 +280,23 @@ mod tests {
                 "netns": 4026531840u64,
                 "cgroup_id": 1,
                 "pod": null, "namespace": null, "container": null, "pod_uid": null, "container_id": null,
-                "rst": null, "http_anomaly": null, "http_anomalies": [], "payload": null
+                "rst": null, "http_anomaly": null, "http_anomalies": [], "payload": null,
+                "kernel_fn": null,
+                "backend": "tracepoint"
             })
         );
+    }
+
+    #[test]
+    fn kprobe_records_name_the_kernel_function() {
+        let refused = Record {
+            kernel_fn: Some("__inet_hash_connect"),
+            backend: crate::record::Backend::Kprobe,
+            ..cilium_incident()
+        };
+        let object = parsed(&refused);
+        assert_eq!(object["kernel_fn"], "__inet_hash_connect");
+        assert_eq!(object["backend"], "kprobe");
     }
 
     #[test]

@@ -81,6 +81,9 @@ impl fmt::Display for Line<'_> {
             write!(f, "{}", Addresses(record.src, record.dst))?;
             write!(f, " opts={}", Options(record))?;
         }
+        if let Some(function) = record.kernel_fn {
+            write!(f, " in {function}")?;
+        }
         if let Some(cause) = record.cause {
             write!(f, " cause={}", cause.as_str())?;
         }
@@ -289,6 +292,16 @@ mod tests {
             "12:53:25.866 EADDRNOTAVAIL connect envoy[401] fd=131 10.0.1.7:40312 -> 52.216.8.19:443 \
              opts=SO_MARK=0x32030b00(cilium id=12803),SO_REUSEADDR cause=tuple_in_use \
              held-by=envoy[401] fd=77 ESTABLISHED (4 in 500ms)"
+        );
+    }
+
+    #[test]
+    fn kernel_function_shows_before_the_cause() {
+        let refused = Record { kernel_fn: Some("__inet_hash_connect"), ..cilium_incident() };
+        let line = utc(500).render(&refused);
+        assert!(
+            line.contains("opts=SO_MARK=0x32030b00(cilium id=12803),SO_REUSEADDR in __inet_hash_connect cause=tuple_in_use"),
+            "{line}"
         );
     }
 

@@ -1,0 +1,472 @@
+//! `cargo xtask vm-test`: the privileged end-to-end tests inside Debian kernels booted
+//! with qemu, the host's root shared read-only over 9p (README: "Kernels").
+//!
+//! Per kernel: resolve and cache the package (kernel.rs), pick the modules the guest
+//! needs (modules.rs), pack vm-init, its plan and the modules into an initramfs
+//! (initramfs.rs), boot it with a time limit and read the exit statuses (qemu.rs).
+
+mod initramfs;
+pub mod kernel;
+mod modules;
+mod qemu;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use vm_init::{Plan, Run, Status};
+
+use crate::{
+    build::{Profile, build_sockerr},
+    paths::{target_dir, workspace_root},
+    privileges::is_root,
+    process::{describe, run_inherited},
+    setup::{self, Report},
+    system_packages, toolchain,
+};
+pub use kernel::{KernelSpec, Series};
+use qemu::Accel;
+
+/// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
+/// family and Istio's resets, whose tracepoints differ by kernel) and the backend
+/// comparison. `enrich` (netns unit-style tests of the lookup code, which does not depend
+/// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
+/// and metrics over the same records) stay on the host.
+pub const VM_TEST_TARGETS: &[&str] =
+    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets"];
+
+const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Modest: the guest runs the tests and nothing else; the machine is shared.
+const GUEST_MEMORY_MIB: u32 = 1536;
+const GUEST_CPUS: u32 = 2;
+/// Per kernel: boot and tests take 1-3 min under TCG on 2 busy cores; a hung guest is
+/// killed well before the suite's 30 minutes run out.
+pub const DEFAULT_TIME_LIMIT_SECS: u64 = 600;
+/// How long a KVM probe boot may take before KVM counts as unusable.
+const KVM_PROBE_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelChoice {
+    /// KVM when a probe boot with it succeeds, else TCG.
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Args)]
+pub struct VmTestArgs {
+    /// Kernel to test on (repeatable): a Debian series, or a kernel .deb or vmlinuz file.
+    #[arg(long = "kernel", value_name = "6.1|6.12|PATH", default_values_t = [KernelSpec::Series(Series::V6_1), KernelSpec::Series(Series::V6_12)])]
+    pub kernels: Vec<KernelSpec>,
+    /// Accelerator: software emulation (tcg) works everywhere; kvm needs a working /dev/kvm.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Time limit of one kernel's boot and tests, in seconds (a hung guest is killed).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIME_LIMIT_SECS)]
+    pub time_limit: u64,
+    /// How many tests of one target run at once inside the guest.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub test_threads: u16,
+    /// Passed to every test binary in the guest, e.g. a test name filter.
+    #[arg(last = true, value_name = "TEST_ARGS")]
+    pub test_args: Vec<String>,
+}
+
+pub fn run(args: &VmTestArgs) -> Result<()> {
+    if !is_root()? {
+        bail!(
+            "vm-test installs qemu and kernels with apt and shares / with the guests: run \
+             `sudo -E cargo xtask vm-test`"
+        );
+    }
+    let mut prepared = Prepared::new(args)?;
+    let mut failures = Vec::new();
+    for spec in &args.kernels {
+        if let Err(error) = prepared.test_kernel(spec, &mut |_| {}) {
+            eprintln!("vm-test {spec}: {error:#}");
+            failures.push(spec.to_string());
+        }
+    }
+    eprintln!("\n{}", prepared.summary());
+    if !failures.is_empty() {
+        bail!("vm-test failed on {}", failures.join(", "));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Kernel to boot: a Debian series, or a kernel .deb or vmlinuz file.
+    #[arg(long = "kernel", value_name = "6.1|6.12|PATH", default_value_t = KernelSpec::Series(Series::V6_12))]
+    pub kernel: KernelSpec,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Time limit of the boot and the command, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIME_LIMIT_SECS)]
+    pub time_limit: u64,
+    /// The command, run as root in the guest from the workspace root; `sockerr` is the
+    /// release binary just built.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `cargo xtask vm-run`: one command of the host inside a test kernel, e.g. to see what
+/// sockerr prints there.
+pub fn run_one(args: &VmRunArgs) -> Result<()> {
+    if !is_root()? {
+        bail!("vm-run installs qemu and kernels with apt and shares / with the guest: run it as root");
+    }
+    let test_args = VmTestArgs {
+        kernels: vec![args.kernel.clone()],
+        accel: args.accel,
+        time_limit: args.time_limit,
+        test_threads: 1,
+        test_args: Vec::new(),
+    };
+    let mut prepared = Prepared::build(&test_args, false)?;
+    let mut argv = args.command.clone();
+    if argv[0] == "sockerr" {
+        argv[0] = prepared.sockerr.display().to_string();
+    }
+    prepared.run_command(&args.kernel, argv)
+}
+
+/// Everything built once for all kernels.
+pub struct Prepared {
+    init: PathBuf,
+    tests: BTreeMap<String, PathBuf>,
+    sockerr: PathBuf,
+    accel_choice: AccelChoice,
+    accel: Option<Accel>,
+    time_limit: Duration,
+    test_threads: u16,
+    test_args: Vec<String>,
+    results: Vec<KernelResult>,
+}
+
+struct KernelResult {
+    kernel: String,
+    accel: Accel,
+    prepare: Duration,
+    boot_and_tests: Duration,
+    passed: bool,
+}
+
+impl Prepared {
+    /// Installs what is missing, builds sockerr, the test binaries and vm-init.
+    pub fn new(args: &VmTestArgs) -> Result<Self> {
+        Self::build(args, true)
+    }
+
+    fn build(args: &VmTestArgs, with_tests: bool) -> Result<Self> {
+        let started = Instant::now();
+        let mut report = Report::default();
+        system_packages::ensure_commands(system_packages::VM_COMMANDS, &mut report)?;
+        toolchain::ensure_static_target(&mut report, STATIC_TARGET)?;
+        setup::ensure()?;
+        let sockerr = build_sockerr(Profile::Release)?;
+        let init = build_init()?;
+        let tests = if with_tests { build_tests()? } else { BTreeMap::new() };
+        for name in VM_TEST_TARGETS.iter().filter(|_| with_tests) {
+            if !tests.contains_key(*name) {
+                bail!("the e2e crate has no test target `{name}` (VM_TEST_TARGETS in xtask/src/vm/mod.rs)");
+            }
+        }
+        eprintln!("vm-test: built for the guests in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(Self {
+            init,
+            tests,
+            sockerr,
+            accel_choice: args.accel,
+            accel: None,
+            time_limit: Duration::from_secs(args.time_limit),
+            test_threads: args.test_threads,
+            test_args: args.test_args.clone(),
+            results: Vec::new(),
+        })
+    }
+
+    /// Boots `spec` and runs the VM test targets in it; `on_line` sees the console.
+    pub fn test_kernel(&mut self, spec: &KernelSpec, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+        let runs = VM_TEST_TARGETS
+            .iter()
+            .map(|name| {
+                let mut argv = vec![self.tests[*name].display().to_string()];
+                argv.push(format!("--test-threads={}", self.test_threads));
+                argv.extend(self.test_args.iter().cloned());
+                Run { name: name.to_string(), argv }
+            })
+            .collect();
+        self.boot_with(spec, runs, &workspace_root().join("tests"), on_line)
+    }
+
+    /// Boots `spec` and runs one command of the host in it, from the workspace root.
+    pub fn run_command(&mut self, spec: &KernelSpec, argv: Vec<String>) -> Result<()> {
+        let runs = vec![Run { name: "command".into(), argv }];
+        self.boot_with(spec, runs, workspace_root(), &mut |_| {})
+    }
+
+    fn boot_with(
+        &mut self,
+        spec: &KernelSpec,
+        runs: Vec<Run>,
+        cwd: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let cache = target_dir().join("vm-cache");
+        let kernel = kernel::prepare(spec, &cache).with_context(|| format!("preparing kernel {spec}"))?;
+        let work = target_dir().join("vm-run").join(&kernel.release);
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let module_files = self.module_files(&kernel)?;
+        let plan = self.plan(spec, &module_files, runs, cwd);
+        let shares = plan.shares.clone();
+        let initramfs = work.join("initramfs.cpio");
+        let modules: Vec<(String, &Path)> =
+            module_files.iter().map(|(name, path)| (name.clone(), path.as_path())).collect();
+        initramfs::write(&initramfs, &self.init, &plan, &modules)?;
+        let accel = self.accel(&kernel, &work, &modules)?;
+        let prepare = started.elapsed();
+
+        eprintln!("vm-test: booting {} ({}) with {accel}", kernel.release, kernel.image.display());
+        let boot = qemu::Boot {
+            image: &kernel.image,
+            initramfs: &initramfs,
+            accel,
+            memory_mib: GUEST_MEMORY_MIB,
+            cpus: GUEST_CPUS,
+            status_file: work.join("status"),
+            time_limit: self.time_limit,
+            shares: &shares,
+        };
+        let ended = qemu::boot(&boot, |line| {
+            println!("[{}] {line}", kernel.release);
+            on_line(line);
+        })?;
+        let verdict = qemu::verdict(&ended, self.time_limit);
+        self.results.push(KernelResult {
+            kernel: kernel.release.clone(),
+            accel,
+            prepare,
+            boot_and_tests: ended.elapsed,
+            passed: verdict.is_none(),
+        });
+        if let Some(verdict) = verdict {
+            bail!(
+                "{}: {verdict}\nlast {} console lines:\n{}",
+                kernel.release,
+                ended.console_tail.len(),
+                ended.console_tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Module files by their name in the initramfs: load order as a number prefix.
+    fn module_files(&self, kernel: &kernel::Kernel) -> Result<Vec<(String, PathBuf)>> {
+        let Some(dir) = &kernel.modules_dir else { return Ok(Vec::new()) };
+        let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let index = modules::ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"));
+        let order = index.load_order(modules::GUEST_MODULES)?;
+        Ok(order
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let file = path.rsplit('/').next().unwrap_or(path);
+                (format!("{:02}-{file}", i + 1), dir.join(path))
+            })
+            .collect())
+    }
+
+    fn plan(&self, spec: &KernelSpec, modules: &[(String, PathBuf)], runs: Vec<Run>, cwd: &Path) -> Plan {
+        let mut env = vec![
+            ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+            ("HOME".to_string(), "/tmp".to_string()),
+            ("RUST_BACKTRACE".to_string(), "1".to_string()),
+            ("SOCKERR_BIN".to_string(), self.sockerr.display().to_string()),
+        ];
+        // Debian's kernels have kprobes: the backend tests must exercise them there
+        // rather than accept their absence.
+        if matches!(spec, KernelSpec::Series(_)) {
+            env.push(("SOCKERR_E2E_KPROBES".to_string(), "required".to_string()));
+        }
+        Plan {
+            modules: modules.iter().map(|(name, _)| name.clone()).collect(),
+            root_tag: qemu::ROOT_TAG.to_string(),
+            cwd: cwd.display().to_string(),
+            env,
+            runs,
+            shares: shares(),
+        }
+    }
+
+    /// The accelerator, decided once: KVM only when a probe boot with it completes.
+    fn accel(&mut self, kernel: &kernel::Kernel, work: &Path, modules: &[(String, &Path)]) -> Result<Accel> {
+        if let Some(accel) = self.accel {
+            return Ok(accel);
+        }
+        let accel = match self.accel_choice {
+            AccelChoice::Tcg => Accel::Tcg,
+            AccelChoice::Kvm => Accel::Kvm,
+            AccelChoice::Auto => {
+                let why_not = self.probe_kvm(kernel, work, modules)?;
+                match why_not {
+                    None => {
+                        eprintln!("vm-test: a probe boot with KVM worked: using KVM");
+                        Accel::Kvm
+                    }
+                    Some(why) => {
+                        eprintln!("vm-test: using TCG (software emulation): {why}");
+                        Accel::Tcg
+                    }
+                }
+            }
+        };
+        self.accel = Some(accel);
+        Ok(accel)
+    }
+
+    /// Why KVM cannot be used, or `None` when a boot with it ran an empty plan to the end.
+    fn probe_kvm(
+        &self,
+        kernel: &kernel::Kernel,
+        work: &Path,
+        modules: &[(String, &Path)],
+    ) -> Result<Option<String>> {
+        if fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+            return Ok(Some("/dev/kvm cannot be opened".into()));
+        }
+        let plan = Plan {
+            modules: modules.iter().map(|(name, _)| name.clone()).collect(),
+            root_tag: qemu::ROOT_TAG.to_string(),
+            cwd: "/".into(),
+            env: Vec::new(),
+            runs: Vec::new(),
+            shares: Vec::new(),
+        };
+        let initramfs = work.join("kvm-probe.cpio");
+        initramfs::write(&initramfs, &self.init, &plan, modules)?;
+        let boot = qemu::Boot {
+            image: &kernel.image,
+            initramfs: &initramfs,
+            accel: Accel::Kvm,
+            memory_mib: GUEST_MEMORY_MIB,
+            cpus: GUEST_CPUS,
+            status_file: work.join("kvm-probe.status"),
+            time_limit: KVM_PROBE_LIMIT,
+            shares: &[],
+        };
+        let ended = qemu::boot(&boot, |_| {})?;
+        if ended.statuses.contains(&Status::Done) {
+            return Ok(None);
+        }
+        let last = ended.console_tail.last().cloned().unwrap_or_default();
+        Ok(Some(format!("a probe boot with KVM failed ({last})")))
+    }
+
+    pub fn summary(&self) -> String {
+        let mut lines =
+            vec![format!("{:<24} {:>5} {:>10} {:>15}  result", "kernel", "accel", "prepare", "boot + tests")];
+        for result in &self.results {
+            lines.push(format!(
+                "{:<24} {:>5} {:>8.1} s {:>13.1} s  {}",
+                result.kernel,
+                result.accel.to_string(),
+                result.prepare.as_secs_f64(),
+                result.boot_and_tests.as_secs_f64(),
+                if result.passed { "ok" } else { "FAILED" }
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// The workspace and the build output, exported on their own when they sit where the
+/// guest mounts a tmpfs (a CI clone under /tmp).
+fn shares() -> Vec<vm_init::Share> {
+    let workspace = workspace_root().display().to_string();
+    let target = target_dir().display().to_string();
+    vm_init::hidden_paths(&[&workspace, &target])
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| vm_init::Share { tag: format!("share{i}"), path })
+        .collect()
+}
+
+/// vm-init, static, for the initramfs.
+fn build_init() -> Result<PathBuf> {
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "vm-init",
+        "--bin",
+        "vm-init",
+        "--target",
+        STATIC_TARGET,
+    ]);
+    run_inherited(&mut command)?;
+    let init = target_dir().join(STATIC_TARGET).join("release").join("vm-init");
+    if !init.is_file() {
+        bail!("cargo built vm-init but {} does not exist", init.display());
+    }
+    Ok(init)
+}
+
+/// The e2e test binaries by target name (cargo's JSON messages name them).
+fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(workspace_root())
+        .args(["test", "--release", "--package", "sockerr-e2e", "--no-run"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .stderr(Stdio::inherit());
+    let output = command.output().with_context(|| format!("could not start `{}`", describe(&command)))?;
+    if !output.status.success() {
+        bail!("`{}` failed ({})", describe(&command), output.status);
+    }
+    Ok(test_executables(&String::from_utf8_lossy(&output.stdout)))
+}
+
+fn test_executables(messages: &str) -> BTreeMap<String, PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact" && message["profile"]["test"] == true)
+        .filter_map(|message| {
+            let name = message["target"]["name"].as_str()?.to_string();
+            let executable = message["executable"].as_str()?;
+            Some((name, PathBuf::from(executable)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_executables_come_from_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"name":"tracer","kind":["lib"]},"profile":{"test":false},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"cilium","kind":["test"]},"profile":{"test":true},"executable":"/w/target/release/deps/cilium-1"}
+{"reason":"build-finished","success":true}"#;
+        let found = test_executables(messages);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found["cilium"], PathBuf::from("/w/target/release/deps/cilium-1"));
+    }
+
+    #[test]
+    fn vm_targets_exist_in_the_e2e_crate() {
+        for name in VM_TEST_TARGETS {
+            let file = workspace_root().join("tests/tests").join(format!("{name}.rs"));
+            assert!(file.is_file(), "{} is missing", file.display());
+        }
+    }
+}

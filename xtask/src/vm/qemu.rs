@@ -1,0 +1,297 @@
+//! Booting a guest with qemu: its command line, the console streamed to the terminal
+//! (and through a callback, for counting test results), a hard time limit, and the
+//! statuses vm-init wrote on the second serial port.
+
+use std::{
+    collections::VecDeque,
+    fmt, fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use vm_init::Status;
+
+use crate::process::describe;
+
+/// The 9p tag of the host root (vm-init mounts it by this tag).
+pub const ROOT_TAG: &str = "hostroot";
+/// How many console lines a failure shows.
+const CONSOLE_TAIL: usize = 60;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: works everywhere, slower.
+    Tcg,
+    Kvm,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        })
+    }
+}
+
+/// One boot.
+pub struct Boot<'a> {
+    pub image: &'a Path,
+    pub initramfs: &'a Path,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Where qemu writes the status port.
+    pub status_file: PathBuf,
+    pub time_limit: Duration,
+    /// Host directories exported besides the root (see `vm_init::Share`).
+    pub shares: &'a [vm_init::Share],
+}
+
+impl Boot<'_> {
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("qemu-system-x86_64");
+        command.args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        match self.accel {
+            // `max`: every CPU feature TCG emulates, so the kernel takes its usual paths.
+            Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
+            Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+        };
+        command
+            .args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)])
+            .arg("-kernel")
+            .arg(self.image)
+            .arg("-initrd")
+            .arg(self.initramfs)
+            // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu's exit;
+            // oops=panic makes a kernel bug end the run instead of hanging a test.
+            .args(["-append", "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4"])
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", self.status_file.display()))
+            // 9p needs no daemon on the host (virtiofs would need virtiofsd), and Debian's
+            // generic kernels have it as modules.
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path=/,mount_tag={ROOT_TAG},security_model=none,readonly=on,multidevs=remap"
+            ));
+        for share in self.shares {
+            command.arg("-virtfs").arg(format!(
+                "local,path={},mount_tag={},security_model=none,readonly=on,multidevs=remap",
+                share.path, share.tag
+            ));
+        }
+        command
+    }
+}
+
+/// How a boot ended, before judging it.
+#[derive(Debug)]
+pub struct Ended {
+    pub statuses: Vec<Status>,
+    pub timed_out: bool,
+    pub qemu_exit: Option<i32>,
+    pub console_tail: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// Boots and waits (bounded); `on_line` sees every console line.
+pub fn boot(boot: &Boot<'_>, mut on_line: impl FnMut(&str)) -> Result<Ended> {
+    let _ = fs::remove_file(&boot.status_file);
+    let mut command = boot.command();
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", describe(&command)))?;
+    let (lines, incoming) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(pipe).split(b'\n') {
+                let Ok(line) = line else { break };
+                // The serial console ends lines with \r\n.
+                let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                if lines.send(text).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(lines);
+    let deadline = started + boot.time_limit;
+    let mut tail = VecDeque::with_capacity(CONSOLE_TAIL);
+    let mut timed_out = false;
+    let mut keep = |line: String, tail: &mut VecDeque<String>| {
+        on_line(&line);
+        if tail.len() == CONSOLE_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+        match incoming.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(line) => keep(line, &mut tail),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Both pipes closed: qemu is gone.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().context("waiting for qemu")?;
+    for reader in readers {
+        let _ = reader.join();
+    }
+    while let Ok(line) = incoming.try_recv() {
+        keep(line, &mut tail);
+    }
+    let statuses = fs::read_to_string(&boot.status_file)
+        .map(|text| text.lines().filter_map(Status::parse_line).collect())
+        .unwrap_or_default();
+    Ok(Ended {
+        statuses,
+        timed_out,
+        qemu_exit: status.code(),
+        console_tail: tail.into(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What went wrong in a boot, or `None` when every run exited 0.
+pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
+    if let Some(Status::SetupFailed { step, error }) =
+        ended.statuses.iter().find(|s| matches!(s, Status::SetupFailed { .. }))
+    {
+        return Some(format!("the guest's set-up failed at `{step}`: {error}"));
+    }
+    let failed: Vec<String> = ended
+        .statuses
+        .iter()
+        .filter_map(|status| match status {
+            Status::Finished { name, code: Some(0), .. } => {
+                let _ = name;
+                None
+            }
+            Status::Finished { name, code: Some(code), .. } => Some(format!("{name} exited with {code}")),
+            Status::Finished { name, signal, .. } => {
+                Some(format!("{name} was killed by signal {}", signal.unwrap_or(0)))
+            }
+            _ => None,
+        })
+        .collect();
+    let done = ended.statuses.contains(&Status::Done);
+    if done {
+        return (!failed.is_empty()).then(|| failed.join(", "));
+    }
+    let panicked = ended.console_tail.iter().any(|line| line.contains("Kernel panic"));
+    let finished = ended.statuses.iter().filter(|s| matches!(s, Status::Finished { .. })).count();
+    let progress = format!(
+        "{finished} run(s) had finished{}",
+        if failed.is_empty() { String::new() } else { format!(" ({})", failed.join(", ")) }
+    );
+    Some(if panicked {
+        format!("the kernel panicked; {progress}")
+    } else if ended.timed_out {
+        format!(
+            "the guest did not finish within {} s (hung?) and was killed; {progress}",
+            time_limit.as_secs()
+        )
+    } else {
+        format!(
+            "the guest stopped without reporting the end of its runs (qemu exit {:?}); {progress}",
+            ended.qemu_exit
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(statuses: Vec<Status>, timed_out: bool, console: &[&str]) -> Ended {
+        Ended {
+            statuses,
+            timed_out,
+            qemu_exit: Some(0),
+            console_tail: console.iter().map(|s| s.to_string()).collect(),
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    fn finished(name: &str, code: i32) -> Status {
+        Status::Finished { name: name.into(), code: Some(code), signal: None }
+    }
+
+    const LIMIT: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn all_runs_passing_is_no_verdict() {
+        let run = ended(vec![finished("cilium", 0), finished("bind", 0), Status::Done], false, &[]);
+        assert_eq!(verdict(&run, LIMIT), None);
+    }
+
+    #[test]
+    fn failing_runs_are_named() {
+        let run = ended(vec![finished("cilium", 101), finished("bind", 0), Status::Done], false, &[]);
+        assert_eq!(verdict(&run, LIMIT).as_deref(), Some("cilium exited with 101"));
+    }
+
+    #[test]
+    fn panic_hang_and_setup_failure_are_told_apart() {
+        let panic = ended(
+            vec![finished("cilium", 0)],
+            false,
+            &["[ 3.1] Kernel panic - not syncing: Fatal exception"],
+        );
+        assert_eq!(verdict(&panic, LIMIT).as_deref(), Some("the kernel panicked; 1 run(s) had finished"));
+        let hung = ended(vec![], true, &[]);
+        let text = verdict(&hung, LIMIT).unwrap();
+        assert!(text.contains("did not finish within 600 s"), "{text}");
+        let setup = ended(
+            vec![Status::SetupFailed { step: "mount 9p on /host".into(), error: "ENODEV".into() }],
+            false,
+            &[],
+        );
+        assert!(verdict(&setup, LIMIT).unwrap().contains("`mount 9p on /host`"));
+    }
+
+    #[test]
+    fn tcg_command_line_shares_the_root_read_only() {
+        let boot = Boot {
+            image: Path::new("/c/vmlinuz"),
+            initramfs: Path::new("/c/initramfs"),
+            accel: Accel::Tcg,
+            memory_mib: 1536,
+            cpus: 2,
+            status_file: PathBuf::from("/c/status"),
+            time_limit: LIMIT,
+            shares: &[vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }],
+        };
+        let line = describe(&boot.command());
+        assert!(line.contains("-accel tcg -cpu max -smp 2 -m 1536M"), "{line}");
+        assert!(line.contains("-serial stdio -serial file:/c/status"), "{line}");
+        assert!(line.contains("local,path=/,mount_tag=hostroot,security_model=none,readonly=on"), "{line}");
+        assert!(
+            line.contains("local,path=/tmp/ci,mount_tag=share0,security_model=none,readonly=on"),
+            "{line}"
+        );
+    }
+}
