@@ -251,6 +251,11 @@ impl Tracer {
     }
 
     /// Stdout lines so far.
+    /// The tracer's process id (for /proc: fds, memory).
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.process.shared.lock().stdout.clone()
     }

@@ -157,20 +157,28 @@ pub fn render(
         md,
         "| asked /s | done /s | failures | counted in /metrics | lost | daemon CPU | daemon RSS |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &throughput.steps {
         let asked = if s.target_rate == 0 { "unpaced".to_owned() } else { s.target_rate.to_string() };
         let _ = writeln!(
             md,
-            "| {asked} | {:.0} | {} | {} | {} | {:.0} % | {:.1} MiB |",
+            "| {asked} | {:.0} | {} | {} | {} | {:.1} s | {:.0} % | {:.1} MiB |",
             s.achieved_rate,
             s.failures,
             s.counted,
             s.lost,
+            s.drain_secs,
             s.daemon_cpu_percent,
             s.daemon_rss_kib as f64 / 1024.0
         );
     }
+    let _ = writeln!(
+        md,
+        "\nCPU is the daemon's user + system time over the flood and its drain, in % of one CPU; \
+         counted = `sockerr_connect_errors_total{{comm=\"sockerr-bench\"}}`, lost = \
+         `sockerr_events_lost_total`. A drain above a fraction of a second means the daemon fell \
+         behind and caught up from the ring buffer and its own queue (RSS grows with that backlog)."
+    );
     match throughput.loss_free() {
         Some(best) => {
             let _ = writeln!(md, "\nHighest rate without loss: **{:.0} failures/s**.", best.achieved_rate);

@@ -55,6 +55,8 @@ pub struct Step {
     pub lost: u64,
     pub daemon_cpu_percent: f64,
     pub daemon_rss_kib: u64,
+    /// How long after the flood's end the daemon needed to count every failure.
+    pub drain_secs: f64,
 }
 
 pub struct Throughput {
@@ -70,7 +72,7 @@ impl Throughput {
                 json!({
                     "target_rate": s.target_rate, "achieved_rate": s.achieved_rate, "failures": s.failures,
                     "counted": s.counted, "lost": s.lost, "daemon_cpu_percent": s.daemon_cpu_percent,
-                    "daemon_rss_kib": s.daemon_rss_kib,
+                    "daemon_rss_kib": s.daemon_rss_kib, "drain_secs": s.drain_secs,
                 })
             })
             .collect();
@@ -88,6 +90,8 @@ impl Throughput {
 }
 
 /// Rates of the search, failures per second from 2 threads; 0 is "unpaced".
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const RATES: &[u64] = &[5_000, 10_000, 20_000, 40_000, 80_000, 0];
 
 pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput> {
@@ -103,30 +107,40 @@ pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput>
         let before = daemon::metrics(daemon.address)?;
         let ticks_before = daemon::cpu_ticks(pid)?;
         let report = flood(sockerr, count, rate)?;
-        // The daemon may still be reading the ring buffer: give it a moment to catch up.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let ticks_after = daemon::cpu_ticks(pid)?;
-        let after = daemon::metrics(daemon.address)?;
         let elapsed = report["elapsed_secs"].as_f64().context("flood report without elapsed_secs")?;
         let failures = report["failures"].as_u64().context("flood report without failures")?;
-        let counted = counted(&after) - counted(&before);
-        let lost = lost(&after) - lost(&before);
+        // Above its rate the daemon falls behind without losing anything yet (the ring
+        // buffer and its queue hold the backlog): wait until it has caught up, or lost.
+        let drain_started = Instant::now();
+        let (counted, lost) = loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let after = daemon::metrics(daemon.address)?;
+            let counted = counted(&after) - counted(&before);
+            let lost = lost(&after) - lost(&before);
+            if counted + lost >= failures as f64 || drain_started.elapsed() > DRAIN_TIMEOUT {
+                break (counted, lost);
+            }
+        };
+        let drain_secs = drain_started.elapsed().as_secs_f64();
+        let ticks_after = daemon::cpu_ticks(pid)?;
         let step = Step {
             target_rate: rate,
             achieved_rate: failures as f64 / elapsed,
             failures,
             counted: counted as u64,
             lost: lost as u64,
-            daemon_cpu_percent: (ticks_after - ticks_before) as f64 / tps / (elapsed + 0.5) * 100.0,
+            daemon_cpu_percent: (ticks_after - ticks_before) as f64 / tps / (elapsed + drain_secs) * 100.0,
+            drain_secs,
             daemon_rss_kib: daemon::rss_kib(pid)?,
         };
         eprintln!(
-            "bench: {:>6}/s asked, {:>8.0}/s done, {} failures, {} counted, {} lost, daemon {:.0}% CPU, {} KiB",
+            "bench: {:>6}/s asked, {:>8.0}/s done, {} failures, {} counted, {} lost, {:.1} s to drain, daemon {:.0}% CPU, {} KiB",
             rate,
             step.achieved_rate,
             step.failures,
             step.counted,
             step.lost,
+            step.drain_secs,
             step.daemon_cpu_percent,
             step.daemon_rss_kib
         );
