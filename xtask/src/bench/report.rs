@@ -155,7 +155,7 @@ pub fn render(
         writeln!(md, "\n## Throughput (`sockerr daemon`, 2 threads of Cilium-pattern failing connects)\n");
     let _ = writeln!(
         md,
-        "| asked /s | done /s | failures | counted in /metrics | lost | daemon CPU | daemon RSS |"
+        "| asked /s | done /s | failures | counted in /metrics | lost | drain after the flood | daemon CPU | daemon RSS |"
     );
     let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &throughput.steps {
