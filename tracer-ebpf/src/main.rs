@@ -13,6 +13,7 @@ mod connect;
 mod destroy_sock;
 mod emit;
 mod filter;
+mod floor;
 mod kernel_origin;
 mod kprobe_inet6_bind;
 mod kprobe_inet_bind;

@@ -31,6 +31,21 @@ pub enum Command {
     /// end-to-end tests and by `demo`).
     #[command(hide = true)]
     Scenario(crate::scenario::ScenarioArgs),
+    /// Attach a program that returns at once to the tracepoints `trace` would attach with
+    /// these filters, until stopped: the floor of `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchFloor(FloorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FloorArgs {
+    /// The filters of `trace`: they decide which tracepoints it attaches (--comm adds the
+    /// exec/exit ones, --http-peek the read/write family).
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Stop after this long (e.g. 30s); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -224,6 +239,17 @@ mod tests {
         assert_eq!(parse(&["sockerr", "trace", "--backend", "kprobe"]), BackendChoice::Kprobe);
         assert_eq!(parse(&["sockerr", "trace", "--backend", "tracepoint"]), BackendChoice::Tracepoint);
         assert!(Cli::try_parse_from(["sockerr", "trace", "--backend", "fentry"]).is_err());
+    }
+
+    #[test]
+    fn bench_floor_takes_the_trace_filters() {
+        let cli =
+            Cli::try_parse_from(["sockerr", "bench-floor", "--comm", "envoy", "--duration", "2s"]).unwrap();
+        let Command::BenchFloor(args) = cli.command else { panic!("not bench-floor") };
+        assert_eq!(args.filters.comms, ["envoy"]);
+        assert_eq!(args.duration, Some(std::time::Duration::from_secs(2)));
+        let help = Cli::command().render_help().to_string();
+        assert!(!help.contains("bench-floor"), "hidden from --help: {help}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! only `kernel` and `enrich` touch the running system. See docs/design.md.
 
 pub mod backend;
+pub mod bench_floor;
 pub mod classify;
 pub mod cli;
 pub mod clock;

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         // No async runtime on purpose: the scenario unshares its network namespace and
         // starts actors, which must not race with runtime threads.
         Command::Scenario(args) => tracer::scenario::run(args).context("scenario failed"),
+        Command::BenchFloor(args) => {
+            runtime().and_then(|rt| Ok(rt.block_on(tracer::bench_floor::run(args))?))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! Everything a fresh machine lacks (nightly rust-src, bpf-linker, system tools) is
 //! installed by `setup`, which every other command runs first.
 
+mod bench;
 mod bpf_linker;
 mod build;
 mod manifests;
@@ -52,6 +53,10 @@ enum Command {
     /// Boot one test kernel and run a command in it (as root, the host's root shared).
     #[command(after_help = "Example: cargo xtask vm-run --kernel 6.1 -- sockerr demo cilium")]
     VmRun(vm::VmRunArgs),
+    /// Measure sockerr against no tracing, the floor, bpftrace and strace; throughput,
+    /// start-up, and with --soak a million failures under the daemon. Writes BENCHMARKS.md
+    /// and target/bench/results.json (as root).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +114,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => test::run_suite(&args),
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

@@ -50,6 +50,21 @@ pub const VM_COMMANDS: &[RequiredCommand] = &[
     },
 ];
 
+/// What `cargo xtask bench` compares sockerr with.
+pub const BENCH_COMMANDS: &[RequiredCommand] = &[
+    RequiredCommand {
+        command: "bpftrace",
+        package: "bpftrace",
+        needed_for: "the bpftrace configuration of the benchmark",
+    },
+    RequiredCommand {
+        command: "strace",
+        package: "strace",
+        needed_for: "the strace configuration of the benchmark",
+    },
+    RequiredCommand { command: "bpftool", package: "bpftool", needed_for: "the soak's map sizes" },
+];
+
 pub fn ensure(report: &mut Report) -> Result<()> {
     ensure_commands(REQUIRED_COMMANDS, report)
 }

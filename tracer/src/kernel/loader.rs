@@ -29,7 +29,7 @@ use super::{
 };
 
 /// The object tracer-ebpf's `tracer` binary compiles to (see build.rs).
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+pub(super) static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// Which tasks to trace.
 #[derive(Debug, Clone, Default)]
@@ -128,9 +128,12 @@ impl LostCounter {
 const MAX_FILTER_PIDS: usize = 4096;
 const MAX_FILTER_COMMS: usize = 64;
 
+/// A program and the tracepoint it goes to: (program, category, tracepoint).
+pub type Attachment = (&'static str, &'static str, &'static str);
+
 /// (program, category, tracepoint), in attach order: exits before entries so no
 /// entry records a call whose exit would be missed.
-const ATTACHMENTS: &[(&str, &str, &str)] = &[
+const ATTACHMENTS: &[Attachment] = &[
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
     ("sys_exit_bind", "syscalls", "sys_exit_bind"),
     ("sys_exit_setsockopt", "syscalls", "sys_exit_setsockopt"),
@@ -146,10 +149,26 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
 ];
 
 /// Only needed to follow `--comm` processes across exec/exit.
-const COMM_ATTACHMENTS: &[(&str, &str, &str)] = &[
+const COMM_ATTACHMENTS: &[Attachment] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
 ];
+
+/// Every tracepoint `load` attaches for `selection`, in order; `resets`: whether this
+/// kernel has the reset tracepoints (`resets::prepare`). The benchmark's floor
+/// (`kernel::floor`) attaches its empty program to exactly these.
+pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
+    let comm: &[Attachment] = if selection.comms.is_empty() { &[] } else { COMM_ATTACHMENTS };
+    let mut plan: Vec<Attachment> = ATTACHMENTS.iter().chain(comm).copied().collect();
+    if resets {
+        plan.extend_from_slice(resets::RESET_ATTACHMENTS);
+    }
+    // Without --http-peek these programs are not attached at all: no cost, no bytes.
+    if selection.http_peek {
+        plan.extend_from_slice(resets::PEEK_ATTACHMENTS);
+    }
+    plan
+}
 
 pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     for degraded in privileges::check()? {
@@ -198,25 +217,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .map_err(|err| LoadError::Load(Box::new(err)))?;
 
     fill_filter_maps(&mut ebpf, &pids, &comms)?;
-    let mut attached = 0;
-    let comm_attachments = if comms.is_empty() { &[][..] } else { COMM_ATTACHMENTS };
-    for &(program, category, tracepoint) in ATTACHMENTS.iter().chain(comm_attachments) {
+    let plan = attachment_plan(selection, reset_setup.is_some());
+    for &(program, category, tracepoint) in &plan {
         attach(&mut ebpf, program, category, tracepoint)?;
-        attached += 1;
     }
-    if reset_setup.is_some() {
-        for &(program, category, tracepoint) in resets::RESET_ATTACHMENTS {
-            attach(&mut ebpf, program, category, tracepoint)?;
-            attached += 1;
-        }
-    }
-    // Without --http-peek these programs are not attached at all: no cost, no bytes.
-    if selection.http_peek {
-        for &(program, category, tracepoint) in resets::PEEK_ATTACHMENTS {
-            attach(&mut ebpf, program, category, tracepoint)?;
-            attached += 1;
-        }
-    }
+    let mut attached = plan.len();
     if backend == Backend::Kprobe {
         attached += kprobes::attach_all(&mut ebpf, &kernel)?;
     }
@@ -321,7 +326,7 @@ fn fill_filter_maps(ebpf: &mut Ebpf, pids: &BTreeSet<u32>, comms: &[[u8; 16]]) -
     Ok(())
 }
 
-fn attach(
+pub(super) fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     category: &'static str,
@@ -350,7 +355,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadE
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
-fn raise_memlock_limit() {
+pub(super) fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
@@ -384,6 +389,24 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(found, [123]);
         assert_eq!(pids.into_iter().collect::<Vec<_>>(), [123, 456]);
+    }
+
+    #[test]
+    fn attachment_plan_follows_the_selection() {
+        let all = Selection::default();
+        assert_eq!(attachment_plan(&all, false), ATTACHMENTS);
+        let with_resets = attachment_plan(&all, true);
+        assert_eq!(with_resets.len(), ATTACHMENTS.len() + resets::RESET_ATTACHMENTS.len());
+        assert_eq!(&with_resets[ATTACHMENTS.len()..], resets::RESET_ATTACHMENTS);
+        let comm = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
+        let plan = attachment_plan(&comm, true);
+        let expected = ATTACHMENTS.len()
+            + COMM_ATTACHMENTS.len()
+            + resets::RESET_ATTACHMENTS.len()
+            + resets::PEEK_ATTACHMENTS.len();
+        assert_eq!(plan.len(), expected);
+        assert!(plan.contains(&("sched_process_exec", "sched", "sched_process_exec")));
+        assert_eq!(plan.last(), resets::PEEK_ATTACHMENTS.last());
     }
 
     #[test]

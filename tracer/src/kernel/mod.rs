@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod cgroup;
 pub mod features;
+pub mod floor;
 pub mod kprobes;
 pub mod loader;
 pub mod offsets;

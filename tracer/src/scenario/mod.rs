@@ -14,6 +14,7 @@
 //! (actors die with the runner through PR_SET_PDEATHSIG).
 
 mod actor;
+pub mod bench_loop;
 mod bind_in_use;
 mod bind_not_local;
 mod bind_time_wait;
@@ -69,6 +70,12 @@ pub enum Scenario {
     /// Internal: one actor process of a running scenario.
     #[command(hide = true)]
     Actor(actor::ActorArgs),
+    /// Internal: the micro-loops of `cargo xtask bench`; prints ns/iteration samples.
+    #[command(hide = true)]
+    BenchLoop(bench_loop::BenchLoopArgs),
+    /// Internal: Cilium-pattern failing connects for throughput and soak runs.
+    #[command(hide = true)]
+    Flood(bench_loop::FloodArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -220,6 +227,8 @@ pub enum Error {
 pub fn run(args: ScenarioArgs) -> Result<(), Error> {
     let report = match args.scenario {
         Scenario::Actor(args) => return actor::run(args),
+        Scenario::BenchLoop(args) => return bench_loop::run_loops(&args),
+        Scenario::Flood(args) => return bench_loop::run_flood(&args),
         Scenario::Cilium(args) => cilium::run(&args)?,
         Scenario::BindInUse(args) => bind_in_use::run(&args)?,
         Scenario::BindNotLocal(args) => bind_not_local::run(&args)?,

@@ -1,0 +1,151 @@
+//! `sockerr daemon` under load: starting it, reading its /metrics, and what /proc says
+//! about its CPU time, memory and fds.
+
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::tracers::Running;
+
+pub struct Daemon {
+    pub running: Running,
+    pub address: SocketAddr,
+}
+
+/// `sockerr daemon --comm sockerr-bench`, NDJSON to `ndjson`, HTTP on a free port.
+pub fn start(sockerr: &Path, ndjson: &Path) -> Result<Daemon> {
+    let out = File::create(ndjson).with_context(|| format!("creating {}", ndjson.display()))?;
+    let mut command = Command::new(sockerr);
+    command
+        .args(["daemon", "--backend", "tracepoint", "--listen", "127.0.0.1:0", "--comm", "sockerr-bench"])
+        .stdout(Stdio::from(out));
+    let running = Running::sockerr(command)?;
+    // The address is logged before `tracing started`: poll /proc for the listening port
+    // would be racy, the log line is not.
+    let pid = running.pid();
+    let address =
+        listening_address(pid).with_context(|| format!("daemon {pid}: no listening socket found"))?;
+    Ok(Daemon { running, address })
+}
+
+/// The daemon's TCP listener, from its fds and /proc/net/tcp: independent of log format.
+fn listening_address(pid: u32) -> Result<SocketAddr> {
+    let mut inodes = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let target = fs::read_link(entry?.path()).unwrap_or_default();
+        if let Some(inode) =
+            target.to_string_lossy().strip_prefix("socket:[").and_then(|s| s.strip_suffix(']'))
+        {
+            inodes.push(inode.to_owned());
+        }
+    }
+    let table = fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local_address st ... inode: state 0A is LISTEN.
+        if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|inode| inode == fields[9]) {
+            let (ip, port) = fields[1].split_once(':').context("malformed /proc/net/tcp")?;
+            let ip = u32::from_str_radix(ip, 16)?;
+            let port = u16::from_str_radix(port, 16)?;
+            return Ok(SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(ip)), port)));
+        }
+    }
+    bail!("no listening TCP socket among its fds")
+}
+
+/// GET /metrics. Hand-written HTTP/1.0 on a std socket rather than an HTTP client crate:
+/// one local request to sockerr's own server, whose answer is read to the end.
+pub fn metrics(address: SocketAddr) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|code| code != "200") {
+        bail!("GET /metrics: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
+}
+
+/// Sum of the samples of `metric` whose labels contain every `label="value"` of `labels`.
+pub fn sum_metric(body: &str, metric: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            (name == metric && labels.iter().all(|label| series.contains(label)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// CPU time (user + system) in clock ticks, from /proc/PID/stat.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_cpu_ticks(&stat).context("malformed /proc/PID/stat")
+}
+
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // The comm field may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5); fields[0] here is field 3.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+pub fn ticks_per_second() -> f64 {
+    crate::process::stdout_of(Command::new("getconf").arg("CLK_TCK"))
+        .ok()
+        .and_then(|out| out.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Resident set size in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+pub fn fd_count(pid: u32) -> Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_select_by_name_and_labels() {
+        let body = "# HELP sockerr_connect_errors Failed\n\
+            sockerr_connect_errors_total{errno=\"EADDRNOTAVAIL\",comm=\"sockerr-bench\"} 7\n\
+            sockerr_connect_errors_total{errno=\"ECONNREFUSED\",comm=\"sockerr-bench\"} 2\n\
+            sockerr_connect_errors_total{errno=\"EADDRNOTAVAIL\",comm=\"curl\"} 100\n\
+            sockerr_events_lost_total 3\n";
+        let bench = ["comm=\"sockerr-bench\""];
+        assert_eq!(sum_metric(body, "sockerr_connect_errors_total", &bench), 9.0);
+        assert_eq!(
+            sum_metric(body, "sockerr_connect_errors_total", &["errno=\"EADDRNOTAVAIL\"", bench[0]]),
+            7.0
+        );
+        assert_eq!(sum_metric(body, "sockerr_events_lost_total", &[]), 3.0);
+    }
+
+    #[test]
+    fn cpu_ticks_skip_a_comm_with_spaces() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1000 1 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+    }
+}

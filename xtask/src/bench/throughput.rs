@@ -1,0 +1,178 @@
+//! Start-up time, binary size, and the failing-connect rate `sockerr daemon` follows
+//! without losing events.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::{Plan, daemon, stats::Summary, tracers::Running};
+use crate::process::describe;
+
+pub struct Startup {
+    /// Exec of `sockerr trace` to its `tracing started` line, per try.
+    pub millis: Vec<f64>,
+    pub binary_bytes: u64,
+}
+
+impl Startup {
+    pub fn to_json(&self) -> Value {
+        json!({ "exec_to_tracing_started_ms": self.millis, "binary_bytes": self.binary_bytes })
+    }
+
+    pub fn median_ms(&self) -> f64 {
+        Summary::of(&self.millis).map_or(0.0, |s| s.median)
+    }
+}
+
+pub fn startup(sockerr: &Path) -> Result<Startup> {
+    let mut millis = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut command = Command::new(sockerr);
+        command.args(["trace", "--backend", "tracepoint", "--output", "json"]).stdout(Stdio::null());
+        let mut running = Running::sockerr(command)?;
+        millis.push(started.elapsed().as_secs_f64() * 1000.0);
+        running.stop();
+    }
+    let binary_bytes = std::fs::metadata(sockerr).with_context(|| format!("{}", sockerr.display()))?.len();
+    Ok(Startup { millis, binary_bytes })
+}
+
+/// One rate of the search.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Asked for (0: as fast as 2 threads go).
+    pub target_rate: u64,
+    pub achieved_rate: f64,
+    pub failures: u64,
+    /// Failures the daemon counted in /metrics during the step.
+    pub counted: u64,
+    pub lost: u64,
+    pub daemon_cpu_percent: f64,
+    pub daemon_rss_kib: u64,
+    /// How long after the flood's end the daemon needed to count every failure.
+    pub drain_secs: f64,
+}
+
+pub struct Throughput {
+    pub steps: Vec<Step>,
+}
+
+impl Throughput {
+    pub fn to_json(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "target_rate": s.target_rate, "achieved_rate": s.achieved_rate, "failures": s.failures,
+                    "counted": s.counted, "lost": s.lost, "daemon_cpu_percent": s.daemon_cpu_percent,
+                    "daemon_rss_kib": s.daemon_rss_kib, "drain_secs": s.drain_secs,
+                })
+            })
+            .collect();
+        json!({ "threads": 2, "steps": steps })
+    }
+
+    /// The highest achieved rate of a step without loss.
+    pub fn loss_free(&self) -> Option<&Step> {
+        self.steps.iter().filter(|s| s.lost == 0).max_by(|a, b| a.achieved_rate.total_cmp(&b.achieved_rate))
+    }
+
+    pub fn at_10k(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.target_rate == 10_000)
+    }
+}
+
+/// Rates of the search, failures per second from 2 threads; 0 is "unpaced".
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+const RATES: &[u64] = &[5_000, 10_000, 20_000, 40_000, 80_000, 0];
+
+pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput> {
+    let ndjson = scratch.join("throughput.ndjson");
+    let mut daemon = daemon::start(sockerr, &ndjson)?;
+    let pid = daemon.running.pid();
+    let tps = daemon::ticks_per_second();
+    let mut steps = Vec::new();
+    for &rate in RATES {
+        let secs = f64::from(plan.rate_secs);
+        // Unpaced: about 100k/s on 2 cores; sized for roughly the same duration.
+        let count = if rate == 0 { 100_000 * u64::from(plan.rate_secs) } else { (rate as f64 * secs) as u64 };
+        let before = daemon::metrics(daemon.address)?;
+        let ticks_before = daemon::cpu_ticks(pid)?;
+        let report = flood(sockerr, count, rate)?;
+        let elapsed = report["elapsed_secs"].as_f64().context("flood report without elapsed_secs")?;
+        let failures = report["failures"].as_u64().context("flood report without failures")?;
+        // Above its rate the daemon falls behind without losing anything yet (the ring
+        // buffer and its queue hold the backlog): wait until it has caught up, or lost.
+        let drain_started = Instant::now();
+        let (counted, lost) = loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let after = daemon::metrics(daemon.address)?;
+            let counted = counted(&after) - counted(&before);
+            let lost = lost(&after) - lost(&before);
+            if counted + lost >= failures as f64 || drain_started.elapsed() > DRAIN_TIMEOUT {
+                break (counted, lost);
+            }
+        };
+        let drain_secs = drain_started.elapsed().as_secs_f64();
+        let ticks_after = daemon::cpu_ticks(pid)?;
+        let step = Step {
+            target_rate: rate,
+            achieved_rate: failures as f64 / elapsed,
+            failures,
+            counted: counted as u64,
+            lost: lost as u64,
+            daemon_cpu_percent: (ticks_after - ticks_before) as f64 / tps / (elapsed + drain_secs) * 100.0,
+            drain_secs,
+            daemon_rss_kib: daemon::rss_kib(pid)?,
+        };
+        eprintln!(
+            "bench: {:>6}/s asked, {:>8.0}/s done, {} failures, {} counted, {} lost, {:.1} s to drain, daemon {:.0}% CPU, {} KiB",
+            rate,
+            step.achieved_rate,
+            step.failures,
+            step.counted,
+            step.lost,
+            step.drain_secs,
+            step.daemon_cpu_percent,
+            step.daemon_rss_kib
+        );
+        steps.push(step);
+    }
+    daemon.running.stop();
+    Ok(Throughput { steps })
+}
+
+pub fn counted(metrics: &str) -> f64 {
+    daemon::sum_metric(metrics, "sockerr_connect_errors_total", &["comm=\"sockerr-bench\""])
+}
+
+pub fn lost(metrics: &str) -> f64 {
+    daemon::sum_metric(metrics, "sockerr_events_lost_total", &[])
+}
+
+/// `sockerr scenario flood`: 2 threads of Cilium-pattern failures.
+pub fn flood(sockerr: &Path, count: u64, rate: u64) -> Result<Value> {
+    let mut command = Command::new(sockerr);
+    command
+        .args(["scenario", "flood", "--threads", "2"])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .stdin(Stdio::null());
+    let output = command.output().with_context(|| format!("could not start `{}`", describe(&command)))?;
+    if !output.status.success() {
+        bail!("`{}` failed: {}", describe(&command), String::from_utf8_lossy(&output.stderr));
+    }
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`{}` printed no JSON report", describe(&command)))?;
+    if report["unexpected"].as_u64() != Some(0) {
+        bail!("`{}`: connects that did not fail with EADDRNOTAVAIL: {report}", describe(&command));
+    }
+    Ok(report)
+}
