@@ -147,7 +147,8 @@ impl Tracer {
         let Tracer { loaded, clock, attributor } = self;
         let Loaded { events, lost, reset_reasons, backend, .. } = loaded;
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
-        let (batches, mut incoming) = mpsc::channel::<Batch>(256);
+        // Few batches in flight: a backlog waits in the ring, not here (see `reader::MAX_BATCH`).
+        let (batches, mut incoming) = mpsc::channel::<Batch>(4);
         let (stop_reader, reader_stopped) = oneshot::channel();
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 

@@ -54,7 +54,7 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     // Let the daemon drain the ring buffer and flush before reading its counters.
     std::thread::sleep(Duration::from_secs(1));
     let metrics = daemon::metrics(daemon.address)?;
-    let maps = map_fill(pid).unwrap_or_else(|err| vec![format!("(bpftool failed: {err:#})")]);
+    let maps = map_fill(pid)?;
     daemon.running.stop();
     let counted = throughput::counted(&metrics) as u64;
     let lost = throughput::lost(&metrics) as u64;
@@ -86,6 +86,9 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     if !fds_stable {
         problems.push(format!("fd count changed: {fds:?}"));
     }
+    if maps.is_empty() {
+        problems.push("no hash map of the daemon found to check".into());
+    }
     if maps.iter().any(|m| m.contains("OVER")) {
         problems.push("a map is over its bound".into());
     }
@@ -112,32 +115,48 @@ fn ndjson_failures(path: &Path, pids: &BTreeSet<u32>) -> Result<u64> {
     Ok(count)
 }
 
-/// Entries against max_entries of each hash-like map the daemon holds (bpftool).
+/// Entries against max_entries of each hash-like map the daemon holds. The maps are found
+/// through the daemon's fds (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning
+/// pids in `map show`.
 fn map_fill(pid: u32) -> Result<Vec<String>> {
-    let shown: Value =
-        serde_json::from_str(&stdout_of(Command::new("bpftool").args(["map", "show", "-j"]))?)?;
+    let ids = map_ids_of(pid)?;
+    if ids.is_empty() {
+        bail!("the daemon (pid {pid}) holds no BPF map fd");
+    }
     let mut lines = Vec::new();
-    for map in shown.as_array().context("bpftool map show: not an array")? {
-        let owned = map["pids"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|o| o["pid"].as_u64() == Some(u64::from(pid))));
+    for id in ids {
+        let id = id.to_string();
+        let map: Value = serde_json::from_str(&stdout_of(
+            Command::new("bpftool").args(["map", "show", "id", &id, "-j"]),
+        )?)?;
         let kind = map["type"].as_str().unwrap_or("");
-        if !owned || !kind.contains("hash") {
+        if !kind.contains("hash") {
             continue;
         }
-        let id = map["id"].as_u64().context("map without id")?;
         let max = map["max_entries"].as_u64().unwrap_or(0);
-        let dump: Value = serde_json::from_str(&stdout_of(Command::new("bpftool").args([
-            "map",
-            "dump",
-            "id",
-            &id.to_string(),
-            "-j",
-        ]))?)?;
+        let dump: Value = serde_json::from_str(&stdout_of(
+            Command::new("bpftool").args(["map", "dump", "id", &id, "-j"]),
+        )?)?;
         let entries = dump.as_array().map_or(0, Vec::len) as u64;
         let name = map["name"].as_str().unwrap_or("?");
         let verdict = if entries > max { "OVER its bound" } else { "within bound" };
         lines.push(format!("{name} ({kind}): {entries}/{max} entries, {verdict}"));
     }
     Ok(lines)
+}
+
+/// Ids of the BPF maps `pid` holds an fd of.
+fn map_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // An fd closed since the listing has no fdinfo any more: not an error.
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
+        let id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("map_id:"))
+            .and_then(|id| id.trim().parse::<u64>().ok());
+        ids.extend(id);
+    }
+    Ok(ids)
 }
