@@ -72,6 +72,8 @@ struct LoopSamples {
     /// Mean ns per iteration of each batch.
     ns_per_iteration: Vec<f64>,
     iterations_per_batch: u64,
+    /// Every iteration run, warm-up included (for per-iteration costs counted elsewhere).
+    iterations: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,7 +101,13 @@ pub fn run_loops(args: &BenchLoopArgs) -> Result<(), Error> {
             fixture.run(kind, per_batch)?;
             samples.push(start.elapsed().as_nanos() as f64 / per_batch as f64);
         }
-        loops.push(LoopSamples { kind, ns_per_iteration: samples, iterations_per_batch: per_batch });
+        let iterations = args.warmup + per_batch * args.batches;
+        loops.push(LoopSamples {
+            kind,
+            ns_per_iteration: samples,
+            iterations_per_batch: per_batch,
+            iterations,
+        });
     }
     runner::print_line(&LoopReport { pid: std::process::id(), cpu: args.cpu, loops })
 }

@@ -5,6 +5,7 @@
 
 mod daemon;
 mod machine;
+mod profile;
 mod report;
 mod soak;
 mod stats;
@@ -87,18 +88,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     eprintln!("bench: start-up and throughput");
     let startup = throughput::startup(&sockerr)?;
     let throughput = throughput::search(&sockerr, &scratch, &plan)?;
+    eprintln!("bench: per-program cost (BPF run-time statistics)");
+    let profile = profile::run(&sockerr, &scratch, &plan)?;
     let results = json!({
         "machine": machine.to_json(),
         "plan": { "rounds": plan.rounds, "batches": plan.batches, "batch_ms": plan.batch_ms, "quick": args.quick },
         "micro_loops": samples.to_json(),
         "startup": startup.to_json(),
         "throughput": throughput.to_json(),
+        "program_costs": profile.iter().map(profile::ProgramCost::to_json).collect::<Vec<_>>(),
         "duration_secs": started.elapsed().as_secs_f64(),
     });
     let json_path = scratch.join("results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let markdown = report::render(&machine, &plan, args.quick, &samples, &startup, &throughput);
+    let markdown = report::render(&machine, &plan, args.quick, &samples, &startup, &throughput)
+        + &profile::render(&profile);
     let md_path = workspace_root().join("BENCHMARKS.md");
     fs::write(&md_path, markdown).with_context(|| format!("writing {}", md_path.display()))?;
     eprintln!(
