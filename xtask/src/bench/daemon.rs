@@ -123,6 +123,19 @@ pub fn fd_count(pid: u32) -> Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// Ids of the BPF objects `pid` holds an fd of, from the `field` line of each
+/// /proc/PID/fdinfo entry (`map_id:` for maps, `prog_id:` for programs).
+pub fn bpf_ids_of(pid: u32, field: &str) -> Result<std::collections::BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // An fd closed since the listing has no fdinfo any more: not an error.
+        let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
+        ids.extend(info.lines().find_map(|line| line.strip_prefix(field)?.trim().parse::<u64>().ok()));
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    LOOPS, Plan,
+    LOOPS, Plan, daemon,
     tracers::{Config, Running, loop_command},
 };
 use crate::process::{describe, stdout_of};
@@ -71,7 +71,7 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Vec<ProgramCos
     let _stats = StatsEnabled::enable()?;
     let mut tracer =
         Running::start(Config::TraceDevNull, sockerr, scratch)?.context("sockerr trace did not start")?;
-    let programs = program_ids_of(tracer.pid())?;
+    let programs: Vec<u64> = daemon::bpf_ids_of(tracer.pid(), "prog_id:")?.into_iter().collect();
     if programs.is_empty() {
         bail!("sockerr trace (pid {}) holds no BPF program fd", tracer.pid());
     }
@@ -140,20 +140,6 @@ fn program_stats(ids: &[u64]) -> Result<BTreeMap<u64, (String, u64, u64)>> {
         stats.insert(*id, (name, count("run_cnt"), count("run_time_ns")));
     }
     Ok(stats)
-}
-
-/// Ids of the BPF programs `pid` holds an fd of (`prog_id:` in /proc/PID/fdinfo).
-fn program_ids_of(pid: u32) -> Result<Vec<u64>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        // An fd closed since the listing has no fdinfo any more: not an error.
-        let Ok(info) = fs::read_to_string(entry?.path()) else { continue };
-        ids.extend(info.lines().find_map(|line| line.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()));
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
 }
 
 /// The markdown section of BENCHMARKS.md.

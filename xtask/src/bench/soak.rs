@@ -119,7 +119,7 @@ fn ndjson_failures(path: &Path, pids: &BTreeSet<u32>) -> Result<u64> {
 /// through the daemon's fds (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning
 /// pids in `map show`.
 fn map_fill(pid: u32) -> Result<Vec<String>> {
-    let ids = map_ids_of(pid)?;
+    let ids = daemon::bpf_ids_of(pid, "map_id:")?;
     if ids.is_empty() {
         bail!("the daemon (pid {pid}) holds no BPF map fd");
     }
@@ -143,20 +143,4 @@ fn map_fill(pid: u32) -> Result<Vec<String>> {
         lines.push(format!("{name} ({kind}): {entries}/{max} entries, {verdict}"));
     }
     Ok(lines)
-}
-
-/// Ids of the BPF maps `pid` holds an fd of.
-fn map_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
-    let dir = format!("/proc/{pid}/fdinfo");
-    let mut ids = BTreeSet::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        // An fd closed since the listing has no fdinfo any more: not an error.
-        let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
-        let id = info
-            .lines()
-            .find_map(|line| line.strip_prefix("map_id:"))
-            .and_then(|id| id.trim().parse::<u64>().ok());
-        ids.extend(id);
-    }
-    Ok(ids)
 }
