@@ -10,7 +10,9 @@ pub mod bind;
 pub mod close;
 pub mod config;
 pub mod connect;
+pub mod drops;
 pub mod header;
+pub mod listen;
 pub mod options;
 pub mod origin;
 pub mod reset;
@@ -22,7 +24,9 @@ pub use bind::BindEvent;
 pub use close::CloseEvent;
 pub use config::{Filters, TracepointOffsets};
 pub use connect::ConnectEvent;
+pub use drops::{DropKey, DropOffsets, DropTotal};
 pub use header::EventHeader;
+pub use listen::{ListenEvent, ListenOffsets};
 pub use options::SockOpts;
 pub use origin::{KernelOrigin, SockOffsets};
 pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
@@ -48,6 +52,8 @@ pub mod kind {
     pub const RESET: u32 = 7;
     /// A TCP RST with the `--http-peek` bytes of its socket and of a related one.
     pub const RESET_PEEK: u32 = 8;
+    /// A traced task's listen() moved a TCP socket to LISTEN.
+    pub const LISTENING: u32 = 9;
 }
 
 /// Sizes the ring buffer carries for each kind: header plus payload.
@@ -60,6 +66,7 @@ pub const fn record_size(kind: u32) -> usize {
         kind::CLOSE => size_of::<CloseEvent>(),
         kind::RESET => size_of::<ResetEvent>(),
         kind::RESET_PEEK => size_of::<ResetPeekEvent>(),
+        kind::LISTENING => size_of::<ListenEvent>(),
         _ => return 0,
     };
     size_of::<EventHeader>() + payload
@@ -80,6 +87,10 @@ pub mod names {
     /// Per-socket `--http-peek` buffers: sized to 1 entry when the option is off.
     pub const PEEKS: &str = "PEEKS";
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+    pub const LISTEN_OFFSETS: &str = "LISTEN_OFFSETS";
+    pub const DROP_OFFSETS: &str = "DROP_OFFSETS";
+    pub const SOCKET_DROPS: &str = "SOCKET_DROPS";
+    pub const DROPS_UNCOUNTED: &str = "DROPS_UNCOUNTED";
 }
 
 /// Declares a `#[repr(C)]` type `aya::Pod` for the daemon (feature `user`).
@@ -111,4 +122,9 @@ user_pod!(
     ResetOffsets,
     KernelOrigin,
     SockOffsets,
+    ListenEvent,
+    ListenOffsets,
+    DropKey,
+    DropTotal,
+    DropOffsets,
 );

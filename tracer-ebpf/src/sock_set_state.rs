@@ -18,6 +18,7 @@ use tracer_common::{SockEvent, config::FILTER_EMIT_ALL, kind};
 use crate::{
     emit::{emit, owner_header},
     filter::current_task,
+    listen,
     maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, global, other_half},
     sk_error_report::report_async_failure,
     sockaddr::{TupleOffsets, read_tuple},
@@ -29,6 +30,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
 
 fn tuple_offsets() -> TupleOffsets {
     TupleOffsets {
@@ -68,9 +70,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         && let Some((local, peer)) = read_tuple(&ctx, &tuple_offsets())
     {
         sockets::passive_established(sk, &local, &peer);
+    } else if new == TCP_LISTEN
+        && let Some((local, _)) = read_tuple(&ctx, &tuple_offsets())
+    {
+        listen::entered_listen(sk, &local);
     }
     if new == TCP_CLOSE {
         sockets::entered_close(sk);
+    }
+    if old == TCP_LISTEN {
+        listen::left_listen(sk);
     }
     0
 }

@@ -142,6 +142,9 @@ pub enum DemoIncident {
     /// Istio's sidecar resets the upstream and the client when the upstream answers
     /// with two Transfer-Encoding fields ("Chunked", "chunked"); traced with --http-peek.
     Istio,
+    /// A server stops accepting: the kernel drops the handshakes its full listen queue
+    /// has no room for, and the clients' connects hang.
+    ListenOverflow,
 }
 
 /// Durations such as `500ms`, `2s`, `1m` or `0`.

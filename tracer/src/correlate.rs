@@ -90,7 +90,7 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
             record.dst = *dst;
             record.sockopts = opts_at_call(opts);
         }
-        Payload::Close { .. } => return None,
+        Payload::Close { .. } | Payload::Listening(_) => return None,
         Payload::Reset(seen) => {
             record.event = match seen.direction {
                 ResetDirection::Sent => EventName::RstSent,

@@ -8,8 +8,8 @@
 use bytes::Buf;
 use thiserror::Error;
 use tracer_common::{
-    BindEvent, CloseEvent, ConnectEvent, EventHeader, ResetEvent, ResetPeekEvent, SockEvent, SockoptEvent,
-    close::CLOSE_REASON_FD_REUSED, kind, record_size,
+    BindEvent, CloseEvent, ConnectEvent, EventHeader, ListenEvent, ResetEvent, ResetPeekEvent, SockEvent,
+    SockoptEvent, close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
 use crate::event::{Header, KernelEvent, Origin, Payload, socket_addr};
@@ -107,6 +107,10 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         kind::RESET_PEEK => {
             let e: ResetPeekEvent = read_pod(&mut record, "reset with peek")?;
             Payload::Reset(Box::new(crate::reset::seen(&e.reset, &[&e.own, &e.related])))
+        }
+        kind::LISTENING => {
+            let e: ListenEvent = read_pod(&mut record, "listening")?;
+            Payload::Listening(crate::listen::Listening::decode(&e))
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };

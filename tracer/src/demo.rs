@@ -33,6 +33,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let (scenario, comms, http_peek): (_, &[&str], _) = match args.incident {
         DemoIncident::Cilium => ("cilium", &["demo-proxy"], false),
         DemoIncident::Istio => ("proxy-reset", &["demo-proxy", "demo-client", "demo-upstream"], true),
+        DemoIncident::ListenOverflow => ("listen-overflow", &["demo-server"], false),
     };
     let exe = std::env::current_exe().map_err(DemoError::Exe)?;
     let comms = comms.iter().map(|c| c.to_string()).collect();
@@ -90,6 +91,11 @@ fn intro(incident: DemoIncident) -> &'static str {
              `Transfer-Encoding: chunked`, so the proxy resets both connections. sockerr traces the three \
              with --http-peek:"
         }
+        DemoIncident::ListenOverflow => {
+            "demo: a server that stopped accepting, replayed in a throwaway network namespace.\n\
+             demo-server listens on 127.0.0.1:8080 with a backlog of 2 and never calls accept(); demo-client \
+             opens 8 connections and retries its SYNs for 2.5 s. sockerr traces demo-server:"
+        }
     }
 }
 
@@ -102,6 +108,11 @@ fn outro(incident: DemoIncident) -> &'static str {
         DemoIncident::Istio => {
             "demo: Envoy only logged \"upstream_reset_before_response_started{protocol_error}\" and answered \
              502. sockerr names who reset which connection, and the response header that made it do so."
+        }
+        DemoIncident::ListenOverflow => {
+            "demo: the server logged nothing and the clients only saw connects time out; netstat shows \
+             ListenOverflows for the whole namespace. sockerr names the listener's process, fd, address, \
+             queue and backlog, and how many handshakes it dropped."
         }
     }
 }

@@ -73,6 +73,9 @@ pub enum Payload {
     },
     /// A TCP RST sent or received; the header names its owner (pid 0: none).
     Reset(Box<crate::reset::ResetSeen>),
+    /// A traced task's listen() made a listening socket (the run loop's listener watch
+    /// takes it; it makes no record of its own).
+    Listening(crate::listen::Listening),
 }
 
 /// The kernel function that refused a bind()/connect(), and its `struct sock` then, as
@@ -129,6 +132,7 @@ impl KernelEvent {
             | Payload::Established { fd, .. }
             | Payload::Close { fd, .. } => fd,
             Payload::Reset(ref seen) => seen.fd,
+            Payload::Listening(ref listening) => listening.fd,
         }
     }
 }

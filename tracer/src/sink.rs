@@ -5,7 +5,11 @@
 
 use std::{io, time::Instant};
 
-use crate::record::Record;
+use crate::{
+    drops::SocketDrop,
+    listen::{ListenOverflow, ListenWatch},
+    record::Record,
+};
 
 /// What the run loop has seen so far, as running totals.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,22 @@ pub trait Sink {
 
     /// After each batch of events, and once a second: the totals so far.
     fn progress(&mut self, totals: &Totals) -> io::Result<()>;
+
+    /// Handshakes a watched listener dropped in one sampling interval.
+    fn listen_overflow(&mut self, _overflow: &ListenOverflow) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Packets the kernel dropped on one traced socket for one reason in one interval.
+    fn socket_drop(&mut self, _drop: &SocketDrop) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// After each read of the kernel's drop totals: drops it could not count so far.
+    fn drops_uncounted(&mut self, _total: u64) {}
+
+    /// After each sampling of the listeners: what the watch could not watch, by reason.
+    fn listen_watch(&mut self, _watch: &ListenWatch) {}
 
     /// When [`Sink::flush_due`] has something to do (text folding), if ever.
     fn deadline(&self) -> Option<Instant> {
@@ -48,6 +68,26 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
     fn progress(&mut self, totals: &Totals) -> io::Result<()> {
         self.0.progress(totals)?;
         self.1.progress(totals)
+    }
+
+    fn listen_overflow(&mut self, overflow: &ListenOverflow) -> io::Result<()> {
+        self.0.listen_overflow(overflow)?;
+        self.1.listen_overflow(overflow)
+    }
+
+    fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {
+        self.0.socket_drop(drop)?;
+        self.1.socket_drop(drop)
+    }
+
+    fn drops_uncounted(&mut self, total: u64) {
+        self.0.drops_uncounted(total);
+        self.1.drops_uncounted(total);
+    }
+
+    fn listen_watch(&mut self, watch: &ListenWatch) {
+        self.0.listen_watch(watch);
+        self.1.listen_watch(watch);
     }
 
     fn deadline(&self) -> Option<Instant> {

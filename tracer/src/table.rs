@@ -73,7 +73,7 @@ impl SocketTable {
         let key = (event.header.pid, event.fd());
         let ts = event.header.ts_ns;
         // A reset is reported with what the table knows; it does not create an entry.
-        if let Payload::Reset(_) = event.payload {
+        if let Payload::Reset(_) | Payload::Listening(_) = event.payload {
             return self.sockets.get(&key);
         }
         if let Payload::Close { .. } = event.payload {
@@ -141,7 +141,9 @@ impl SocketTable {
                 socket.local = *src;
                 socket.phase = Phase::Established;
             }
-            Payload::Close { .. } | Payload::Reset(_) => unreachable!("handled above"),
+            Payload::Close { .. } | Payload::Reset(_) | Payload::Listening(_) => {
+                unreachable!("handled above")
+            }
         }
         Some(socket)
     }

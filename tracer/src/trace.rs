@@ -17,13 +17,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
+    drops::{DropFold, DropMaps},
     enrich::{Enricher, Findings, Query},
-    event::KernelEvent,
+    event::{KernelEvent, Payload},
     k8s::Attributor,
     kernel::{
         loader::{self, LoadError, Loaded, LostCounter, Selection},
         reader::Reader,
     },
+    listen,
     output::{OutputOptions, StdoutSink},
     pipeline::{Inspect, ProcessInfo, Processor, SystemView},
     record::PodIdentity,
@@ -145,7 +147,8 @@ impl Tracer {
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock, attributor } = self;
-        let Loaded { events, lost, reset_reasons, backend, .. } = loaded;
+        let Loaded { events, lost, reset_reasons, backend, drops, .. } = loaded;
+        let mut drops = drops.map(DropReader::new);
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         // Few batches in flight: a backlog waits in the ring, not here (see `reader::MAX_BATCH`).
         let (batches, mut incoming) = mpsc::channel::<Batch>(4);
@@ -153,8 +156,9 @@ impl Tracer {
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
+        let mut listeners = listen::Watcher::new(attributor.proc_root().to_path_buf());
         let system = Arc::new(LiveSystem { enricher, pods: attributor });
-        let mut processor = Processor::new(system, clock);
+        let mut processor = Processor::new(Arc::clone(&system), clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
         let mut totals = Totals::default();
@@ -172,6 +176,12 @@ impl Tracer {
                     let Some(batch) = batch else { break };
                     for event in &batch.events {
                         totals.events += 1;
+                        if let Payload::Listening(listening) = &event.payload {
+                            let pid = event.header.pid;
+                            let (name, netns) = (system.enricher.process_name(pid), system.enricher.netns_inode(pid).ok());
+                            listeners.listening(&event.header, listening, name, netns, system.pods.identify(pid));
+                            continue;
+                        }
                         if let Some(record) = processor.process(event).await {
                             failures += u64::from(record.event.is_failure());
                             sink.record(&record).map_err(output)?;
@@ -195,8 +205,17 @@ impl Tracer {
                     totals.lost = losses.check();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
+                    sample_listeners(&mut listeners, sink).await.map_err(output)?;
+                    if let Some(drops) = drops.as_mut() {
+                        drops.sample(&system, sink).map_err(output)?;
+                    }
                 }
             }
+        }
+        // Drops since the last tick, while the listeners may still be there.
+        sample_listeners(&mut listeners, sink).await.map_err(output)?;
+        if let Some(drops) = drops.as_mut() {
+            drops.sample(&system, sink).map_err(output)?;
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
@@ -212,6 +231,44 @@ impl Tracer {
             summary.undecodable
         );
         Ok(summary)
+    }
+}
+
+/// Hands the listeners' new drops to the sink (see `listen`).
+async fn sample_listeners(listeners: &mut listen::Watcher, sink: &mut impl Sink) -> io::Result<()> {
+    for overflow in listeners.sample().await {
+        sink.listen_overflow(&overflow)?;
+    }
+    sink.listen_watch(listeners.watch());
+    Ok(())
+}
+
+/// The kernel's per-socket drop totals, read once a second (see `drops`).
+struct DropReader {
+    maps: DropMaps,
+    fold: DropFold,
+    last: Instant,
+}
+
+impl DropReader {
+    fn new(maps: DropMaps) -> Self {
+        Self { maps, fold: DropFold::new(), last: Instant::now() }
+    }
+
+    fn sample(&mut self, system: &LiveSystem, sink: &mut impl Sink) -> io::Result<()> {
+        let now = Instant::now();
+        let interval = now.saturating_duration_since(self.last);
+        self.last = now;
+        let totals = self.maps.read();
+        let (drops, stale) =
+            self.fold.observe(&totals, self.maps.reasons(), now, jiff::Timestamp::now(), interval);
+        self.maps.remove(&stale);
+        for mut drop in drops {
+            drop.pod = system.pods.identify(drop.pid);
+            sink.socket_drop(&drop)?;
+        }
+        sink.drops_uncounted(self.maps.uncounted());
+        Ok(())
     }
 }
 

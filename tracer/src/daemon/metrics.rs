@@ -22,7 +22,9 @@ use prometheus_client::{
 };
 
 use crate::{
+    drops::SocketDrop,
     errno::errno_name,
+    listen::{ListenOverflow, ListenWatch},
     output::NamedOption,
     record::{Cause, EventName, Record},
     reset::ResetOwner,
@@ -94,6 +96,10 @@ pub struct Metrics {
     setsockopt_calls: Capped,
     tuple_conflicts: Capped,
     resets: Capped,
+    listen_overflows: Capped,
+    listen_unwatched: Counters,
+    socket_drops: Capped,
+    socket_drops_uncounted: Counter,
     overflow: Counters,
     events: Counter,
     events_lost: Counter,
@@ -128,6 +134,28 @@ impl Metrics {
             "resets",
             "TCP resets sent or received, by direction, process name (\"kernel\" when no traced process owns the socket), the kernel's reason and pod namespace",
         );
+        let listen_overflows = Capped::register(
+            &mut registry,
+            "listen_overflows",
+            "Handshakes a traced process's listener dropped (its sk_drops: full accept or SYN queue), by process name, listening port and pod namespace",
+        );
+        let listen_unwatched = Counters::default();
+        registry.register(
+            "listen_unwatched",
+            "Listeners of traced processes whose drops are not counted, by reason (full, no_inode, no_drop_counter, sample_failed)",
+            listen_unwatched.clone(),
+        );
+        let socket_drops = Capped::register(
+            &mut registry,
+            "socket_drops",
+            "Packets the kernel dropped on sockets of traced processes, by process name, the kernel's drop reason and pod namespace",
+        );
+        let socket_drops_uncounted = Counter::default();
+        registry.register(
+            "socket_drops_uncounted",
+            "Drops of traced sockets the kernel could not add up (its table of 4096 socket and reason totals was full)",
+            Counter::clone(&socket_drops_uncounted),
+        );
         let overflow = Counters::default();
         registry.register(
             "metrics_overflow",
@@ -157,6 +185,10 @@ impl Metrics {
             setsockopt_calls,
             tuple_conflicts,
             resets,
+            listen_overflows,
+            listen_unwatched,
+            socket_drops,
+            socket_drops_uncounted,
             overflow,
             events,
             events_lost,
@@ -190,6 +222,39 @@ impl Metrics {
             let mut labels = vec![("cause", cause.as_str().to_owned())];
             labels.extend(self.who_and_where(record));
             self.count(&self.tuple_conflicts, labels);
+        }
+    }
+
+    /// Counts the drops of one listener in one interval.
+    pub fn observe_listen_overflow(&self, overflow: &ListenOverflow) {
+        let owner = &overflow.owner;
+        let namespace = owner.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
+        let labels = vec![
+            ("comm", owner.comm.clone()),
+            ("port", overflow.local.port().to_string()),
+            ("pod_namespace", namespace),
+        ];
+        self.count_by(&self.listen_overflows, labels, overflow.dropped);
+    }
+
+    /// Counts the drops of one traced socket for one reason in one interval.
+    pub fn observe_socket_drop(&self, drop: &SocketDrop) {
+        let reason = drop.reason.clone().unwrap_or_else(|| drop.reason_code.to_string());
+        let namespace = drop.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
+        let labels = vec![("comm", drop.comm.clone()), ("reason", reason), ("pod_namespace", namespace)];
+        self.count_by(&self.socket_drops, labels, drop.dropped);
+    }
+
+    pub fn update_drops_uncounted(&self, total: u64) {
+        let counter = &self.socket_drops_uncounted;
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    /// Brings the listener watch's running counts of unwatched listeners in.
+    pub fn update_listen_watch(&self, watch: &ListenWatch) {
+        for (reason, total) in watch.unwatched() {
+            let counter = self.listen_unwatched.get_or_create(&vec![("reason", reason.as_str().to_owned())]);
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
 
@@ -249,8 +314,12 @@ impl Metrics {
     }
 
     fn count(&self, metric: &Capped, labels: Labels) {
+        self.count_by(metric, labels, 1);
+    }
+
+    fn count_by(&self, metric: &Capped, labels: Labels, by: u64) {
         if let Some(counter) = metric.family.get(&labels) {
-            counter.inc();
+            counter.inc_by(by);
             return;
         }
         // Only the run loop writes, so the count cannot change between check and insert.
@@ -259,7 +328,7 @@ impl Metrics {
             return;
         }
         metric.label_sets.fetch_add(1, Ordering::Relaxed);
-        metric.family.get_or_create(&labels).inc();
+        metric.family.get_or_create(&labels).inc_by(by);
     }
 }
 
@@ -279,6 +348,24 @@ impl Sink for MetricsSink {
     fn progress(&mut self, totals: &Totals) -> io::Result<()> {
         self.0.update(totals);
         Ok(())
+    }
+
+    fn listen_overflow(&mut self, overflow: &ListenOverflow) -> io::Result<()> {
+        self.0.observe_listen_overflow(overflow);
+        Ok(())
+    }
+
+    fn listen_watch(&mut self, watch: &ListenWatch) {
+        self.0.update_listen_watch(watch);
+    }
+
+    fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {
+        self.0.observe_socket_drop(drop);
+        Ok(())
+    }
+
+    fn drops_uncounted(&mut self, total: u64) {
+        self.0.update_drops_uncounted(total);
     }
 
     fn finish(&mut self, totals: &Totals) -> io::Result<()> {
@@ -423,5 +510,44 @@ mod tests {
             assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
         }
         assert!(metrics.encode().ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn listen_overflows_count_every_drop_by_process_and_port() {
+        use crate::listen::{ListenerOwner, Unwatched};
+        let metrics = metrics(false, MAX_LABEL_SETS);
+        let owner = ListenerOwner {
+            pid: 412,
+            tid: 412,
+            comm: "haproxy".into(),
+            fd: 5,
+            cgroup_id: 1,
+            netns: None,
+            pod: None,
+        };
+        let overflow = |dropped| ListenOverflow {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            owner: owner.clone(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            queued: 3,
+            backlog: 2,
+            dropped,
+            interval: std::time::Duration::from_secs(1),
+            inode: 1,
+        };
+        metrics.observe_listen_overflow(&overflow(26));
+        metrics.observe_listen_overflow(&overflow(4));
+        let mut watch = ListenWatch::new();
+        watch.count_unwatched(Unwatched::NoInode);
+        metrics.update_listen_watch(&watch);
+        metrics.update_listen_watch(&watch);
+        let samples = samples(&metrics);
+        for expected in [
+            r#"sockerr_listen_overflows_total{comm="haproxy",port="8080",pod_namespace=""} 30"#,
+            r#"sockerr_listen_unwatched_total{reason="no_inode"} 1"#,
+            r#"sockerr_listen_unwatched_total{reason="full"} 0"#,
+        ] {
+            assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
+        }
     }
 }

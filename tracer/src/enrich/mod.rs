@@ -27,6 +27,8 @@ use std::{
 
 use thiserror::Error;
 
+pub use self::sock_diag::ListenerDiag;
+pub(crate) use self::sock_diag::SockDiag;
 pub use self::{enricher::Enricher, netns::Netns, sock_diag::SockDiagError};
 use crate::record::{Holder, PortUsage};
 

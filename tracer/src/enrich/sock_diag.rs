@@ -193,6 +193,87 @@ impl SockDiag {
     }
 }
 
+/// A listening TCP socket's accept queue and drop counter, as inet_diag reports them for
+/// TCP_LISTEN (tcp_diag_get_info in net/ipv4/tcp_diag.c: idiag_rqueue is sk_ack_backlog,
+/// idiag_wqueue sk_max_ack_backlog) with INET_DIAG_SKMEMINFO (SK_MEMINFO_DROPS is
+/// sk_drops, which tcp_listendrop() bumps for every handshake the listener drops).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerDiag {
+    pub local: SocketAddr,
+    pub inode: u64,
+    /// Connections waiting for accept().
+    pub queued: u32,
+    /// The backlog in force (listen()'s, capped at net.core.somaxconn).
+    pub backlog: u32,
+    /// `None` when the kernel sent no INET_DIAG_SKMEMINFO.
+    pub drops: Option<u32>,
+}
+
+const TCP_LISTEN_STATE: u32 = 1 << 10;
+
+impl SockDiag {
+    /// Dumps the TCP listeners on `local_port` (both families) with their queues and drops.
+    pub fn dump_tcp_listeners(
+        &mut self,
+        local_port: u16,
+        visit: &mut dyn FnMut(ListenerDiag),
+    ) -> Result<(), SockDiagError> {
+        for family in [AF_INET, AF_INET6] {
+            self.sequence = self.sequence.wrapping_add(1);
+            let request = listeners_request(family, local_port, self.sequence);
+            self.socket.send(&request, 0).map_err(|source| SockDiagError::Send { source })?;
+            let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
+            loop {
+                buffer.clear();
+                let received =
+                    self.socket.recv(&mut buffer, 0).map_err(|source| SockDiagError::Receive { source })?;
+                let datagram = &buffer[..received.min(buffer.len())];
+                let mut on_response = |response: &InetResponse, _: &[u8]| visit(listener_diag(response));
+                if read_responses(datagram, self.sequence, &mut on_response)? == Datagram::Done {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn listeners_request(family: u8, local_port: u16, sequence: u32) -> Vec<u8> {
+    let mut socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
+    socket_id.source_port = local_port;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = sequence;
+    let request = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::SKMEMINFO,
+        states: StateFlags::from_bits_retain(TCP_LISTEN_STATE),
+        socket_id,
+    };
+    let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
+}
+
+fn listener_diag(response: &InetResponse) -> ListenerDiag {
+    let header = &response.header;
+    let id = &header.socket_id;
+    let drops = response.nlas.iter().find_map(|nla| match nla {
+        Nla::MemInfo(info) => Some(info.drops),
+        _ => None,
+    });
+    ListenerDiag {
+        local: socket_addr(id.source_address, id.source_port, id.interface_id),
+        inode: u64::from(header.inode),
+        queued: header.recv_queue,
+        backlog: header.send_queue,
+        drops,
+    }
+}
+
 fn dump_request(family: u8, transport: Transport, filter: DumpFilter, sequence: u32) -> Vec<u8> {
     let mut socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
     socket_id.source_port = filter.local_port.unwrap_or(0);
@@ -228,6 +309,15 @@ fn read_datagram(
     transport: Transport,
     visit: &mut dyn FnMut(DiagSocket),
 ) -> Result<Datagram, SockDiagError> {
+    read_responses(datagram, sequence, &mut |response, raw| visit(diag_socket(transport, response, raw)))
+}
+
+/// [`read_datagram`] for any reading of the responses: each with its raw inet_diag_msg.
+fn read_responses(
+    datagram: &[u8],
+    sequence: u32,
+    visit: &mut dyn FnMut(&InetResponse, &[u8]),
+) -> Result<Datagram, SockDiagError> {
     let mut offset = 0;
     while offset + NETLINK_HEADER_LEN <= datagram.len() {
         let bytes = &datagram[offset..];
@@ -239,7 +329,7 @@ fn read_datagram(
             _ if !ours => {}
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                 let inet_diag_msg = bytes.get(NETLINK_HEADER_LEN..length).unwrap_or_default();
-                visit(diag_socket(transport, &response, inet_diag_msg));
+                visit(&response, inet_diag_msg);
             }
             NetlinkPayload::Done(_) => return Ok(Datagram::Done),
             NetlinkPayload::Error(error) if error.code.is_some() => {
@@ -396,6 +486,34 @@ mod tests {
                 timer_ms: Some(59_123),
             }]
         );
+    }
+
+    #[test]
+    fn a_listener_reports_its_queue_backlog_and_drops() {
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut listener = response(10, None, local, "0.0.0.0:0".parse().unwrap());
+        listener.header.recv_queue = 3;
+        listener.header.send_queue = 2;
+        let mut with_memory = listener.clone();
+        with_memory.nlas.push(Nla::MemInfo(netlink_packet_sock_diag::inet::nlas::MemInfo {
+            receive_queue: 0,
+            receive_queue_max: 0,
+            send_queue: 0,
+            send_queue_max: 0,
+            bottom_send_queues: 0,
+            cache: 0,
+            options: 0,
+            backlog_queue_length: 0,
+            drops: 26,
+        }));
+        let diag = |drops| ListenerDiag { local, inode: 4242, queued: 3, backlog: 2, drops };
+        assert_eq!(listener_diag(&with_memory), diag(Some(26)));
+        assert_eq!(listener_diag(&listener), diag(None), "no SKMEMINFO: unknown, not 0");
+        let bytes = listeners_request(AF_INET, 8080, 1);
+        let request = InetRequest::parse(&bytes[NETLINK_HEADER_LEN..]).unwrap();
+        assert_eq!(request.extensions, ExtensionFlags::SKMEMINFO);
+        assert_eq!(request.states.bits(), 1 << 10, "LISTEN only");
+        assert_eq!(request.socket_id.source_port, 8080);
     }
 
     #[test]

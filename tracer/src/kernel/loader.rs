@@ -18,8 +18,9 @@ use tracer_common::{
 
 use super::{
     cgroup::{self, Cgroup, CgroupError},
-    features,
+    drop_offsets, features,
     kprobes::{self, KprobeError},
+    listen_offsets,
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
     reset_offsets::{ResetOffsetsError, ResetReasons},
@@ -114,6 +115,8 @@ pub struct Loaded {
     pub backend: Backend,
     /// Why this backend, for the start-up log.
     pub backend_reason: String,
+    /// Per-socket drop totals (`None` when the kernel has no drop reasons).
+    pub drops: Option<crate::drops::DropMaps>,
 }
 
 /// Records the kernel side could not fit in the ring buffer.
@@ -160,6 +163,7 @@ const COMM_ATTACHMENTS: &[Attachment] = &[
 pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
     let comm: &[Attachment] = if selection.comms.is_empty() { &[] } else { COMM_ATTACHMENTS };
     let mut plan: Vec<Attachment> = ATTACHMENTS.iter().chain(comm).copied().collect();
+    plan.extend_from_slice(listen_offsets::LISTEN_ATTACHMENTS);
     if resets {
         plan.extend_from_slice(resets::RESET_ATTACHMENTS);
     }
@@ -178,6 +182,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
+    let listen_offsets = listen_offsets::discover(&tracefs, &kernel)?;
+    let drop_setup = drop_offsets::discover(&tracefs, &kernel, vmlinux_btf().as_ref())?;
     if selection.http_peek
         && selection.pids.is_empty()
         && selection.comms.is_empty()
@@ -213,6 +219,12 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .override_global(names::RESET_OFFSETS, &reset_offsets, true)
         .map_max_entries(names::PEEKS, peek_sockets)
         .override_global(names::SOCK_OFFSETS, &sock_offsets, true)
+        .override_global(names::LISTEN_OFFSETS, &listen_offsets, true)
+        .override_global(
+            names::DROP_OFFSETS,
+            &drop_setup.as_ref().map(|s| s.offsets).unwrap_or_default(),
+            true,
+        )
         .load(PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
 
@@ -222,6 +234,23 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         attach(&mut ebpf, program, category, tracepoint)?;
     }
     let mut attached = plan.len();
+    let drops = match drop_setup {
+        Some(setup) => {
+            let (program, category, tracepoint) = drop_offsets::DROP_ATTACHMENT;
+            attach(&mut ebpf, program, category, tracepoint)?;
+            attached += 1;
+            for gap in drop_offsets::gaps(&setup.offsets) {
+                tracing::info!("packet drops on kernel {kernel}: {gap}");
+            }
+            Some(crate::drops::DropMaps::take(&mut ebpf, setup.reasons)?)
+        }
+        None => {
+            tracing::info!(
+                "kernel {kernel} has no skb:kfree_skb with a reason (5.17+): packet drops are not reported"
+            );
+            None
+        }
+    };
     if backend == Backend::Kprobe {
         attached += kprobes::attach_all(&mut ebpf, &kernel)?;
     }
@@ -242,7 +271,14 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         reset_reasons,
         backend,
         backend_reason,
+        drops,
     })
+}
+
+/// This kernel's BTF, when it has one (for `struct sk_buff.sk`).
+fn vmlinux_btf() -> Option<super::btf::Btf> {
+    let data = fs::read(sock_offsets::VMLINUX_BTF).ok()?;
+    super::btf::Btf::parse(&data).ok()
 }
 
 fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {
@@ -350,7 +386,7 @@ pub(super) fn attach(
     Ok(())
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::Missing(name))
 }
 
@@ -394,13 +430,15 @@ mod tests {
     #[test]
     fn attachment_plan_follows_the_selection() {
         let all = Selection::default();
-        assert_eq!(attachment_plan(&all, false), ATTACHMENTS);
+        let base: Vec<Attachment> =
+            ATTACHMENTS.iter().chain(listen_offsets::LISTEN_ATTACHMENTS).copied().collect();
+        assert_eq!(attachment_plan(&all, false), base);
         let with_resets = attachment_plan(&all, true);
-        assert_eq!(with_resets.len(), ATTACHMENTS.len() + resets::RESET_ATTACHMENTS.len());
-        assert_eq!(&with_resets[ATTACHMENTS.len()..], resets::RESET_ATTACHMENTS);
+        assert_eq!(with_resets.len(), base.len() + resets::RESET_ATTACHMENTS.len());
+        assert_eq!(&with_resets[base.len()..], resets::RESET_ATTACHMENTS);
         let comm = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
         let plan = attachment_plan(&comm, true);
-        let expected = ATTACHMENTS.len()
+        let expected = base.len()
             + COMM_ATTACHMENTS.len()
             + resets::RESET_ATTACHMENTS.len()
             + resets::PEEK_ATTACHMENTS.len();

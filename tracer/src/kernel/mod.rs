@@ -3,9 +3,11 @@
 
 pub mod btf;
 pub mod cgroup;
+pub mod drop_offsets;
 pub mod features;
 pub mod floor;
 pub mod kprobes;
+pub mod listen_offsets;
 pub mod loader;
 pub mod offsets;
 pub mod print_fmt;

@@ -4,8 +4,10 @@
 //! Both renderers read the same record through the same helpers (option naming in
 //! `options`, errno names, Cilium mark decoding), so they cannot disagree on the data.
 
+mod drops;
 mod fold;
 mod json;
+mod listen;
 mod options;
 mod reset_json;
 mod reset_text;
@@ -42,6 +44,20 @@ impl Renderer {
         match self {
             Self::Text(text) => text.render(record),
             Self::Json => render_json(record),
+        }
+    }
+
+    pub fn render_socket_drop(&self, drop: &crate::drops::SocketDrop) -> String {
+        match self {
+            Self::Text(text) => drops::text(text, drop),
+            Self::Json => drops::json(drop),
+        }
+    }
+
+    pub fn render_listen_overflow(&self, overflow: &crate::listen::ListenOverflow) -> String {
+        match self {
+            Self::Text(text) => listen::text(text, overflow),
+            Self::Json => listen::json(overflow),
         }
     }
 

@@ -7,6 +7,8 @@ use std::{
 
 use crate::{
     cli::OutputFormat,
+    drops::SocketDrop,
+    listen::ListenOverflow,
     output::{Folder, Renderer},
     record::Record,
     sink::{Sink, Totals},
@@ -76,6 +78,14 @@ impl Sink for StdoutSink {
     /// Ends a batch: what was written reaches the reader now, not when the buffer fills.
     fn progress(&mut self, _totals: &Totals) -> io::Result<()> {
         self.out.flush()
+    }
+
+    fn listen_overflow(&mut self, overflow: &ListenOverflow) -> io::Result<()> {
+        writeln!(self.out, "{}", self.renderer.render_listen_overflow(overflow))
+    }
+
+    fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {
+        writeln!(self.out, "{}", self.renderer.render_socket_drop(drop))
     }
 
     fn deadline(&self) -> Option<Instant> {

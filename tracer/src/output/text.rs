@@ -43,7 +43,7 @@ impl TextRenderer {
         Line { renderer: self, record }.to_string()
     }
 
-    fn clock(&self, time: Timestamp) -> impl fmt::Display {
+    pub(crate) fn clock(&self, time: Timestamp) -> impl fmt::Display {
         self.tz.to_datetime(time).strftime("%H:%M:%S%.3f")
     }
 }
@@ -231,7 +231,7 @@ impl fmt::Display for HeldBy<'_> {
 
 /// ` pod=<namespace>/<name>` when the API named the pod, ` pod-uid=<uid>` when only the
 /// cgroup did, else nothing.
-struct PodLabel<'a>(&'a PodIdentity);
+pub(crate) struct PodLabel<'a>(pub &'a PodIdentity);
 
 impl fmt::Display for PodLabel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

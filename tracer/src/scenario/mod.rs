@@ -20,6 +20,7 @@ mod bind_not_local;
 mod bind_time_wait;
 mod cilium;
 mod exhaustion;
+pub mod listen_overflow;
 mod netns;
 mod procnet;
 mod protocol;
@@ -60,6 +61,9 @@ pub enum Scenario {
     /// A proxy connects to one upstream until ip_local_port_range (made tiny inside the
     /// namespace) runs out: EADDRNOTAVAIL.
     Exhaustion(ExhaustionArgs),
+    /// A server listens with a tiny backlog and stops accepting; a client's handshakes
+    /// beyond the accept queue are dropped (TcpExtListenOverflows).
+    ListenOverflow(ListenOverflowArgs),
     /// A proxy connects to a port nobody listens on: ECONNREFUSED, reported
     /// asynchronously (SO_ERROR) unless --blocking.
     Refused(RefusedArgs),
@@ -150,6 +154,21 @@ pub struct ProxyResetArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ListenOverflowArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// listen()'s backlog: backlog + 1 connections fit in the accept queue.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(i32).range(0..=64))]
+    pub backlog: i32,
+    /// Connections the client opens.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub clients: u32,
+    /// How long the clients keep retrying their SYNs before giving up.
+    #[arg(long, value_name = "MS", default_value_t = 2500, value_parser = clap::value_parser!(u64).range(0..=20_000))]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct RefusedArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -235,6 +254,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::BindTimeWait(args) => bind_time_wait::run(&args)?,
         Scenario::Exhaustion(args) => exhaustion::run(&args)?,
         Scenario::Refused(args) => refused::run(&args)?,
+        Scenario::ListenOverflow(args) => return runner::print_line(&listen_overflow::run(&args)?),
         Scenario::ProxyReset(args) => return runner::print_line(&proxy_reset::run(&args)?),
     };
     runner::print_line(&report)

@@ -1,0 +1,111 @@
+//! `syscalls:sys_{enter,exit}_listen` and the CLOSE -> LISTEN transition: who owns a
+//! listening socket.
+//!
+//! A full listener drops handshakes in softirq, on whatever task the interrupt hit, so
+//! the owner must be known beforehand. inet_listen() (net/ipv4/af_inet.c) calls
+//! inet_csk_listen_start(), which moves the socket to LISTEN with
+//! inet_sk_state_store() (`sock:inet_sock_set_state`) in the caller's context, inside
+//! the listen() call: the transition seen while a selected task is inside listen()
+//! belongs to that task's fd. A listen() on a socket already listening (a new backlog)
+//! makes no transition and no record.
+//! SYSCALL_DEFINE2(listen, int, fd, int, backlog) in net/socket.c.
+
+use aya_ebpf::{macros::map, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
+use tracer_common::{ListenEvent, ListenOffsets, SockAddr, kind};
+
+use crate::{
+    emit::{current_header, emit},
+    filter::{current_task, selected},
+    maps::read_global,
+};
+
+/// Set by the daemon before load: where fd and backlog are in sys_enter_listen.
+#[unsafe(no_mangle)]
+pub static LISTEN_OFFSETS: ListenOffsets = unsafe { core::mem::zeroed() };
+
+/// A traced task's listening socket, for `kfree_skb`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Listener {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+    pub local: SockAddr,
+}
+
+/// By `struct sock` address; removed when the socket leaves LISTEN.
+#[map]
+pub static LISTENERS: LruHashMap<u64, Listener> = LruHashMap::with_max_entries(4096, 0);
+
+/// A selected task's listen() between entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ListenCall {
+    fd: i32,
+    backlog: u32,
+}
+
+/// By thread id; removed at exit (LRU: a task killed inside the call cannot leak).
+#[map]
+static LISTEN_CALLS: LruHashMap<u32, ListenCall> = LruHashMap::with_max_entries(4096, 0);
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    if !selected(&task) {
+        return 0;
+    }
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let args = unsafe {
+        (
+            ctx.read_at::<i64>(read_global(&raw const LISTEN_OFFSETS.fd) as usize),
+            ctx.read_at::<i64>(read_global(&raw const LISTEN_OFFSETS.backlog) as usize),
+        )
+    };
+    let (Ok(fd), Ok(backlog)) = args else {
+        return 0;
+    };
+    let call = ListenCall { fd: fd as i32, backlog: backlog.clamp(0, i64::from(u32::MAX)) as u32 };
+    let _ = LISTEN_CALLS.insert(task.tid, call, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(_ctx: TracePointContext) -> u32 {
+    let _ = LISTEN_CALLS.remove(current_task().tid);
+    0
+}
+
+/// `sock_set_state` saw `sk` enter LISTEN: when this runs inside a selected task's
+/// listen(), report the listener with its owner.
+pub fn entered_listen(sk: u64, local: &SockAddr) {
+    let task = current_task();
+    // SAFETY: copied out at once; the entry belongs to this thread.
+    let Some(call) = (unsafe { LISTEN_CALLS.get(task.tid) }).copied() else {
+        return;
+    };
+    let local = *local;
+    let header = current_header(kind::LISTENING, 0, &task);
+    emit::<ListenEvent>(|r| {
+        r.header = header;
+        r.payload = ListenEvent { fd: call.fd, backlog: call.backlog, sk, local };
+    });
+    let listener = Listener {
+        tgid: task.tgid,
+        tid: task.tid,
+        fd: call.fd,
+        _pad: 0,
+        cgroup_id: header.cgroup_id,
+        comm: header.comm,
+        local,
+    };
+    let _ = LISTENERS.insert(sk, listener, 0);
+}
+
+/// `sk` left LISTEN (closed, or shut down).
+pub fn left_listen(sk: u64) {
+    let _ = LISTENERS.remove(sk);
+}

@@ -1,0 +1,130 @@
+//! A server that stops accepting: demo-server listens on 127.0.0.1:8080 with a backlog
+//! of 2 and never calls accept(); demo-client opens connections to it. The first
+//! backlog + 1 complete their handshake into the accept queue (sk_acceptq_is_full() is
+//! `>`, include/net/sock.h); every later SYN, and each of its retransmissions, is dropped
+//! by tcp_conn_request() (net/ipv4/tcp_input.c): TcpExtListenOverflows and
+//! TcpExtListenDrops rise, the listener's sk_drops rises, the clients see only a connect
+//! that does not complete, and the server logs nothing.
+//!
+//! The ground truth is the kernel's own count, read from /proc/net/netstat inside the
+//! namespace after the clients gave up (closed their sockets, so no SYN is in flight).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Error, ListenOverflowArgs,
+    report::ActorFacts,
+    runner::{self, Actor},
+};
+
+pub const PORT: u16 = 8080;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenOverflowReport {
+    pub scenario: String,
+    pub netns: u64,
+    pub server: ActorFacts,
+    pub client: ActorFacts,
+    /// The listener: the server's fd, its address and the backlog given to listen().
+    pub fd: i32,
+    pub local: SocketAddr,
+    pub backlog: i32,
+    pub clients: u32,
+    /// The namespace's TcpExt counters after the clients gave up.
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+    pub elapsed_ms: u64,
+}
+
+pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
+    let started = Instant::now();
+    let common = &args.common;
+    let netns = super::netns::enter_new()?;
+    let mut server = Actor::spawn("server", "demo-server")?;
+    let mut client = Actor::spawn("client", "demo-client")?;
+    runner::gate(common, netns, &[&server, &client])?;
+
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT);
+    let (fd, _) = server.listen_on(local, args.backlog)?;
+    let mut sockets = Vec::new();
+    for _ in 0..args.clients {
+        let (socket, _) = client.socket(false, true)?;
+        match client.connect(socket, local)? {
+            // Loopback completes the handshake inside connect() while the queue has room.
+            None | Some(Errno::EINPROGRESS) => sockets.push(socket),
+            Some(errno) => return Err(client_error(&client, &format!("connect: {errno}"))),
+        }
+    }
+    // SYNs are retransmitted after 1 s, then 3 s (TCP_TIMEOUT_INIT, doubling).
+    std::thread::sleep(Duration::from_millis(args.wait_ms));
+    for socket in sockets {
+        client.close(socket)?;
+    }
+    let (listen_overflows, listen_drops) = listen_counters()?;
+    let report = ListenOverflowReport {
+        scenario: "listen-overflow".into(),
+        netns,
+        server: server.facts(),
+        client: client.facts(),
+        fd,
+        local,
+        backlog: args.backlog,
+        clients: args.clients,
+        listen_overflows,
+        listen_drops,
+        elapsed_ms: 0,
+    };
+    let expected_queue = u32::try_from(args.backlog).unwrap_or(0) + 1;
+    if args.clients > expected_queue && listen_overflows == 0 {
+        return Err(super::not_reproduced_as("expected TcpExtListenOverflows to rise", &report));
+    }
+    // The listener stays open meanwhile, so a tracer samples its final drop count.
+    runner::hold_and_finish(common, vec![server, client])?;
+    Ok(ListenOverflowReport { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+}
+
+fn client_error(client: &Actor, what: &str) -> Error {
+    let facts = client.facts();
+    Error::Actor { comm: facts.comm, pid: facts.pid, what: what.into() }
+}
+
+/// TcpExtListenOverflows and TcpExtListenDrops of the current namespace.
+fn listen_counters() -> Result<(u64, u64), Error> {
+    let path = "/proc/net/netstat";
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+    let counter = |name| {
+        netstat_counter(&text, "TcpExt", name)
+            .ok_or_else(|| Error::ProcNet { path: path.into(), line: format!("no TcpExt {name}") })
+    };
+    Ok((counter("ListenOverflows")?, counter("ListenDrops")?))
+}
+
+/// A counter of /proc/net/netstat: a line of names, then a line of values, per group.
+pub fn netstat_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|line| line.starts_with(&prefix));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    names.zip(values).find(|(n, _)| *n == name).and_then(|(_, v)| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_found_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 13\n\
+                    IpExt: InNoRoutes\nIpExt: 4\n";
+        assert_eq!(netstat_counter(text, "TcpExt", "ListenOverflows"), Some(12));
+        assert_eq!(netstat_counter(text, "TcpExt", "ListenDrops"), Some(13));
+        assert_eq!(netstat_counter(text, "IpExt", "InNoRoutes"), Some(4));
+        assert_eq!(netstat_counter(text, "TcpExt", "Missing"), None);
+    }
+}
