@@ -39,7 +39,7 @@ use qemu::Accel;
 /// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
 /// and metrics over the same records) stay on the host.
 pub const VM_TEST_TARGETS: &[&str] =
-    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets"];
+    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets", "listen", "drops"];
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Modest: the guest runs the tests and nothing else; the machine is shared.
