@@ -7,6 +7,7 @@
 //! retransmission reaching the client is dropped by tcp_filter() with reason
 //! SOCKET_FILTER; after 2 s the filter goes (SO_DETACH_FILTER), the next retransmission
 //! gets through, and the script prints the client socket's sk_drops (ss's skmem `d`).
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{
     process::{Command, Stdio},

@@ -1,6 +1,7 @@
 //! `listen_overflow`: handshakes a full listener dropped, attributed to the listener's
 //! owner and counted exactly as the kernel counted them (TcpExtListenOverflows of the
 //! scenario's own namespace).
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{
     process::{Command, Stdio},
@@ -9,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use sockerr_e2e::*;
-use tracer::scenario::listen_overflow::{ListenOverflowReport, netstat_counter};
+use sockerr_workloads::listen_overflow::{ListenOverflowReport, netstat_counter};
 
 /// Sampling is once a second, and the scenario keeps its listener for 1.5 s after the
 /// last drop: the last sample may come up to ~1 s after the report.

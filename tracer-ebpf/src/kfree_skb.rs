@@ -29,6 +29,7 @@ use crate::{
 
 /// Set by the daemon before load.
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static DROP_OFFSETS: DropOffsets = unsafe { core::mem::zeroed() };
 
 /// Running totals per (traced socket, reason), one slot per CPU: drops of one socket

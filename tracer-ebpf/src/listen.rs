@@ -21,6 +21,7 @@ use crate::{
 
 /// Set by the daemon before load: where fd and backlog are in sys_enter_listen.
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static LISTEN_OFFSETS: ListenOffsets = unsafe { core::mem::zeroed() };
 
 /// A traced task's listening socket, for `kfree_skb`.

@@ -3,9 +3,8 @@
 
 use std::{fs, path::Path};
 
-use crate::enrich::{EnrichError, ListenerDiag, Netns, SockDiag};
-
 use super::Target;
+use crate::enrich::{EnrichError, ListenerDiag, Netns, SockDiag};
 
 /// The socket inode `fd` of `pid` names (`socket:[N]`), `None` once closed or not a socket.
 pub fn socket_inode(proc_root: &Path, pid: u32, fd: i32) -> Option<u64> {

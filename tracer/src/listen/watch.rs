@@ -6,9 +6,8 @@ use std::{
     time::Instant,
 };
 
-use crate::enrich::ListenerDiag;
-
 use super::{ListenOverflow, ListenerOwner};
+use crate::enrich::ListenerDiag;
 
 /// Listeners watched at once. Each costs one port in a sock_diag request per second;
 /// a listener beyond this is counted as [`Unwatched::Full`], never silently skipped.

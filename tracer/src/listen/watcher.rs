@@ -3,11 +3,10 @@
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
-use crate::{event::Header, record::PodIdentity};
-
 use super::{
     ListenOverflow, ListenWatch, ListenerOwner, Listening, Unwatched, Watched, sample, socket_inode,
 };
+use crate::{event::Header, record::PodIdentity};
 
 pub struct Watcher {
     watch: ListenWatch,
@@ -74,7 +73,7 @@ impl Watcher {
             let sample = sample.map_err(|err| {
                 tracing::debug!(pid = target.pid, %err, "listeners not sampled: their namespace is gone");
             });
-            overflows.extend(self.watch.observe(target, sample.as_deref().map_err(|()| ()), now, time));
+            overflows.extend(self.watch.observe(target, sample.as_deref().map_err(|_| ()), now, time));
         }
         overflows
     }

@@ -1,9 +1,8 @@
 //! `socket_drop` as a text line and a JSON object: one (socket, reason) in one interval,
 //! already folded by the kernel and `drops::DropFold`.
 
-use crate::drops::SocketDrop;
-
 use super::TextRenderer;
+use crate::drops::SocketDrop;
 
 fn addr(address: Option<std::net::SocketAddr>) -> String {
     address.map_or_else(|| "-".to_owned(), |a| a.to_string())

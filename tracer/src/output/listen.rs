@@ -4,9 +4,8 @@
 
 use std::fmt;
 
-use crate::listen::ListenOverflow;
-
 use super::{TextRenderer, text::PodLabel};
+use crate::listen::ListenOverflow;
 
 /// `12:53:25.866 LISTEN OVERFLOW haproxy[412] fd=5 127.0.0.1:8080 queue=3/2 dropped=26 in 1s`
 pub fn text(renderer: &TextRenderer, overflow: &ListenOverflow) -> String {

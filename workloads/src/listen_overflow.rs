@@ -17,7 +17,7 @@ use std::{
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::{
     Error, ListenOverflowArgs,
     report::ActorFacts,
     runner::{self, Actor},
@@ -45,7 +45,7 @@ pub struct ListenOverflowReport {
 pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
     let started = Instant::now();
     let common = &args.common;
-    let netns = super::netns::enter_new()?;
+    let netns = crate::netns::enter_new()?;
     let mut server = Actor::spawn("server", "demo-server")?;
     let mut client = Actor::spawn("client", "demo-client")?;
     runner::gate(common, netns, &[&server, &client])?;
@@ -82,7 +82,7 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
     };
     let expected_queue = u32::try_from(args.backlog).unwrap_or(0) + 1;
     if args.clients > expected_queue && listen_overflows == 0 {
-        return Err(super::not_reproduced_as("expected TcpExtListenOverflows to rise", &report));
+        return Err(crate::not_reproduced_as("expected TcpExtListenOverflows to rise", &report));
     }
     // The listener stays open meanwhile, so a tracer samples its final drop count.
     runner::hold_and_finish(common, vec![server, client])?;
