@@ -60,7 +60,14 @@ fn daemon_reports_the_cilium_incident_and_stops_on_sigterm() {
         })
         .collect();
     assert_eq!(failure_series, [&connect_errors], "no other failure was seen");
-    assert_eq!(counter("sockerr_events_lost_total"), Some(0.0), "{samples:#?}");
+    // One series per loss reason, present (at 0) before anything is lost.
+    let lost: Vec<&(String, f64)> = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("sockerr_events_lost_total{reason="))
+        .collect();
+    assert!(lost.len() >= 6, "every reason listed: {samples:#?}");
+    assert!(lost.iter().all(|(_, value)| *value == 0.0), "{lost:#?}");
+    assert_eq!(counter(r#"sockerr_events_lost_total{reason="ring_full"}"#), Some(0.0), "{samples:#?}");
     assert_eq!(counter("sockerr_records_undecodable_total"), Some(0.0), "{samples:#?}");
     // 4 x (3 options, bind, connect) at least; closes of tracked sockets are events too.
     assert!(counter("sockerr_events_total").is_some_and(|events| events >= 20.0), "{samples:#?}");

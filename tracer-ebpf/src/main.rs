@@ -32,6 +32,7 @@ mod sk_error_report;
 mod sock_set_state;
 mod sockaddr;
 mod sockets;
+mod task_verdict;
 
 #[cfg(not(test))]
 #[panic_handler]

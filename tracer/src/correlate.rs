@@ -236,7 +236,7 @@ mod tests {
                     level: 1,
                     optname: 36,
                     optlen: 4,
-                    value: 7,
+                    value: Some(7),
                     ret: 0,
                     opts: SockOpts::default(),
                 },
@@ -257,12 +257,12 @@ mod tests {
             level: 1,
             optname: 36,
             optlen: 4,
-            value: 0x32030b00,
+            value: Some(0x32030b00),
             ret: -1,
             opts: SockOpts::default(),
         };
         let r = record(&event(1, payload), None, who()).unwrap();
-        assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x32030b00 }));
+        assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x32030b00) }));
         assert_eq!(r.errno, Some(1));
     }
 

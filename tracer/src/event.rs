@@ -30,7 +30,8 @@ pub enum Payload {
         level: i32,
         optname: i32,
         optlen: i32,
-        value: u32,
+        /// `None`: the caller's buffer could not be read (not the value 0).
+        value: Option<u32>,
         ret: i32,
         opts: SockOpts,
     },

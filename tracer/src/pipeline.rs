@@ -280,8 +280,9 @@ mod tests {
         for (flag, optname, value) in
             [(FLAG_SO_MARK, 36, mark), (FLAG_SO_REUSEADDR, 2, 1), (FLAG_IP_TRANSPARENT, 19, 1)]
         {
-            opts.apply(flag, value);
+            opts.apply(flag, Some(value));
             let level = if flag == FLAG_IP_TRANSPARENT { 0 } else { 1 };
+            let value = Some(value);
             calls.push(event(ts, 0, Payload::Sockopt { fd, level, optname, optlen: 4, value, ret: 0, opts }));
         }
         calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts, origin: None }));

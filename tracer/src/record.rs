@@ -176,7 +176,8 @@ impl PortUsage {
 pub struct SockoptCall {
     /// `tracer_common::options::FLAG_*` of the option.
     pub flag: u32,
-    pub value: u32,
+    /// `None`: the caller's buffer could not be read, so the value is unknown.
+    pub value: Option<u32>,
 }
 
 /// Who a process is in Kubernetes terms, as far as its cgroup and the API tell.

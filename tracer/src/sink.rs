@@ -5,15 +5,15 @@
 
 use std::{io, time::Instant};
 
-use crate::record::Record;
+use crate::{kernel::loader::Losses, record::Record};
 
 /// What the run loop has seen so far, as running totals.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     /// Kernel events read from the ring buffer.
     pub events: u64,
-    /// Records the kernel side could not fit in the ring buffer.
-    pub lost: u64,
+    /// What the kernel side dropped or degraded, by reason.
+    pub lost: Losses,
     /// Ring-buffer records that did not decode.
     pub undecodable: u64,
 }

@@ -224,7 +224,7 @@ mod tests {
             level: 1,
             optname: 36,
             optlen: 4,
-            value: mark,
+            value: Some(mark),
             ret: 0,
             opts: SockOpts { flags, mark },
         }

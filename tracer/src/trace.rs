@@ -13,6 +13,7 @@ use std::{
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tracer_common::Loss;
 
 use crate::{
     cli::{FilterArgs, TraceArgs},
@@ -21,7 +22,7 @@ use crate::{
     event::KernelEvent,
     k8s::Attributor,
     kernel::{
-        loader::{self, LoadError, Loaded, LostCounter, Selection},
+        loader::{self, LoadError, Loaded, Losses, LostCounter, Selection},
         reader::Reader,
     },
     output::{OutputOptions, StdoutSink},
@@ -40,6 +41,8 @@ pub enum TraceError {
     Reader(#[source] io::Error),
     #[error("installing the SIGINT/SIGTERM handlers")]
     Signals(#[source] io::Error),
+    #[error("reading the kernel's loss counters (LOSSES): without them sockerr cannot say what it missed")]
+    LossCounter(#[source] aya::maps::MapError),
     #[error("writing records to stdout")]
     Output(#[source] io::Error),
     #[error(transparent)]
@@ -51,7 +54,7 @@ pub enum TraceError {
 pub struct Summary {
     pub events: u64,
     pub failures: u64,
-    pub lost: u64,
+    pub lost: Losses,
     pub undecodable: u64,
 }
 
@@ -192,7 +195,7 @@ impl Tracer {
                     None => inspections = None,
                 },
                 _ = ticker.tick() => {
-                    totals.lost = losses.check();
+                    totals.lost = losses.check()?;
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
                 }
@@ -200,15 +203,16 @@ impl Tracer {
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
-        totals.lost = losses.check();
+        totals.lost = losses.check()?;
         sink.finish(&totals).map_err(output)?;
         let summary =
             Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
         tracing::info!(
-            "stopped: {} events, {} failures, {} lost in the kernel, {} undecodable",
+            "stopped: {} events, {} failures, {} lost in the kernel{}, {} undecodable",
             summary.events,
             summary.failures,
-            summary.lost,
+            summary.lost.total(),
+            loss_breakdown(&summary.lost),
             summary.undecodable
         );
         Ok(summary)
@@ -275,27 +279,59 @@ fn describe(selection: &Selection, cgroup_id: Option<u64>) -> String {
     if parts.is_empty() { " (all processes)".into() } else { format!(" ({})", parts.join(", ")) }
 }
 
-/// Warns when the kernel side dropped records since the last check.
+/// ` (reason=n, ...)` of the reasons that counted anything; empty when none did.
+fn loss_breakdown(losses: &Losses) -> String {
+    let counted: Vec<String> = losses
+        .by_reason()
+        .filter(|&(_, count)| count > 0)
+        .map(|(reason, count)| format!("{}={count}", reason.name()))
+        .collect();
+    if counted.is_empty() { String::new() } else { format!(" ({})", counted.join(", ")) }
+}
+
+/// What each loss reason means for the user, for the warning.
+fn loss_consequence(reason: Loss) -> &'static str {
+    match reason {
+        Loss::RingFull => "records dropped: the ring buffer was full (sockerr fell behind)",
+        Loss::AsyncHalfOverwritten => {
+            "asynchronous connect failures dropped: another failure on the same CPU replaced the first half"
+        }
+        Loss::AsyncHalfTooOld => {
+            "asynchronous connect failures dropped: their two kernel events came too far apart"
+        }
+        Loss::UserReadFault => {
+            "syscall arguments unreadable (user memory fault): calls not reported, or option values shown as ?"
+        }
+        Loss::FilterMapFull => {
+            "--comm processes not learned (pid filter map full): renamed threads not followed"
+        }
+        Loss::OwnerTableFull => {
+            "socket owners not recorded (owner table full): resets and late failures unattributed"
+        }
+    }
+}
+
+/// Warns when the kernel side dropped or degraded data since the last check.
 struct LossWatch {
     counter: LostCounter,
-    reported: u64,
+    reported: Losses,
 }
 
 impl LossWatch {
     fn new(counter: LostCounter) -> Self {
-        Self { counter, reported: 0 }
+        Self { counter, reported: Losses::default() }
     }
 
-    fn check(&mut self) -> u64 {
-        let total = self.counter.total();
-        if total > self.reported {
-            tracing::warn!(
-                "{} events lost: the ring buffer was full (sockerr fell behind)",
-                total - self.reported
-            );
-            self.reported = total;
+    fn check(&mut self) -> Result<Losses, TraceError> {
+        let now = self.counter.read().map_err(TraceError::LossCounter)?;
+        for (reason, count) in now.by_reason() {
+            let before = self.reported.of(reason);
+            if count > before {
+                tracing::warn!("{} {}: {}", count - before, reason.name(), loss_consequence(reason));
+            }
         }
-        total
+        self.reported = now;
+        Ok(now)
     }
 }
 

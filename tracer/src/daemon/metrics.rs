@@ -21,6 +21,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use tracer_common::Loss;
+
 use crate::{
     errno::errno_name,
     output::NamedOption,
@@ -96,7 +98,7 @@ pub struct Metrics {
     resets: Capped,
     overflow: Counters,
     events: Counter,
-    events_lost: Counter,
+    events_lost: Family<Vec<(&'static str, &'static str)>, Counter>,
     records_undecodable: Counter,
 }
 
@@ -134,12 +136,18 @@ impl Metrics {
             "Increments not counted in a metric because it reached its cap of label sets, by metric",
             overflow.clone(),
         );
-        let (events, events_lost, records_undecodable): (Counter, Counter, Counter) = Default::default();
+        let (events, records_undecodable): (Counter, Counter) = Default::default();
         registry.register("events", "Kernel events read from the ring buffer", Counter::clone(&events));
+        let events_lost = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        // Every reason from the start: a scraper sees 0, not an absent series, until one counts.
+        for reason in Loss::ALL {
+            let _ = events_lost.get_or_create(&vec![("reason", reason.name())]);
+        }
         registry.register(
             "events_lost",
-            "Kernel events dropped because the ring buffer was full (sockerr fell behind)",
-            Counter::clone(&events_lost),
+            "What the kernel side dropped or degraded, by reason (ring_full: the ring buffer was full; \
+             the others are listed in docs/design.md)",
+            events_lost.clone(),
         );
         registry.register(
             "records_undecodable",
@@ -195,11 +203,13 @@ impl Metrics {
 
     /// Brings the run loop's totals into the counters (they only ever grow).
     pub fn update(&self, totals: &Totals) {
-        for (counter, total) in [
-            (&self.events, totals.events),
-            (&self.events_lost, totals.lost),
-            (&self.records_undecodable, totals.undecodable),
-        ] {
+        for (counter, total) in
+            [(&self.events, totals.events), (&self.records_undecodable, totals.undecodable)]
+        {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (reason, total) in totals.lost.by_reason() {
+            let counter = self.events_lost.get_or_create(&vec![("reason", reason.name())]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
@@ -293,6 +303,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        kernel::loader::Losses,
         record::{PodIdentity, SockoptCall},
         testing::{addr, cilium_incident, istio_reset, record},
     };
@@ -340,7 +351,7 @@ mod tests {
             ..record(EventName::BindError)
         };
         metrics.observe(&in_pod(bind, "payments"));
-        let mark = SockoptCall { flag: FLAG_SO_MARK, value: 0x0b00 };
+        let mark = SockoptCall { flag: FLAG_SO_MARK, value: Some(0x0b00) };
         metrics.observe(&Record { sockopt: Some(mark), ..record(EventName::Sockopt) });
         metrics.observe(&Record { sockopt: Some(mark), errno: Some(1), ..record(EventName::Sockopt) });
         metrics.observe(&record(EventName::Connect));
@@ -411,12 +422,17 @@ mod tests {
     #[test]
     fn totals_become_counters_and_build_info_is_there() {
         let metrics = metrics(false, MAX_LABEL_SETS);
-        metrics.update(&Totals { events: 10, lost: 2, undecodable: 0 });
-        metrics.update(&Totals { events: 25, lost: 2, undecodable: 1 });
+        let mut lost = Losses::default();
+        lost.0[Loss::RingFull.index() as usize] = 2;
+        metrics.update(&Totals { events: 10, lost, undecodable: 0 });
+        lost.0[Loss::UserReadFault.index() as usize] = 1;
+        metrics.update(&Totals { events: 25, lost, undecodable: 1 });
         let samples = samples(&metrics);
         for expected in [
             "sockerr_events_total 25",
-            "sockerr_events_lost_total 2",
+            r#"sockerr_events_lost_total{reason="ring_full"} 2"#,
+            r#"sockerr_events_lost_total{reason="user_read_fault"} 1"#,
+            r#"sockerr_events_lost_total{reason="owner_table_full"} 0"#,
             "sockerr_records_undecodable_total 1",
             r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,
         ] {

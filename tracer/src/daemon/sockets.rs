@@ -190,7 +190,7 @@ mod tests {
                     level: 1,
                     optname: 36,
                     optlen: 4,
-                    value: opts.mark,
+                    value: Some(opts.mark),
                     ret: 0,
                     opts,
                 },

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod cgroup;
+mod contract;
 pub mod features;
 pub mod floor;
 pub mod kprobes;
