@@ -2,10 +2,11 @@
 //! value sits on a page the process never touched succeeds in the kernel (its copy
 //! faults the page in) while the tracepoint's bpf_probe_read_user, which may not fault,
 //! cannot read it. The option must show as `?` and the loss be counted by reason.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::fd::AsRawFd,
+    net::{Ipv4Addr, TcpListener},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
 use serde_json::Value;
@@ -47,13 +48,27 @@ fn unreadable_option_value_is_marked_and_counted() {
 
     // A port nobody listens on: bind one, note it, close it.
     let closed_port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // SAFETY: plain socket(2); the fd is owned below.
+    let socket = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)) };
     let page = UntouchedPage::new();
     // SAFETY: the page is 4096 bytes long; the kernel reads 4 of them.
     let ret = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, page.0, 4) };
     assert_eq!(ret, 0, "setsockopt(SO_MARK) as root: {}", std::io::Error::last_os_error());
-    let refused = socket.connect(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, closed_port).into());
-    assert!(refused.is_err(), "nothing listens on {closed_port}");
+    let target = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: closed_port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a sockaddr_in of the size passed.
+    let ret = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&raw const target).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(ret, -1, "nothing listens on {closed_port}");
 
     let fd = Value::from(socket.as_raw_fd());
     let mine = |r: &Value| r["fd"] == fd && r.pid() == Some(u64::from(std::process::id()));
