@@ -106,6 +106,10 @@ macro_rules! payloads {
         /// Every payload, as the daemon reads it off a record.
         #[cfg(feature = "user")]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "lives only from the read to the decoder's match, which boxes the large one"
+        )]
         pub enum AnyPayload {
             $($payload($payload),)+
         }

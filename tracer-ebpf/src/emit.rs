@@ -39,6 +39,7 @@ pub fn current_header(errno: i32, task: &Task) -> EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: task.tgid,
         tid: task.tid,
+        // SAFETY: as above, no pointer arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),
     }
