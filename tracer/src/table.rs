@@ -10,6 +10,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use tracer_common::SockOpts;
 
 use crate::event::{KernelEvent, Payload};
+pub use crate::last_error::{LastError, Operation};
 
 /// Where a socket's connection stands, as far as traced events tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,20 +22,6 @@ pub enum Phase {
     Established,
     /// The last connect or bind failed.
     Failed,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Bind,
-    Connect,
-    Setsockopt,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastError {
-    pub operation: Operation,
-    pub errno: i32,
-    pub ts_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -57,38 +57,13 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
         .iter()
         .find(|entry| is_time_wait(entry, client_addr, addrs.upstream()))
         .or(time_wait.as_ref());
-    let holders = held
-        .map(|entry| HolderFacts {
-            pid: None,
-            comm: None,
-            fd: None,
-            inode: entry.inode,
-            state: entry.state_name().into(),
-            src: entry.local,
-            dst: Some(entry.remote),
-            timer_ms: entry.timer_ms,
-        })
-        .into_iter()
-        .collect();
+    let holders = held.map(|entry| HolderFacts::from_tcp_entry(entry, None)).into_iter().collect();
 
     let report = Report {
-        scenario: "bind-time-wait".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
         attempts,
         holders,
-        connections: vec![Connection {
-            pid: client.pid,
-            comm: client.comm.clone(),
-            fd: client_fd,
-            src: client_addr,
-            dst: accepted.local,
-        }],
-        ports: None,
-        mark: None,
+        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
+        ..Report::new("bind-time-wait", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()])
     };
     let reproduced = time_wait.is_some()
         && report.attempts.len() == 1

@@ -110,42 +110,21 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let sockets = procnet::tcp_sockets(ipv6)?;
     let held = sockets.iter().find(|entry| entry.inode == client_inode);
     let holders = held
-        .map(|entry| HolderFacts {
-            pid: Some(client.pid),
-            comm: Some(client.comm.clone()),
-            fd: Some(client_fd),
-            inode: entry.inode,
-            state: entry.state_name().into(),
-            src: entry.local,
-            dst: Some(entry.remote),
-            timer_ms: None,
-        })
+        .map(|entry| HolderFacts::from_tcp_entry(entry, Some((&client, client_fd))))
         .into_iter()
         .collect();
 
     let report = Report {
-        scenario: "cilium".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
         attempts,
         holders,
-        connections: vec![Connection {
-            pid: client.pid,
-            comm: client.comm.clone(),
-            fd: client_fd,
-            src: client_addr,
-            dst: accepted.local,
-        }],
-        ports: None,
+        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
         mark: Some(CiliumMark {
             value: format!("{mark:#010x}"),
             magic: format!("{MAGIC_EGRESS:#06x}"),
             identity: IDENTITY,
             cluster: IDENTITY >> 16,
         }),
+        ..Report::new("cilium", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()])
     };
     let reproduced = report.attempts.len() == args.attempts as usize
         && report.attempts.iter().all(|a| a.errno == Errno::EADDRNOTAVAIL as i32 && !a.is_async)

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     paths::{target_dir, workspace_root},
     process::{find_in_path, run_inherited, stdout_of},
-    setup::Report,
+    setup_report::Report,
 };
 
 /// `x86_64-unknown-linux-musl` on x86-64: musl links into a static executable.

@@ -29,7 +29,8 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup::{self, Report},
+    setup,
+    setup_report::Report,
     system_packages, toolchain,
 };
 
