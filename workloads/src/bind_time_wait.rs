@@ -57,7 +57,16 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
         .iter()
         .find(|entry| is_time_wait(entry, client_addr, addrs.upstream()))
         .or(time_wait.as_ref());
-    let holders = held.map(|entry| HolderFacts::from_tcp_entry(entry, None)).into_iter().collect();
+    let holders = held
+        .map(|entry| HolderFacts {
+            // Read before the failing bind: a tracer looks after the failure, so it must
+            // see at most this much left, however the scheduler orders its lookup and the
+            // read above (under load the tracer may look first).
+            timer_ms: time_wait.as_ref().and_then(|before| before.timer_ms).or(entry.timer_ms),
+            ..HolderFacts::from_tcp_entry(entry, None)
+        })
+        .into_iter()
+        .collect();
 
     let report = Report {
         attempts,
