@@ -12,7 +12,7 @@ use nix::errno::Errno;
 
 use super::procnet::{self, TIME_WAIT, TcpEntry};
 use super::report::{Connection, HolderFacts, Report};
-use super::runner::{self, Actor, Plan};
+use super::runner::{self, Plan};
 use super::{Addrs, CommonArgs, Error, netns};
 
 const CLIENT_PORT: u16 = 40313;
@@ -25,10 +25,7 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
     let addrs = Addrs { ipv6 };
     let netns = netns::enter_new()?;
 
-    let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
-    let mut client = Actor::spawn("client", "demo-client")?;
-    let mut proxy = Actor::spawn("proxy", "demo-proxy")?;
-    runner::gate(common, netns, &[&upstream, &client, &proxy])?;
+    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
 
     let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
     let client_addr = SocketAddr::new(addrs.client_ip(), CLIENT_PORT);

@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use super::procnet::{self, ESTABLISHED};
 use super::protocol::SockOpt;
 use super::report::{CiliumMark, Connection, HolderFacts, Report};
-use super::runner::{self, Actor, Plan};
+use super::runner::{self, Plan};
 use super::{Addrs, CiliumArgs, Error, netns};
 
 /// The client pod's source port in the incident's capture.
@@ -59,10 +59,7 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let addrs = Addrs { ipv6 };
     let netns = netns::enter_new()?;
 
-    let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
-    let mut client = Actor::spawn("client", "demo-client")?;
-    let mut proxy = Actor::spawn("proxy", "demo-proxy")?;
-    runner::gate(common, netns, &[&upstream, &client, &proxy])?;
+    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
 
     let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
 
