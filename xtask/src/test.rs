@@ -13,12 +13,14 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::{
+    alerts,
+    arch::Arch,
     build::{Profile, build_sockerr},
-    manifests,
+    image, manifests,
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup, static_build,
+    setup, static_build, system_packages,
     vm::{self, KernelSpec, Series},
 };
 
@@ -95,39 +97,62 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
             .stage("static-binary", |_| static_build::check_in_empty_root(&static_build::build_static()?))?;
     }
     if args.skip_e2e {
+        suite.skip("image", "--skip-e2e (buildah and podman need root)");
+    } else {
+        suite.stage("image", |counts| {
+            let archive = image::build()?;
+            system_packages::ensure_commands(image::PODMAN_COMMANDS, &mut setup::Report::default())?;
+            run_counting_tests(&mut image_test(&sockerr, &archive), counts, &mut io::stdout())
+        })?;
+    }
+    if args.skip_e2e {
         suite.skip("e2e", "--skip-e2e");
     } else {
         suite.stage("e2e", |counts| {
             run_counting_tests(&mut end_to_end_tests(&sockerr, args), counts, &mut io::stdout())
         })?;
     }
+    if args.skip_e2e {
+        suite.skip("prometheus", "--skip-e2e (the daemon needs root)");
+    } else {
+        suite.stage("prometheus", |_| alerts::check(&sockerr))?;
+    }
     if args.no_vm || args.skip_e2e {
         suite.skip("vm-test", if args.no_vm { "--no-vm" } else { "--skip-e2e" });
         return Ok(());
     }
-    let vm_args = vm::VmTestArgs {
-        kernels: Series::ALL.iter().map(|series| KernelSpec::Series(*series)).collect(),
-        accel: vm::AccelChoice::Auto,
-        time_limit: vm::DEFAULT_TIME_LIMIT_SECS,
-        test_threads: args.e2e_threads,
-        test_args: args.e2e_args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect(),
-    };
-    let mut prepared = None;
-    suite.stage("vm-build", |_| {
-        prepared = Some(vm::Prepared::new(&vm_args)?);
-        Ok(())
-    })?;
-    let mut prepared = prepared.context("vm-build left nothing prepared")?;
-    for series in Series::ALL {
-        suite.stage(series.stage_name(), |counts| {
-            prepared.test_kernel(&KernelSpec::Series(series), &mut |line| {
-                if let Some(result) = parse_test_result(line) {
-                    counts.add(&result);
-                }
-            })
-        })?;
+    // The host's architecture first (the cheaper guests), then arm64 under emulation.
+    let mut arches = vec![Arch::host()];
+    if Arch::host() != Arch::Arm64 {
+        arches.push(Arch::Arm64);
     }
-    eprintln!("\n{}", prepared.summary());
+    for arch in arches {
+        let vm_args = vm::VmTestArgs {
+            arch,
+            kernels: Series::ALL.iter().map(|series| KernelSpec::Series(*series)).collect(),
+            accel: vm::AccelChoice::Auto,
+            time_limit: vm::DEFAULT_TIME_LIMIT_SECS,
+            test_threads: args.e2e_threads,
+            test_args: args.e2e_args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect(),
+        };
+        let mut prepared = None;
+        let build_stage = if arch == Arch::Arm64 { "vm-build-arm64" } else { "vm-build" };
+        suite.stage(build_stage, |_| {
+            prepared = Some(vm::Prepared::new(&vm_args)?);
+            Ok(())
+        })?;
+        let mut prepared = prepared.context("vm-build left nothing prepared")?;
+        for series in Series::ALL {
+            suite.stage(series.stage_name(arch), |counts| {
+                prepared.test_kernel(&KernelSpec::Series(series), &mut |line| {
+                    if let Some(result) = parse_test_result(line) {
+                        counts.add(&result);
+                    }
+                })
+            })?;
+        }
+        eprintln!("\n{}", prepared.summary());
+    }
     Ok(())
 }
 
@@ -163,6 +188,17 @@ fn end_to_end_tests(sockerr: &Path, args: &TestArgs) -> Command {
         .arg(format!("--test-threads={}", args.e2e_threads))
         .args(&args.e2e_args)
         .env("SOCKERR_BIN", sockerr);
+    command
+}
+
+/// The `image` test target (feature `image` of the e2e crate): the archive under podman.
+/// SOCKERR_BIN is the host's release build, which runs the scenarios.
+fn image_test(sockerr: &Path, archive: &Path) -> Command {
+    let mut command = cargo();
+    command
+        .args(["test", "--release", "--package", "sockerr-e2e", "--features", "image", "--test", "image"])
+        .env("SOCKERR_BIN", sockerr)
+        .env("SOCKERR_IMAGE_ARCHIVE", archive);
     command
 }
 
