@@ -38,6 +38,11 @@ pub struct TestArgs {
     // machines, and more threads only add scheduling delays to tests that wait for events.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub e2e_threads: u16,
+    /// Run only these stages (repeatable), besides setup and release-build which the
+    /// others build on; e.g. `--only image --only prometheus`. A VM kernel's stage needs
+    /// its vm-build stage named too.
+    #[arg(long, value_name = "STAGE")]
+    pub only: Vec<String>,
     /// Passed to the end-to-end test harness, e.g. a test name filter.
     #[arg(last = true, value_name = "E2E_ARGS")]
     pub e2e_args: Vec<OsString>,
@@ -51,7 +56,7 @@ pub fn run_suite(args: &TestArgs) -> Result<()> {
              run `sudo -E cargo xtask test`, or `cargo xtask test --skip-e2e` for everything else"
         );
     }
-    let mut suite = Suite::default();
+    let mut suite = Suite { only: args.only.clone(), ..Suite::default() };
     let outcome = run_stages(&mut suite, args);
     eprintln!("\n{}", format_stage_table(&suite.stages));
     // Last line of the run, in the plain `N passed, N failed` form CI reads.
@@ -141,7 +146,13 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
             prepared = Some(vm::Prepared::new(&vm_args)?);
             Ok(())
         })?;
-        let mut prepared = prepared.context("vm-build left nothing prepared")?;
+        // Only `--only` skips a vm-build stage without failing it.
+        let Some(mut prepared) = prepared else {
+            for series in Series::ALL {
+                suite.skip(series.stage_name(arch), "its vm-build stage did not run");
+            }
+            continue;
+        };
         for series in Series::ALL {
             suite.stage(series.stage_name(arch), |counts| {
                 prepared.test_kernel(&KernelSpec::Series(series), &mut |line| {
@@ -273,10 +284,20 @@ fn parse_test_result(line: &str) -> Option<TestCounts> {
 struct Suite {
     stages: Vec<StageResult>,
     counts: TestCounts,
+    /// `--only`: the stages to run; empty for all.
+    only: Vec<String>,
 }
+
+/// Stages every other one builds on: they run whatever `--only` says.
+const FOUNDATION_STAGES: [&str; 2] = ["setup", "release-build"];
 
 impl Suite {
     fn stage(&mut self, name: &'static str, body: impl FnOnce(&mut TestCounts) -> Result<()>) -> Result<()> {
+        if !self.only.is_empty() && !FOUNDATION_STAGES.contains(&name) && !self.only.iter().any(|o| o == name)
+        {
+            self.skip(name, "not in --only");
+            return Ok(());
+        }
         eprintln!("\n==> {name}");
         let started = Instant::now();
         let result = body(&mut self.counts);
@@ -371,6 +392,28 @@ clippy            61.3 s  FAILED
 vm-test                -  skipped (--no-vm)
 total             61.6 s";
         assert_eq!(format_stage_table(&stages), expected);
+    }
+
+    #[test]
+    fn only_skips_the_other_stages_but_not_their_foundation() {
+        let mut suite = Suite { only: vec!["image".into()], ..Suite::default() };
+        let mut ran = Vec::new();
+        for name in ["setup", "clippy", "release-build", "image", "e2e"] {
+            suite
+                .stage(name, |_| {
+                    ran.push(name);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert_eq!(ran, ["setup", "release-build", "image"]);
+        let skipped: Vec<&str> = suite
+            .stages
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Skipped(_)))
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(skipped, ["clippy", "e2e"]);
     }
 
     #[test]
