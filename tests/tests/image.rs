@@ -340,6 +340,34 @@ fn http_status(address: SocketAddr, path: &str) -> u16 {
         .unwrap_or_else(|| panic!("GET {path}: {response}"))
 }
 
+/// The architectures the pod may be scheduled on: `kubernetes.io/arch` in the node
+/// selector or in required node affinity.
+fn schedulable_architectures(pod: &PodSpec) -> Vec<String> {
+    let mut arches: Vec<String> =
+        pod.node_selector.iter().flatten().filter(|(k, _)| *k == "kubernetes.io/arch").map(|(_, v)| v.clone()).collect();
+    let required = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref());
+    for term in required.iter().flat_map(|r| &r.node_selector_terms) {
+        for expression in term.match_expressions.iter().flatten().filter(|e| e.key == "kubernetes.io/arch") {
+            assert_eq!(expression.operator, "In", "{expression:?}");
+            arches.extend(expression.values.iter().flatten().cloned());
+        }
+    }
+    arches.sort();
+    arches
+}
+
+/// The image holds amd64 and arm64 (`cargo xtask image` checks its index): the DaemonSet
+/// must schedule on exactly those.
+#[test]
+fn the_daemonset_schedules_on_the_images_architectures() {
+    let (pod, _) = pod_and_container(&daemonset());
+    assert_eq!(schedulable_architectures(&pod), ["amd64", "arm64"]);
+}
+
 #[test]
 fn the_image_runs_under_the_daemonsets_security_context() {
     require_root();
