@@ -343,8 +343,13 @@ fn http_status(address: SocketAddr, path: &str) -> u16 {
 /// The architectures the pod may be scheduled on: `kubernetes.io/arch` in the node
 /// selector or in required node affinity.
 fn schedulable_architectures(pod: &PodSpec) -> Vec<String> {
-    let mut arches: Vec<String> =
-        pod.node_selector.iter().flatten().filter(|(k, _)| *k == "kubernetes.io/arch").map(|(_, v)| v.clone()).collect();
+    let mut arches: Vec<String> = pod
+        .node_selector
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == "kubernetes.io/arch")
+        .map(|(_, v)| v.clone())
+        .collect();
     let required = pod
         .affinity
         .as_ref()

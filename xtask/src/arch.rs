@@ -70,6 +70,24 @@ impl Arch {
         })
     }
 
+    /// The cross compiler and the C library headers it compiles ring against (a
+    /// recommendation of the compiler's package, which `--no-install-recommends` leaves out).
+    pub fn cross_packages(self) -> Vec<RequiredCommand> {
+        let headers = match self {
+            Arch::Amd64 => RequiredCommand::new(
+                "/usr/x86_64-linux-gnu/include/stdint.h",
+                "libc6-dev-amd64-cross",
+                "the C headers ring's code includes, for amd64",
+            ),
+            Arch::Arm64 => RequiredCommand::new(
+                "/usr/aarch64-linux-gnu/include/stdint.h",
+                "libc6-dev-arm64-cross",
+                "the C headers ring's code includes, for arm64",
+            ),
+        };
+        self.cross_compiler().into_iter().chain([headers]).collect()
+    }
+
     /// Environment for `cargo build --target <musl target>`: the C compiler cc-rs uses for
     /// ring and, across architectures, the linker. `have` tells whether a program is on PATH.
     pub fn cargo_env(self, have: impl Fn(&str) -> bool) -> Vec<(String, String)> {

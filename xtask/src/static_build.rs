@@ -75,8 +75,8 @@ pub fn musl_cargo(arch: Arch, args: &[&str]) -> Command {
 /// The musl target of `arch` and, for another architecture, Debian's cross compiler.
 pub fn ensure_musl_toolchain(arch: Arch) -> Result<()> {
     let mut report = Report::default();
-    if let Some(compiler) = arch.cross_compiler() {
-        system_packages::ensure_commands(&[compiler], &mut report)?;
+    if arch != Arch::host() {
+        system_packages::ensure_commands(&arch.cross_packages(), &mut report)?;
     }
     crate::toolchain::ensure_static_target(&mut report, &arch.musl_target())
 }

@@ -24,6 +24,16 @@ impl RequiredCommand {
     pub fn command(&self) -> &'static str {
         self.command
     }
+
+    /// A command on PATH, or for an absolute path (a package that installs no program,
+    /// such as C headers), that file.
+    fn is_present(&self) -> bool {
+        if self.command.starts_with('/') {
+            std::path::Path::new(self.command).exists()
+        } else {
+            find_in_path(self.command).is_some()
+        }
+    }
 }
 
 /// The one list of system programs xtask relies on; add a line when a test starts one.
@@ -106,8 +116,7 @@ pub fn ensure(report: &mut Report) -> Result<()> {
 }
 
 pub fn ensure_commands(required: &[RequiredCommand], report: &mut Report) -> Result<()> {
-    let missing: Vec<&RequiredCommand> =
-        required.iter().filter(|required| find_in_path(required.command).is_none()).collect();
+    let missing: Vec<&RequiredCommand> = required.iter().filter(|required| !required.is_present()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -136,7 +145,7 @@ pub fn ensure_commands(required: &[RequiredCommand], report: &mut Report) -> Res
         apt_install(&packages).with_context(|| format!("missing {why}; installing failed: try `{fix}`"))?;
     }
     for required in &missing {
-        if find_in_path(required.command).is_none() {
+        if !required.is_present() {
             bail!("installed {} but `{}` is still not on PATH", required.package, required.command);
         }
     }
@@ -165,7 +174,12 @@ mod tests {
     fn required_commands_name_a_package_and_a_reason() {
         let vm = vm_commands(crate::arch::Arch::Arm64);
         for required in REQUIRED_COMMANDS.iter().chain(&vm).chain(PROMETHEUS_COMMANDS) {
-            assert!(!required.command.is_empty() && !required.command.contains('/'), "{}", required.command);
+            let command = required.command;
+            assert!(!command.is_empty(), "a required command without a name");
+            assert!(
+                !command.contains('/') || command.starts_with('/'),
+                "{command}: a name or an absolute path"
+            );
             assert!(!required.package.is_empty(), "{} has no package", required.command);
             assert!(!required.needed_for.is_empty(), "{} has no reason", required.command);
         }
