@@ -237,6 +237,24 @@ impl Tracer {
         Self::launch(wrapper, "trace", args, env)
     }
 
+    /// sockerr as `command` starts it (e.g. a container engine running the image, whose
+    /// stdout and stderr are sockerr's), ready as for [`Tracer::start`].
+    pub fn start_program(what: &str, mut command: Command) -> Self {
+        require_root();
+        command.stdin(Stdio::null());
+        let process = Process::spawn(what.to_owned(), &mut command);
+        let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
+            output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))
+        });
+        let stderr = process.stderr();
+        assert!(
+            ready && stderr.contains(READY_MARKER),
+            "{what} did not report `{READY_MARKER}` within {} s: stderr:\n{stderr}",
+            READY_TIMEOUT.as_secs()
+        );
+        Self { process }
+    }
+
     /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
     fn start_command(subcommand: &str, args: &[&str]) -> Self {
         Self::launch(&[], subcommand, args, &[])

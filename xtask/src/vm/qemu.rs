@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use vm_init::Status;
 
-use crate::process::describe;
+use crate::{arch::Arch, process::describe};
 
 /// The 9p tag of the host root (vm-init mounts it by this tag).
 pub const ROOT_TAG: &str = "hostroot";
@@ -40,6 +40,8 @@ impl fmt::Display for Accel {
 
 /// One boot.
 pub struct Boot<'a> {
+    /// The guest's architecture: amd64 on a `pc` board, arm64 on `virt`.
+    pub arch: Arch,
     pub image: &'a Path,
     pub initramfs: &'a Path,
     pub accel: Accel,
@@ -54,13 +56,21 @@ pub struct Boot<'a> {
 
 impl Boot<'_> {
     pub fn command(&self) -> Command {
-        let mut command = Command::new("qemu-system-x86_64");
+        let mut command = Command::new(qemu_program(self.arch));
         command.args(["-nodefaults", "-display", "none", "-no-reboot"]);
-        match self.accel {
+        if self.arch == Arch::Arm64 {
+            command.args(["-machine", "virt"]);
+        }
+        match (self.accel, self.arch) {
             // `max`: every CPU feature TCG emulates, so the kernel takes its usual paths.
-            Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
-            Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+            (Accel::Tcg, Arch::Amd64) => command.args(["-accel", "tcg", "-cpu", "max"]),
+            // Pointer authentication with QEMU's own algorithm: the architected one (QARMA)
+            // costs TCG several times more for every return.
+            (Accel::Tcg, Arch::Arm64) => command.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
+            (Accel::Kvm, _) => command.args(["-accel", "kvm", "-cpu", "host"]),
         };
+        // The console is the board's first UART: ttyS0 (16550) on pc, ttyAMA0 (PL011) on virt.
+        let console = if self.arch == Arch::Arm64 { "ttyAMA0" } else { "ttyS0" };
         command
             .args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)])
             .arg("-kernel")
@@ -69,10 +79,22 @@ impl Boot<'_> {
             .arg(self.initramfs)
             // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu's exit;
             // oops=panic makes a kernel bug end the run instead of hanging a test.
-            .args(["-append", "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4"])
-            .args(["-serial", "stdio"])
-            .arg("-serial")
-            .arg(format!("file:{}", self.status_file.display()))
+            .arg("-append")
+            .arg(format!("console={console} rdinit=/init panic=-1 oops=panic loglevel=4"))
+            .args(["-serial", "stdio"]);
+        match self.arch {
+            // The second UART: vm-init's /dev/ttyS1.
+            Arch::Amd64 => command.arg("-serial").arg(format!("file:{}", self.status_file.display())),
+            // `virt` has one UART: a virtio-serial port that vm-init finds by its name.
+            Arch::Arm64 => command
+                .args(["-device", "virtio-serial-pci", "-chardev"])
+                .arg(format!("file,id=status,path={}", self.status_file.display()))
+                .args([
+                    "-device",
+                    &format!("virtserialport,chardev=status,name={}", vm_init::STATUS_PORT_NAME),
+                ]),
+        };
+        command
             // 9p needs no daemon on the host (virtiofs would need virtiofsd), and Debian's
             // generic kernels have it as modules.
             .arg("-virtfs")
@@ -86,6 +108,14 @@ impl Boot<'_> {
             ));
         }
         command
+    }
+}
+
+/// The emulator of the guest's architecture.
+pub fn qemu_program(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
     }
 }
 
@@ -274,8 +304,31 @@ mod tests {
     }
 
     #[test]
+    fn arm64_boots_virt_with_a_virtio_status_port() {
+        let boot = Boot {
+            arch: Arch::Arm64,
+            image: Path::new("/c/vmlinuz"),
+            initramfs: Path::new("/c/initramfs"),
+            accel: Accel::Tcg,
+            memory_mib: 1536,
+            cpus: 2,
+            status_file: PathBuf::from("/c/status"),
+            time_limit: LIMIT,
+            shares: &[],
+        };
+        let line = describe(&boot.command());
+        assert!(line.starts_with("qemu-system-aarch64 "), "{line}");
+        assert!(line.contains("-machine virt -accel tcg -cpu max,pauth-impdef=on"), "{line}");
+        assert!(line.contains("console=ttyAMA0"), "{line}");
+        assert!(line.contains("-serial stdio -device virtio-serial-pci"), "{line}");
+        assert!(line.contains("virtserialport,chardev=status,name=org.sockerr.status"), "{line}");
+        assert!(!line.contains("file:/c/status"), "no second UART on virt: {line}");
+    }
+
+    #[test]
     fn tcg_command_line_shares_the_root_read_only() {
         let boot = Boot {
+            arch: Arch::Amd64,
             image: Path::new("/c/vmlinuz"),
             initramfs: Path::new("/c/initramfs"),
             accel: Accel::Tcg,
