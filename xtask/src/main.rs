@@ -6,6 +6,7 @@
 mod bench;
 mod bpf_linker;
 mod build;
+mod fuzz;
 mod manifests;
 mod paths;
 mod privileges;
@@ -43,7 +44,7 @@ enum Command {
     /// Build sockerr and run it as root (through `sudo -E` when not root).
     #[command(after_help = "Example: cargo xtask run -- trace --comm envoy --output json")]
     Run(RunArgs),
-    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
+    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests, fuzzing,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
     /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
@@ -57,6 +58,10 @@ enum Command {
     /// start-up, and with --soak a million failures under the daemon. Writes BENCHMARKS.md
     /// and target/bench/results.json (as root).
     Bench(bench::BenchArgs),
+    /// Fuzz the decoders of data from the kernel or a peer (cargo-fuzz on nightly,
+    /// installed when missing); crashes land in target/fuzz/artifacts/TARGET.
+    #[command(after_help = "Example: cargo xtask fuzz --time 600 btf")]
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +120,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
@@ -159,6 +165,17 @@ mod tests {
         let Command::Build(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert!(args.static_binary && !args.debug);
         assert!(Cli::try_parse_from(["xtask", "build", "--static", "--debug"]).is_err());
+    }
+
+    #[test]
+    fn fuzz_flags_parse() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--time", "30", "btf"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target.as_deref()), (30, Some("btf")));
+        let cli = Cli::try_parse_from(["xtask", "fuzz"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target), (60, None), "every target, a minute each");
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "0"]).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod bind_time_wait;
 mod cilium;
 mod exhaustion;
 mod netns;
-mod procnet;
+pub(crate) mod procnet;
 mod protocol;
 mod proxy_reset;
 mod refused;
