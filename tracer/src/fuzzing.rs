@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("btf", btf),
     ("tracefs_format", tracefs_format),
     ("cgroup", cgroup),
+    #[cfg(feature = "demo")]
     ("proc_net_tcp", proc_net_tcp),
     ("proc_small", proc_small),
     ("sock_diag", sock_diag),
@@ -101,11 +102,14 @@ pub fn cgroup(data: &[u8]) {
     }
 }
 
-/// /proc/net/tcp and tcp6; the first byte is the clock-tick rate (sysconf gives 1 or more).
+/// /proc/net/tcp and tcp6, as the workloads read them to check socket states (the
+/// product asks sock_diag); the first byte is the clock-tick rate (sysconf gives 1 or
+/// more).
+#[cfg(feature = "demo")]
 pub fn proc_net_tcp(data: &[u8]) {
     let Some((&ticks, text)) = data.split_first() else { return };
     let Ok(text) = std::str::from_utf8(text) else { return };
-    let _ = crate::scenario::procnet::parse(text, u64::from(ticks.max(1)));
+    let _ = sockerr_workloads::procnet::parse(text, u64::from(ticks.max(1)));
 }
 
 /// The small /proc texts: ip_local_port_range, an fd's link target, a /proc entry's name,
@@ -200,6 +204,7 @@ mod tests {
     }
 
     /// The list here, the target files and fuzz/Cargo.toml name the same targets.
+    #[cfg(feature = "demo")]
     #[test]
     fn every_target_has_a_file_and_a_manifest_entry() {
         let manifest = fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();

@@ -21,7 +21,8 @@ mod bind_time_wait;
 mod cilium;
 mod exhaustion;
 mod netns;
-pub(crate) mod procnet;
+/// The /proc/net/tcp parser; public for the fuzz target `proc_net_tcp` (../fuzz).
+pub mod procnet;
 mod protocol;
 mod proxy_reset;
 mod refused;
@@ -32,7 +33,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-
 pub use report::{Report, ResetReport};
 
 /// `sockerr scenario <NAME> [options]`
