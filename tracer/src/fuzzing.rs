@@ -45,7 +45,10 @@ pub fn ring_record(data: &[u8]) {
     let Ok(event) = crate::decode::decode(data) else { return };
     if let Payload::Reset(seen) = &event.payload {
         for exchange in &seen.exchanges {
-            assert!(exchange.sent.len() <= tracer_common::reset::PEEK_BYTES, "more bytes than the kernel kept");
+            assert!(
+                exchange.sent.len() <= tracer_common::reset::PEEK_BYTES,
+                "more bytes than the kernel kept"
+            );
             assert!(exchange.received.len() <= tracer_common::reset::PEEK_BYTES);
         }
         let reasons = BTreeMap::from([(seen.reason.unwrap_or(0), "FUZZ".to_string())]);
@@ -72,7 +75,9 @@ pub fn http_peek(data: &[u8]) {
 pub fn btf(data: &[u8]) {
     let Ok(btf) = Btf::parse(data) else { return };
     let _ = sock_offsets::from_btf(&btf, "fuzz");
-    for (strukt, path) in [("sock", "__sk_common"), ("sock", "a.b.c"), ("", ""), ("sock_common", "skc_family")] {
+    for (strukt, path) in
+        [("sock", "__sk_common"), ("sock", "a.b.c"), ("", ""), ("sock_common", "skc_family")]
+    {
         let _ = btf.member_offset(strukt, path);
     }
 }
@@ -217,10 +222,13 @@ mod tests {
         names.sort();
         assert_eq!(files, names);
         for name in names {
-            let source = fs::read_to_string(fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"))).unwrap();
-            assert!(source.contains(&format!("tracer::fuzzing::{name}(")), "{name}.rs calls another entry point");
+            let source =
+                fs::read_to_string(fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"))).unwrap();
+            assert!(
+                source.contains(&format!("tracer::fuzzing::{name}(")),
+                "{name}.rs calls another entry point"
+            );
             assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml lacks [[bin]] {name}");
         }
     }
-
 }

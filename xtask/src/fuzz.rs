@@ -114,13 +114,17 @@ fn fuzz_dir() -> PathBuf {
 
 fn cargo_fuzz(subcommand: &str) -> Command {
     let mut command = Command::new("cargo");
-    command.current_dir(workspace_root()).args(["+nightly", "fuzz", subcommand, "--fuzz-dir"]).arg(fuzz_dir());
+    command
+        .current_dir(workspace_root())
+        .args(["+nightly", "fuzz", subcommand, "--fuzz-dir"])
+        .arg(fuzz_dir());
     command
 }
 
 fn list_targets() -> Result<Vec<String>> {
     let listed = stdout_of(&mut cargo_fuzz("list"))?;
-    let targets: Vec<String> = listed.lines().map(str::trim).filter(|line| !line.is_empty()).map(String::from).collect();
+    let targets: Vec<String> =
+        listed.lines().map(str::trim).filter(|line| !line.is_empty()).map(String::from).collect();
     if targets.is_empty() {
         bail!("`cargo fuzz list` found no target in {}", fuzz_dir().display());
     }
@@ -224,7 +228,9 @@ fn run_target(binary: &Path, target: &str, each: Duration) -> Result<Outcome> {
         let reproduce = format!("reproduce with `{} <input>` (the input is named above)", binary.display());
         Some(format!("the fuzzer stopped ({status}); {reproduce}"))
     } else if runs < MIN_RUNS {
-        Some(format!("only {runs} inputs ran (at least {MIN_RUNS} expected): the target is too slow or stopped early"))
+        Some(format!(
+            "only {runs} inputs ran (at least {MIN_RUNS} expected): the target is too slow or stopped early"
+        ))
     } else {
         None
     };
@@ -258,15 +264,23 @@ mod tests {
             problem: Some("the fuzzer stopped (exit status: 77)".into()),
             tail: vec!["thread '<unnamed>' panicked at tracer/src/kernel/btf.rs:215:27:".into()],
         };
-        assert_eq!(outcome.summary(), "btf: 1234 inputs in 3.2 s, FAILED: the fuzzer stopped (exit status: 77)");
-        assert!(outcome.report().ends_with("panicked at tracer/src/kernel/btf.rs:215:27:"), "{}", outcome.report());
+        assert_eq!(
+            outcome.summary(),
+            "btf: 1234 inputs in 3.2 s, FAILED: the fuzzer stopped (exit status: 77)"
+        );
+        assert!(
+            outcome.report().ends_with("panicked at tracer/src/kernel/btf.rs:215:27:"),
+            "{}",
+            outcome.report()
+        );
         let err = verdict(&[outcome]).unwrap_err();
         assert_eq!(err.to_string(), "fuzz target(s) failed: btf");
     }
 
     #[test]
     fn clean_outcomes_pass() {
-        let outcome = Outcome { target: "cgroup".into(), runs: 50_000, seconds: 12.0, problem: None, tail: vec![] };
+        let outcome =
+            Outcome { target: "cgroup".into(), runs: 50_000, seconds: 12.0, problem: None, tail: vec![] };
         assert_eq!(outcome.summary(), "cgroup: 50000 inputs in 12.0 s, ok");
         verdict(&[outcome]).unwrap();
     }
