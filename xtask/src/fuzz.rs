@@ -158,7 +158,7 @@ fn binary_dir() -> Result<PathBuf> {
 }
 
 /// How one target's run went.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct Outcome {
     target: String,
     runs: u64,
