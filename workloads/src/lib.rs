@@ -21,7 +21,8 @@ mod bind_time_wait;
 mod cilium;
 mod exhaustion;
 mod netns;
-mod procnet;
+/// The /proc/net/tcp parser; public for the fuzz target `proc_net_tcp` (../fuzz).
+pub mod procnet;
 mod protocol;
 mod proxy_reset;
 mod refused;

@@ -8,6 +8,7 @@ mod arch;
 mod bench;
 mod bpf_linker;
 mod build;
+mod fuzz;
 mod image;
 mod manifests;
 mod paths;
@@ -55,7 +56,7 @@ enum Command {
     /// Format the workspace as the suite's fmt stage checks it (nightly rustfmt: import
     /// grouping is still unstable).
     Fmt,
-    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
+    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests, fuzzing,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
     /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
@@ -69,6 +70,10 @@ enum Command {
     /// start-up, and with --soak a million failures under the daemon. Writes BENCHMARKS.md
     /// and target/bench/results.json (as root).
     Bench(bench::BenchArgs),
+    /// Fuzz the decoders of data from the kernel or a peer (cargo-fuzz on nightly,
+    /// installed when missing); crashes land in target/fuzz/artifacts/TARGET.
+    #[command(after_help = "Example: cargo xtask fuzz --time 600 btf")]
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +144,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
@@ -189,6 +195,17 @@ mod tests {
         assert_eq!(args.arch, Some(arch::Arch::Arm64));
         assert!(Cli::try_parse_from(["xtask", "build", "--arch", "arm64"]).is_err(), "--arch needs --static");
         assert!(Cli::try_parse_from(["xtask", "build", "--static", "--arch", "riscv64"]).is_err());
+    }
+
+    #[test]
+    fn fuzz_flags_parse() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--time", "30", "btf"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target.as_deref()), (30, Some("btf")));
+        let cli = Cli::try_parse_from(["xtask", "fuzz"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target), (60, None), "every target, a minute each");
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "0"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     alerts,
     arch::Arch,
     build::{Profile, build_sockerr},
-    image, manifests,
+    fuzz, image, manifests,
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
@@ -88,6 +88,11 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
             "sockerr-e2e",
         ]);
         run_counting_tests(&mut command, counts, &mut io::stdout())
+    })?;
+    suite.stage("fuzz", |counts| {
+        // Each target that ran clean counts as a passed test.
+        counts.add(&TestCounts { passed: fuzz::stage()?, failed: 0, ignored: 0 });
+        Ok(())
     })?;
     let mut sockerr = PathBuf::new();
     suite.stage("release-build", |_| {

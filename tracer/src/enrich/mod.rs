@@ -12,12 +12,12 @@
 
 mod answer;
 mod enricher;
-mod interfaces;
+pub(crate) mod interfaces;
 mod matching;
 mod netns;
-mod port_range;
-mod procfs;
-mod sock_diag;
+pub(crate) mod port_range;
+pub(crate) mod procfs;
+pub(crate) mod sock_diag;
 
 use std::{
     io,

@@ -133,11 +133,11 @@ pub(crate) fn read_comm(process_dir: &Path) -> Option<String> {
 }
 
 /// `socket:[12345]` → 12345 (the target of an fd link to a socket, proc(5)).
-fn socket_inode(link_target: &OsStr) -> Option<u64> {
+pub(crate) fn socket_inode(link_target: &OsStr) -> Option<u64> {
     link_target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-fn parse_pid(name: &OsStr) -> Option<u32> {
+pub(crate) fn parse_pid(name: &OsStr) -> Option<u32> {
     name.to_str()?.parse().ok()
 }
 

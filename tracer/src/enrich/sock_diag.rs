@@ -215,14 +215,14 @@ fn dump_request(family: u8, transport: Transport, filter: DumpFilter, sequence: 
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Datagram {
+pub(crate) enum Datagram {
     More,
     Done,
 }
 
 /// Walks the netlink messages of one received datagram. Messages of another request
 /// (left over from a dump abandoned on error) are skipped.
-fn read_datagram(
+pub(crate) fn read_datagram(
     datagram: &[u8],
     sequence: u32,
     transport: Transport,
