@@ -95,7 +95,7 @@ pub(crate) fn find_owners(
         if let Some(err) = first_pid_error {
             scan.notes.push(err.to_string());
         }
-        scan.notes.extend(denied.notes());
+        scan.notes.extend(denied.notes(crate::kernel::privileges::holds));
         if timed_out {
             scan.notes.push("the owner search ran out of time".to_string());
         }
@@ -117,24 +117,37 @@ struct Denied {
 }
 
 impl Denied {
-    fn notes(&self) -> Vec<String> {
+    /// One note per refused step; `holds` tells whether this process has a capability, so
+    /// a refusal that holding it did not prevent (an LSM, a user namespace of its own, a
+    /// sandbox's init) is said so instead of blaming the capability.
+    fn notes(&self, holds: impl Fn(&str) -> bool) -> Vec<String> {
+        let why = |capability: &str| {
+            if holds(capability) {
+                format!("refused although sockerr holds {capability}: an LSM policy or another user namespace")
+            } else {
+                format!("needs {capability}")
+            }
+        };
         let mut notes = Vec::new();
         if self.lists > 0 {
             notes.push(format!(
-                "cannot list the fds of {} other processes in the namespace (needs CAP_DAC_READ_SEARCH)",
-                self.lists
+                "cannot list the fds of {} other processes in the namespace ({})",
+                self.lists,
+                why("CAP_DAC_READ_SEARCH")
             ));
         }
         if self.links > 0 {
             notes.push(format!(
-                "cannot read the fd links of {} other processes in the namespace (needs CAP_SYS_PTRACE)",
-                self.links
+                "cannot read the fd links of {} other processes in the namespace ({})",
+                self.links,
+                why("CAP_SYS_PTRACE")
             ));
         }
         if self.namespaces > 0 {
             notes.push(format!(
-                "cannot tell the network namespace of {} processes (needs CAP_SYS_PTRACE)",
-                self.namespaces
+                "cannot tell the network namespace of {} processes ({})",
+                self.namespaces,
+                why("CAP_SYS_PTRACE")
             ));
         }
         notes
@@ -340,14 +353,19 @@ mod tests {
     fn each_refused_step_names_its_own_capability() {
         let denied = Denied { lists: 2, links: 1, namespaces: 3 };
         assert_eq!(
-            denied.notes(),
+            denied.notes(|_| false),
             [
                 "cannot list the fds of 2 other processes in the namespace (needs CAP_DAC_READ_SEARCH)",
                 "cannot read the fd links of 1 other processes in the namespace (needs CAP_SYS_PTRACE)",
                 "cannot tell the network namespace of 3 processes (needs CAP_SYS_PTRACE)",
             ]
         );
-        assert!(Denied::default().notes().is_empty());
+        assert!(Denied::default().notes(|_| false).is_empty());
+        // Holding SYS_PTRACE but not DAC_READ_SEARCH: only the latter is blamed.
+        let notes = denied.notes(|cap| cap == "CAP_SYS_PTRACE");
+        assert!(notes[0].ends_with("(needs CAP_DAC_READ_SEARCH)"), "{notes:?}");
+        assert!(notes[1].contains("refused although sockerr holds CAP_SYS_PTRACE"), "{notes:?}");
+        assert!(notes.iter().all(|note| !note.contains("needs CAP_SYS_PTRACE")), "{notes:?}");
         let eacces = || io::Error::from_raw_os_error(libc::EACCES);
         let list = ScanFailure::List(eacces()).into_error(Path::new("/proc"), 7).to_string();
         assert_eq!(list, "cannot list /proc/7/fd (needs CAP_DAC_READ_SEARCH)");
@@ -362,7 +380,8 @@ mod tests {
         proc.process(30, "other", &[(5, "socket:[700]")]);
         let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| None, later());
         assert!(scan.owners.is_empty());
-        assert_eq!(scan.notes, ["cannot tell the network namespace of 1 processes (needs CAP_SYS_PTRACE)"]);
+        let [note] = scan.notes.as_slice() else { panic!("{:?}", scan.notes) };
+        assert!(note.starts_with("cannot tell the network namespace of 1 processes ("), "{note}");
     }
 
     #[test]

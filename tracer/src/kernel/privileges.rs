@@ -36,6 +36,26 @@ pub fn check() -> Result<Vec<Degradation>, PrivilegeError> {
     check_effective(effective_caps(&status))
 }
 
+/// Whether this process holds `capability` (e.g. "CAP_SYS_PTRACE", one of those sockerr
+/// names) in its effective set, read once; `false` when the set cannot be read.
+pub fn holds(capability: &str) -> bool {
+    static EFFECTIVE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let caps = *EFFECTIVE.get_or_init(|| fs::read_to_string("/proc/self/status").map_or(0, |s| effective_caps(&s)));
+    named(capability).is_some_and(|cap| caps & (1 << cap) != 0)
+}
+
+fn named(capability: &str) -> Option<u32> {
+    [
+        ("CAP_DAC_READ_SEARCH", CAP_DAC_READ_SEARCH),
+        ("CAP_SYS_PTRACE", CAP_SYS_PTRACE),
+        ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
+        ("CAP_PERFMON", CAP_PERFMON),
+        ("CAP_BPF", CAP_BPF),
+    ]
+    .into_iter()
+    .find_map(|(name, cap)| (name == capability).then_some(cap))
+}
+
 fn effective_caps(status: &str) -> u64 {
     status
         .lines()
@@ -111,6 +131,13 @@ mod tests {
     fn sys_admin_ptrace_and_dac_read_search_are_everything() {
         let caps = (1u64 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH);
         assert!(check_effective(caps).unwrap().is_empty());
+    }
+
+    #[test]
+    fn capabilities_are_known_by_name() {
+        assert_eq!(named("CAP_SYS_PTRACE"), Some(CAP_SYS_PTRACE));
+        assert_eq!(named("CAP_NET_RAW"), None);
+        assert!(!holds("CAP_NET_RAW"), "an unknown name is never held");
     }
 
     #[test]
