@@ -93,7 +93,8 @@ impl Daemon {
     /// listener, the rest on the scrape port.
     pub fn get(&self, path: &str) -> HttpResponse {
         let addr = if path.starts_with("/v1/") {
-            self.api_addr.unwrap_or_else(|| panic!("GET {path}: the daemon logged no `{API_LISTEN_MARKER}ADDR`"))
+            self.api_addr
+                .unwrap_or_else(|| panic!("GET {path}: the daemon logged no `{API_LISTEN_MARKER}ADDR`"))
         } else {
             self.addr
         };

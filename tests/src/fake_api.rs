@@ -168,10 +168,14 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
             body.extend_from_slice(&buf[..n]);
         }
-        let review: serde_json::Value = serde_json::from_slice(&body[..content_length]).map_err(std::io::Error::other)?;
+        let review: serde_json::Value =
+            serde_json::from_slice(&body[..content_length]).map_err(std::io::Error::other)?;
         shared.reviews.lock().unwrap_or_else(|p| p.into_inner()).push(review.clone());
-        let answer =
-            if route == TOKEN_REVIEWS { token_review(&shared.access, review) } else { access_review(&shared.access, review) };
+        let answer = if route == TOKEN_REVIEWS {
+            token_review(&shared.access, review)
+        } else {
+            access_review(&shared.access, review)
+        };
         return respond(&mut stream, "201 Created", &answer.to_string());
     }
     if method != "GET" || route != "/api/v1/pods" {
@@ -215,7 +219,8 @@ fn access_review(access: &FakeAccess, mut review: serde_json::Value) -> serde_js
     let groups: Vec<&str> =
         spec["groups"].as_array().map(|g| g.iter().filter_map(|g| g.as_str()).collect()).unwrap_or_default();
     let attributes = &spec["nonResourceAttributes"];
-    let (verb, path) = (attributes["verb"].as_str().unwrap_or_default(), attributes["path"].as_str().unwrap_or_default());
+    let (verb, path) =
+        (attributes["verb"].as_str().unwrap_or_default(), attributes["path"].as_str().unwrap_or_default());
     let allowed = access
         .grants
         .iter()
@@ -282,7 +287,8 @@ mod tests {
     fn post(server: &FakeApiServer, path: &str, body: &str) -> serde_json::Value {
         let mut stream = TcpStream::connect(server.address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(stream, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        write!(stream, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         assert!(response.starts_with("HTTP/1.1 201"), "{response}");
@@ -292,7 +298,11 @@ mod tests {
     #[test]
     fn reviews_tokens_and_grants_like_the_api_server() {
         let access = FakeAccess {
-            tokens: vec![("t-reader".into(), "system:serviceaccount:monitoring:reader".into(), vec!["readers".into()])],
+            tokens: vec![(
+                "t-reader".into(),
+                "system:serviceaccount:monitoring:reader".into(),
+                vec!["readers".into()],
+            )],
             grants: vec![("readers".into(), "get".into(), "/v1/sockets".into())],
         };
         let server = FakeApiServer::start_with_access("{}".into(), access);

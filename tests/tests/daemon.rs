@@ -166,7 +166,8 @@ fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
     let SocketAddr::V4(to) = to else { panic!("{to}: IPv4 expected") };
     let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
     bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0))).expect("bind the source address");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect {source} -> {to}: {e}"));
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))
+        .unwrap_or_else(|e| panic!("connect {source} -> {to}: {e}"));
     TcpStream::from(fd)
 }
 
@@ -193,7 +194,12 @@ fn slowloris(to: SocketAddr, stop: &AtomicBool) -> usize {
         while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
             let mut buf = [0u8; 512];
             match stream.read(&mut buf) {
-                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if stream.write_all(b"X-Slow: 1\r\n").is_err() {
                         cut += 1;
                         break;
@@ -246,7 +252,9 @@ fn slow_and_oversized_clients_stall_neither_tracing_nor_scrapes() {
     let scraper = Ipv4Addr::new(127, 0, 0, 2);
     let big_head = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(32 * 1024));
     let oversized_head = raw_request(scraper, addr, big_head.as_bytes());
-    let big_body = [b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n".as_slice(), &[b'x'; 65536]].concat();
+    let big_body =
+        [b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n".as_slice(), &[b'x'; 65536]]
+            .concat();
     let oversized_body = raw_request(scraper, addr, &big_body);
 
     // Tracing goes on under the attack: the incident's 4 failures arrive.
@@ -260,7 +268,8 @@ fn slow_and_oversized_clients_stall_neither_tracing_nor_scrapes() {
     // Held heads are cut at the header read timeout (5 s): wait for the first ones.
     let deadline = Instant::now() + Duration::from_secs(15);
     let metrics = loop {
-        let answer = raw_request(scraper, addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer =
+            raw_request(scraper, addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let timeouts = r#"sockerr_http_connections_aborted_total{listener="scrape",reason="header_timeout"}"#;
         if counter(&answer, timeouts) > 0.0 || Instant::now() > deadline {
@@ -274,7 +283,8 @@ fn slow_and_oversized_clients_stall_neither_tracing_nor_scrapes() {
 
     assert!(oversized_head.starts_with("HTTP/1.1 431"), "{oversized_head}");
     assert!(oversized_body.starts_with("HTTP/1.1 413"), "{oversized_body}");
-    let series = |listener_reason: &str| counter(&metrics, &format!("sockerr_http_connections_{listener_reason}"));
+    let series =
+        |listener_reason: &str| counter(&metrics, &format!("sockerr_http_connections_{listener_reason}"));
     assert!(series(r#"aborted_total{listener="scrape",reason="header_timeout"}"#) >= 1.0, "{metrics}");
     assert!(series(r#"aborted_total{listener="scrape",reason="head_too_large"}"#) >= 1.0, "{metrics}");
     assert!(series(r#"refused_total{listener="scrape",reason="client_limit"}"#) >= 1.0, "{metrics}");

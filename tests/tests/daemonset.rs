@@ -44,7 +44,11 @@ fn list_after(text: &str, key: &str) -> Vec<String> {
 /// `--bounding-set=-all,+cap,...` for setpriv (lower case, no CAP_ prefix).
 fn bounding_set(caps: &[String]) -> String {
     let added: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
-    if added.is_empty() { "--bounding-set=-all".to_owned() } else { format!("--bounding-set=-all,{}", added.join(",")) }
+    if added.is_empty() {
+        "--bounding-set=-all".to_owned()
+    } else {
+        format!("--bounding-set=-all,{}", added.join(","))
+    }
 }
 
 /// The `capabilities.add` list of the DaemonSet, e.g. `["BPF", "PERFMON", ...]`.
@@ -56,7 +60,9 @@ fn daemonset_capabilities() -> Vec<String> {
     assert!(text.contains("drop: [\"ALL\"]"), "the DaemonSet must drop every capability first");
     let from_capabilities = &text[text.find("capabilities:").expect("a capabilities block")..];
     let caps = list_after(from_capabilities, "add:");
-    assert!(!caps.is_empty() && caps.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')));
+    assert!(
+        !caps.is_empty() && caps.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
+    );
     caps
 }
 
@@ -195,7 +201,11 @@ fn without(cap: &str) -> Vec<String> {
 fn daemonset_adds_only_capabilities_proven_needed() {
     let mut caps = daemonset_capabilities();
     caps.sort();
-    assert_eq!(caps, ["DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE"], "a capability without its test (or a test without its capability)");
+    assert_eq!(
+        caps,
+        ["DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE"],
+        "a capability without its test (or a test without its capability)"
+    );
 }
 
 /// SYS_ADMIN stands in for BPF and PERFMON, which the DaemonSet does not add: without it
@@ -205,7 +215,11 @@ fn without_sys_admin_sockerr_does_not_start() {
     require_root();
     let bounding = bounding_set(&without("SYS_ADMIN"));
     let mut command = Command::new("setpriv");
-    command.args([bounding.as_str(), "--inh-caps=-all", "--"]).arg(sockerr_bin()).args(["trace", "--duration", "1s"]);
+    command.args([bounding.as_str(), "--inh-caps=-all", "--"]).arg(sockerr_bin()).args([
+        "trace",
+        "--duration",
+        "1s",
+    ]);
     let run = run_to_end("setpriv (DaemonSet caps - SYS_ADMIN) sockerr trace", &mut command, STOP_TIMEOUT);
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert!(run.stderr.contains("missing CAP_BPF and CAP_PERFMON"), "{}", run.stderr);
@@ -272,7 +286,15 @@ fn without_dac_read_search_a_non_root_holder_is_not_named() {
     std::fs::create_dir_all(&scratch).expect("a scratch directory");
     let server = Running(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-m", "http.server"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+            ])
             .args(["--bind", "127.0.0.1", &port.to_string()])
             .current_dir(&scratch)
             .stdout(std::process::Stdio::null())
@@ -285,7 +307,9 @@ fn without_dac_read_search_a_non_root_holder_is_not_named() {
 
     let cgroup = TestCgroup::create("no-dac");
     let args = ["--cgroup", cgroup.relative(), "--output", "json"];
-    let wrapper = |caps: &[String]| vec!["setpriv".to_owned(), bounding_set(caps), "--inh-caps=-all".into(), "--".into()];
+    let wrapper = |caps: &[String]| {
+        vec!["setpriv".to_owned(), bounding_set(caps), "--inh-caps=-all".into(), "--".into()]
+    };
     let full = wrapper(&daemonset_capabilities());
     let fewer = wrapper(&without("DAC_READ_SEARCH"));
     fn as_strs(words: &[String]) -> Vec<&str> {
@@ -321,7 +345,10 @@ fn without_dac_read_search_a_non_root_holder_is_not_named() {
     assert_eq!(record["holder"]["pid"], Value::Null, "{record}");
     let note = record.str_at("/note").unwrap_or_default();
     assert!(note.contains("needs CAP_DAC_READ_SEARCH"), "{record}");
-    assert!(!note.contains("needs CAP_SYS_PTRACE"), "SYS_PTRACE is held; the note must not blame it: {record}");
+    assert!(
+        !note.contains("needs CAP_SYS_PTRACE"),
+        "SYS_PTRACE is held; the note must not blame it: {record}"
+    );
 }
 
 /// The container's `args:`, without the subcommand.
@@ -357,7 +384,11 @@ fn daemonset_scrape_port_serves_sockets_only_to_permitted_tokens() {
     let access = FakeAccess {
         tokens: vec![
             ("debugger-token".into(), debugger.into(), vec!["system:serviceaccounts".into()]),
-            ("app-token".into(), "system:serviceaccount:shop:checkout".into(), vec!["system:serviceaccounts".into()]),
+            (
+                "app-token".into(),
+                "system:serviceaccount:shop:checkout".into(),
+                vec!["system:serviceaccounts".into()],
+            ),
         ],
         grants: vec![(debugger.into(), "get".into(), "/v1/sockets".into())],
     };
@@ -388,7 +419,10 @@ fn daemonset_scrape_port_serves_sockets_only_to_permitted_tokens() {
     assert!(no_token.body.contains("Authorization: Bearer"), "{no_token:?}");
     assert_eq!(forged.status, 401, "{forged:?}");
     assert_eq!(unpermitted.status, 403, "{unpermitted:?}");
-    assert!(unpermitted.body.contains("system:serviceaccount:shop:checkout may not get /v1/sockets"), "{unpermitted:?}");
+    assert!(
+        unpermitted.body.contains("system:serviceaccount:shop:checkout may not get /v1/sockets"),
+        "{unpermitted:?}"
+    );
     for refused in [&no_token, &forged, &unpermitted] {
         assert!(!refused.body.contains("processes"), "the table leaked: {refused:?}");
     }
@@ -416,7 +450,10 @@ fn daemonset_scrape_port_serves_sockets_only_to_permitted_tokens() {
     let access_reviews: Vec<&Value> = reviews.iter().filter(|r| r["kind"] == "SubjectAccessReview").collect();
     assert_eq!(access_reviews.len(), 2, "one per authenticated token: {reviews:#?}");
     let mine = access_reviews.iter().find(|r| r["spec"]["user"] == debugger).expect("the debugger's review");
-    assert_eq!(mine["spec"]["nonResourceAttributes"], serde_json::json!({"path": "/v1/sockets", "verb": "get"}));
+    assert_eq!(
+        mine["spec"]["nonResourceAttributes"],
+        serde_json::json!({"path": "/v1/sockets", "verb": "get"})
+    );
     assert_eq!(mine["spec"]["groups"], serde_json::json!(["system:serviceaccounts"]));
     assert!(stopped.status.success(), "{stopped:?}");
     assert!(!stopped.stderr.contains("no CAP_"), "{}", stopped.stderr);

@@ -67,9 +67,8 @@ pub fn scrape_router(state: AppState, access: Option<ApiAccess>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     let router = match access {
-        Some(access) => router.merge(
-            api_routes().route_layer(middleware::from_fn_with_state(access, require_permitted_token)),
-        ),
+        Some(access) => router
+            .merge(api_routes().route_layer(middleware::from_fn_with_state(access, require_permitted_token))),
         None => router.route("/v1/{*rest}", get(not_on_this_port)),
     };
     hardened(router.with_state(state))
@@ -142,7 +141,9 @@ async fn require_permitted_token(State(access): State<ApiAccess>, request: Reque
 
 fn unauthorized(message: String) -> Response {
     let mut response = error(StatusCode::UNAUTHORIZED, message);
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sockerr\""));
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sockerr\""));
     response
 }
 
@@ -332,7 +333,8 @@ mod tests {
                 let known = ["permitted", "unpermitted"].contains(&token.as_str());
                 Ok(TokenReviewStatus {
                     authenticated: Some(known),
-                    user: known.then(|| UserInfo { username: Some(format!("user-{token}")), ..Default::default() }),
+                    user: known
+                        .then(|| UserInfo { username: Some(format!("user-{token}")), ..Default::default() }),
                     ..Default::default()
                 })
             })
@@ -354,7 +356,10 @@ mod tests {
 
     fn exposed(state: AppState) -> (Router, HttpMetrics) {
         let metrics = HttpMetrics::register(&mut prometheus_client::registry::Registry::default());
-        let access = ApiAccess { authorizer: Arc::new(Authorizer::new(Box::new(OneReader))), metrics: metrics.clone() };
+        let access = ApiAccess {
+            authorizer: Arc::new(Authorizer::new(Box::new(OneReader))),
+            metrics: metrics.clone(),
+        };
         (scrape_router(state, Some(access)), metrics)
     }
 
@@ -389,13 +394,18 @@ mod tests {
         assert!(body.contains("Authorization: Bearer") && !body.contains("envoy"), "{body}");
         let (status, _, body) = send(router.clone(), with_token("/v1/sockets?pid=401", Some("forged"))).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-        let (status, _, body) = send(router.clone(), with_token("/v1/sockets?pid=401", Some("unpermitted"))).await;
+        let (status, _, body) =
+            send(router.clone(), with_token("/v1/sockets?pid=401", Some("unpermitted"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-        assert!(body.contains("user-unpermitted may not get /v1/sockets") && body.contains(READER_ROLE), "{body}");
+        assert!(
+            body.contains("user-unpermitted may not get /v1/sockets") && body.contains(READER_ROLE),
+            "{body}"
+        );
         // Not even a malformed query is answered before the check.
         let (status, _, _) = send(router.clone(), with_token("/v1/sockets?pid=abc", None)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        let (status, _, body) = send(router.clone(), with_token("/v1/sockets?pid=401", Some("permitted"))).await;
+        let (status, _, body) =
+            send(router.clone(), with_token("/v1/sockets?pid=401", Some("permitted"))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("envoy"), "{body}");
         // Metrics and probes ask for nothing.

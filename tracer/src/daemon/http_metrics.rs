@@ -63,11 +63,8 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            refused: Family::default(),
-            aborted: Family::default(),
-            api_access: Family::default(),
-        };
+        let metrics =
+            Self { refused: Family::default(), aborted: Family::default(), api_access: Family::default() };
         registry.register(
             "http_connections_refused",
             "HTTP connections closed at once, by listener and reason (connection or per-client limit, unix socket peer of another user)",

@@ -38,9 +38,9 @@ impl FromStr for ApiListen {
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
-        let addr: SocketAddr = text
-            .parse()
-            .map_err(|_| format!("`{text}` is neither ADDR:PORT (e.g. 127.0.0.1:9967), unix:PATH nor none"))?;
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            format!("`{text}` is neither ADDR:PORT (e.g. 127.0.0.1:9967), unix:PATH nor none")
+        })?;
         if !addr.ip().is_loopback() {
             return Err(format!(
                 "{addr} is not a loopback address: --api-listen serves the socket table without \
@@ -105,7 +105,11 @@ pub async fn bind_api(listen: &ApiListen) -> Result<Option<ApiListener>, ListenE
     }
 }
 
-async fn bind_tcp(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, ListenError> {
+async fn bind_tcp(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ListenError> {
     let error = |source: io::Error| ListenError::Tcp { addr, what, fix: tcp_fix(&source, flag), source };
     let listener = TcpListener::bind(addr).await.map_err(error)?;
     Ok(listener)
@@ -130,9 +134,8 @@ fn tcp_fix(source: &io::Error, flag: &str) -> String {
 /// Binds a unix socket readable and writable by this user only. A socket file left by a
 /// daemon that died is replaced; one a live process serves is not.
 async fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
-    let error = |fix: &'static str| {
-        move |source: io::Error| ListenError::Unix { path: path.to_owned(), fix, source }
-    };
+    let error =
+        |fix: &'static str| move |source: io::Error| ListenError::Unix { path: path.to_owned(), fix, source };
     if let Ok(metadata) = std::fs::symlink_metadata(path) {
         if !metadata.file_type().is_socket() {
             return Err(ListenError::Unix {
@@ -179,7 +182,10 @@ mod tests {
         assert!(message.starts_with(&format!("cannot listen on {addr} for the HTTP endpoints")), "{message}");
         assert!(message.contains("--listen ADDR"), "{message}");
         let message = bind_api(&ApiListen::Tcp(addr)).await.err().unwrap().to_string();
-        assert!(message.contains("for the socket table") && message.contains("--api-listen ADDR"), "{message}");
+        assert!(
+            message.contains("for the socket table") && message.contains("--api-listen ADDR"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

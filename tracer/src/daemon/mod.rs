@@ -87,12 +87,18 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
     tracing::info!("HTTP endpoints listening on http://{address} (/metrics, /healthz, /readyz{exposed})");
     let api = match api {
         Some(ApiListener::Tcp(listener)) => {
-            let address = listener.local_addr().map_or_else(|_| args.api_listen.to_string(), |a| a.to_string());
-            tracing::info!("socket table listening on http://{address} (/v1/sockets, no token: loopback only)");
+            let address =
+                listener.local_addr().map_or_else(|_| args.api_listen.to_string(), |a| a.to_string());
+            tracing::info!(
+                "socket table listening on http://{address} (/v1/sockets, no token: loopback only)"
+            );
             Some(Incoming::Tcp(listener))
         }
         Some(ApiListener::Unix(listener)) => {
-            tracing::info!("socket table listening on {} (/v1/sockets, no token: this user only)", args.api_listen);
+            tracing::info!(
+                "socket table listening on {} (/v1/sockets, no token: this user only)",
+                args.api_listen
+            );
             Some(Incoming::Unix(listener))
         }
         None => None,
@@ -127,7 +133,12 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
         stopped(),
     );
     let api_server = api.map(|incoming| {
-        serve::serve(incoming, http::api_router(state), ServeOptions::new(Listener::Api, http_metrics), stopped())
+        serve::serve(
+            incoming,
+            http::api_router(state),
+            ServeOptions::new(Listener::Api, http_metrics),
+            stopped(),
+        )
     });
     let mut server = tokio::spawn(async move {
         let _alive = alive;

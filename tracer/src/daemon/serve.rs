@@ -241,8 +241,13 @@ mod tests {
             let metrics = HttpMetrics::register(&mut registry);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let options =
-                ServeOptions { listener: Listener::Scrape, limits, metrics, header_read_timeout, max_age: MAX_CONNECTION_AGE };
+            let options = ServeOptions {
+                listener: Listener::Scrape,
+                limits,
+                metrics,
+                header_read_timeout,
+                max_age: MAX_CONNECTION_AGE,
+            };
             let router = Router::new().route("/metrics", get(|| async { "counters\n" }));
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(serve(Incoming::Tcp(listener), router, options, async {
@@ -254,7 +259,10 @@ mod tests {
         fn counter(&self, series: &str) -> f64 {
             let mut text = String::new();
             encode(&mut text, &self.registry).unwrap();
-            let line = text.lines().find(|line| line.starts_with(series)).unwrap_or_else(|| panic!("{series}: {text}"));
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(series))
+                .unwrap_or_else(|| panic!("{series}: {text}"));
             line.rsplit_once(' ').unwrap().1.parse().unwrap()
         }
     }
@@ -306,10 +314,15 @@ mod tests {
         idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let started = std::time::Instant::now();
         assert!(closed_within(&mut slowloris, 10 * SLOW).await.is_ok(), "the slow head was not cut");
-        let answered = closed_within(&mut idle, 10 * SLOW).await.expect("the idle keep-alive connection stays open");
+        let answered =
+            closed_within(&mut idle, 10 * SLOW).await.expect("the idle keep-alive connection stays open");
         assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"), "answered first");
         assert!(started.elapsed() >= SLOW, "cut before the timeout: {:?}", started.elapsed());
-        assert!(server.counter(r#"sockerr_http_connections_aborted_total{listener="scrape",reason="header_timeout"}"#) >= 1.0);
+        assert!(
+            server.counter(
+                r#"sockerr_http_connections_aborted_total{listener="scrape",reason="header_timeout"}"#
+            ) >= 1.0
+        );
     }
 
     #[tokio::test]
@@ -327,8 +340,18 @@ mod tests {
         // Another address still gets in while the first holds its share.
         let answer = scrape("127.0.0.2", server.addr).await;
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("counters\n"), "{answer}");
-        assert_eq!(server.counter(r#"sockerr_http_connections_refused_total{listener="scrape",reason="client_limit"}"#), 1.0);
-        assert_eq!(server.counter(r#"sockerr_http_connections_refused_total{listener="scrape",reason="connection_limit"}"#), 0.0);
+        assert_eq!(
+            server.counter(
+                r#"sockerr_http_connections_refused_total{listener="scrape",reason="client_limit"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            server.counter(
+                r#"sockerr_http_connections_refused_total{listener="scrape",reason="connection_limit"}"#
+            ),
+            0.0
+        );
         drop(held);
     }
 
@@ -336,12 +359,22 @@ mod tests {
     async fn an_oversized_head_is_refused_with_431() {
         let server = Running::start(ConnectionLimits::new(8, 8), Duration::from_secs(30)).await;
         let mut stream = connect_from("127.0.0.1", server.addr).await;
-        let huge = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(2 * MAX_HEAD_BYTES));
+        let huge =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(2 * MAX_HEAD_BYTES));
         // The server may close before everything is written: the answer is what counts.
         let _ = stream.write_all(huge.as_bytes()).await;
         let answer = closed_within(&mut stream, Duration::from_secs(5)).await.expect("closed");
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&answer));
-        assert_eq!(server.counter(r#"sockerr_http_connections_aborted_total{listener="scrape",reason="head_too_large"}"#), 1.0);
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert_eq!(
+            server.counter(
+                r#"sockerr_http_connections_aborted_total{listener="scrape",reason="head_too_large"}"#
+            ),
+            1.0
+        );
         let mut many = String::from("GET /metrics HTTP/1.1\r\n");
         for field in 0..=MAX_HEADERS {
             many.push_str(&format!("X-{field}: 1\r\n"));
@@ -350,6 +383,10 @@ mod tests {
         let mut stream = connect_from("127.0.0.1", server.addr).await;
         let _ = stream.write_all(many.as_bytes()).await;
         let answer = closed_within(&mut stream, Duration::from_secs(5)).await.expect("closed");
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 }

@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(proc.to_string(), "cannot read /proc/7/fd (needs CAP_SYS_PTRACE)");
         assert_eq!(proc.missing_capability(), Some("CAP_SYS_PTRACE"));
 
-        let list = EnrichError::FdList { path: "/proc/7/fd".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
+        let list = EnrichError::FdList {
+            path: "/proc/7/fd".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
         assert_eq!(list.to_string(), "cannot list /proc/7/fd (needs CAP_DAC_READ_SEARCH)");
         assert_eq!(list.missing_capability(), Some("CAP_DAC_READ_SEARCH"));
 

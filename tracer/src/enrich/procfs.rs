@@ -123,7 +123,9 @@ impl Denied {
     fn notes(&self, holds: impl Fn(&str) -> bool) -> Vec<String> {
         let why = |capability: &str| {
             if holds(capability) {
-                format!("refused although sockerr holds {capability}: an LSM policy or another user namespace")
+                format!(
+                    "refused although sockerr holds {capability}: an LSM policy or another user namespace"
+                )
             } else {
                 format!("needs {capability}")
             }

@@ -58,9 +58,10 @@ impl SockDiagError {
     /// refusal comes from an LSM policy (SELinux, AppArmor) that no capability lifts.
     pub fn is_refused(&self) -> bool {
         match self {
-            Self::Open { source } | Self::Send { source } | Self::Receive { source } | Self::Kernel { source } => {
-                source.kind() == io::ErrorKind::PermissionDenied
-            }
+            Self::Open { source }
+            | Self::Send { source }
+            | Self::Receive { source }
+            | Self::Kernel { source } => source.kind() == io::ErrorKind::PermissionDenied,
             Self::Decode { .. } => false,
         }
     }

@@ -40,7 +40,8 @@ pub fn check() -> Result<Vec<Degradation>, PrivilegeError> {
 /// names) in its effective set, read once; `false` when the set cannot be read.
 pub fn holds(capability: &str) -> bool {
     static EFFECTIVE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let caps = *EFFECTIVE.get_or_init(|| fs::read_to_string("/proc/self/status").map_or(0, |s| effective_caps(&s)));
+    let caps =
+        *EFFECTIVE.get_or_init(|| fs::read_to_string("/proc/self/status").map_or(0, |s| effective_caps(&s)));
     named(capability).is_some_and(|cap| caps & (1 << cap) != 0)
 }
 

@@ -37,13 +37,20 @@ pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the check said about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allowed { user: String },
+    Allowed {
+        user: String,
+    },
     /// No `Authorization: Bearer <token>` header.
     NoToken,
     /// The API server does not accept the token (unknown, expired, another audience).
-    Unauthenticated { error: Option<String> },
+    Unauthenticated {
+        error: Option<String>,
+    },
     /// The token's user may not do this.
-    Forbidden { user: String, reason: Option<String> },
+    Forbidden {
+        user: String,
+        reason: Option<String>,
+    },
 }
 
 /// The outcome of a request for the `sockerr_http_api_access_total` counter.
@@ -114,7 +121,8 @@ pub fn verb(method: &Method) -> &'static str {
 
 /// The user a TokenReview vouches for, or why it does not.
 pub fn authenticated_user(status: &TokenReviewStatus) -> Result<UserInfo, Decision> {
-    let user = status.user.as_ref().filter(|user| user.username.as_deref().is_some_and(|name| !name.is_empty()));
+    let user =
+        status.user.as_ref().filter(|user| user.username.as_deref().is_some_and(|name| !name.is_empty()));
     match (status.authenticated, user) {
         (Some(true), Some(user)) => Ok(user.clone()),
         _ => Err(Decision::Unauthenticated { error: status.error.clone().filter(|e| !e.is_empty()) }),
@@ -172,7 +180,12 @@ impl Authorizer {
     }
 
     /// Whether the request with these headers may `verb` on `path`.
-    pub async fn decide(&self, headers: &HeaderMap, path: &str, verb: &'static str) -> Result<Decision, AccessError> {
+    pub async fn decide(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        verb: &'static str,
+    ) -> Result<Decision, AccessError> {
         let Some(token) = bearer_token(headers) else {
             return Ok(Decision::NoToken);
         };
@@ -189,7 +202,8 @@ impl Authorizer {
 
     async fn review(&self, token: &str, path: &str, verb: &'static str) -> Result<Decision, AccessError> {
         // Never closed (acquiring fails only on a closed semaphore): waits, within the timeout.
-        let _slot = self.reviews.acquire().await.map_err(|_| AccessError::TimedOut { after: self.timeout })?;
+        let _slot =
+            self.reviews.acquire().await.map_err(|_| AccessError::TimedOut { after: self.timeout })?;
         let status = self.review.token_review(token.to_owned()).await.map_err(AccessError::Review)?;
         let user = match authenticated_user(&status) {
             Ok(user) => user,
@@ -314,7 +328,8 @@ mod tests {
     #[test]
     fn a_token_review_must_say_authenticated_and_name_a_user() {
         let named = UserInfo { username: Some("reader".into()), ..Default::default() };
-        let ok = TokenReviewStatus { authenticated: Some(true), user: Some(named.clone()), ..Default::default() };
+        let ok =
+            TokenReviewStatus { authenticated: Some(true), user: Some(named.clone()), ..Default::default() };
         assert_eq!(authenticated_user(&ok), Ok(named.clone()));
         let refused = TokenReviewStatus {
             authenticated: Some(false),
@@ -322,7 +337,10 @@ mod tests {
             error: Some("expired".into()),
             ..Default::default()
         };
-        assert_eq!(authenticated_user(&refused), Err(Decision::Unauthenticated { error: Some("expired".into()) }));
+        assert_eq!(
+            authenticated_user(&refused),
+            Err(Decision::Unauthenticated { error: Some("expired".into()) })
+        );
         // Authenticated but nameless, or silent: no user to authorize.
         let nameless = TokenReviewStatus {
             authenticated: Some(true),
@@ -338,7 +356,8 @@ mod tests {
         let user = UserInfo { username: Some("reader".into()), ..Default::default() };
         let allowed = SubjectAccessReviewStatus { allowed: true, ..Default::default() };
         assert_eq!(authorized(&user, &allowed), Decision::Allowed { user: "reader".into() });
-        let contradictory = SubjectAccessReviewStatus { allowed: true, denied: Some(true), ..Default::default() };
+        let contradictory =
+            SubjectAccessReviewStatus { allowed: true, denied: Some(true), ..Default::default() };
         assert!(matches!(authorized(&user, &contradictory), Decision::Forbidden { .. }));
         let refused = SubjectAccessReviewStatus {
             allowed: false,
@@ -361,7 +380,10 @@ mod tests {
             let authorizer = &authorizer;
             async move { authorizer.decide(&headers(auth), path, "get").await.unwrap() }
         };
-        assert_eq!(decide(Some("Bearer good"), "/v1/sockets").await, Decision::Allowed { user: "reader".into() });
+        assert_eq!(
+            decide(Some("Bearer good"), "/v1/sockets").await,
+            Decision::Allowed { user: "reader".into() }
+        );
         assert_eq!(
             decide(Some("Bearer other"), "/v1/sockets").await,
             Decision::Forbidden { user: "stranger".into(), reason: Some("no RBAC policy matched".into()) }
@@ -381,7 +403,10 @@ mod tests {
         assert_eq!(first.uid.as_deref(), Some("uid-reader"));
         assert!(first.extra.as_ref().is_some_and(|extra| extra.contains_key("scopes")));
         let attributes = first.non_resource_attributes.as_ref().unwrap();
-        assert_eq!((attributes.path.as_deref(), attributes.verb.as_deref()), (Some("/v1/sockets"), Some("get")));
+        assert_eq!(
+            (attributes.path.as_deref(), attributes.verb.as_deref()),
+            (Some("/v1/sockets"), Some("get"))
+        );
         assert!(first.resource_attributes.is_none());
     }
 
@@ -404,7 +429,8 @@ mod tests {
         let reviews = Arc::clone(&down.token_reviews);
         let authorizer = Authorizer::new(Box::new(down));
         for _ in 0..2 {
-            let err = authorizer.decide(&headers(Some("Bearer good")), "/v1/sockets", "get").await.unwrap_err();
+            let err =
+                authorizer.decide(&headers(Some("Bearer good")), "/v1/sockets", "get").await.unwrap_err();
             assert!(matches!(err, AccessError::Review(_)), "{err}");
         }
         assert_eq!(reviews.load(Ordering::SeqCst), 2, "a failed review is not remembered");

@@ -46,7 +46,10 @@ pub struct KubeReview {
 impl KubeReview {
     pub async fn infer() -> Result<Self, ReviewError> {
         let config = Config::infer().await.map_err(ReviewError::Config)?;
-        tracing::info!("--expose-api: bearer tokens are reviewed by the API server at {}", config.cluster_url);
+        tracing::info!(
+            "--expose-api: bearer tokens are reviewed by the API server at {}",
+            config.cluster_url
+        );
         Ok(Self { client: Client::try_from(config).map_err(ReviewError::Client)? })
     }
 }
