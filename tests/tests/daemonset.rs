@@ -8,6 +8,7 @@
 //!   token the (stand-in) API server authenticates and authorizes, and /metrics to anyone;
 //! - in a pid namespace of its own (`hostPID: false`) with the host's /proc mounted
 //!   elsewhere, `--host-proc` is what lets it resolve the host pids the kernel reports.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
