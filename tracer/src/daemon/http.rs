@@ -209,13 +209,12 @@ fn error(status: StatusCode, message: String) -> Response {
 mod tests {
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
-    use serde_json::Value;
-    use tower::ServiceExt;
-
     use k8s_openapi::api::{
         authentication::v1::{TokenReviewStatus, UserInfo},
         authorization::v1::{SubjectAccessReviewSpec, SubjectAccessReviewStatus},
     };
+    use serde_json::Value;
+    use tower::ServiceExt;
 
     use super::*;
     use crate::{
