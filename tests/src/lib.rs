@@ -255,9 +255,9 @@ impl Tracer {
         Self { process }
     }
 
-    /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
-    fn start_command(subcommand: &str, args: &[&str]) -> Self {
-        Self::launch(&[], subcommand, args, &[])
+    /// `<wrapper> sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
+    fn start_command(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(wrapper, subcommand, args, env)
     }
 
     fn launch(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
@@ -610,7 +610,7 @@ pub fn cilium_text_expectations(report: &Report) -> Vec<String> {
 }
 
 /// Makes the child write "0" (itself) to `cgroup`/cgroup.procs between fork and exec.
-fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
+pub fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
     use std::os::unix::{ffi::OsStrExt, process::CommandExt};
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
         .expect("cgroup path without NUL");

@@ -164,6 +164,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for counters kept elsewhere (the HTTP server's) to join /metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Counts one record.
     pub fn observe(&self, record: &Record) {
         match record.event {
