@@ -178,6 +178,12 @@ impl SocketTable {
         self.sockets.is_empty()
     }
 
+    /// Entries of every kind the table holds (sockets and the generations of closed
+    /// ones): what its memory grows with.
+    pub fn remembered(&self) -> usize {
+        self.sockets.len() + self.next_generation.len()
+    }
+
     /// Forgets the least recently seen eighth of the table: one O(n) pass per
     /// capacity/8 insertions instead of LRU bookkeeping on every event.
     fn evict(&mut self) {
@@ -319,6 +325,87 @@ mod tests {
         }
         assert!(table.get(1, 99).is_some());
         assert!(table.get(1, 0).is_none());
+    }
+
+    fn reset(fd: i32, sk: u64, local: &str, peer: &str) -> Payload {
+        use crate::reset::{ResetDirection, ResetOwner, ResetSeen};
+        Payload::Reset(Box::new(ResetSeen {
+            direction: ResetDirection::Received,
+            owner: ResetOwner::Socket,
+            fd,
+            has_socket: true,
+            sk,
+            state: None,
+            reason: None,
+            active: false,
+            cookie: None,
+            local: addr(local),
+            peer: addr(peer),
+            exchanges: Vec::new(),
+        }))
+    }
+
+    fn connect(fd: i32, dst: &str, src: Option<&str>, sk: u64) -> Payload {
+        Payload::Connect { fd, dst: addr(dst), src: src.and_then(addr), opts: SockOpts::default(), sk, origin: None }
+    }
+
+    /// Issue 12, "wrong attribution across fd reuse": a proxy's upstream connect fails
+    /// with EADDRNOTAVAIL on fd 5 (an fd the kernel does not track, so its close makes no
+    /// event); accept() hands out fd 5 again; the RST later received on the accepted
+    /// socket must not carry the earlier socket's error.
+    #[test]
+    fn wrong_attribution_across_fd_reuse_a_reset_on_the_accepted_socket() {
+        let mut table = SocketTable::new(16);
+        let failed = table.apply(&event(7, 1, 99, connect(5, "127.0.0.19:443", None, 0xa000))).unwrap();
+        assert_eq!(failed.last_error.map(|e| e.errno), Some(99));
+        let on_accepted = table.apply(&event(7, 2, 0, reset(5, 0xb000, "127.0.0.1:8080", "127.0.0.1:50000")));
+        assert_eq!(on_accepted, None, "the reset's socket is not the one the table knew on fd 5");
+        assert!(table.get(7, 5).is_none(), "the fd names another socket now: the old one is forgotten");
+        let next = table.apply(&event(7, 3, 0, sockopt(5, FLAG_SO_MARK, 1))).unwrap();
+        assert_eq!((next.generation, next.last_error), (1, None));
+
+        // Without a kernel socket address, the tuple tells them apart.
+        table.apply(&event(7, 4, 99, connect(6, "127.0.0.19:443", None, 0)));
+        assert_eq!(table.apply(&event(7, 5, 0, reset(6, 0, "127.0.0.1:8080", "127.0.0.1:50001"))), None);
+        // The socket's own reset keeps its facts.
+        table.apply(&event(7, 6, 111, connect(8, "127.0.0.1:444", Some("127.0.0.1:4000"), 0xc000)));
+        let own = table.apply(&event(7, 7, 0, reset(8, 0xc000, "127.0.0.1:4000", "127.0.0.1:444"))).unwrap();
+        assert_eq!(own.last_error.map(|e| e.errno), Some(111));
+    }
+
+    /// The same finding when the next socket on the fd connects: a different kernel
+    /// socket, or a second successful bind, is another socket.
+    #[test]
+    fn wrong_attribution_across_fd_reuse_a_new_socket_starts_clean() {
+        let mut table = SocketTable::new(16);
+        table.apply(&event(7, 1, 99, connect(5, "127.0.0.19:443", None, 0xa000)));
+        let est = Payload::Established {
+            fd: 5,
+            src: addr("127.0.0.1:40000"),
+            dst: addr("127.0.0.1:80"),
+            opts: SockOpts::default(),
+            sk: 0xb000,
+        };
+        let s = table.apply(&event(7, 2, 0, est)).unwrap();
+        assert_eq!((s.generation, s.last_error, s.phase), (1, None, Phase::Established));
+        let bind = |a: &str| Payload::Bind { fd: 9, addr: addr(a), opts: SockOpts::default(), origin: None };
+        table.apply(&event(7, 3, 0, bind("127.0.0.1:7000")));
+        let s = table.apply(&event(7, 4, 0, bind("127.0.0.1:7001"))).unwrap();
+        assert_eq!((s.generation, s.bound), (1, addr("127.0.0.1:7001")));
+    }
+
+    /// Issue 12, "unbounded growth": 100,000 short-lived processes each close a tracked
+    /// socket; what the table remembers stays within its capacity.
+    #[test]
+    fn unbounded_growth_of_next_generation_100000_short_lived_processes() {
+        let capacity = 1024;
+        let mut table = SocketTable::new(capacity);
+        for pid in 1..=100_000u32 {
+            table.apply(&event(pid, u64::from(pid) * 2, 0, sockopt(3, FLAG_SO_MARK, 1)));
+            table.apply(&event(pid, u64::from(pid) * 2 + 1, 0, Payload::Close { fd: 3, reused: false }));
+            assert!(table.remembered() <= capacity, "pid {pid}: {} entries", table.remembered());
+        }
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -175,8 +175,9 @@ pub fn boot(boot: &Boot<'_>, mut on_line: impl FnMut(&str)) -> Result<Ended> {
     })
 }
 
-/// What went wrong in a boot, or `None` when every run exited 0.
-pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
+/// What went wrong in a boot, or `None` when every run of `planned` exited 0.
+pub fn verdict(ended: &Ended, planned: &[&str], time_limit: Duration) -> Option<String> {
+    let _ = planned;
     if let Some(Status::SetupFailed { step, error }) =
         ended.statuses.iter().find(|s| matches!(s, Status::SetupFailed { .. }))
     {
@@ -245,13 +246,29 @@ mod tests {
     #[test]
     fn all_runs_passing_is_no_verdict() {
         let run = ended(vec![finished("cilium", 0), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT), None);
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT), None);
     }
 
     #[test]
     fn failing_runs_are_named() {
         let run = ended(vec![finished("cilium", 101), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT).as_deref(), Some("cilium exited with 101"));
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT).as_deref(), Some("cilium exited with 101"));
+    }
+
+    /// Issue 12, "a verdict that counts too little": a run whose status line never
+    /// arrived (lost with a dying guest, or never written) must fail the boot, not pass
+    /// because every line that did arrive says 0.
+    #[test]
+    fn a_verdict_that_counts_too_little_fails_a_planned_binary_without_status() {
+        let lost = ended(vec![finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&lost, &["cilium", "bind"], LIMIT).expect("a missing status fails the boot");
+        assert!(text.contains("bind") && text.contains("no status"), "{text}");
+        let twice = ended(vec![finished("cilium", 0), finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&twice, &["cilium"], LIMIT).expect("two statuses for one run fail the boot");
+        assert!(text.contains("cilium") && text.contains("2 status"), "{text}");
+        let unplanned = ended(vec![finished("cilium", 0), finished("other", 0), Status::Done], false, &[]);
+        let text = verdict(&unplanned, &["cilium"], LIMIT).expect("a run nobody planned fails the boot");
+        assert!(text.contains("other") && text.contains("not planned"), "{text}");
     }
 
     #[test]
@@ -261,16 +278,16 @@ mod tests {
             false,
             &["[ 3.1] Kernel panic - not syncing: Fatal exception"],
         );
-        assert_eq!(verdict(&panic, LIMIT).as_deref(), Some("the kernel panicked; 1 run(s) had finished"));
+        assert_eq!(verdict(&panic, &["cilium"], LIMIT).as_deref(), Some("the kernel panicked; 1 run(s) had finished"));
         let hung = ended(vec![], true, &[]);
-        let text = verdict(&hung, LIMIT).unwrap();
+        let text = verdict(&hung, &["cilium"], LIMIT).unwrap();
         assert!(text.contains("did not finish within 600 s"), "{text}");
         let setup = ended(
             vec![Status::SetupFailed { step: "mount 9p on /host".into(), error: "ENODEV".into() }],
             false,
             &[],
         );
-        assert!(verdict(&setup, LIMIT).unwrap().contains("`mount 9p on /host`"));
+        assert!(verdict(&setup, &["cilium"], LIMIT).unwrap().contains("`mount 9p on /host`"));
     }
 
     #[test]
