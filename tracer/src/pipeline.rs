@@ -142,11 +142,10 @@ impl<S: SystemView> Processor<S> {
 
     /// What [`Processor::prune`] does, without its rate limit.
     pub fn forget_exited(&mut self) {
-        for pid in self.table.pids() {
-            if !self.system.is_alive(pid) {
-                self.table.forget_pid(pid);
-            }
-        }
+        let exited: std::collections::HashSet<u32> =
+            self.table.remembered_pids().into_iter().filter(|&pid| !self.system.is_alive(pid)).collect();
+        self.table.forget_pids(&exited);
+        self.table.compact();
     }
 
     fn process_info(&mut self, pid: u32) -> ProcessInfo {
@@ -414,7 +413,15 @@ mod tests {
         let mut processor = Processor::new(system, Clock::from_offset_ns(0));
         for pid in 10_000..12_000u32 {
             for payload in [
-                Payload::Sockopt { fd: 3, level: 1, optname: 36, optlen: 4, value: 1, ret: 0, opts: SockOpts::default() },
+                Payload::Sockopt {
+                    fd: 3,
+                    level: 1,
+                    optname: 36,
+                    optlen: 4,
+                    value: 1,
+                    ret: 0,
+                    opts: SockOpts::default(),
+                },
                 Payload::Close { fd: 3, reused: false },
             ] {
                 let mut e = event(u64::from(pid), 0, payload);
