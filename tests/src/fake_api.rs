@@ -5,6 +5,9 @@
 //! It answers `GET /api/v1/pods?...` (list, or watch with `watch=true`) and nothing else,
 //! records every request line, and stops (closing held watches) when dropped. Connections
 //! are bounded in number and every read and hold in time.
+//!
+//! [`FakeApiServer::set_down`] plays an outage: held watches break off mid-stream and new
+//! connections are closed before any answer, as when an API server restarts.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 512;
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A watch is held at most this long (tests last seconds).
@@ -23,6 +26,7 @@ const MAX_WATCH_HOLD: Duration = Duration::from_secs(120);
 pub struct FakeApiServer {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -33,10 +37,11 @@ impl FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let address = listener.local_addr().expect("bound address");
         let stop = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let pod_list = Arc::new(pod_list);
         let acceptor = {
-            let (stop, requests) = (Arc::clone(&stop), Arc::clone(&requests));
+            let (stop, down, requests) = (Arc::clone(&stop), Arc::clone(&down), Arc::clone(&requests));
             std::thread::spawn(move || {
                 let mut handlers = Vec::new();
                 for stream in listener.incoming().take(MAX_CONNECTIONS) {
@@ -44,10 +49,14 @@ impl FakeApiServer {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (stop, requests, pod_list) =
-                        (Arc::clone(&stop), Arc::clone(&requests), Arc::clone(&pod_list));
+                    if down.load(Ordering::SeqCst) {
+                        // Closed before any answer: the client's request fails.
+                        continue;
+                    }
+                    let (stop, down, requests, pod_list) =
+                        (Arc::clone(&stop), Arc::clone(&down), Arc::clone(&requests), Arc::clone(&pod_list));
                     handlers.push(std::thread::spawn(move || {
-                        let _ = serve(stream, &pod_list, &requests, &stop);
+                        let _ = serve(stream, &pod_list, &requests, &stop, &down);
                     }));
                 }
                 for handler in handlers {
@@ -55,7 +64,12 @@ impl FakeApiServer {
                 }
             })
         };
-        Self { address, stop, requests, acceptor: Some(acceptor) }
+        Self { address, stop, down, requests, acceptor: Some(acceptor) }
+    }
+
+    /// Starts (`true`) or ends an outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -101,6 +115,7 @@ fn serve(
     pod_list: &str,
     requests: &Mutex<Vec<String>>,
     stop: &AtomicBool,
+    down: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let head = read_head(&mut stream)?;
@@ -125,6 +140,10 @@ fn serve(
         stream.flush()?;
         let held = Instant::now();
         while !stop.load(Ordering::SeqCst) && held.elapsed() < MAX_WATCH_HOLD {
+            if down.load(Ordering::SeqCst) {
+                // Broken off without the last chunk, as a crashing server leaves it.
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         return stream.write_all(b"0\r\n\r\n");
@@ -181,6 +200,29 @@ mod tests {
             server.requests(),
             ["GET /api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a", "GET /api/v1/namespaces"]
         );
+    }
+
+    #[test]
+    fn an_outage_breaks_held_watches_and_refuses_answers() {
+        let server = FakeApiServer::start("{}".into());
+        let mut watch = TcpStream::connect(server.address).unwrap();
+        watch.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(watch, "GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = [0u8; 15];
+        watch.read_exact(&mut head).unwrap();
+        server.set_down(true);
+        let mut rest = String::new();
+        watch.read_to_string(&mut rest).unwrap();
+        assert!(!rest.ends_with("0\r\n\r\n"), "broken off, not ended: {rest:?}");
+        // Closed unanswered: EOF or a reset, depending on whether the request had arrived.
+        let mut refused = TcpStream::connect(server.address).unwrap();
+        refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(refused, "GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = String::new();
+        let _ = refused.read_to_string(&mut answer);
+        assert_eq!(answer, "", "no answer while down");
+        server.set_down(false);
+        assert!(get(&server, "/api/v1/pods").starts_with("HTTP/1.1 200 OK"));
     }
 
     #[test]

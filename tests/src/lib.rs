@@ -300,6 +300,11 @@ impl Tracer {
         self.process.child.id()
     }
 
+    /// Stderr so far (the log).
+    pub fn process_stderr(&self) -> String {
+        self.process.stderr()
+    }
+
     /// Stdout lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.process.shared.lock().stdout.clone()
