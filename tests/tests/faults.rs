@@ -8,6 +8,7 @@
 //! - SIGTERM while lookups (sock_diag, /proc) run: a prompt, clean exit, no torn line;
 //! - the Kubernetes API down, back, and flapping: one warning per outage, pods named
 //!   again once it is back.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};

@@ -3,9 +3,10 @@
 //! do not track: no option was set), closes it, and accept() hands fd N to a client that
 //! then resets the connection. The RST record of the accepted socket must not carry the
 //! earlier socket's error, in JSON or in text; the failed connect keeps its own record.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use sockerr_e2e::*;
-use tracer::scenario::report::FdReuseReport;
+use sockerr_workloads::report::FdReuseReport;
 
 #[test]
 fn wrong_attribution_across_fd_reuse_reset_on_the_accepted_socket() {
