@@ -8,6 +8,9 @@
 //! them for a non-resource URL). It records every request line and review body, and stops
 //! (closing held watches) when dropped. Connections are bounded in number and every read
 //! and hold in time.
+//!
+//! [`FakeApiServer::set_down`] plays an outage: held watches break off mid-stream and new
+//! connections are closed before any answer, as when an API server restarts.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 512;
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 const MAX_REQUEST_BODY: usize = 64 * 1024;
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -29,6 +32,7 @@ const MAX_WATCH_HOLD: Duration = Duration::from_secs(120);
 pub struct FakeApiServer {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
     reviews: Arc<Mutex<Vec<serde_json::Value>>>,
     acceptor: Option<JoinHandle<()>>,
@@ -50,6 +54,7 @@ struct Shared {
     requests: Arc<Mutex<Vec<String>>>,
     reviews: Arc<Mutex<Vec<serde_json::Value>>>,
     stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl FakeApiServer {
@@ -63,6 +68,7 @@ impl FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let address = listener.local_addr().expect("bound address");
         let stop = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let reviews = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
@@ -71,9 +77,10 @@ impl FakeApiServer {
             requests: Arc::clone(&requests),
             reviews: Arc::clone(&reviews),
             stop: Arc::clone(&stop),
+            down: Arc::clone(&down),
         });
         let acceptor = {
-            let stop = Arc::clone(&stop);
+            let (stop, down) = (Arc::clone(&stop), Arc::clone(&down));
             std::thread::spawn(move || {
                 let mut handlers = Vec::new();
                 for stream in listener.incoming().take(MAX_CONNECTIONS) {
@@ -81,6 +88,10 @@ impl FakeApiServer {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    if down.load(Ordering::SeqCst) {
+                        // Closed before any answer: the client's request fails.
+                        continue;
+                    }
                     let shared = Arc::clone(&shared);
                     handlers.push(std::thread::spawn(move || {
                         let _ = serve(stream, &shared);
@@ -91,7 +102,12 @@ impl FakeApiServer {
                 }
             })
         };
-        Self { address, stop, requests, reviews, acceptor: Some(acceptor) }
+        Self { address, stop, down, requests, reviews, acceptor: Some(acceptor) }
+    }
+
+    /// Starts (`true`) or ends an outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -190,6 +206,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         stream.flush()?;
         let held = Instant::now();
         while !shared.stop.load(Ordering::SeqCst) && held.elapsed() < MAX_WATCH_HOLD {
+            if shared.down.load(Ordering::SeqCst) {
+                // Broken off without the last chunk, as a crashing server leaves it.
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         return stream.write_all(b"0\r\n\r\n");
@@ -321,6 +341,29 @@ mod tests {
         assert_eq!(sar(r#"["others"]"#, "/v1/sockets"), false);
         assert_eq!(sar(r#"["readers"]"#, "/v1/other"), false);
         assert_eq!(server.reviews().len(), 5);
+    }
+
+    #[test]
+    fn an_outage_breaks_held_watches_and_refuses_answers() {
+        let server = FakeApiServer::start("{}".into());
+        let mut watch = TcpStream::connect(server.address).unwrap();
+        watch.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(watch, "GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = [0u8; 15];
+        watch.read_exact(&mut head).unwrap();
+        server.set_down(true);
+        let mut rest = String::new();
+        watch.read_to_string(&mut rest).unwrap();
+        assert!(!rest.ends_with("0\r\n\r\n"), "broken off, not ended: {rest:?}");
+        // Closed unanswered: EOF or a reset, depending on whether the request had arrived.
+        let mut refused = TcpStream::connect(server.address).unwrap();
+        refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(refused, "GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = String::new();
+        let _ = refused.read_to_string(&mut answer);
+        assert_eq!(answer, "", "no answer while down");
+        server.set_down(false);
+        assert!(get(&server, "/api/v1/pods").starts_with("HTTP/1.1 200 OK"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya as _;
 pub use daemon::{Daemon, HttpResponse};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -319,6 +320,11 @@ impl Tracer {
     /// The process started: sockerr, or the wrapper of [`Tracer::start_under`].
     pub fn pid(&self) -> u32 {
         self.process.child.id()
+    }
+
+    /// Stderr so far (the log).
+    pub fn process_stderr(&self) -> String {
+        self.process.stderr()
     }
 
     /// Stdout lines so far.
