@@ -22,6 +22,9 @@ pub mod enrich;
 pub(crate) mod errno;
 pub(crate) mod event;
 pub mod fatal;
+/// Entry points for the fuzz targets of `fuzz/`; not part of sockerr's API.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub(crate) mod http_anomaly;
 pub mod k8s;
 pub mod kernel;
