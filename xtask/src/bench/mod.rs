@@ -3,14 +3,14 @@
 //! without loss; start-up; and with `--soak`, a million failures under `sockerr daemon`.
 //! Writes BENCHMARKS.md and target/bench/results.json. Never part of `cargo xtask test`.
 
-mod daemon;
+pub mod daemon;
 mod machine;
 mod profile;
 mod report;
 mod soak;
 mod stats;
 mod throughput;
-mod tracers;
+pub mod tracers;
 
 use std::{collections::BTreeMap, fs, path::Path, time::Instant};
 
