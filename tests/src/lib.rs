@@ -12,6 +12,7 @@
 
 pub mod fake_api;
 
+// Used by src/bin/panic_probe.rs only (a package's binary cannot have dependencies of its own).
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,14 +20,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya as _;
 pub use daemon::{Daemon, HttpResponse};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-pub use tracer::scenario::Report;
-pub use tracer::scenario::report::{
+pub use sockerr_workloads::Report;
+pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
 };
+use tokio as _;
+use tracing_subscriber as _;
 
 /// How long sockerr may take to load and attach its programs (the contract: it logs a
 /// line containing `tracing started` on stderr once they are attached).
@@ -252,9 +256,9 @@ impl Tracer {
         Self { process }
     }
 
-    /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
-    fn start_command(subcommand: &str, args: &[&str]) -> Self {
-        Self::launch(&[], subcommand, args, &[])
+    /// `<wrapper> sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
+    fn start_command(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(wrapper, subcommand, args, env)
     }
 
     fn launch(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
@@ -316,6 +320,11 @@ impl Tracer {
     /// The process started: sockerr, or the wrapper of [`Tracer::start_under`].
     pub fn pid(&self) -> u32 {
         self.process.child.id()
+    }
+
+    /// Stderr so far (the log).
+    pub fn process_stderr(&self) -> String {
+        self.process.stderr()
     }
 
     /// Stdout lines so far.
@@ -607,7 +616,7 @@ pub fn cilium_text_expectations(report: &Report) -> Vec<String> {
 }
 
 /// Makes the child write "0" (itself) to `cgroup`/cgroup.procs between fork and exec.
-fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
+pub fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
     use std::os::unix::{ffi::OsStrExt, process::CommandExt};
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
         .expect("cgroup path without NUL");

@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Trace socket errors of proxies: what failed, on which socket, with which options, \
              and which live socket holds the tuple",
-    after_help = "Run as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE). \
-                  Logs go to stderr; set RUST_LOG=debug for more."
+    after_help = "Run as root, or with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON load the programs without it), \
+                  CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. Logs go to stderr; set RUST_LOG=debug for more."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -22,15 +22,17 @@ pub struct Cli {
 pub enum Command {
     /// Trace connect/bind/setsockopt of matching processes and print each failure.
     Trace(TraceArgs),
-    /// Trace like `trace --output json` and serve Prometheus metrics, health and the
-    /// live socket table over HTTP (default 127.0.0.1:9966).
+    /// Trace like `trace --output json` and serve Prometheus metrics and health over HTTP
+    /// (default 127.0.0.1:9966), the live socket table apart (default 127.0.0.1:9967).
     Daemon(DaemonArgs),
     /// Reproduce a known incident in a throwaway network namespace while tracing it.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Run a scenario without tracing and print what it did as JSON (used by the
-    /// end-to-end tests and by `demo`).
+    /// end-to-end tests, by `demo` and by `cargo xtask bench`).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
-    Scenario(crate::scenario::ScenarioArgs),
+    Scenario(sockerr_workloads::ScenarioArgs),
     /// Attach a program that returns at once to the tracepoints `trace` would attach with
     /// these filters, until stopped: the floor of `cargo xtask bench`.
     #[command(hide = true)]
@@ -108,24 +110,38 @@ pub struct FilterArgs {
     pub attribution: crate::k8s::AttributionArgs,
 }
 
-/// The HTTP endpoints' default address: loopback, so a node does not expose them unless
+/// The scrape port's default address: loopback, so a node does not expose it unless
 /// asked to (`--listen 0.0.0.0:9966` for a Prometheus outside the host).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9966";
+/// Where the socket table (/v1/*) is served without authentication by default.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9967";
 
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
-    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /v1/sockets). Port 0
+    /// The scrape port: /metrics, /healthz, /readyz (and /v1/* with --expose-api). Port 0
     /// picks a free port; the address in use is logged on stderr.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
+    /// Where the socket table (/v1/sockets: process names and socket tuples of every
+    /// traced process) is served without authentication: a loopback address, a unix socket
+    /// (unix:PATH, mode 0600, served to this user only), or `none`.
+    #[arg(long, value_name = "ADDR|unix:PATH|none", default_value = DEFAULT_API_LISTEN)]
+    pub api_listen: crate::daemon::listeners::ApiListen,
+    /// Also serve /v1/* on --listen, to requests whose bearer token the Kubernetes API
+    /// server authenticates (TokenReview) and allows `get` on the path as a non-resource
+    /// URL (SubjectAccessReview), as kube-rbac-proxy does. Uses the in-cluster service
+    /// account or KUBECONFIG.
+    #[arg(long)]
+    pub expose_api: bool,
     /// Label connect-error metrics with the destination ip and port (one series per
     /// destination: only where destinations are few).
     #[arg(long)]
     pub metrics_dst_labels: bool,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     #[arg(value_enum)]
@@ -134,6 +150,7 @@ pub struct DemoArgs {
     pub output: OutputFormat,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoIncident {
     /// Envoy re-binds a client's ip:port with SO_MARK + SO_REUSEADDR while that
@@ -164,8 +181,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::*;
 
     #[test]
     fn cli_is_consistent() {
@@ -213,6 +231,8 @@ mod tests {
             Cli::try_parse_from(["sockerr", "daemon", "--comm", "envoy", "--errno", "EADDRINUSE"]).unwrap();
         let Command::Daemon(args) = cli.command else { panic!("not daemon") };
         assert_eq!(args.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(args.api_listen, DEFAULT_API_LISTEN.parse().unwrap());
+        assert!(!args.expose_api);
         assert_eq!(args.filters.comms, ["envoy"]);
         assert_eq!(args.filters.errnos, [98]);
         assert!(!args.metrics_dst_labels);

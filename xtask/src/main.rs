@@ -8,12 +8,14 @@ mod arch;
 mod bench;
 mod bpf_linker;
 mod build;
+mod fuzz;
 mod image;
 mod manifests;
 mod paths;
 mod privileges;
 mod process;
 mod run;
+mod rustfmt;
 mod setup;
 mod static_build;
 mod system_packages;
@@ -51,7 +53,10 @@ enum Command {
     /// Build sockerr and run it as root (through `sudo -E` when not root).
     #[command(after_help = "Example: cargo xtask run -- trace --comm envoy --output json")]
     Run(RunArgs),
-    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
+    /// Format the workspace as the suite's fmt stage checks it (nightly rustfmt: import
+    /// grouping is still unstable).
+    Fmt,
+    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests, fuzzing,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
     /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
@@ -65,6 +70,10 @@ enum Command {
     /// start-up, and with --soak a million failures under the daemon. Writes BENCHMARKS.md
     /// and target/bench/results.json (as root).
     Bench(bench::BenchArgs),
+    /// Fuzz the decoders of data from the kernel or a peer (cargo-fuzz on nightly,
+    /// installed when missing); crashes land in target/fuzz/artifacts/TARGET.
+    #[command(after_help = "Example: cargo xtask fuzz --time 600 btf")]
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Debug, Args)]
@@ -130,17 +139,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             image::run()
         }
         Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
+        Command::Fmt => process::run_inherited(&mut rustfmt::command(false)),
         Command::Test(args) => test::run_suite(&args),
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::*;
 
     #[test]
     fn cli_is_consistent() {
@@ -183,6 +195,17 @@ mod tests {
         assert_eq!(args.arch, Some(arch::Arch::Arm64));
         assert!(Cli::try_parse_from(["xtask", "build", "--arch", "arm64"]).is_err(), "--arch needs --static");
         assert!(Cli::try_parse_from(["xtask", "build", "--static", "--arch", "riscv64"]).is_err());
+    }
+
+    #[test]
+    fn fuzz_flags_parse() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--time", "30", "btf"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target.as_deref()), (30, Some("btf")));
+        let cli = Cli::try_parse_from(["xtask", "fuzz"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target), (60, None), "every target, a minute each");
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "0"]).is_err());
     }
 
     #[test]

@@ -16,11 +16,11 @@ use crate::{
     alerts,
     arch::Arch,
     build::{Profile, build_sockerr},
-    image, manifests,
+    fuzz, image, manifests,
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup, static_build, system_packages,
+    rustfmt, setup, static_build, system_packages,
     vm::{self, KernelSpec, Series},
 };
 
@@ -66,7 +66,7 @@ pub fn run_suite(args: &TestArgs) -> Result<()> {
 
 fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
     suite.stage("setup", |_| setup::ensure())?;
-    suite.stage("fmt", |_| run_inherited(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    suite.stage("fmt", |_| run_inherited(&mut rustfmt::command(true)))?;
     suite.stage("clippy", |_| {
         run_inherited(
             cargo()
@@ -88,6 +88,11 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
             "sockerr-e2e",
         ]);
         run_counting_tests(&mut command, counts, &mut io::stdout())
+    })?;
+    suite.stage("fuzz", |counts| {
+        // Each target that ran clean counts as a passed test.
+        counts.add(&TestCounts { passed: fuzz::stage()?, failed: 0, ignored: 0 });
+        Ok(())
     })?;
     let mut sockerr = PathBuf::new();
     suite.stage("release-build", |_| {

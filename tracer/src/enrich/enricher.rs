@@ -12,9 +12,8 @@ use std::{
 
 use tracing::debug;
 
-use crate::ttl_cache::TtlCache;
-
 use super::{EnrichError, Findings, Query, answer::answer_in_namespace, netns::Netns, procfs};
+use crate::ttl_cache::TtlCache;
 
 /// A pid's namespace rarely changes; re-reading it for every process of the node on
 /// every failure of a retry storm would. A pid reused within this time costs at worst a
@@ -99,7 +98,15 @@ impl Enricher {
                 None
             }
         };
-        let mut in_namespace = |pid| namespace.is_some() && self.netns_inode(pid).ok() == namespace;
+        // A namespace file refused for lack of a capability is counted, not taken for "elsewhere".
+        let mut in_namespace = |pid| match namespace {
+            None => Some(false),
+            Some(namespace) => match self.netns_inode(pid) {
+                Ok(inode) => Some(inode == namespace),
+                Err(err) if err.missing_capability().is_some() => None,
+                Err(_) => Some(false),
+            },
+        };
         let deadline = Instant::now() + OWNER_SEARCH_BUDGET;
         let scan = procfs::find_owners(&self.proc_root, netns.pid(), &wanted, &mut in_namespace, deadline);
 

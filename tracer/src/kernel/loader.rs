@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
-use crate::backend::{self, Backend, BackendChoice, BackendError};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -27,6 +26,7 @@ use super::{
     sock_offsets::{self, SockOffsetsError},
     tracefs::{self, TracefsError},
 };
+use crate::backend::{self, Backend, BackendChoice, BackendError};
 
 /// The object tracer-ebpf's `tracer` binary compiles to (see build.rs).
 pub(super) static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -120,8 +120,10 @@ pub struct Loaded {
 pub struct LostCounter(PerCpuArray<MapData, u64>);
 
 impl LostCounter {
-    pub fn total(&self) -> u64 {
-        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    /// The sum over CPUs; an error rather than 0 when the map cannot be read, so that a
+    /// loss is never reported as none.
+    pub fn total(&self) -> Result<u64, aya::maps::MapError> {
+        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum())
     }
 }
 

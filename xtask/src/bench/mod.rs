@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, fs, path::Path, time::Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
+use tracers::{Config, Running};
 
 use crate::{
     build::{Profile, build_sockerr},
@@ -26,7 +27,6 @@ use crate::{
     setup,
     system_packages::{self, BENCH_COMMANDS},
 };
-use tracers::{Config, Running};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

@@ -155,17 +155,18 @@ pub fn render(
         writeln!(md, "\n## Throughput (`sockerr daemon`, 2 threads of Cilium-pattern failing connects)\n");
     let _ = writeln!(
         md,
-        "| asked /s | done /s | failures | counted in /metrics | lost | drain after the flood | daemon CPU | daemon RSS |"
+        "| asked /s | done /s | failures | counted in /metrics | missing failures | kernel events lost | drain after the flood | daemon CPU | daemon RSS |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &throughput.steps {
         let asked = if s.target_rate == 0 { "unpaced".to_owned() } else { s.target_rate.to_string() };
         let _ = writeln!(
             md,
-            "| {asked} | {:.0} | {} | {} | {} | {:.1} s | {:.0} % | {:.1} MiB |",
+            "| {asked} | {:.0} | {} | {} | {} | {} | {:.1} s | {:.0} % | {:.1} MiB |",
             s.achieved_rate,
             s.failures,
             s.counted,
+            s.missing(),
             s.lost,
             s.drain_secs,
             s.daemon_cpu_percent,
@@ -175,8 +176,10 @@ pub fn render(
     let _ = writeln!(
         md,
         "\nCPU is the daemon's user + system time over the flood and its drain, in % of one CPU; \
-         counted = `sockerr_connect_errors_total{{comm=\"sockerr-bench\"}}`, lost = \
-         `sockerr_events_lost_total`. A drain above a fraction of a second means the daemon fell \
+         counted = `sockerr_connect_errors_total{{comm=\"sockerr-bench\"}}`, missing = failures the \
+         flood made minus counted, kernel events lost = `sockerr_events_lost_total` (events, several \
+         per failure: never added to failures). Without loss = every failure counted and no event \
+         lost. A drain above a fraction of a second means the daemon fell \
          behind and caught up from the ring buffer and its own queue (RSS grows with that backlog)."
     );
     match throughput.loss_free() {
@@ -184,7 +187,7 @@ pub fn render(
             let _ = writeln!(md, "\nHighest rate without loss: **{:.0} failures/s**.", best.achieved_rate);
         }
         None => {
-            let _ = writeln!(md, "\nEvery rate lost events.");
+            let _ = writeln!(md, "\nEvery rate lost events or missed failures.");
         }
     }
     if let Some(at) = throughput.at_10k() {

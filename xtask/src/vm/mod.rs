@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+pub use kernel::{KernelSpec, Series};
+use qemu::Accel;
 use vm_init::{Plan, Run, Status};
 
 use crate::{
@@ -32,8 +34,6 @@ use crate::{
     static_build::{self, Flavour},
     system_packages,
 };
-pub use kernel::{KernelSpec, Series};
-use qemu::Accel;
 
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend
@@ -272,6 +272,7 @@ impl Prepared {
         let work = target_dir().join("vm-run").join(&kernel.release);
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let module_files = self.module_files(&kernel)?;
+        let planned: Vec<String> = runs.iter().map(|run| run.name.clone()).collect();
         let plan = self.plan(spec, &module_files, runs, cwd);
         let shares = plan.shares.clone();
         let initramfs = work.join("initramfs.cpio");
@@ -297,7 +298,8 @@ impl Prepared {
             println!("[{}] {line}", kernel.release);
             on_line(line);
         })?;
-        let verdict = qemu::verdict(&ended, self.time_limit);
+        let planned: Vec<&str> = planned.iter().map(String::as_str).collect();
+        let verdict = qemu::verdict(&ended, &planned, self.time_limit);
         self.results.push(KernelResult {
             kernel: kernel.release.clone(),
             accel,

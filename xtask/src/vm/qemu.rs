@@ -205,21 +205,20 @@ pub fn boot(boot: &Boot<'_>, mut on_line: impl FnMut(&str)) -> Result<Ended> {
     })
 }
 
-/// What went wrong in a boot, or `None` when every run exited 0.
-pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
+/// What went wrong in a boot, or `None` when every run of `planned` exited 0. Each
+/// planned run must report exactly one status: a run whose line never arrived (a torn
+/// status port, a guest that died half-way) fails the boot rather than counting as passed.
+pub fn verdict(ended: &Ended, planned: &[&str], time_limit: Duration) -> Option<String> {
     if let Some(Status::SetupFailed { step, error }) =
         ended.statuses.iter().find(|s| matches!(s, Status::SetupFailed { .. }))
     {
         return Some(format!("the guest's set-up failed at `{step}`: {error}"));
     }
-    let failed: Vec<String> = ended
+    let mut failed: Vec<String> = ended
         .statuses
         .iter()
         .filter_map(|status| match status {
-            Status::Finished { name, code: Some(0), .. } => {
-                let _ = name;
-                None
-            }
+            Status::Finished { code: Some(0), .. } => None,
             Status::Finished { name, code: Some(code), .. } => Some(format!("{name} exited with {code}")),
             Status::Finished { name, signal, .. } => {
                 Some(format!("{name} was killed by signal {}", signal.unwrap_or(0)))
@@ -227,8 +226,32 @@ pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
             _ => None,
         })
         .collect();
+    let finished_names: Vec<&str> = ended
+        .statuses
+        .iter()
+        .filter_map(|status| match status {
+            Status::Finished { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for name in &finished_names {
+        if !planned.contains(name) {
+            failed.push(format!("{name} reported a status but was not planned"));
+        }
+    }
+    let mut unreported = Vec::new();
+    for name in planned {
+        match finished_names.iter().filter(|finished| *finished == name).count() {
+            0 => unreported.push(*name),
+            1 => {}
+            n => failed.push(format!("{name} reported {n} statuses")),
+        }
+    }
     let done = ended.statuses.contains(&Status::Done);
     if done {
+        for name in unreported {
+            failed.push(format!("{name} left no status line (its exit was never reported)"));
+        }
         return (!failed.is_empty()).then(|| failed.join(", "));
     }
     let panicked = ended.console_tail.iter().any(|line| line.contains("Kernel panic"));
@@ -275,13 +298,29 @@ mod tests {
     #[test]
     fn all_runs_passing_is_no_verdict() {
         let run = ended(vec![finished("cilium", 0), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT), None);
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT), None);
     }
 
     #[test]
     fn failing_runs_are_named() {
         let run = ended(vec![finished("cilium", 101), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT).as_deref(), Some("cilium exited with 101"));
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT).as_deref(), Some("cilium exited with 101"));
+    }
+
+    /// Issue 12, "a verdict that counts too little": a run whose status line never
+    /// arrived (lost with a dying guest, or never written) must fail the boot, not pass
+    /// because every line that did arrive says 0.
+    #[test]
+    fn a_verdict_that_counts_too_little_fails_a_planned_binary_without_status() {
+        let lost = ended(vec![finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&lost, &["cilium", "bind"], LIMIT).expect("a missing status fails the boot");
+        assert!(text.contains("bind left no status line"), "{text}");
+        let twice = ended(vec![finished("cilium", 0), finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&twice, &["cilium"], LIMIT).expect("two statuses for one run fail the boot");
+        assert!(text.contains("cilium") && text.contains("2 status"), "{text}");
+        let unplanned = ended(vec![finished("cilium", 0), finished("other", 0), Status::Done], false, &[]);
+        let text = verdict(&unplanned, &["cilium"], LIMIT).expect("a run nobody planned fails the boot");
+        assert!(text.contains("other") && text.contains("not planned"), "{text}");
     }
 
     #[test]
@@ -291,16 +330,19 @@ mod tests {
             false,
             &["[ 3.1] Kernel panic - not syncing: Fatal exception"],
         );
-        assert_eq!(verdict(&panic, LIMIT).as_deref(), Some("the kernel panicked; 1 run(s) had finished"));
+        assert_eq!(
+            verdict(&panic, &["cilium"], LIMIT).as_deref(),
+            Some("the kernel panicked; 1 run(s) had finished")
+        );
         let hung = ended(vec![], true, &[]);
-        let text = verdict(&hung, LIMIT).unwrap();
+        let text = verdict(&hung, &["cilium"], LIMIT).unwrap();
         assert!(text.contains("did not finish within 600 s"), "{text}");
         let setup = ended(
             vec![Status::SetupFailed { step: "mount 9p on /host".into(), error: "ENODEV".into() }],
             false,
             &[],
         );
-        assert!(verdict(&setup, LIMIT).unwrap().contains("`mount 9p on /host`"));
+        assert!(verdict(&setup, &["cilium"], LIMIT).unwrap().contains("`mount 9p on /host`"));
     }
 
     #[test]
