@@ -14,6 +14,7 @@
 //! everything it created, when it ends.
 
 #![cfg(feature = "image")]
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::collections::BTreeMap;
 use std::fs::File;
