@@ -29,6 +29,11 @@ pub use sockerr_workloads::Report;
 pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
 };
+// Used by the `image` test target only (feature `image`).
+#[cfg(feature = "image")]
+use k8s_openapi as _;
+#[cfg(feature = "image")]
+use serde_saphyr as _;
 use tokio as _;
 use tracing_subscriber as _;
 

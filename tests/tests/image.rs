@@ -14,6 +14,7 @@
 //! everything it created, when it ends.
 
 #![cfg(feature = "image")]
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -65,8 +66,7 @@ fn daemonset() -> DaemonSet {
 
 /// The pod spec and its `sockerr` container.
 fn pod_and_container(daemonset: &DaemonSet) -> (PodSpec, Container) {
-    let pod =
-        daemonset.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("the DaemonSet has a pod spec");
+    let pod = daemonset.spec.template.spec.clone().expect("the DaemonSet has a pod spec");
     let container =
         pod.containers.iter().find(|c| c.name == "sockerr").cloned().expect("a container `sockerr`");
     (pod, container)
