@@ -25,8 +25,11 @@ use crate::{
     reset,
 };
 
+/// What a fuzz target calls with the fuzzer's bytes.
+pub type EntryPoint = fn(&[u8]);
+
 /// The targets, by the name of their file in `fuzz/fuzz_targets/` and their corpus.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("ring_record", ring_record),
     ("http_peek", http_peek),
     ("btf", btf),
@@ -148,7 +151,7 @@ fn ip(bytes: &[u8], selector: u8) -> IpAddr {
     let mut octets = [0u8; 16];
     let len = bytes.len().min(16);
     octets[..len].copy_from_slice(&bytes[..len]);
-    if selector % 2 == 0 {
+    if selector.is_multiple_of(2) {
         IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(octets))

@@ -350,8 +350,9 @@ fn free_loopback_address() -> Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn the_projects_dashboard_has_a_query_on_every_panel_and_no_unknown_variable() {
