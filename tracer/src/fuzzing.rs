@@ -19,17 +19,17 @@ use crate::{
     daemon::sockets::Selector,
     enrich::{interfaces, port_range, procfs, sock_diag},
     event::Payload,
-    http,
+    http_anomaly,
     k8s::cgroup_path,
     kernel::{btf::Btf, cgroup, print_fmt, reset_offsets, sock_offsets, tracefs::Format},
     reset,
 };
 
-/// What a fuzz target calls with the fuzzer's bytes.
-pub type EntryPoint = fn(&[u8]);
+/// A fuzz target: its name and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
 
 /// The targets, by the name of their file in `fuzz/fuzz_targets/` and their corpus.
-pub const TARGETS: &[(&str, EntryPoint)] = &[
+pub const TARGETS: &[Target] = &[
     ("ring_record", ring_record),
     ("http_peek", http_peek),
     ("btf", btf),
@@ -66,7 +66,7 @@ pub fn http_peek(data: &[u8]) {
         Some((total, kept)) => (u64::from_le_bytes(*total), kept),
         None => (data.len() as u64, data),
     };
-    if let Some(analysis) = http::analyze(kept, total) {
+    if let Some(analysis) = http_anomaly::analyze(kept, total) {
         for anomaly in analysis.anomalies {
             assert!(!anomaly.values.is_empty(), "an anomaly without the values that show it");
         }

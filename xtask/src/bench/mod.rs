@@ -24,7 +24,7 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::describe,
-    setup,
+    setup, setup_report,
     system_packages::{self, BENCH_COMMANDS},
 };
 
@@ -73,7 +73,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     setup::ensure()?;
-    system_packages::ensure_commands(BENCH_COMMANDS, &mut setup::Report::default())?;
+    system_packages::ensure_commands(BENCH_COMMANDS, &mut setup_report::Report::default())?;
     let sockerr = build_sockerr(Profile::Release)?;
     let scratch = tracers::scratch_dir(&target_dir());
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;

@@ -10,14 +10,11 @@ use super::{
     tracers::Config,
 };
 
-const COLUMNS: [Config; 6] = [
-    Config::Untraced,
-    Config::Floor,
-    Config::TraceDevNull,
-    Config::TraceFile,
-    Config::Bpftrace,
-    Config::Strace,
-];
+/// The table's columns: every configuration but the excluded-process ones, which fill
+/// the cells of the excluded row instead (see `cell_source`).
+fn columns() -> impl Iterator<Item = Config> {
+    Config::ALL.into_iter().filter(|config| !config.excluded())
+}
 
 /// The configuration whose samples fill `column` of `row` (the excluded row takes the
 /// excluded configurations' and the untraced refused connect).
@@ -106,13 +103,12 @@ pub fn render(
          `sockerr bench-floor` (the tracepoints `trace` attaches, each with a program that returns 0).\n",
         plan.rounds, plan.batches, plan.batch_ms
     );
-    let header: Vec<&str> = COLUMNS.iter().map(|c| c.name()).collect();
+    let header: Vec<&str> = columns().map(|c| c.name()).collect();
     let _ = writeln!(md, "| loop | {} | sockerr vs floor | sockerr vs bpftrace |", header.join(" | "));
-    let _ = writeln!(md, "|---|{}---|---|", "---:|".repeat(COLUMNS.len()));
+    let _ = writeln!(md, "|---|{}---|---|", "---:|".repeat(header.len()));
     for row in LOOPS.iter().copied().chain([EXCLUDED_LOOP]) {
-        let cells: Vec<String> = COLUMNS
-            .iter()
-            .map(|&column| match median(samples, row, column) {
+        let cells: Vec<String> = columns()
+            .map(|column| match median(samples, row, column) {
                 Some(s) => format!("{:.0} ±{:.0}%", s.median, s.spread_percent()),
                 None => "—".into(),
             })
@@ -214,6 +210,12 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_are_the_configurations_that_run_every_loop() {
+        let names: Vec<&str> = columns().map(Config::name).collect();
+        assert_eq!(names, ["untraced", "floor", "sockerr>/dev/null", "sockerr>file", "bpftrace", "strace"]);
+    }
 
     fn samples(cells: &[(Config, &str, f64)]) -> Samples {
         let mut samples = Samples::default();
