@@ -13,19 +13,45 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{daemon, throughput};
 use crate::process::stdout_of;
 
 const CHUNKS: u64 = 10;
+
+/// What the soak measured, for results.json and BENCHMARKS.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Soak {
+    pub date: String,
+    pub total: u64,
+    pub rate: u64,
+    pub threads: u32,
+    pub secs: f64,
+    /// The flood's own count of failures.
+    pub failures: u64,
+    /// `sockerr_connect_errors_total` of the flood's processes.
+    pub counted: u64,
+    pub lost: u64,
+    pub ndjson_lines: u64,
+    /// Daemon RSS after each chunk (the first is the warm-up).
+    pub rss_kib: Vec<u64>,
+    pub rss_growth_percent: f64,
+    pub fds: Vec<usize>,
+    /// `name (type): entries/max, verdict` of each hash map of the daemon.
+    pub maps: Vec<String>,
+    /// Why it failed; empty when it passed.
+    pub problems: Vec<String>,
+}
 /// Failures per second of the soak's 2 threads.
 const SOAK_RATE: u64 = 20_000;
 
-pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
+/// Runs the soak; its problems are in the result (the caller records it, then fails).
+pub fn run(sockerr: &Path, scratch: &Path, total: u64, date: String) -> Result<Soak> {
     let started = Instant::now();
     let ndjson = scratch.join("soak.ndjson");
-    let mut daemon = daemon::start(sockerr, &ndjson)?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM])?;
     let pid = daemon.running.pid();
     let mut failures = 0;
     let mut pids = BTreeSet::new();
@@ -54,10 +80,10 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     // Let the daemon drain the ring buffer and flush before reading its counters.
     std::thread::sleep(Duration::from_secs(1));
     let metrics = daemon::metrics(daemon.address)?;
-    let maps = map_fill(pid)?;
+    let maps: Vec<String> = map_fill(pid)?.iter().map(ToString::to_string).collect();
     daemon.running.stop();
     let counted = throughput::counted(&metrics) as u64;
-    let lost = throughput::lost(&metrics) as u64;
+    let lost = daemon::lost(&metrics)?.total;
     let lines = ndjson_failures(&ndjson, &pids)?;
 
     let warm = rss.first().copied().unwrap_or(0);
@@ -92,11 +118,23 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     if maps.iter().any(|m| m.contains("OVER")) {
         problems.push("a map is over its bound".into());
     }
-    if !problems.is_empty() {
-        bail!("soak failed: {}", problems.join("; "));
-    }
-    println!("soak: passed");
-    Ok(())
+    println!("soak: {}", if problems.is_empty() { "passed".to_owned() } else { problems.join("; ") });
+    Ok(Soak {
+        date,
+        total,
+        rate: SOAK_RATE,
+        threads: 2,
+        secs: started.elapsed().as_secs_f64(),
+        failures,
+        counted,
+        lost,
+        ndjson_lines: lines,
+        rss_kib: rss,
+        rss_growth_percent: rss_growth,
+        fds,
+        maps,
+        problems,
+    })
 }
 
 /// NDJSON connect failures of the flood processes. Matched as text, not parsed: a million
@@ -115,15 +153,44 @@ fn ndjson_failures(path: &Path, pids: &BTreeSet<u32>) -> Result<u64> {
     Ok(count)
 }
 
+/// One hash-like map of the daemon: how full it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub kind: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+impl MapFill {
+    /// An LRU map at its bound has evicted (or is about to evict) entries.
+    pub fn lru_full(&self) -> bool {
+        self.kind.contains("lru") && self.entries >= self.max_entries
+    }
+}
+
+impl std::fmt::Display for MapFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.entries > self.max_entries {
+            "OVER its bound"
+        } else if self.lru_full() {
+            "full (an LRU map evicts from here on)"
+        } else {
+            "within bound"
+        };
+        write!(f, "{} ({}): {}/{} entries, {verdict}", self.name, self.kind, self.entries, self.max_entries)
+    }
+}
+
 /// Entries against max_entries of each hash-like map the daemon holds. The maps are found
 /// through the daemon's fds (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning
 /// pids in `map show`.
-fn map_fill(pid: u32) -> Result<Vec<String>> {
+pub fn map_fill(pid: u32) -> Result<Vec<MapFill>> {
     let ids = daemon::bpf_ids_of(pid, "map_id:")?;
     if ids.is_empty() {
         bail!("the daemon (pid {pid}) holds no BPF map fd");
     }
-    let mut lines = Vec::new();
+    let mut maps = Vec::new();
     for id in ids {
         let id = id.to_string();
         let map: Value = serde_json::from_str(&stdout_of(
@@ -133,14 +200,15 @@ fn map_fill(pid: u32) -> Result<Vec<String>> {
         if !kind.contains("hash") {
             continue;
         }
-        let max = map["max_entries"].as_u64().unwrap_or(0);
         let dump: Value = serde_json::from_str(&stdout_of(
             Command::new("bpftool").args(["map", "dump", "id", &id, "-j"]),
         )?)?;
-        let entries = dump.as_array().map_or(0, Vec::len) as u64;
-        let name = map["name"].as_str().unwrap_or("?");
-        let verdict = if entries > max { "OVER its bound" } else { "within bound" };
-        lines.push(format!("{name} ({kind}): {entries}/{max} entries, {verdict}"));
+        maps.push(MapFill {
+            name: map["name"].as_str().unwrap_or("?").to_owned(),
+            kind: kind.to_owned(),
+            entries: dump.as_array().map_or(0, Vec::len) as u64,
+            max_entries: map["max_entries"].as_u64().unwrap_or(0),
+        });
     }
-    Ok(lines)
+    Ok(maps)
 }
