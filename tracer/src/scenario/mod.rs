@@ -81,6 +81,9 @@ pub enum Scenario {
     /// busy-node run of `cargo xtask bench`).
     #[command(hide = true)]
     BusyNode(busy_node::BusyNodeArgs),
+    /// Internal: one holder process of `busy-node`.
+    #[command(hide = true)]
+    BusyHolder(busy_node::BusyHolderArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -235,6 +238,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::BenchLoop(args) => return bench_loop::run_loops(&args),
         Scenario::Flood(args) => return bench_loop::run_flood(&args),
         Scenario::BusyNode(args) => return busy_node::run(&args),
+        Scenario::BusyHolder(args) => return busy_node::run_holder(&args),
         Scenario::Cilium(args) => cilium::run(&args)?,
         Scenario::BindInUse(args) => bind_in_use::run(&args)?,
         Scenario::BindNotLocal(args) => bind_not_local::run(&args)?,

@@ -45,6 +45,8 @@ pub struct BusyPlan {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BusyNode {
     pub connections: u64,
+    /// Processes holding them (each as many as its fd limit allows).
+    pub holder_processes: u64,
     pub setup_secs: f64,
     /// The scenario's own count of EADDRNOTAVAIL failures.
     pub failures: u64,
@@ -86,17 +88,18 @@ struct Scenario {
 
 impl Scenario {
     fn next_line(&mut self, what: &str, errors: &Path) -> Result<Value> {
-        match self.lines.recv_timeout(STEP_TIMEOUT) {
-            Ok(line) => serde_json::from_str(&line).with_context(|| format!("busy-node {what}: {line:?}")),
-            Err(_) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "busy-node: no {what} within {} s: {}",
-                    STEP_TIMEOUT.as_secs(),
-                    std::fs::read_to_string(errors).unwrap_or_default().trim()
-                )
+        let outcome = self.lines.recv_timeout(STEP_TIMEOUT);
+        if let Ok(line) = outcome {
+            return serde_json::from_str(&line).with_context(|| format!("busy-node {what}: {line:?}"));
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        let stderr = std::fs::read_to_string(errors).unwrap_or_default();
+        match outcome {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("busy-node: no {what} within {} s: {}", STEP_TIMEOUT.as_secs(), stderr.trim())
             }
+            _ => bail!("busy-node exited ({status:?}) before its {what}: {}", stderr.trim()),
         }
     }
 
@@ -161,7 +164,8 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
     let ready = scenario.next_line("ready line", &errors)?;
     let connections = ready["ready"]["connections"].as_u64().context("ready line without connections")?;
     eprintln!(
-        "bench: busy node: {connections} connections held ({:.1} s to set up)",
+        "bench: busy node: {connections} connections held by {} processes ({:.1} s to set up)",
+        ready["ready"]["holder_processes"],
         ready["ready"]["setup_secs"].as_f64().unwrap_or(0.0)
     );
     let metrics = daemon::metrics(daemon.address)?;
@@ -196,6 +200,7 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
     let total = lost_after_failures.since(&lost_at_start);
     Ok(BusyNode {
         connections,
+        holder_processes: report["holder_processes"].as_u64().unwrap_or(0),
         setup_secs: report["setup_secs"].as_f64().unwrap_or(0.0),
         failures,
         rate: plan.rate,
@@ -232,7 +237,7 @@ fn check_records(ndjson: &Path, pid: u32, report: &Value) -> Result<RecordCheck>
         }
         let record: Value = serde_json::from_str(&line).with_context(|| format!("a daemon record: {line}"))?;
         check.records += 1;
-        match incomplete(&record, pid, report) {
+        match incomplete(&record, report) {
             None => check.complete += 1,
             Some(why) if check.examples.len() < EXAMPLES => check.examples.push(why),
             Some(_) => {}
@@ -242,7 +247,7 @@ fn check_records(ndjson: &Path, pid: u32, report: &Value) -> Result<RecordCheck>
 }
 
 /// Why a failure record of the busy node lacks its holder or options; None when whole.
-fn incomplete(record: &Value, pid: u32, report: &Value) -> Option<String> {
+fn incomplete(record: &Value, report: &Value) -> Option<String> {
     let src = record["src"].as_str().unwrap_or("?");
     let holders = report["holders"].as_array()?;
     let Some(expected) = holders.iter().find(|h| h["src"].as_str() == Some(src)) else {
@@ -252,11 +257,12 @@ fn incomplete(record: &Value, pid: u32, report: &Value) -> Option<String> {
     if !holder.is_object() {
         return Some(format!("src {src}: no holder ({})", record["note"].as_str().unwrap_or("no note")));
     }
-    if holder["pid"].as_u64() != Some(u64::from(pid)) || holder["fd"] != expected["fd"] {
+    if holder["pid"] != expected["pid"] || holder["fd"] != expected["fd"] {
         return Some(format!(
-            "src {src}: holder pid {} fd {}, expected pid {pid} fd {} ({})",
+            "src {src}: holder pid {} fd {}, expected pid {} fd {} ({})",
             holder["pid"],
             holder["fd"],
+            expected["pid"],
             expected["fd"],
             record["note"].as_str().unwrap_or("no note")
         ));
@@ -284,36 +290,40 @@ mod tests {
     fn a_failure_is_whole_with_its_holder_and_options() {
         let report = json!({
             "pid": 7, "mark": "0x32030b00",
-            "holders": [{ "fd": 10, "src": "127.1.0.0:10000" }, { "fd": 900, "src": "127.1.0.3:20000" }],
+            "holders": [{ "pid": 8, "fd": 10, "src": "127.1.0.0:10000" }, { "pid": 9, "fd": 900, "src": "127.1.0.3:20000" }],
         });
         let whole = json!({
             "event": "connect_error", "pid": 7, "src": "127.1.0.3:20000",
-            "holder": { "pid": 7, "fd": 900 }, "sockopts": { "SO_MARK": "0x32030b00", "SO_REUSEADDR": 1 },
+            "holder": { "pid": 9, "fd": 900 }, "sockopts": { "SO_MARK": "0x32030b00", "SO_REUSEADDR": 1 },
         });
-        assert_eq!(incomplete(&whole, 7, &report), None);
+        assert_eq!(incomplete(&whole, &report), None);
         let mut numeric_mark = whole.clone();
         numeric_mark["sockopts"]["SO_MARK"] = json!(0x3203_0b00u32);
-        assert_eq!(incomplete(&numeric_mark, 7, &report), None);
+        assert_eq!(incomplete(&numeric_mark, &report), None);
 
         let mut no_holder = whole.clone();
         no_holder["holder"] = Value::Null;
         no_holder["note"] = json!("the owner search ran out of time");
-        assert!(incomplete(&no_holder, 7, &report).unwrap().contains("ran out of time"));
+        assert!(incomplete(&no_holder, &report).unwrap().contains("ran out of time"));
         let mut wrong_fd = whole.clone();
         wrong_fd["holder"]["fd"] = json!(10);
-        assert!(incomplete(&wrong_fd, 7, &report).unwrap().contains("expected pid 7 fd 900"));
+        assert!(incomplete(&wrong_fd, &report).unwrap().contains("expected pid 9 fd 900"));
+        let mut wrong_pid = whole.clone();
+        wrong_pid["holder"]["pid"] = json!(8);
+        assert!(incomplete(&wrong_pid, &report).unwrap().contains("holder pid 8 fd 900"));
         let mut no_options = whole.clone();
         no_options["sockopts"] = json!({});
-        assert!(incomplete(&no_options, 7, &report).unwrap().contains("SO_MARK"));
+        assert!(incomplete(&no_options, &report).unwrap().contains("SO_MARK"));
         let mut elsewhere = whole;
         elsewhere["src"] = json!("127.0.0.1:1");
-        assert!(incomplete(&elsewhere, 7, &report).unwrap().contains("none of the held"));
+        assert!(incomplete(&elsewhere, &report).unwrap().contains("none of the held"));
     }
 
     #[test]
     fn failures_not_whole_count_the_missing_records_too() {
         let busy = BusyNode {
             connections: 200_000,
+            holder_processes: 21,
             setup_secs: 1.0,
             failures: 100,
             rate: 10,

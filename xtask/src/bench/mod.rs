@@ -135,7 +135,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "bench: busy node, {} connections, {} failures",
         plan.busy.connections, plan.busy.failures
     );
-    let busy_node = busy::run(&sockerr, &scratch, plan.busy)?;
+    let busy_node = busy::run(&sockerr, &scratch, plan.busy).map_err(|err| format!("{err:#}"));
+    let busy_node_error = busy_node.as_ref().err().cloned();
     results = Results {
         machine: Some(machine),
         plan: Some(PlanFacts { rounds: plan.rounds, batches: plan.batches, batch_ms: plan.batch_ms, quick: args.quick }),
@@ -143,7 +144,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         startup: Some(startup),
         throughput: Some(throughput),
         program_costs,
-        busy_node: Some(busy_node),
+        busy_node: busy_node.ok(),
+        busy_node_error: busy_node_error.clone(),
         // The soak is its own run: its last figures stay.
         soak: results.soak.take(),
         targets: Vec::new(),
@@ -151,7 +153,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     write(&json_path, &mut results)?;
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    match busy_node_error {
+        Some(err) => bail!("the busy-node run failed (the other figures are written): {err}"),
+        None => Ok(()),
+    }
 }
 
 /// Evaluates the targets, saves results.json and writes BENCHMARKS.md whole from it.

@@ -342,17 +342,31 @@ fn throughput(md: &mut String, results: &Results) {
 fn busy_node(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Busy node\n");
     let Some(busy) = &results.busy_node else {
-        let _ = writeln!(md, "Not run.\n");
+        match &results.busy_node_error {
+            Some(err) => {
+                let _ = writeln!(md, "**Failed**: {err}\n");
+            }
+            None => {
+                let _ = writeln!(md, "Not run.\n");
+            }
+        }
         return;
     };
     let _ = writeln!(
         md,
         "`sockerr daemon` node-wide (no filter, NDJSON to `{}`) while `sockerr scenario busy-node` holds \
-         **{}** established loopback connections (both ends open; every client socket with SO_MARK and \
-         SO_REUSEADDR, as a Cilium-proxied one) in a network namespace of its own, set up in {:.1} s; then \
-         **{}** Cilium-pattern failures at {}/s ({:.1} s) re-bind the tuples of {} of the held connections, \
-         spread over the set.\n",
-        busy.output, busy.connections, busy.setup_secs, busy.failures, busy.rate, busy.failing_secs, busy.holders
+         **{}** established loopback connections (both ends open, in {} processes; every client socket \
+         with SO_MARK and SO_REUSEADDR, as a Cilium-proxied one) in a network namespace of its own, set up in \
+         {:.1} s; then **{}** Cilium-pattern failures at {}/s ({:.1} s) from another process re-bind the \
+         tuples of {} of the held connections, spread over the set.\n",
+        busy.output,
+        busy.connections,
+        busy.holder_processes,
+        busy.setup_secs,
+        busy.failures,
+        busy.rate,
+        busy.failing_secs,
+        busy.holders
     );
     let _ = writeln!(md, "| | |\n|---|---:|");
     let _ = writeln!(md, "| failures (the scenario's count) | {} |", busy.failures);

@@ -22,6 +22,9 @@ pub struct Results {
     #[serde(default)]
     pub program_costs: Vec<ProgramCost>,
     pub busy_node: Option<BusyNode>,
+    /// Why the busy-node run failed, when it did (the other parts are still written).
+    #[serde(default)]
+    pub busy_node_error: Option<String>,
     pub soak: Option<Soak>,
     /// Computed from the sections above (targets::evaluate) whenever one changes.
     #[serde(default)]

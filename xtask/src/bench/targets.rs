@@ -146,9 +146,10 @@ pub fn evaluate(results: &Results) -> Vec<Target> {
     ));
 
     let busy = results.busy_node.as_ref();
-    let busy_value = |f: &dyn Fn(&super::busy::BusyNode) -> Result<f64, String>| match busy {
-        Some(busy) => f(busy),
-        None => not_run("the busy-node run"),
+    let busy_value = |f: &dyn Fn(&super::busy::BusyNode) -> Result<f64, String>| match (busy, &results.busy_node_error) {
+        (Some(busy), _) => f(busy),
+        (None, Some(err)) => Err(format!("the busy-node run failed: {err}")),
+        (None, None) => not_run("the busy-node run"),
     };
     targets.push(Target::new(
         "busy node: established connections held".into(),
@@ -304,6 +305,7 @@ mod tests {
     fn throughput_rss_and_busy_node_targets() {
         let busy = BusyNode {
             connections: 200_000,
+            holder_processes: 21,
             setup_secs: 1.0,
             failures: 10,
             rate: 10,
