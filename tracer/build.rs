@@ -3,6 +3,10 @@
 //! what this needs; `AYA_BUILD_SKIP=1` skips it (clippy of the userspace alone).
 use std::path::Path;
 
+// Not used here: the build-dependency only makes cargo rerun this script when the eBPF
+// crate's library side changes (see Cargo.toml).
+use tracer_ebpf as _;
+
 fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -12,6 +12,7 @@
 
 pub mod fake_api;
 
+// Used by src/bin/panic_probe.rs only (a package's binary cannot have dependencies of its own).
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,10 +24,12 @@ pub use daemon::{Daemon, HttpResponse};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-pub use tracer::scenario::Report;
-pub use tracer::scenario::report::{
+pub use sockerr_workloads::Report;
+pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
 };
+use tokio as _;
+use tracing_subscriber as _;
 
 /// How long sockerr may take to load and attach its programs (the contract: it logs a
 /// line containing `tracing started` on stderr once they are attached).

@@ -7,6 +7,7 @@
 //! `kubectl get pods -o json` prints, trimmed; tests/testdata/pods-on-node.json) with this
 //! test's pod UID and container id filled in, and holds the watch open; sockerr finds it
 //! through a KUBECONFIG file the test writes.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;

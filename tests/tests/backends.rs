@@ -5,6 +5,7 @@
 //! BTF offsets, the tracepoint backend from syscalls and tracepoints: agreeing is the
 //! check that the offsets are right. On a kernel without kprobes (the host's), each test
 //! checks instead that asking for them is a clear error.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::process::Command;
 

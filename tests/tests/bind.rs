@@ -1,5 +1,6 @@
 //! bind() failures: the address held by a listening socket (a process), or by a TIME_WAIT
 //! socket (no process).
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use serde_json::Value;
 use sockerr_e2e::*;

@@ -1,6 +1,7 @@
 //! The Cilium incident (`sockerr scenario cilium`): Envoy-like retries binding a live
 //! client's ip:port fail with EADDRNOTAVAIL; sockerr must name the options, the cause and
 //! the client's socket as the holder.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use serde_json::Value;
 use sockerr_e2e::*;

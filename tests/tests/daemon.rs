@@ -4,6 +4,7 @@
 //! The daemon traces `--pid <the scenario's proxy>` (the scenario waits at its gate until
 //! the daemon runs), so its counters hold exactly this scenario's events even while
 //! other tests run proxies named demo-proxy.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::process::Command;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //!   warns about no missing capability;
 //! - in a pid namespace of its own (`hostPID: false`) with the host's /proc mounted
 //!   elsewhere, `--host-proc` is what lets it resolve the host pids the kernel reports.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::path::PathBuf;
 

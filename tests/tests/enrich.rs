@@ -2,6 +2,7 @@
 //! (needs root: unshare(CLONE_NEWNET), setns), opens sockets on loopback there, and asks
 //! the Enricher about them through that namespace, as sockerr asks about a failing
 //! process. No packet leaves the namespace; other addresses are only values compared.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{
     fs,

@@ -1,5 +1,6 @@
 //! Bad input and a hostile environment get a clear error that names the problem and the
 //! fix, and a non-zero exit code; warnings for what may appear later keep tracing.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{process::Command, time::Duration};
 

@@ -1,4 +1,5 @@
 //! connect() without a source port after ip_local_port_range ran out.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use serde_json::Value;
 use sockerr_e2e::*;

@@ -1,6 +1,7 @@
 //! Process filters: a process named `demo-other` makes the same failing bind as the proxy,
 //! just before it (`bind-in-use --other`). Because the other's call comes first, once the
 //! proxy's record arrived a wrongly admitted record of the other's would have arrived too.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use serde_json::Value;
 use sockerr_e2e::*;

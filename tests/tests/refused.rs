@@ -1,5 +1,6 @@
 //! ECONNREFUSED: reported asynchronously for non-blocking sockets (the error arrives after
 //! connect() returned EINPROGRESS), synchronously for blocking ones.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use serde_json::Value;
 use sockerr_e2e::*;

@@ -2,6 +2,7 @@
 //! response with `Transfer-Encoding: Chunked` and `Transfer-Encoding: chunked` from
 //! demo-upstream and resets both connections with SO_LINGER 0; demo-client and
 //! demo-upstream each receive the RST. Records are picked by the scenario's own pids.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::process::Command;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //!
 //! The flood waits at its gate until the daemon traces `--pid <the flood>`, so the counts
 //! hold exactly its failures while other tests run.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};

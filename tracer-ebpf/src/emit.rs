@@ -19,7 +19,7 @@ pub struct Record<T> {
 }
 
 /// The reader polls on a timer, so records are submitted without waking it; waking it
-/// per record costs more than the rest of the tracing (see ../shared/toolchain.md).
+/// per record costs more than the rest of the tracing (see docs/toolchain.md).
 /// Once this much is pending the reader is woken so a burst cannot fill the ring.
 const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 
@@ -54,6 +54,7 @@ pub fn current_header(kind: u32, errno: i32, task: &Task) -> EventHeader {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid: task.tgid,
         tid: task.tid,
+        // SAFETY: as above, no pointer arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),
     }

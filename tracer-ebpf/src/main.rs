@@ -6,6 +6,9 @@
 #![no_std]
 #![no_main]
 
+// The library target only lets tracer name this crate as a build dependency.
+use tracer_ebpf as _;
+
 mod accept;
 mod bind;
 mod close;

@@ -13,16 +13,20 @@ use crate::sockaddr::same_endpoint;
 
 /// Set by the daemon before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static OFFSETS: TracepointOffsets = unsafe { core::mem::zeroed() };
 /// Set by the daemon before load.
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
 /// Set by the daemon before load: offsets for the reset and `--http-peek` programs.
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
 /// `struct sock` field offsets from BTF, set by the daemon before load (kprobe backend;
 /// zero and unused with the tracepoint backend).
 #[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
 pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.

@@ -263,6 +263,7 @@ fn append(peek: &mut PeekBuffers, direction: u8, src: u64, n: u64) {
     // Volatile: hides from LLVM that `take <= PEEK_BYTES` already holds, so that the
     // check stays in the program for the verifier (offset < PEEK_BYTES, size <=
     // PEEK_BYTES, buffer 2 * PEEK_BYTES).
+    // SAFETY: reads a local through a valid reference.
     let take = unsafe { core::ptr::read_volatile(&take) };
     if take == 0 || take > PEEK_BYTES as u32 {
         return;

@@ -141,6 +141,7 @@ fn fill(dst: &mut PeekCopy, fd: i32, src: Option<*const PeekBuffers>) {
 unsafe fn copy(dst: *mut u8, src: *const u8, len: u32) -> u32 {
     // Volatile: keeps the bound check below in the program for the verifier, which
     // must see `len <= PEEK_BYTES` before it accepts the helper's size argument.
+    // SAFETY: reads a local through a valid reference.
     let len = unsafe { core::ptr::read_volatile(&len) };
     if len == 0 || len > PEEK_BYTES as u32 {
         return 0;

@@ -26,11 +26,13 @@ pub enum Command {
     /// live socket table over HTTP (default 127.0.0.1:9966).
     Daemon(DaemonArgs),
     /// Reproduce a known incident in a throwaway network namespace while tracing it.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Run a scenario without tracing and print what it did as JSON (used by the
-    /// end-to-end tests and by `demo`).
+    /// end-to-end tests, by `demo` and by `cargo xtask bench`).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
-    Scenario(crate::scenario::ScenarioArgs),
+    Scenario(sockerr_workloads::ScenarioArgs),
     /// Attach a program that returns at once to the tracepoints `trace` would attach with
     /// these filters, until stopped: the floor of `cargo xtask bench`.
     #[command(hide = true)]
@@ -126,6 +128,7 @@ pub struct DaemonArgs {
     pub metrics_dst_labels: bool,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     #[arg(value_enum)]
@@ -134,6 +137,7 @@ pub struct DemoArgs {
     pub output: OutputFormat,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoIncident {
     /// Envoy re-binds a client's ip:port with SO_MARK + SO_REUSEADDR while that
@@ -164,8 +168,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::*;
 
     #[test]
     fn cli_is_consistent() {

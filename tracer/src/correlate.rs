@@ -1,8 +1,7 @@
 //! From a kernel event and its socket to the [`Record`] the sinks print.
 
-use tracer_common::{SockOpts, options::option_flag};
-
 use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR, FLAG_SO_REUSEPORT};
+use tracer_common::{SockOpts, options::option_flag};
 
 use crate::{
     event::{KernelEvent, Origin, Payload},

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod correlate;
 pub mod daemon;
 pub mod decode;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod enrich;
 pub mod errno;
@@ -26,10 +27,12 @@ pub mod pipeline;
 pub mod proc_root;
 pub mod record;
 pub mod reset;
-pub mod scenario;
 pub mod sink;
 pub mod table;
 #[cfg(test)]
 mod testing;
 pub mod trace;
 pub mod ttl_cache;
+
+// Used by src/main.rs only (a package's binary cannot have dependencies of its own).
+use anyhow as _;

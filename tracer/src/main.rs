@@ -1,3 +1,5 @@
+#![allow(unused_crate_dependencies, reason = "a binary sees every dependency of its package")]
+
 use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::Context;
@@ -19,10 +21,12 @@ fn main() -> ExitCode {
             rt.shutdown_timeout(std::time::Duration::from_millis(300));
             Ok(result.map(drop)?)
         }),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| Ok(rt.block_on(tracer::demo::run(args))?)),
         // No async runtime on purpose: the scenario unshares its network namespace and
         // starts actors, which must not race with runtime threads.
-        Command::Scenario(args) => tracer::scenario::run(args).context("scenario failed"),
+        #[cfg(feature = "demo")]
+        Command::Scenario(args) => sockerr_workloads::run(args).context("scenario failed"),
         Command::BenchFloor(args) => {
             runtime().and_then(|rt| Ok(rt.block_on(tracer::bench_floor::run(args))?))
         }

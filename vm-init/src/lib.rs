@@ -5,7 +5,11 @@
 //! per line on the guest's second serial port, which qemu writes to a file on the host.
 //! Both sides use these types, so they cannot drift apart.
 
+// Used by src/main.rs only (a package's binary cannot have dependencies of its own).
+use libc as _;
+use nix as _;
 use serde::{Deserialize, Serialize};
+use thiserror as _;
 
 /// Where the plan sits in the initramfs.
 pub const PLAN_PATH: &str = "/plan.json";

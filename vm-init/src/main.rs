@@ -8,6 +8,7 @@
 //! powers off. Modelled on aya's test-distro init; a Rust init rather than a busybox
 //! script so that every failing step is reported on the status port with its errno, and
 //! so that the VM needs nothing from a package beyond the kernel.
+#![allow(unused_crate_dependencies, reason = "a binary sees every dependency of its package")]
 
 use std::{
     ffi::CString,

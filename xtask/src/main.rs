@@ -11,6 +11,7 @@ mod paths;
 mod privileges;
 mod process;
 mod run;
+mod rustfmt;
 mod setup;
 mod static_build;
 mod system_packages;
@@ -43,6 +44,9 @@ enum Command {
     /// Build sockerr and run it as root (through `sudo -E` when not root).
     #[command(after_help = "Example: cargo xtask run -- trace --comm envoy --output json")]
     Run(RunArgs),
+    /// Format the workspace as the suite's fmt stage checks it (nightly rustfmt: import
+    /// grouping is still unstable).
+    Fmt,
     /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
@@ -111,6 +115,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
+        Command::Fmt => process::run_inherited(&mut rustfmt::command(false)),
         Command::Test(args) => test::run_suite(&args),
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
@@ -120,8 +125,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::*;
 
     #[test]
     fn cli_is_consistent() {

@@ -25,7 +25,8 @@ pub fn musl_target() -> String {
 }
 
 /// Builds `target/<musl target>/release/sockerr`. Run setup first (nightly and
-/// bpf-linker for the eBPF object, the musl target, musl-gcc).
+/// bpf-linker for the eBPF object, the musl target, musl-gcc). Without default features:
+/// the workloads (`sockerr demo`, `sockerr scenario`) stay out of the shipped binary.
 pub fn build_static() -> Result<PathBuf> {
     let target = musl_target();
     let mut command = Command::new("cargo");
@@ -34,6 +35,7 @@ pub fn build_static() -> Result<PathBuf> {
         "--release",
         "--package",
         "tracer",
+        "--no-default-features",
         "--target",
         &target,
     ]);
@@ -77,7 +79,12 @@ fn run_checks(root: &Path) -> Result<()> {
     check_version(&version)?;
     let help = stdout_of(&mut chrooted(&chroot, root, &["trace", "--help"]))?;
     check_trace_help(&help)?;
-    eprintln!("static-binary: `{}` and `trace --help` run in an empty root", version.trim());
+    let commands = stdout_of(&mut chrooted(&chroot, root, &["help"]))?;
+    check_no_workloads(&commands)?;
+    eprintln!(
+        "static-binary: `{}`, `help` (no workloads) and `trace --help` run in an empty root",
+        version.trim()
+    );
     Ok(())
 }
 
@@ -102,6 +109,24 @@ fn check_trace_help(output: &str) -> Result<()> {
         if !output.contains(expected) {
             bail!("`sockerr trace --help` lacks {expected:?}:\n{output}");
         }
+    }
+    Ok(())
+}
+
+/// The shipped binary lists no `demo` command: the workloads (feature `demo`) stay out.
+fn check_no_workloads(help: &str) -> Result<()> {
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    if !commands.contains(&"trace") {
+        bail!("`sockerr help` lists no `trace` command:\n{help}");
+    }
+    if commands.contains(&"demo") {
+        bail!("the static binary was built with the `demo` feature (it lists `demo`):\n{help}");
     }
     Ok(())
 }
@@ -146,6 +171,16 @@ mod tests {
         check_trace_help(help).unwrap();
         let err = check_trace_help("Usage: sockerr trace\n--comm <NAME>\n").unwrap_err().to_string();
         assert!(err.contains("--host-proc"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_binary_must_not_list_demo() {
+        let product = "Usage: sockerr <COMMAND>\n\nCommands:\n  trace   Trace\n  daemon  Serve\n  help  Print\n\nOptions:\n";
+        check_no_workloads(product).unwrap();
+        let with_demo = product.replace("  daemon", "  demo    Reproduce\n  daemon");
+        let err = check_no_workloads(&with_demo).unwrap_err().to_string();
+        assert!(err.contains("`demo` feature"), "{err}");
+        assert!(check_no_workloads("Usage: sockerr\n").is_err(), "no command list at all");
     }
 
     #[test]

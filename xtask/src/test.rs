@@ -18,7 +18,7 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup, static_build,
+    rustfmt, setup, static_build,
     vm::{self, KernelSpec, Series},
 };
 
@@ -59,7 +59,7 @@ pub fn run_suite(args: &TestArgs) -> Result<()> {
 
 fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
     suite.stage("setup", |_| setup::ensure())?;
-    suite.stage("fmt", |_| run_inherited(cargo().args(["fmt", "--all", "--", "--check"])))?;
+    suite.stage("fmt", |_| run_inherited(&mut rustfmt::command(true)))?;
     suite.stage("clippy", |_| {
         run_inherited(
             cargo()

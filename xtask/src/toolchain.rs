@@ -38,11 +38,11 @@ pub fn ensure_nightly(report: &mut Report) -> Result<Nightly> {
             "--profile",
             "minimal",
             "--component",
-            "rust-src,clippy",
+            "rust-src,clippy,rustfmt",
         ]))
         .context(
             "the nightly toolchain is missing and could not be installed; it builds the eBPF programs. \
-             Install it with `rustup toolchain install nightly --profile minimal --component rust-src,clippy` \
+             Install it with `rustup toolchain install nightly --profile minimal --component rust-src,clippy,rustfmt` \
              and run `cargo xtask setup` again",
         )?;
         report.did("installed the nightly toolchain", started.elapsed());
@@ -55,6 +55,8 @@ pub fn ensure_nightly(report: &mut Report) -> Result<Nightly> {
     let core_sources = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
     ensure_component(report, "nightly", "rust-src", &core_sources)?;
     ensure_component(report, "nightly", "clippy", &sysroot.join("bin/cargo-clippy"))?;
+    // The fmt stage groups imports, an option only the nightly's rustfmt accepts.
+    ensure_component(report, "nightly", "rustfmt", &sysroot.join("bin/cargo-fmt"))?;
     Ok(Nightly { sysroot, llvm_major })
 }
 

@@ -3,6 +3,7 @@
 //! the daemon's, where a spawned task panics while the main task goes on. With the policy
 //! the process exits with 101 at once; without it, tokio would swallow the panic and the
 //! process would print "still alive" and exit 0 after 20 s: a half-alive daemon.
+#![allow(unused_crate_dependencies, reason = "a binary sees every dependency of its package")]
 
 use std::time::Duration;
 

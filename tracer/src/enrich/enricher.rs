@@ -12,9 +12,8 @@ use std::{
 
 use tracing::debug;
 
-use crate::ttl_cache::TtlCache;
-
 use super::{EnrichError, Findings, Query, answer::answer_in_namespace, netns::Netns, procfs};
+use crate::ttl_cache::TtlCache;
 
 /// A pid's namespace rarely changes; re-reading it for every process of the node on
 /// every failure of a retry storm would. A pid reused within this time costs at worst a

@@ -9,12 +9,11 @@ use std::{
 
 use tokio::task::AbortHandle;
 
-use crate::{proc_root::ProcRoot, record::PodIdentity, ttl_cache::TtlCache};
-
 use super::{
     cgroup_path::{self, ContainerIds},
     directory::PodDirectory,
 };
+use crate::{proc_root::ProcRoot, record::PodIdentity, ttl_cache::TtlCache};
 
 /// A process keeps its cgroup for life (runtimes place it before exec); the TTL only
 /// bounds the damage of a reused pid.

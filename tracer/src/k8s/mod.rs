@@ -10,11 +10,10 @@ pub mod cgroup_path;
 pub mod directory;
 pub mod watch;
 
-use thiserror::Error;
-use tracing_subscriber::EnvFilter;
-
 pub use args::AttributionArgs;
 pub use attributor::Attributor;
+use thiserror::Error;
+use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Error)]
 pub enum K8sError {

@@ -2,9 +2,8 @@
 
 use std::path::Path;
 
-use crate::backend::KernelFeatures;
-
 use super::{sock_offsets::VMLINUX_BTF, tracefs::kernel_release};
+use crate::backend::KernelFeatures;
 
 /// aya attaches kprobes through the kprobe PMU (perf_event_open), which exists when the
 /// kernel has CONFIG_KPROBES (and perf events); without it no kprobe can be created.

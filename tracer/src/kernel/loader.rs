@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
-use crate::backend::{self, Backend, BackendChoice, BackendError};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -27,6 +26,7 @@ use super::{
     sock_offsets::{self, SockOffsetsError},
     tracefs::{self, TracefsError},
 };
+use crate::backend::{self, Backend, BackendChoice, BackendError};
 
 /// The object tracer-ebpf's `tracer` binary compiles to (see build.rs).
 pub(super) static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));

@@ -1,7 +1,7 @@
 //! Draining the ring buffer.
 //!
 //! The kernel programs submit records without waking the reader (a wake-up per record
-//! roughly doubles the cost of a traced syscall, ../shared/toolchain.md), so the reader
+//! roughly doubles the cost of a traced syscall, docs/toolchain.md), so the reader
 //! drains on a short timer, and also whenever epoll reports data: the programs force a
 //! wake-up once a burst fills a quarter of the ring.
 

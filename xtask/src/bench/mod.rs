@@ -24,6 +24,9 @@ use std::{fs, path::Path, time::Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::Value;
+use busy::BusyPlan;
+use results::{Hooks, MicroLoops, PlanFacts, Recorded, Results, Slot};
+use tracers::{Config, Traced};
 
 use crate::{
     build::{Profile, build_sockerr},
@@ -33,9 +36,6 @@ use crate::{
     setup,
     system_packages::{self, BENCH_COMMANDS},
 };
-use busy::BusyPlan;
-use results::{Hooks, MicroLoops, PlanFacts, Recorded, Results, Slot};
-use tracers::{Config, Traced};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

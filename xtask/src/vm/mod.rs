@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+pub use kernel::{KernelSpec, Series};
+use qemu::Accel;
 use vm_init::{Plan, Run, Status};
 
 use crate::{
@@ -30,8 +32,6 @@ use crate::{
     setup::{self, Report},
     system_packages, toolchain,
 };
-pub use kernel::{KernelSpec, Series};
-use qemu::Accel;
 
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend

@@ -1,4 +1,4 @@
-//! The incident of ../../../../shared/incidents (Cilium's Envoy, 2022): Envoy keeps the
+//! The first incident (Cilium's Envoy, 2022): Envoy keeps the
 //! client pod's original source ip:port for the upstream connection (IP_TRANSPARENT),
 //! marks it (SO_MARK, Cilium identity 12803) and sets SO_REUSEADDR "to not fail on address
 //! already in use". While the pod's own connection with that very 4-tuple is alive, every

@@ -33,7 +33,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-
 pub use report::{Report, ResetReport};
 
 /// `sockerr scenario <NAME> [options]`

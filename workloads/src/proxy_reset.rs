@@ -1,4 +1,4 @@
-//! The second incident (../../../../shared/incidents, Istio 2022): an upstream answers
+//! The second incident (Istio, 2022): an upstream answers
 //! with `Transfer-Encoding: Chunked` and `Transfer-Encoding: chunked`. Transfer codings
 //! are case-insensitive, so this is "chunked, chunked", not a framing a strict proxy
 //! accepts: Envoy resets the upstream connection and fails the request
