@@ -59,6 +59,11 @@ pub struct BusyNode {
     pub complete: u64,
     /// A few records that were not complete, and why.
     pub incomplete_examples: Vec<String>,
+    /// Failures the daemon had counted in /metrics when the bench stopped waiting, and
+    /// how long it waited after the last failure (a daemon behind its ring has not
+    /// reported the rest yet: they are missing, not lost).
+    pub counted: u64,
+    pub drain_secs: f64,
     pub lost_during_setup: u64,
     pub lost_during_failures: u64,
     /// Losses by reason where the daemon gives reasons.
@@ -180,16 +185,17 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
     // The daemon counts each failure once it has looked its holder up among the held
     // connections: wait until it has caught up (or lost them), bounded.
     let drain_started = Instant::now();
-    let lost_after_failures = loop {
+    let (lost_after_failures, counted) = loop {
         let metrics = daemon::metrics(daemon.address)?;
         let lost = daemon::lost(&metrics)?;
         let counted = throughput::counted(&metrics) - counted_before;
         let lost_now = lost.since(&lost_after_setup).total;
         if counted + lost_now as f64 >= failures as f64 || drain_started.elapsed() > DRAIN_TIMEOUT {
-            break lost;
+            break (lost, counted as u64);
         }
         thread::sleep(Duration::from_millis(250));
     };
+    let drain_secs = drain_started.elapsed().as_secs_f64();
     let maps = map_fill(pid)?;
     let daemon_rss_kib = daemon::rss_kib(pid)?;
     scenario.finish()?;
@@ -209,6 +215,8 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
         records: check.records,
         complete: check.complete,
         incomplete_examples: check.examples,
+        counted,
+        drain_secs,
         lost_during_setup: lost_after_setup.since(&lost_at_start).total,
         lost_during_failures: lost_after_failures.since(&lost_after_setup).total,
         evictions: total.evictions(),
@@ -332,6 +340,8 @@ mod tests {
             records: 98,
             complete: 97,
             incomplete_examples: vec![],
+            counted: 98,
+            drain_secs: 1.0,
             lost_during_setup: 0,
             lost_during_failures: 0,
             lost_by_reason: None,

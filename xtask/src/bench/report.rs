@@ -216,7 +216,10 @@ fn recorded(md: &mut String, loops: &MicroLoops) {
 /// Where the comparisons are not like for like, from what each configuration attached.
 fn like_for_like(md: &mut String, loops: &MicroLoops) {
     let _ = writeln!(md, "### Like for like?\n");
-    let _ = writeln!(md, "| configuration | attached (its own count) | BPF programs by type |\n|---|---:|---|");
+    let _ = writeln!(
+        md,
+        "| configuration | attached (its own count) | BPF programs loaded, by type |\n|---|---:|---|"
+    );
     for (config, hooks) in &loops.hooks {
         let types: Vec<String> = hooks.program_types.iter().map(|(t, n)| format!("{t}: {n}")).collect();
         let _ = writeln!(
@@ -370,6 +373,11 @@ fn busy_node(md: &mut String, results: &Results) {
     );
     let _ = writeln!(md, "| | |\n|---|---:|");
     let _ = writeln!(md, "| failures (the scenario's count) | {} |", busy.failures);
+    let _ = writeln!(
+        md,
+        "| counted in /metrics when the bench stopped waiting ({:.0} s after the last failure) | {} |",
+        busy.drain_secs, busy.counted
+    );
     let _ = writeln!(md, "| records of them in the daemon's NDJSON | {} |", busy.records);
     let _ = writeln!(md, "| of which with holder (pid, fd) and options | {} |", busy.complete);
     let _ = writeln!(md, "| lost during set-up | {} |", busy.lost_during_setup);

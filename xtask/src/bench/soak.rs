@@ -153,6 +153,9 @@ fn ndjson_failures(path: &Path, pids: &BTreeSet<u32>) -> Result<u64> {
     Ok(count)
 }
 
+/// An LRU map this full (in % of max_entries) is taken as evicting.
+const LRU_FULL_PERCENT: u64 = 95;
+
 /// One hash-like map of the daemon: how full it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapFill {
@@ -163,9 +166,10 @@ pub struct MapFill {
 }
 
 impl MapFill {
-    /// An LRU map at its bound has evicted (or is about to evict) entries.
+    /// An LRU map near its bound has evicted (or is about to evict) entries: the kernel's
+    /// LRU lists evict before the map is quite full (entries wait in per-CPU free lists).
     pub fn lru_full(&self) -> bool {
-        self.kind.contains("lru") && self.entries >= self.max_entries
+        self.kind.contains("lru") && self.entries * 100 >= self.max_entries * LRU_FULL_PERCENT
     }
 }
 

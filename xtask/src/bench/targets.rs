@@ -175,7 +175,7 @@ pub fn evaluate(results: &Results) -> Vec<Target> {
                 let full: Vec<String> = b.maps.iter().filter(|m| m.lru_full()).map(|m| m.name.clone()).collect();
                 format!(
                     "this sockerr exports no eviction count (no `reason` label on sockerr_events_lost_total); \
-                     LRU maps at their bound during the run: {}",
+                     LRU maps at 95 % or more of their bound during the run: {}; such a map evicts",
                     if full.is_empty() { "none".to_owned() } else { full.join(", ") }
                 )
             })
@@ -314,11 +314,16 @@ mod tests {
             records: 10,
             complete: 10,
             incomplete_examples: vec![],
+            counted: 10,
+            drain_secs: 1.0,
             lost_during_setup: 2,
             lost_during_failures: 0,
             lost_by_reason: None,
             evictions: None,
-            maps: vec![MapFill { name: "SOCK_OWNERS".into(), kind: "lru_hash".into(), entries: 8, max_entries: 8 }],
+            maps: vec![
+                MapFill { name: "SOCK_OWNERS".into(), kind: "lru_hash".into(), entries: 65_360, max_entries: 65_536 },
+                MapFill { name: "CLOSING".into(), kind: "lru_hash".into(), entries: 2_460, max_entries: 16_384 },
+            ],
             daemon_rss_kib: 50 * 1024,
             output: String::new(),
         };
@@ -332,7 +337,7 @@ mod tests {
         assert_eq!(find(&targets, "busy node: events lost").measured, Some(2.0));
         let evictions = find(&targets, "busy node: evictions");
         assert_eq!(evictions.met, None);
-        assert!(evictions.verdict().contains("SOCK_OWNERS"), "{}", evictions.verdict());
+        assert!(evictions.verdict().contains("bound during the run: SOCK_OWNERS; such"), "{}", evictions.verdict());
         assert_eq!(find(&targets, "busy node: failures without").met, Some(true));
 
         let slow = Throughput { threads: 2, steps: vec![step(40_000, 30_000.0, 0, 1024)] };
