@@ -396,7 +396,8 @@ pub(super) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), 
 
 pub(super) fn accept(listener: i32) -> Result<Fd, Error> {
     // SAFETY: plain syscall; the peer's address is not asked for.
-    let fd = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    let fd =
+        unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
     if fd < 0 { Err(unexpected("accept", errno())) } else { Ok(Fd(fd)) }
 }
 

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Error,
-    bench_loop::{COMM, Fd, accept, bind, connect, errno, listener, prepare, set_int, tcp_socket, unexpected},
+    bench_loop::{
+        COMM, Fd, accept, bind, connect, errno, listener, prepare, set_int, tcp_socket, unexpected,
+    },
     runner,
 };
 
@@ -148,7 +150,8 @@ pub fn run(args: &BusyNodeArgs) -> Result<(), Error> {
     let netns = super::netns::current_inode()?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let per_holder = per_holder()?;
-    let targets: Vec<u64> = (0..args.holders).map(|i| (2 * i + 1) * args.connections / (2 * args.holders)).collect();
+    let targets: Vec<u64> =
+        (0..args.holders).map(|i| (2 * i + 1) * args.connections / (2 * args.holders)).collect();
 
     let started = Instant::now();
     let mut holders = Vec::new();
@@ -156,14 +159,21 @@ pub fn run(args: &BusyNodeArgs) -> Result<(), Error> {
     while first < args.connections {
         let count = per_holder.min(args.connections - first);
         let port = FIRST_UPSTREAM_PORT + holders.len() as u16;
-        let report: Vec<u64> = targets.iter().copied().filter(|t| (first..first + count).contains(t)).collect();
+        let report: Vec<u64> =
+            targets.iter().copied().filter(|t| (first..first + count).contains(t)).collect();
         holders.push(Holder::spawn(first, count, port, &report, args)?);
         first += count;
     }
     let connections = holders.iter().map(|h| h.held.held).sum();
     let setup_secs = started.elapsed().as_secs_f64();
     runner::print_line(&Ready {
-        ready: ReadyFacts { pid: std::process::id(), netns, connections, holder_processes: holders.len(), setup_secs },
+        ready: ReadyFacts {
+            pid: std::process::id(),
+            netns,
+            connections,
+            holder_processes: holders.len(),
+            setup_secs,
+        },
     })?;
     runner::wait_for_line(timeout)?;
 
@@ -172,7 +182,10 @@ pub fn run(args: &BusyNodeArgs) -> Result<(), Error> {
     let (mut failures, mut other) = (0, 0);
     for attempt in 0..args.failures {
         if started.elapsed() > timeout {
-            return Err(side(format!("{attempt} of {} failures after {} s", args.failures, args.timeout_secs)));
+            return Err(side(format!(
+                "{attempt} of {} failures after {} s",
+                args.failures, args.timeout_secs
+            )));
         }
         pace(started, attempt, args.rate);
         let target = targets[(attempt * args.holders / args.failures) as usize];
@@ -230,7 +243,13 @@ struct Holder {
 impl Holder {
     /// Starts a holder of connections `first..first + count` and waits until it holds them
     /// (bounded by its own --timeout-secs: it exits, and its stdout ends, past that).
-    fn spawn(first: u64, count: u64, port: u16, report: &[u64], args: &BusyNodeArgs) -> Result<Holder, Error> {
+    fn spawn(
+        first: u64,
+        count: u64,
+        port: u16,
+        report: &[u64],
+        args: &BusyNodeArgs,
+    ) -> Result<Holder, Error> {
         let exe = std::env::current_exe().map_err(|source| Error::Spawn {
             comm: HOLDER_COMM.into(),
             exe: "/proc/self/exe".into(),

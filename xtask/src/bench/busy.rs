@@ -243,7 +243,8 @@ fn check_records(ndjson: &Path, pid: u32, report: &Value) -> Result<RecordCheck>
         if !line.contains(&marker) || !line.contains("\"event\":\"connect_error\"") {
             continue;
         }
-        let record: Value = serde_json::from_str(&line).with_context(|| format!("a daemon record: {line}"))?;
+        let record: Value =
+            serde_json::from_str(&line).with_context(|| format!("a daemon record: {line}"))?;
         check.records += 1;
         match incomplete(&record, report) {
             None => check.complete += 1,

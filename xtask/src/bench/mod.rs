@@ -22,10 +22,10 @@ mod tracers;
 use std::{fs, path::Path, time::Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use serde_json::Value;
 use busy::BusyPlan;
+use clap::Args;
 use results::{Hooks, MicroLoops, PlanFacts, Recorded, Results, Slot};
+use serde_json::Value;
 use tracers::{Config, Traced};
 
 use crate::{
@@ -56,7 +56,8 @@ pub const COMM: &str = "sockerr-bench";
 /// The successful connection cycle.
 pub const SUCCESS_LOOP: &str = "success-cycle";
 /// The micro-loops (`sockerr scenario bench-loop --loop`), in table order.
-pub const LOOPS: &[&str] = &[SUCCESS_LOOP, "refused-connect", "addr-not-avail", "bind", "so-mark", "so-keepalive"];
+pub const LOOPS: &[&str] =
+    &[SUCCESS_LOOP, "refused-connect", "addr-not-avail", "bind", "so-mark", "so-keepalive"];
 /// The loops of the "failing loop" targets (so-mark: a recorded option, not a failure).
 pub const FAILING_LOOPS: &[&str] = &["refused-connect", "addr-not-avail", "bind", "so-mark"];
 
@@ -131,15 +132,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let throughput = throughput::search(&sockerr, &scratch, &plan)?;
     eprintln!("bench: per-program cost (BPF run-time statistics)");
     let program_costs = profile::run(&sockerr, &scratch, &plan)?;
-    eprintln!(
-        "bench: busy node, {} connections, {} failures",
-        plan.busy.connections, plan.busy.failures
-    );
+    eprintln!("bench: busy node, {} connections, {} failures", plan.busy.connections, plan.busy.failures);
     let busy_node = busy::run(&sockerr, &scratch, plan.busy).map_err(|err| format!("{err:#}"));
     let busy_node_error = busy_node.as_ref().err().cloned();
     results = Results {
         machine: Some(machine),
-        plan: Some(PlanFacts { rounds: plan.rounds, batches: plan.batches, batch_ms: plan.batch_ms, quick: args.quick }),
+        plan: Some(PlanFacts {
+            rounds: plan.rounds,
+            batches: plan.batches,
+            batch_ms: plan.batch_ms,
+            quick: args.quick,
+        }),
         micro_loops: Some(loops),
         startup: Some(startup),
         throughput: Some(throughput),
@@ -198,7 +201,14 @@ fn micro_loops(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<MicroLoops
 
 /// One configuration in one round: start its tracer, run every loop (and the canary of an
 /// excluding filter), stop it, count what it recorded, check it.
-fn slot(sockerr: &Path, scratch: &Path, plan: &Plan, config: Config, round: u32, loops: &mut MicroLoops) -> Result<()> {
+fn slot(
+    sockerr: &Path,
+    scratch: &Path,
+    plan: &Plan,
+    config: Config,
+    round: u32,
+    loops: &mut MicroLoops,
+) -> Result<()> {
     let mut traced = Traced::start(config, sockerr, scratch)?;
     if let Some(traced) = &traced
         && !loops.hooks.contains_key(config.name())
@@ -212,7 +222,8 @@ fn slot(sockerr: &Path, scratch: &Path, plan: &Plan, config: Config, round: u32,
         None => None,
     };
     let strace_output = (config == Config::Strace).then(|| config.output(scratch)).flatten();
-    let mut command = tracers::loop_command(config, sockerr, LOOPS, plan.batches, plan.batch_ms, strace_output.as_deref());
+    let mut command =
+        tracers::loop_command(config, sockerr, LOOPS, plan.batches, plan.batch_ms, strace_output.as_deref());
     let warmup = if config == Config::Strace { plan.warmup / 5 } else { plan.warmup };
     command.args(["--warmup", &warmup.to_string()]);
     let report = run_json(&mut command)?;
@@ -238,12 +249,17 @@ fn slot(sockerr: &Path, scratch: &Path, plan: &Plan, config: Config, round: u32,
     let entries = report["loops"].as_array().context("bench-loop report without loops")?;
     for entry in entries {
         let name = entry["loop"].as_str().context("loop without a name")?;
-        let values: Vec<f64> =
-            entry["ns_per_iteration"].as_array().context("loop without samples")?.iter().filter_map(Value::as_f64).collect();
+        let values: Vec<f64> = entry["ns_per_iteration"]
+            .as_array()
+            .context("loop without samples")?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
         loops.push(config.name(), name, values);
     }
 
-    let errors_text = traced.as_ref().and_then(|t| t.errors.as_ref()).map(|p| fs::read_to_string(p).unwrap_or_default());
+    let errors_text =
+        traced.as_ref().and_then(|t| t.errors.as_ref()).map(|p| fs::read_to_string(p).unwrap_or_default());
     if config.records() {
         let path = config.output(scratch).context("a recording configuration has an output")?;
         let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -318,7 +334,8 @@ fn run_json(command: &mut std::process::Command) -> Result<Value> {
     if !output.status.success() {
         bail!("`{}` failed: {}", describe(command), String::from_utf8_lossy(&output.stderr));
     }
-    serde_json::from_slice(&output.stdout).with_context(|| format!("`{}` printed no JSON report", describe(command)))
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("`{}` printed no JSON report", describe(command)))
 }
 
 /// N of sockerr's `tracing started: N programs attached`.
@@ -340,9 +357,10 @@ fn backend_of(log: &[String]) -> Option<String> {
 
 /// N of bpftrace's `Attaching N probes...` (stdout or stderr, by version).
 fn attaching_probes(stdout: &str, stderr: &str) -> Option<u64> {
-    stdout.lines().chain(stderr.lines()).find_map(|line| {
-        line.trim().strip_prefix("Attaching ")?.split_whitespace().next()?.parse().ok()
-    })
+    stdout
+        .lines()
+        .chain(stderr.lines())
+        .find_map(|line| line.trim().strip_prefix("Attaching ")?.split_whitespace().next()?.parse().ok())
 }
 
 #[cfg(test)]

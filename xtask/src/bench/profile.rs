@@ -65,7 +65,8 @@ impl Drop for StatsEnabled {
 /// machine: on a busy machine their runs inflate the per-iteration figures.
 pub fn run(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Vec<ProgramCost>> {
     let _stats = StatsEnabled::enable()?;
-    let mut traced = Traced::start(Config::Daemon, sockerr, scratch)?.context("sockerr daemon did not start")?;
+    let mut traced =
+        Traced::start(Config::Daemon, sockerr, scratch)?.context("sockerr daemon did not start")?;
     let tracer = &mut traced.running;
     let programs: Vec<u64> = daemon::bpf_ids_of(tracer.pid(), "prog_id:")?.into_iter().collect();
     if programs.is_empty() {
@@ -74,7 +75,8 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Vec<ProgramCos
     let mut costs = Vec::new();
     for &loop_name in LOOPS {
         let before = program_stats(&programs)?;
-        let mut command = loop_command(Config::Daemon, sockerr, &[loop_name], plan.batches, plan.batch_ms, None);
+        let mut command =
+            loop_command(Config::Daemon, sockerr, &[loop_name], plan.batches, plan.batch_ms, None);
         let output = command.output().with_context(|| format!("could not start `{}`", describe(&command)))?;
         if !output.status.success() {
             bail!("`{}` failed: {}", describe(&command), String::from_utf8_lossy(&output.stderr));

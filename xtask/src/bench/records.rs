@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn lost_comes_from_the_stopped_line_or_is_unknown() {
-        let lines = |line: &str| vec!["INFO tracing started: 19 programs attached".to_owned(), line.to_owned()];
+        let lines =
+            |line: &str| vec!["INFO tracing started: 19 programs attached".to_owned(), line.to_owned()];
         let stopped = "INFO stopped: 10 events, 4 failures, 3 lost in the kernel, 0 undecodable";
         assert_eq!(stopped_lost(&lines(stopped)), Some(3));
         assert_eq!(stopped_lost(&lines("INFO stopped: 10 events, 4 failures")), None);
@@ -196,7 +197,8 @@ mod tests {
 
     #[test]
     fn a_configuration_that_traced_nothing_fails_the_bench() {
-        let mut slot = Slot { config: "daemon".into(), output: "x.ndjson".into(), loop_pid: 42, ..Slot::default() };
+        let mut slot =
+            Slot { config: "daemon".into(), output: "x.ndjson".into(), loop_pid: 42, ..Slot::default() };
         slot.failures.insert("bind".into(), Recorded { records: 10, iterations: 10 });
         check(&slot).unwrap();
         slot.failures.insert("refused-connect".into(), Recorded { records: 0, iterations: 10 });

@@ -4,8 +4,7 @@
 use std::fmt::Write;
 
 use super::{
-    FAILING_LOOPS, LOOPS,
-    profile,
+    FAILING_LOOPS, LOOPS, profile,
     records::failure_of,
     results::{MicroLoops, Results},
     stats::{Summary, added_cost_ratio},
@@ -155,7 +154,10 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
             ratio_cell(loops, row, Config::TraceExcluded, Config::FloorExcluded)
         );
     }
-    let _ = writeln!(md, "\nn/a: the reference adds less than 0.5 % over untraced (a ratio over noise means nothing).\n");
+    let _ = writeln!(
+        md,
+        "\nn/a: the reference adds less than 0.5 % over untraced (a ratio over noise means nothing).\n"
+    );
     recorded(md, loops);
     like_for_like(md, loops);
 }
@@ -172,7 +174,11 @@ fn recorded(md: &mut String, loops: &MicroLoops) {
     );
     let mut failing: Vec<&str> = FAILING_LOOPS.iter().copied().filter(|l| failure_of(l).is_some()).collect();
     failing.dedup();
-    let _ = writeln!(md, "| configuration | output | {} | excluded process | canary | lost |", failing.join(" | "));
+    let _ = writeln!(
+        md,
+        "| configuration | output | {} | excluded process | canary | lost |",
+        failing.join(" | ")
+    );
     let _ = writeln!(md, "|---|---|{}---:|---:|---:|", "---:|".repeat(failing.len()));
     for config in Config::ALL.into_iter().filter(|c| c.records()) {
         let slots: Vec<_> = loops.slots.iter().filter(|s| s.config == config.name()).collect();
@@ -241,8 +247,13 @@ pub fn like_for_like_notes(loops: &MicroLoops) -> Vec<String> {
     let mut notes = Vec::new();
     let hooks = |config: Config| loops.hooks.get(config.name());
     match (hooks(Config::Floor), hooks(Config::Daemon)) {
-        (Some(floor), Some(daemon)) if floor.attached == daemon.attached && floor.program_types.keys().eq(daemon.program_types.keys()) => {
-            notes.push("daemon vs floor: like for like (same number of attachments, same program types).".into())
+        (Some(floor), Some(daemon))
+            if floor.attached == daemon.attached
+                && floor.program_types.keys().eq(daemon.program_types.keys()) =>
+        {
+            notes.push(
+                "daemon vs floor: like for like (same number of attachments, same program types).".into(),
+            )
         }
         (Some(floor), Some(daemon)) => notes.push(format!(
             "daemon vs floor: **not like for like**: the floor attached {:?} ({:?}), the daemon {:?} ({:?}).",
@@ -288,7 +299,10 @@ pub fn like_for_like_notes(loops: &MicroLoops) -> Vec<String> {
 }
 
 fn throughput(md: &mut String, results: &Results) {
-    let _ = writeln!(md, "## Throughput (`sockerr daemon --comm sockerr-bench`, Cilium-pattern failing connects)\n");
+    let _ = writeln!(
+        md,
+        "## Throughput (`sockerr daemon --comm sockerr-bench`, Cilium-pattern failing connects)\n"
+    );
     let Some(throughput) = &results.throughput else {
         let _ = writeln!(md, "Not run.\n");
         return;
@@ -391,7 +405,11 @@ fn busy_node(md: &mut String, results: &Results) {
         "| evictions | {} |",
         busy.evictions.map_or("not exported by this sockerr".to_owned(), |n| n.to_string())
     );
-    let _ = writeln!(md, "| daemon RSS with the connections held | {:.1} MiB |\n", busy.daemon_rss_kib as f64 / 1024.0);
+    let _ = writeln!(
+        md,
+        "| daemon RSS with the connections held | {:.1} MiB |\n",
+        busy.daemon_rss_kib as f64 / 1024.0
+    );
     if !busy.incomplete_examples.is_empty() {
         let _ = writeln!(md, "Failures not reported whole (first {}):\n", busy.incomplete_examples.len());
         for example in &busy.incomplete_examples {
@@ -425,7 +443,10 @@ fn startup(md: &mut String, results: &Results) {
 fn soak(md: &mut String, results: &Results) {
     let _ = writeln!(md, "\n## Soak (`cargo xtask bench --soak`)\n");
     let Some(soak) = &results.soak else {
-        let _ = writeln!(md, "Not run since results.json was last started afresh: `sudo -E cargo xtask bench --soak`.");
+        let _ = writeln!(
+            md,
+            "Not run since results.json was last started afresh: `sudo -E cargo xtask bench --soak`."
+        );
         return;
     };
     let warm = soak.rss_kib.first().copied().unwrap_or(0);
@@ -472,13 +493,26 @@ mod tests {
 
     fn loops() -> MicroLoops {
         let mut loops = MicroLoops::default();
-        for (config, value) in [(Config::Untraced, 1000.0), (Config::Floor, 1100.0), (Config::Daemon, 1300.0), (Config::Bpftrace, 1500.0)] {
+        for (config, value) in [
+            (Config::Untraced, 1000.0),
+            (Config::Floor, 1100.0),
+            (Config::Daemon, 1300.0),
+            (Config::Bpftrace, 1500.0),
+        ] {
             loops.push(config.name(), "bind", vec![value]);
         }
-        let mut slot = Slot { config: "daemon".into(), output: "target/bench/daemon-loops.ndjson".into(), lost: Some(0), ..Slot::default() };
+        let mut slot = Slot {
+            config: "daemon".into(),
+            output: "target/bench/daemon-loops.ndjson".into(),
+            lost: Some(0),
+            ..Slot::default()
+        };
         slot.failures.insert("bind".into(), Recorded { records: 90, iterations: 100 });
         loops.slots.push(slot);
-        let hooks = |attached, kind: &str| Hooks { attached: Some(attached), program_types: BTreeMap::from([(kind.to_owned(), attached)]) };
+        let hooks = |attached, kind: &str| Hooks {
+            attached: Some(attached),
+            program_types: BTreeMap::from([(kind.to_owned(), attached)]),
+        };
         loops.hooks.insert("floor".into(), hooks(19, "tracepoint"));
         loops.hooks.insert("daemon".into(), hooks(12, "raw_tracepoint"));
         loops.hooks.insert("bpftrace".into(), hooks(18, "tracepoint"));
@@ -490,11 +524,24 @@ mod tests {
         let mut results = Results { micro_loops: Some(loops()), ..Results::default() };
         results.targets = targets::evaluate(&results);
         let md = render(&results);
-        assert!(md.contains("| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | 1500 ±0% | — | 3.00× | 0.60× | — |"), "{md}");
-        assert!(md.contains("| daemon | target/bench/daemon-loops.ndjson | — | — | 90/100 | — | — | 0 |"), "{md}");
+        assert!(
+            md.contains(
+                "| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | 1500 ±0% | — | 3.00× | 0.60× | — |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| daemon | target/bench/daemon-loops.ndjson | — | — | 90/100 | — | — | 0 |"),
+            "{md}"
+        );
         assert!(md.contains("daemon vs floor: **not like for like**"), "{md}");
         assert!(md.contains("**not like for like in hook kind**"), "{md}");
-        assert!(md.contains("| bind: `sockerr daemon`'s added cost × the floor's | ≤ 2.00× | 3.00× | **not met** |"), "{md}");
+        assert!(
+            md.contains(
+                "| bind: `sockerr daemon`'s added cost × the floor's | ≤ 2.00× | 3.00× | **not met** |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("## Busy node\n\nNot run."), "{md}");
         assert!(md.contains("`sudo -E cargo xtask bench --soak`"), "{md}");
         assert!(!md.contains("written by hand"), "no hand-written section: {md}");
@@ -520,7 +567,10 @@ mod tests {
         };
         let md = render(&Results { soak: Some(soak), ..Results::default() });
         assert!(md.contains("**Passed** on 2026-11-28 23:00 UTC: 1000000 Cilium-pattern"), "{md}");
-        assert!(md.contains("`/metrics` connect errors 999999; NDJSON failure lines 999999; events lost 1"), "{md}");
+        assert!(
+            md.contains("`/metrics` connect errors 999999; NDJSON failure lines 999999; events lost 1"),
+            "{md}"
+        );
         assert!(md.contains("- map CLOSING (hash): 30/16384"), "{md}");
         assert!(md.contains("## Micro-loops\n\nNot run"), "{md}");
     }

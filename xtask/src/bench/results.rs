@@ -8,7 +8,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    busy::BusyNode, machine::Machine, profile::ProgramCost, soak::Soak, targets::Target,
+    busy::BusyNode,
+    machine::Machine,
+    profile::ProgramCost,
+    soak::Soak,
+    targets::Target,
     throughput::{Startup, Throughput},
 };
 

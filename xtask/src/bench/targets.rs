@@ -48,7 +48,13 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(what: String, comparison: Comparison, limit: f64, unit: Unit, measured: Result<f64, String>) -> Self {
+    fn new(
+        what: String,
+        comparison: Comparison,
+        limit: f64,
+        unit: Unit,
+        measured: Result<f64, String>,
+    ) -> Self {
         let (measured, unmeasured) = match measured {
             Ok(value) => (Some(value), None),
             Err(why) => (None, Some(why)),
@@ -90,7 +96,9 @@ fn median(loops: &MicroLoops, config: Config, loop_name: &str) -> Result<f64, St
 fn ratio(loops: &MicroLoops, loop_name: &str, traced: Config, reference: Config) -> Result<f64, String> {
     let untraced = median(loops, Config::Untraced, loop_name)?;
     added_cost_ratio(median(loops, traced, loop_name)?, median(loops, reference, loop_name)?, untraced)
-        .ok_or_else(|| format!("{} adds less than 0.5 % here (a ratio over noise means nothing)", reference.name()))
+        .ok_or_else(|| {
+            format!("{} adds less than 0.5 % here (a ratio over noise means nothing)", reference.name())
+        })
 }
 
 pub fn evaluate(results: &Results) -> Vec<Target> {
@@ -110,9 +118,12 @@ pub fn evaluate(results: &Results) -> Vec<Target> {
     let at_rate = match &results.throughput {
         None => not_run("the throughput search"),
         Some(throughput) => {
-            match throughput.steps.iter().filter(|s| s.target_rate as f64 >= RATE_TARGET).find(|s| {
-                s.achieved_rate >= RATE_TARGET * RATE_TOLERANCE
-            }) {
+            match throughput
+                .steps
+                .iter()
+                .filter(|s| s.target_rate as f64 >= RATE_TARGET)
+                .find(|s| s.achieved_rate >= RATE_TARGET * RATE_TOLERANCE)
+            {
                 Some(step) => Ok(step.lost as f64),
                 None => Err(format!(
                     "the flood never reached {:.0} failures/s (fastest: {:.0}/s)",
@@ -142,15 +153,20 @@ pub fn evaluate(results: &Results) -> Vec<Target> {
         Comparison::Below,
         RSS_LIMIT_MIB,
         Unit::MiB,
-        if rss.is_empty() { Err("neither the throughput search nor the busy node ran".into()) } else { Ok(rss.iter().copied().fold(0.0, f64::max)) },
+        if rss.is_empty() {
+            Err("neither the throughput search nor the busy node ran".into())
+        } else {
+            Ok(rss.iter().copied().fold(0.0, f64::max))
+        },
     ));
 
     let busy = results.busy_node.as_ref();
-    let busy_value = |f: &dyn Fn(&super::busy::BusyNode) -> Result<f64, String>| match (busy, &results.busy_node_error) {
-        (Some(busy), _) => f(busy),
-        (None, Some(err)) => Err(format!("the busy-node run failed: {err}")),
-        (None, None) => not_run("the busy-node run"),
-    };
+    let busy_value =
+        |f: &dyn Fn(&super::busy::BusyNode) -> Result<f64, String>| match (busy, &results.busy_node_error) {
+            (Some(busy), _) => f(busy),
+            (None, Some(err)) => Err(format!("the busy-node run failed: {err}")),
+            (None, None) => not_run("the busy-node run"),
+        };
     targets.push(Target::new(
         "busy node: established connections held".into(),
         Comparison::AtLeast,
@@ -321,14 +337,28 @@ mod tests {
             lost_by_reason: None,
             evictions: None,
             maps: vec![
-                MapFill { name: "SOCK_OWNERS".into(), kind: "lru_hash".into(), entries: 65_360, max_entries: 65_536 },
-                MapFill { name: "CLOSING".into(), kind: "lru_hash".into(), entries: 2_460, max_entries: 16_384 },
+                MapFill {
+                    name: "SOCK_OWNERS".into(),
+                    kind: "lru_hash".into(),
+                    entries: 65_360,
+                    max_entries: 65_536,
+                },
+                MapFill {
+                    name: "CLOSING".into(),
+                    kind: "lru_hash".into(),
+                    entries: 2_460,
+                    max_entries: 16_384,
+                },
             ],
             daemon_rss_kib: 50 * 1024,
             output: String::new(),
         };
-        let throughput = Throughput { threads: 2, steps: vec![step(20_000, 20_000.0, 0, 1024), step(40_000, 39_000.0, 0, 2048)] };
-        let results = Results { throughput: Some(throughput), busy_node: Some(busy.clone()), ..Results::default() };
+        let throughput = Throughput {
+            threads: 2,
+            steps: vec![step(20_000, 20_000.0, 0, 1024), step(40_000, 39_000.0, 0, 2048)],
+        };
+        let results =
+            Results { throughput: Some(throughput), busy_node: Some(busy.clone()), ..Results::default() };
         let targets = evaluate(&results);
         assert_eq!(find(&targets, "events lost at 40k").met, Some(true));
         let rss = find(&targets, "daemon RSS");
@@ -337,12 +367,17 @@ mod tests {
         assert_eq!(find(&targets, "busy node: events lost").measured, Some(2.0));
         let evictions = find(&targets, "busy node: evictions");
         assert_eq!(evictions.met, None);
-        assert!(evictions.verdict().contains("bound during the run: SOCK_OWNERS; such"), "{}", evictions.verdict());
+        assert!(
+            evictions.verdict().contains("bound during the run: SOCK_OWNERS; such"),
+            "{}",
+            evictions.verdict()
+        );
         assert_eq!(find(&targets, "busy node: failures without").met, Some(true));
 
         let slow = Throughput { threads: 2, steps: vec![step(40_000, 30_000.0, 0, 1024)] };
         let counted = BusyNode { evictions: Some(3), ..busy };
-        let targets = evaluate(&Results { throughput: Some(slow), busy_node: Some(counted), ..Results::default() });
+        let targets =
+            evaluate(&Results { throughput: Some(slow), busy_node: Some(counted), ..Results::default() });
         assert!(find(&targets, "events lost at 40k").verdict().contains("never reached"));
         assert_eq!(find(&targets, "busy node: evictions").met, Some(false));
     }
