@@ -57,8 +57,9 @@ fn bind_time_wait() {
     assert_eq!(record.str_at("/holder/state"), Some("TIME_WAIT"), "{record}");
     assert_kernel_fn(record, Some("inet_csk_get_port"));
     assert_eq!(record["holder"]["pid"], Value::Null, "{record}");
-    // The tracer looks later than the scenario did, so less time is left; the scenario's
-    // value comes from /proc/net/tcp in USER_HZ ticks (10 ms), truncated.
+    // The scenario read the timer before the failure and the tracer looks after it, so
+    // less time is left; the scenario's value comes from /proc/net/tcp in USER_HZ ticks
+    // (10 ms), truncated.
     let timer = record.u64_at("/holder/timer_ms").unwrap_or_else(|| panic!("no holder.timer_ms: {record}"));
     let at_report = holder.timer_ms.expect("the scenario read the timer");
     assert!(timer > 0 && timer < at_report + 10, "timer_ms {timer} not in (0, {at_report} + 10): {record}");

@@ -66,7 +66,10 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
             state: entry.state_name().into(),
             src: entry.local,
             dst: Some(entry.remote),
-            timer_ms: entry.timer_ms,
+            // Read before the failing bind: a tracer looks after the failure, so it must
+            // see at most this much left, however the scheduler orders its lookup and the
+            // read above (under load the tracer may look first).
+            timer_ms: time_wait.as_ref().and_then(|before| before.timer_ms).or(entry.timer_ms),
         })
         .into_iter()
         .collect();

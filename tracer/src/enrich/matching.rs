@@ -25,9 +25,12 @@ fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// connect() with an explicit source fails with EADDRNOTAVAIL when a TCP socket already
 /// has the same 4-tuple (__inet_check_established in net/ipv4/inet_hashtables.c),
-/// TIME_WAIT ones included.
+/// TIME_WAIT ones included. Only sockets in the established hash can: a CLOSE socket that
+/// still shows a peer (another connect() of the same tuple caught half-way by the dump,
+/// or one that just failed) is not there, and naming it would hide the real holder.
 pub(crate) fn holds_tuple(socket: &DiagSocket, src: SocketAddr, dst: SocketAddr) -> bool {
     socket.transport == Transport::Tcp
+        && !matches!(socket.state, TCP_CLOSE | TCP_LISTEN)
         && same_endpoint(socket.local, src)
         && same_endpoint(socket.remote, dst)
 }
@@ -171,6 +174,16 @@ mod tests {
         assert!(holds_tuple(&time_wait, addr("127.0.0.1:40000"), addr("127.0.0.1:80")));
         let udp = DiagSocket { transport: Transport::Udp, ..time_wait };
         assert!(!holds_tuple(&udp, addr("127.0.0.1:40000"), addr("127.0.0.1:80")));
+    }
+
+    #[test]
+    fn tuple_holders_exclude_sockets_outside_the_established_hash() {
+        // Seen on 6.12 under load: the dump caught another connect() of the same tuple in
+        // CLOSE, and it was named before the ESTABLISHED socket that really held it.
+        let closed = tcp(TCP_CLOSE, "127.0.0.7:40312", "127.0.0.19:443");
+        assert!(!holds_tuple(&closed, addr("127.0.0.7:40312"), addr("127.0.0.19:443")));
+        let established = tcp(ESTABLISHED, "127.0.0.7:40312", "127.0.0.19:443");
+        assert!(holds_tuple(&established, addr("127.0.0.7:40312"), addr("127.0.0.19:443")));
     }
 
     #[test]
