@@ -32,6 +32,8 @@ use super::{
 const STEP_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long the daemon may take to count every failure once they are over.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The daemon's count stopped moving this long: it will not catch up.
+const STALL: Duration = Duration::from_secs(10);
 /// Incomplete failures quoted in the results.
 const EXAMPLES: usize = 5;
 
@@ -185,12 +187,20 @@ pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
     // The daemon counts each failure once it has looked its holder up among the held
     // connections: wait until it has caught up (or lost them), bounded.
     let drain_started = Instant::now();
+    // Lost events are not all failures (node-wide, any event of any process): wait for
+    // the count itself, until it is complete or stops moving for STALL.
+    let mut progress = (0.0, Instant::now());
     let (lost_after_failures, counted) = loop {
         let metrics = daemon::metrics(daemon.address)?;
         let lost = daemon::lost(&metrics)?;
         let counted = throughput::counted(&metrics) - counted_before;
-        let lost_now = lost.since(&lost_after_setup).total;
-        if counted + lost_now as f64 >= failures as f64 || drain_started.elapsed() > DRAIN_TIMEOUT {
+        if counted > progress.0 {
+            progress = (counted, Instant::now());
+        }
+        if counted >= failures as f64
+            || progress.1.elapsed() > STALL
+            || drain_started.elapsed() > DRAIN_TIMEOUT
+        {
             break (lost, counted as u64);
         }
         thread::sleep(Duration::from_millis(250));

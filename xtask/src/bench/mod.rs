@@ -295,7 +295,11 @@ fn slot(
             _ => None,
         },
         Config::TraceExcluded => records::stopped_lost(&log),
-        Config::Bpftrace => Some(records::bpftrace_lost(errors_text.as_deref().unwrap_or(""))),
+        // bpftrace prints `Lost N events` among its records (stdout) or on stderr, by version.
+        Config::Bpftrace => {
+            let output = config.output(scratch).and_then(|p| fs::read_to_string(p).ok()).unwrap_or_default();
+            Some(records::bpftrace_lost(&(output + errors_text.as_deref().unwrap_or(""))))
+        }
         _ => None,
     };
     if let Some(hooks) = loops.hooks.get_mut(config.name())
