@@ -18,6 +18,9 @@ pub mod enrich;
 pub mod errno;
 pub mod event;
 pub mod fatal;
+/// Entry points for the fuzz targets of `fuzz/`; not part of sockerr's API.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http;
 pub mod k8s;
 pub mod kernel;

@@ -178,6 +178,7 @@ impl Tracer {
                         }
                     }
                     totals.undecodable = batch.undecodable;
+                    totals.table_forgotten = processor.table().forgotten();
                     sink.progress(&totals).map_err(output)?;
                 }
                 () = sleep_until(deadline) => sink.flush_due(Instant::now()).map_err(output)?,
@@ -192,7 +193,7 @@ impl Tracer {
                     None => inspections = None,
                 },
                 _ = ticker.tick() => {
-                    totals.lost = losses.check();
+                    (totals.lost, totals.loss_read_errors) = losses.check();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
                 }
@@ -200,16 +201,24 @@ impl Tracer {
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
-        totals.lost = losses.check();
+        (totals.lost, totals.loss_read_errors) = losses.check();
         sink.finish(&totals).map_err(output)?;
         let summary =
             Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
+        let unreadable = match totals.loss_read_errors {
+            0 => String::new(),
+            n => format!(" (at least: {n} reads of the loss counter failed)"),
+        };
+        let forgotten = totals.table_forgotten;
         tracing::info!(
-            "stopped: {} events, {} failures, {} lost in the kernel, {} undecodable",
+            "stopped: {} events, {} failures, {} lost in the kernel{unreadable}, {} undecodable, \
+             {} sockets and {} generations forgotten by the full socket table",
             summary.events,
             summary.failures,
             summary.lost,
-            summary.undecodable
+            summary.undecodable,
+            forgotten.sockets,
+            forgotten.generations
         );
         Ok(summary)
     }
@@ -275,27 +284,46 @@ fn describe(selection: &Selection, cgroup_id: Option<u64>) -> String {
     if parts.is_empty() { " (all processes)".into() } else { format!(" ({})", parts.join(", ")) }
 }
 
-/// Warns when the kernel side dropped records since the last check.
+/// Warns when the kernel side dropped records since the last check, and when the
+/// count of them cannot be read.
 struct LossWatch {
     counter: LostCounter,
     reported: u64,
+    read_errors: u64,
 }
 
 impl LossWatch {
     fn new(counter: LostCounter) -> Self {
-        Self { counter, reported: 0 }
+        Self { counter, reported: 0, read_errors: 0 }
     }
 
-    fn check(&mut self) -> u64 {
-        let total = self.counter.total();
-        if total > self.reported {
-            tracing::warn!(
-                "{} events lost: the ring buffer was full (sockerr fell behind)",
-                total - self.reported
-            );
-            self.reported = total;
+    /// (events lost so far, failed reads of the counter so far). A failed read keeps
+    /// the last total read: it is a lower bound, and says so in the log and metrics.
+    fn check(&mut self) -> (u64, u64) {
+        match self.counter.total() {
+            Ok(total) => {
+                if total > self.reported {
+                    tracing::warn!(
+                        "{} events lost: the ring buffer was full (sockerr fell behind)",
+                        total - self.reported
+                    );
+                    self.reported = total;
+                }
+            }
+            Err(err) => {
+                self.read_errors += 1;
+                // Once, then every 60th failure: the cause does not change between ticks.
+                if self.read_errors % 60 == 1 {
+                    tracing::error!(
+                        "cannot read the kernel's loss counter ({err}): sockerr_events_lost_total stays at \
+                         {} and may be short; {} failed reads so far (sockerr_loss_counter_read_errors_total)",
+                        self.reported,
+                        self.read_errors
+                    );
+                }
+            }
         }
-        total
+        (self.reported, self.read_errors)
     }
 }
 

@@ -21,8 +21,10 @@ mod bind_time_wait;
 pub mod busy_node;
 mod cilium;
 mod exhaustion;
+mod fd_reuse;
 mod netns;
-mod procnet;
+/// The /proc/net/tcp parser; public for the fuzz target `proc_net_tcp` (../fuzz).
+pub mod procnet;
 mod protocol;
 mod proxy_reset;
 mod refused;
@@ -67,6 +69,10 @@ pub enum Scenario {
     /// ("Chunked", "chunked"); the proxy rejects the response and resets the upstream and
     /// the client connection (SO_LINGER 0).
     ProxyReset(ProxyResetArgs),
+    /// A proxy's upstream connect fails with EADDRNOTAVAIL on fd N (ports exhausted);
+    /// the proxy closes it and accept() hands fd N to a client, which then resets the
+    /// connection: the proxy receives an RST on a socket that never failed.
+    FdReuse(CommonArgs),
     /// Internal: one actor process of a running scenario.
     #[command(hide = true)]
     Actor(actor::ActorArgs),
@@ -245,6 +251,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::Exhaustion(args) => exhaustion::run(&args)?,
         Scenario::Refused(args) => refused::run(&args)?,
         Scenario::ProxyReset(args) => return runner::print_line(&proxy_reset::run(&args)?),
+        Scenario::FdReuse(args) => return runner::print_line(&fd_reuse::run(&args)?),
     };
     runner::print_line(&report)
 }

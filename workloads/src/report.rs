@@ -180,6 +180,22 @@ impl ResetReport {
     }
 }
 
+/// What `fd-reuse` prints: the upstream connect that failed on an fd, and the reset later
+/// received on the accepted socket that got the same fd number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FdReuseReport {
+    pub scenario: String,
+    pub ipv6: bool,
+    pub netns: u64,
+    pub hold_ms: u64,
+    pub elapsed_ms: u64,
+    pub actors: Vec<ActorFacts>,
+    /// The failed connect (EADDRNOTAVAIL) on the fd, closed right after.
+    pub attempt: Attempt,
+    /// The reset the proxy received on the accepted socket that reused the fd number.
+    pub reset: ResetFacts,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetFacts {
     /// sent, received: as sockerr's `rst_sent` / `rst_received`.

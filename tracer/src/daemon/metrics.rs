@@ -98,6 +98,8 @@ pub struct Metrics {
     events: Counter,
     events_lost: Counter,
     records_undecodable: Counter,
+    loss_read_errors: Counter,
+    table_forgotten: Counters,
 }
 
 impl Metrics {
@@ -146,6 +148,18 @@ impl Metrics {
             "Ring-buffer records that did not decode (daemon and kernel programs out of sync)",
             Counter::clone(&records_undecodable),
         );
+        let loss_read_errors = Counter::default();
+        registry.register(
+            "loss_counter_read_errors",
+            "Failed reads of the kernel's loss counter: sockerr_events_lost_total may be short (see the daemon's log)",
+            Counter::clone(&loss_read_errors),
+        );
+        let table_forgotten = Counters::default();
+        registry.register(
+            "table_forgotten",
+            "Entries the socket table dropped to stay bounded: live sockets (least recently seen; later records lack their options and last error) and generations of closed sockets (the next socket on that fd restarts at generation 0)",
+            table_forgotten.clone(),
+        );
         let build_labels: Labels =
             vec![("version", build.version), ("git_sha", build.git_sha), ("kernel", build.kernel)];
         registry.register("build", "The sockerr build and the kernel it runs on", Info::new(build_labels));
@@ -161,7 +175,14 @@ impl Metrics {
             events,
             events_lost,
             records_undecodable,
+            loss_read_errors,
+            table_forgotten,
         }
+    }
+
+    /// The registry, for counters kept elsewhere (the HTTP server's) to join /metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Counts one record.
@@ -199,7 +220,13 @@ impl Metrics {
             (&self.events, totals.events),
             (&self.events_lost, totals.lost),
             (&self.records_undecodable, totals.undecodable),
+            (&self.loss_read_errors, totals.loss_read_errors),
         ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let forgotten = totals.table_forgotten;
+        for (what, total) in [("socket", forgotten.sockets), ("generation", forgotten.generations)] {
+            let counter = self.table_forgotten.get_or_create(&vec![("what", what.to_owned())]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
@@ -411,13 +438,23 @@ mod tests {
     #[test]
     fn totals_become_counters_and_build_info_is_there() {
         let metrics = metrics(false, MAX_LABEL_SETS);
-        metrics.update(&Totals { events: 10, lost: 2, undecodable: 0 });
-        metrics.update(&Totals { events: 25, lost: 2, undecodable: 1 });
+        metrics.update(&Totals { events: 10, lost: 2, ..Totals::default() });
+        let forgotten = crate::table::Forgotten { sockets: 3, generations: 7 };
+        metrics.update(&Totals {
+            events: 25,
+            lost: 2,
+            undecodable: 1,
+            loss_read_errors: 1,
+            table_forgotten: forgotten,
+        });
         let samples = samples(&metrics);
         for expected in [
             "sockerr_events_total 25",
             "sockerr_events_lost_total 2",
             "sockerr_records_undecodable_total 1",
+            "sockerr_loss_counter_read_errors_total 1",
+            r#"sockerr_table_forgotten_total{what="socket"} 3"#,
+            r#"sockerr_table_forgotten_total{what="generation"} 7"#,
             r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,
         ] {
             assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");

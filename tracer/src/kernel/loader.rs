@@ -120,8 +120,10 @@ pub struct Loaded {
 pub struct LostCounter(PerCpuArray<MapData, u64>);
 
 impl LostCounter {
-    pub fn total(&self) -> u64 {
-        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    /// The sum over CPUs; an error rather than 0 when the map cannot be read, so that a
+    /// loss is never reported as none.
+    pub fn total(&self) -> Result<u64, aya::maps::MapError> {
+        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum())
     }
 }
 

@@ -23,6 +23,7 @@ pub fn seen(event: &ResetEvent, peeks: &[&PeekCopy]) -> ResetSeen {
         },
         fd: event.fd,
         has_socket: event.sk != 0,
+        sk: event.sk,
         state: u8::try_from(event.state).ok().filter(|&s| s != 0).map(TcpState::from_kernel),
         reason: (event.reason != REASON_NONE).then_some(event.reason),
         active: event.active != 0,

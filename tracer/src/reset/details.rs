@@ -139,6 +139,7 @@ mod tests {
             owner: ResetOwner::Socket,
             fd: 23,
             has_socket: true,
+            sk: 0xffff_8880_0000_0001,
             state: Some(TcpState::Close),
             reason: Some(14),
             active: true,

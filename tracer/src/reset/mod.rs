@@ -63,6 +63,9 @@ pub struct ResetSeen {
     pub fd: i32,
     /// The kernel had a socket (`false`: an RST answering a segment for no socket).
     pub has_socket: bool,
+    /// The kernel's `struct sock` address (0: none): tells the socket an fd names now
+    /// from the one it named before.
+    pub sk: u64,
     pub state: Option<crate::record::TcpState>,
     /// `enum sk_rst_reason`, when the kernel has reasons.
     pub reason: Option<u32>,

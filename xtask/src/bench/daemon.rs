@@ -35,7 +35,7 @@ pub fn start(sockerr: &Path, ndjson: &Path, filter: &[&str]) -> Result<Daemon> {
 }
 
 /// The daemon's TCP listener, from its fds and /proc/net/tcp: independent of log format.
-fn listening_address(pid: u32) -> Result<SocketAddr> {
+pub fn listening_address(pid: u32) -> Result<SocketAddr> {
     let mut inodes = Vec::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
         let target = fs::read_link(entry?.path()).unwrap_or_default();

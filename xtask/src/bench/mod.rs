@@ -7,7 +7,7 @@
 //! with the targets of issue 11 met or not. Never part of `cargo xtask test`.
 
 mod busy;
-mod daemon;
+pub mod daemon;
 mod machine;
 mod profile;
 mod records;
@@ -17,7 +17,7 @@ mod soak;
 mod stats;
 mod targets;
 mod throughput;
-mod tracers;
+pub mod tracers;
 
 use std::{fs, path::Path, time::Instant};
 

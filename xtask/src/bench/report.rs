@@ -315,17 +315,18 @@ fn throughput(md: &mut String, results: &Results) {
     );
     let _ = writeln!(
         md,
-        "| asked /s | done /s | failures | counted in /metrics | lost | drain after the flood | daemon CPU | daemon RSS |"
+        "| asked /s | done /s | failures | counted in /metrics | missing failures | kernel events lost | drain after the flood | daemon CPU | daemon RSS |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &throughput.steps {
         let asked = if s.target_rate == 0 { "unpaced".to_owned() } else { s.target_rate.to_string() };
         let _ = writeln!(
             md,
-            "| {asked} | {:.0} | {} | {} | {} | {:.1} s | {:.0} % | {:.1} MiB |",
+            "| {asked} | {:.0} | {} | {} | {} | {} | {:.1} s | {:.0} % | {:.1} MiB |",
             s.achieved_rate,
             s.failures,
             s.counted,
+            s.missing(),
             s.lost,
             s.drain_secs,
             s.daemon_cpu_percent,
@@ -335,14 +336,16 @@ fn throughput(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "\nCPU: the daemon's user + system time over the flood and its drain, in % of one CPU; counted = \
-         `sockerr_connect_errors_total{{comm=\"sockerr-bench\"}}`; lost = `sockerr_events_lost_total` (all reasons)."
+         `sockerr_connect_errors_total{{comm=\"sockerr-bench\"}}`; lost = `sockerr_events_lost_total` (kernel \
+         events, all reasons, several per failure: never added to failures). Without loss = every failure \
+         counted and no event lost."
     );
     match throughput.loss_free() {
         Some(best) => {
             let _ = writeln!(md, "Highest rate without loss: **{:.0} failures/s**.", best.achieved_rate);
         }
         None => {
-            let _ = writeln!(md, "Every rate lost events.");
+            let _ = writeln!(md, "Every rate lost events or missed failures.");
         }
     }
     if let Some(at) = throughput.at_10k() {
