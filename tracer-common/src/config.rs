@@ -74,4 +74,9 @@ pub const FILTER_EMIT_ALL: u32 = 1 << 2;
 /// so its renamed threads (Envoy's `wrk:worker_N`) stay traced.
 pub const FILTER_LEARN_PIDS: u32 = 1 << 3;
 
+/// Entries of `FILTER_PIDS`: the `--pid` values, and the tgids learned from `--comm`.
+pub const FILTER_PIDS_MAX: u32 = 4096;
+/// Entries of `FILTER_COMMS`: the `--comm` values.
+pub const FILTER_COMMS_MAX: u32 = 64;
+
 const _: () = assert!(size_of::<Filters>() == 16);

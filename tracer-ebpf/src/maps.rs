@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Filters, KernelOrigin, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+    config::{FILTER_COMMS_MAX, FILTER_PIDS_MAX},
 };
 
 use crate::sockaddr::same_endpoint;
@@ -44,7 +45,7 @@ pub fn read_global<T: Copy>(field: *const T) -> T {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// Events to the daemon. The size is a default; the daemon may override it.
+/// Events to the daemon: 1 MiB, fixed at build time (the daemon does not resize it).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
@@ -54,11 +55,11 @@ pub static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// tgids to trace (filled by the daemon, and learned from `FILTER_COMMS`).
 #[map]
-pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_PIDS_MAX, 0);
 
 /// Thread names to trace, NUL padded to 16 bytes.
 #[map]
-pub static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+pub static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(FILTER_COMMS_MAX, 0);
 
 /// The traced process behind a socket, as recorded when it called connect().
 #[repr(C)]

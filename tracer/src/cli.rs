@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Trace connect/bind/setsockopt of matching processes and print each failure.
+    /// Trace connect/bind/setsockopt of matching processes and the TCP resets of their
+    /// sockets, and print each failure and reset.
     Trace(TraceArgs),
     /// Trace like `trace --output json` and serve Prometheus metrics and health over HTTP
     /// (default 127.0.0.1:9966), the live socket table apart (default 127.0.0.1:9967).
@@ -188,6 +189,14 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_help_names_resets() {
+        let mut command = Cli::command();
+        let trace = command.find_subcommand_mut("trace").unwrap();
+        let help = trace.render_help().to_string();
+        assert!(help.contains("TCP resets"), "{help}");
     }
 
     #[test]

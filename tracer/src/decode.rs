@@ -1,4 +1,5 @@
-//! Ring-buffer records to [`KernelEvent`]s.
+//! Ring-buffer records to [`KernelEvent`]s: every conversion from the kernel's wire
+//! types to the model (addresses, the kprobe view, resets) lives in this module.
 //!
 //! A record is an `EventHeader` then the payload its `kind` names (tracer-common).
 //! The buffer is walked with `bytes::Buf`, which bounds-checks every read, and each
@@ -12,7 +13,14 @@ use tracer_common::{
     close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
-use crate::event::{Header, KernelEvent, Origin, Payload, socket_addr};
+#[cfg(test)]
+pub(crate) use self::sockaddr::raw_sockaddr;
+use self::sockaddr::socket_addr;
+use crate::event::{Header, KernelEvent, Origin, Payload};
+
+mod origin;
+mod reset;
+mod sockaddr;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -102,11 +110,11 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         kind::RESET => {
             let e: ResetEvent = read_pod(&mut record, "reset")?;
-            Payload::Reset(Box::new(crate::reset::seen(&e, &[])))
+            Payload::Reset(Box::new(reset::seen(&e, &[])))
         }
         kind::RESET_PEEK => {
             let e: ResetPeekEvent = read_pod(&mut record, "reset with peek")?;
-            Payload::Reset(Box::new(crate::reset::seen(&e.reset, &[&e.own, &e.related])))
+            Payload::Reset(Box::new(reset::seen(&e.reset, &[&e.own, &e.related])))
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -152,7 +160,6 @@ mod tests {
     use tracer_common::{SockOpts, options::FLAG_SO_MARK};
 
     use super::{encode::*, *};
-    use crate::event::raw_sockaddr;
 
     #[test]
     fn decodes_connect_error() {

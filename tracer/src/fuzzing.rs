@@ -19,14 +19,17 @@ use crate::{
     daemon::sockets::Selector,
     enrich::{interfaces, port_range, procfs, sock_diag},
     event::Payload,
-    http,
+    http_anomaly,
     k8s::cgroup_path,
     kernel::{btf::Btf, cgroup, print_fmt, reset_offsets, sock_offsets, tracefs::Format},
     reset,
 };
 
+/// A fuzz target: its name and its entry point.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets, by the name of their file in `fuzz/fuzz_targets/` and their corpus.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("ring_record", ring_record),
     ("http_peek", http_peek),
     ("btf", btf),
@@ -63,7 +66,7 @@ pub fn http_peek(data: &[u8]) {
         Some((total, kept)) => (u64::from_le_bytes(*total), kept),
         None => (data.len() as u64, data),
     };
-    if let Some(analysis) = http::analyze(kept, total) {
+    if let Some(analysis) = http_anomaly::analyze(kept, total) {
         for anomaly in analysis.anomalies {
             assert!(!anomaly.values.is_empty(), "an anomaly without the values that show it");
         }
@@ -148,7 +151,7 @@ fn ip(bytes: &[u8], selector: u8) -> IpAddr {
     let mut octets = [0u8; 16];
     let len = bytes.len().min(16);
     octets[..len].copy_from_slice(&bytes[..len]);
-    if selector % 2 == 0 {
+    if selector.is_multiple_of(2) {
         IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(octets))

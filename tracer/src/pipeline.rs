@@ -13,7 +13,7 @@ use std::{
 use crate::{
     classify::{self, Lookup},
     clock::Clock,
-    correlate::{self, Attribution},
+    correlate::{self, Attribution, Context},
     enrich::{Findings, Query},
     event::KernelEvent,
     record::{Backend, PodIdentity, Record},
@@ -84,49 +84,28 @@ impl<S: SystemView> Processor<S> {
         self.backend = backend;
     }
 
-    pub fn table(&self) -> &SocketTable {
-        &self.table
-    }
-
     /// The finished record for `event`, if it makes one.
     pub async fn process(&mut self, event: &KernelEvent) -> Option<Record> {
         let socket = self.table.apply(event).cloned();
         // pid 0: a reset no traced process owns.
         let info =
             if event.header.pid == 0 { ProcessInfo::default() } else { self.process_info(event.header.pid) };
-        let who = Attribution {
-            time: self.clock.wall_time(event.header.ts_ns),
-            comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
-            netns: info.netns,
+        let context = Context {
+            who: Attribution {
+                time: self.clock.wall_time(event.header.ts_ns),
+                comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
+                netns: info.netns,
+            },
+            pod: self.system.pod(event.header.pid),
+            backend: self.backend,
+            reset_reasons: &self.reset_reasons,
         };
-        let mut record = correlate::record(event, socket.as_ref(), who)?;
-        if let Some(reset) = record.reset.as_mut() {
-            reset.reason_name = reset.reason.and_then(|code| self.reset_reasons.get(&code).cloned());
-        }
-        record.backend = self.backend;
-        record.pod = self.system.pod(record.pid);
-        let query = classify::query_for(&record);
-        let outcome = match &query {
-            Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
+        let mut record = correlate::record(event, socket.as_ref(), context)?;
+        let lookup = match classify::query_for(&record) {
+            Some(query) => Some(self.lookup(record.pid, record.netns, &query).await),
             None => None,
         };
-        let lookup = match &outcome {
-            None => Lookup::NotNeeded,
-            Some(Ok(findings)) => Lookup::Found(findings),
-            Some(Err(why)) => Lookup::Failed(why.clone()),
-        };
-        if let Some((cause, note)) = classify::classify(&record, lookup) {
-            record.cause = Some(cause);
-            record.note = note;
-        }
-        if let Some(Ok(findings)) = outcome {
-            record.holders = findings.holders;
-            record.ports = findings.ports;
-            record.note = match (record.note.take(), findings.note) {
-                (Some(cause), Some(lookup)) => Some(format!("{cause}; {lookup}")),
-                (cause, lookup) => cause.or(lookup),
-            };
-        }
+        classify::classify(&record, Lookup::from(lookup)).apply(&mut record);
         Some(record)
     }
 

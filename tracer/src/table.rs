@@ -17,6 +17,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use tracer_common::SockOpts;
 
+pub use crate::last_error::{LastError, Operation};
 use crate::{
     event::{KernelEvent, Payload},
     reset::ResetSeen,
@@ -32,20 +33,6 @@ pub enum Phase {
     Established,
     /// The last connect or bind failed.
     Failed,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Bind,
-    Connect,
-    Setsockopt,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastError {
-    pub operation: Operation,
-    pub errno: i32,
-    pub ts_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! `sockerr trace`: load the programs, read events until told to stop, print records.
 //!
 //! The run loop here is shared: `trace` and `demo` give it the stdout sink, `daemon`
-//! adds metrics and lets its HTTP handlers inspect the socket table.
+//! adds metrics and lets its HTTP handlers inspect the socket table. The system it reads
+//! (/proc, namespaces, pods) is behind `live_system`.
 
 use std::{
     future::Future,
@@ -17,16 +18,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
-    enrich::{Enricher, Findings, Query},
+    enrich::Enricher,
     event::KernelEvent,
     k8s::Attributor,
     kernel::{
         loader::{self, LoadError, Loaded, LostCounter, Selection},
         reader::Reader,
     },
+    live_system::LiveSystem,
     output::{OutputOptions, StdoutSink},
-    pipeline::{Inspect, ProcessInfo, Processor, SystemView},
-    record::PodIdentity,
+    pipeline::{Inspect, Processor},
     sink::{Sink, Totals},
 };
 
@@ -153,7 +154,7 @@ impl Tracer {
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
-        let system = Arc::new(LiveSystem { enricher, pods: attributor });
+        let system = Arc::new(LiveSystem::new(enricher, attributor));
         let mut processor = Processor::new(system, clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -325,39 +326,4 @@ impl LossWatch {
         }
         (self.reported, self.read_errors)
     }
-}
-
-/// The running system, seen through /proc and the network namespaces of processes.
-struct LiveSystem {
-    enricher: Enricher,
-    pods: Attributor,
-}
-
-impl SystemView for LiveSystem {
-    fn process(&self, pid: u32) -> ProcessInfo {
-        ProcessInfo { name: self.enricher.process_name(pid), netns: self.enricher.netns_inode(pid).ok() }
-    }
-
-    fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, String> {
-        self.enricher.lookup(pid, query).map_err(|err| error_chain(&err))
-    }
-
-    fn is_alive(&self, pid: u32) -> bool {
-        self.enricher.proc_root().join(pid.to_string()).exists()
-    }
-
-    fn pod(&self, pid: u32) -> Option<PodIdentity> {
-        self.pods.identify(pid)
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -474,6 +474,16 @@ pub fn print_line(value: &impl Serialize) -> Result<(), Error> {
     out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(Error::Pipe)
 }
 
+/// The upstream, client and proxy of the scenarios with a client connection, started
+/// in that order and gated.
+pub fn upstream_client_proxy(common: &CommonArgs, netns: u64) -> Result<[Actor; 3], Error> {
+    let upstream = Actor::spawn("upstream", "demo-upstream")?;
+    let client = Actor::spawn("client", "demo-client")?;
+    let proxy = Actor::spawn("proxy", "demo-proxy")?;
+    gate(common, netns, &[&upstream, &client, &proxy])?;
+    Ok([upstream, client, proxy])
+}
+
 /// `--gate`: tell the caller who the actors are, then wait for its go.
 pub fn gate(common: &CommonArgs, netns: u64, actors: &[&Actor]) -> Result<(), Error> {
     if !common.gate {

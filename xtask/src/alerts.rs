@@ -23,7 +23,7 @@ use crate::{
     bench::{daemon::listening_address, tracers::Running},
     paths::{target_dir, workspace_root},
     process::{describe, run_inherited},
-    setup::Report,
+    setup_report::Report,
     system_packages::{self, PROMETHEUS_COMMANDS},
 };
 

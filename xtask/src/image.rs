@@ -21,7 +21,8 @@ use crate::{
     arch::Arch,
     paths::target_dir,
     process::stdout_of,
-    setup::{self, Report},
+    setup,
+    setup_report::Report,
     static_build::{self, Flavour},
     system_packages::{self, RequiredCommand},
 };

@@ -17,6 +17,7 @@ mod process;
 mod run;
 mod rustfmt;
 mod setup;
+mod setup_report;
 mod static_build;
 mod system_packages;
 mod test;

@@ -17,7 +17,7 @@ use crate::{
     arch::Arch,
     paths::{target_dir, workspace_root},
     process::{find_in_path, run_inherited, stdout_of},
-    setup::Report,
+    setup_report::Report,
     system_packages,
 };
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     privileges::is_root,
     process::{describe, find_in_path, run_inherited},
-    setup::Report,
+    setup_report::Report,
 };
 
 pub struct RequiredCommand {

@@ -20,7 +20,7 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    rustfmt, setup, static_build, system_packages,
+    rustfmt, setup, setup_report, static_build, system_packages,
     vm::{self, KernelSpec, Series},
 };
 
@@ -111,7 +111,7 @@ fn run_stages(suite: &mut Suite, args: &TestArgs) -> Result<()> {
     } else {
         suite.stage("image", |counts| {
             let archive = image::build()?;
-            system_packages::ensure_commands(image::PODMAN_COMMANDS, &mut setup::Report::default())?;
+            system_packages::ensure_commands(image::PODMAN_COMMANDS, &mut setup_report::Report::default())?;
             run_counting_tests(&mut image_test(&sockerr, &archive), counts, &mut io::stdout())
         })?;
     }

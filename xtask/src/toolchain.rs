@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     process::{find_in_path, run_inherited, stdout_of},
-    setup::Report,
+    setup_report::Report,
 };
 
 /// What the rest of setup needs to know about the nightly toolchain.

@@ -77,13 +77,16 @@ impl BuildInfo {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            // Set by whoever builds a release (e.g. `SOCKERR_GIT_SHA=$(git rev-parse --short
-            // HEAD) cargo build`). Not computed in build.rs: a build script that follows HEAD
-            // would recompile the whole crate after every commit.
-            git_sha: option_env!("SOCKERR_GIT_SHA").unwrap_or("unknown").to_owned(),
+            git_sha: git_sha().to_owned(),
             kernel: crate::kernel::tracefs::kernel_release(),
         }
     }
+}
+
+/// The commit this binary was built from: `SOCKERR_GIT_SHA` when the builder set it,
+/// else the checkout's HEAD as build.rs found it; "unknown" outside a git checkout.
+fn git_sha() -> &'static str {
+    option_env!("SOCKERR_GIT_SHA").or(option_env!("SOCKERR_BUILD_GIT_SHA")).unwrap_or("unknown")
 }
 
 pub struct Metrics {
@@ -338,6 +341,24 @@ mod tests {
         Record {
             pod: Some(PodIdentity { namespace: Some(namespace.into()), ..Default::default() }),
             ..record
+        }
+    }
+
+    /// Built from a git checkout (as every developer and CI build is), the binary names
+    /// its commit: it said "unknown" while nothing computed the value.
+    #[test]
+    fn build_info_names_the_commit_of_the_checkout() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+        match (option_env!("SOCKERR_GIT_SHA"), head) {
+            (Some(given), _) => assert_eq!(BuildInfo::current().git_sha, given),
+            (None, Some(head)) => assert_eq!(BuildInfo::current().git_sha, head),
+            (None, None) => assert_eq!(BuildInfo::current().git_sha, "unknown", "not a git checkout"),
         }
     }
 

@@ -11,7 +11,9 @@ use aya::{
 use thiserror::Error;
 use tracer_common::{
     Filters, LOST_EVENTS_INDEX, SockOffsets,
-    config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PROCESS},
+    config::{
+        FILTER_CGROUP, FILTER_COMMS_MAX, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PIDS_MAX, FILTER_PROCESS,
+    },
     names,
 };
 
@@ -72,8 +74,8 @@ pub enum LoadError {
     Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
-    #[error("too many --pid/--comm values: at most {max} of each")]
-    TooManyFilters { max: usize },
+    #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map)")]
+    TooManyFilters { flag: &'static str, given: usize, max: u32 },
     // Boxed: aya's errors carry verifier logs and would make every Result huge.
     #[error("the kernel rejected sockerr's eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
@@ -127,8 +129,13 @@ impl LostCounter {
     }
 }
 
-const MAX_FILTER_PIDS: usize = 4096;
-const MAX_FILTER_COMMS: usize = 64;
+/// `given` values of `--flag` fit in a filter map of `max` entries.
+fn check_filter_count(flag: &'static str, given: usize, max: u32) -> Result<(), LoadError> {
+    if given > max as usize {
+        return Err(LoadError::TooManyFilters { flag, given, max });
+    }
+    Ok(())
+}
 
 /// A program and the tracepoint it goes to: (program, category, tracepoint).
 pub type Attachment = (&'static str, &'static str, &'static str);
@@ -203,9 +210,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
-    if pids.len() > MAX_FILTER_PIDS || comms.len() > MAX_FILTER_COMMS {
-        return Err(LoadError::TooManyFilters { max: MAX_FILTER_PIDS.min(MAX_FILTER_COMMS) });
-    }
+    check_filter_count("pid", pids.len(), FILTER_PIDS_MAX)?;
+    check_filter_count("comm", comms.len(), FILTER_COMMS_MAX)?;
     let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
     let filters = filters(selection, cgroup.as_ref());
 
@@ -368,6 +374,16 @@ pub(super) fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_limits_are_the_map_sizes_and_name_the_flag() {
+        check_filter_count("pid", FILTER_PIDS_MAX as usize, FILTER_PIDS_MAX).unwrap();
+        check_filter_count("comm", FILTER_COMMS_MAX as usize, FILTER_COMMS_MAX).unwrap();
+        let err = check_filter_count("pid", 4097, FILTER_PIDS_MAX).unwrap_err().to_string();
+        assert_eq!(err, "too many --pid values: 4097, at most 4096 (the size of the kernel's filter map)");
+        let err = check_filter_count("comm", 65, FILTER_COMMS_MAX).unwrap_err().to_string();
+        assert!(err.starts_with("too many --comm values: 65, at most 64"), "{err}");
+    }
 
     #[test]
     fn comm_keys() {

@@ -33,7 +33,7 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::describe,
-    setup,
+    setup, setup_report,
     system_packages::{self, BENCH_COMMANDS},
 };
 
@@ -105,7 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     setup::ensure()?;
-    system_packages::ensure_commands(BENCH_COMMANDS, &mut setup::Report::default())?;
+    system_packages::ensure_commands(BENCH_COMMANDS, &mut setup_report::Report::default())?;
     let sockerr = build_sockerr(Profile::Release)?;
     ensure_tracefs()?;
     let scratch = tracers::scratch_dir(&target_dir());

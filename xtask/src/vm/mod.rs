@@ -30,7 +30,8 @@ use crate::{
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup::{self, Report},
+    setup,
+    setup_report::Report,
     static_build::{self, Flavour},
     system_packages,
 };
