@@ -18,6 +18,7 @@ pub mod bench_loop;
 mod bind_in_use;
 mod bind_not_local;
 mod bind_time_wait;
+pub mod busy_node;
 mod cilium;
 mod exhaustion;
 mod fd_reuse;
@@ -81,6 +82,13 @@ pub enum Scenario {
     /// Internal: Cilium-pattern failing connects for throughput and soak runs.
     #[command(hide = true)]
     Flood(bench_loop::FloodArgs),
+    /// Internal: many held loopback connections while the Cilium pattern fails (the
+    /// busy-node run of `cargo xtask bench`).
+    #[command(hide = true)]
+    BusyNode(busy_node::BusyNodeArgs),
+    /// Internal: one holder process of `busy-node`.
+    #[command(hide = true)]
+    BusyHolder(busy_node::BusyHolderArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -234,6 +242,8 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::Actor(args) => return actor::run(args),
         Scenario::BenchLoop(args) => return bench_loop::run_loops(&args),
         Scenario::Flood(args) => return bench_loop::run_flood(&args),
+        Scenario::BusyNode(args) => return busy_node::run(&args),
+        Scenario::BusyHolder(args) => return busy_node::run_holder(&args),
         Scenario::Cilium(args) => cilium::run(&args)?,
         Scenario::BindInUse(args) => bind_in_use::run(&args)?,
         Scenario::BindNotLocal(args) => bind_not_local::run(&args)?,

@@ -1,9 +1,7 @@
 //! `cargo xtask bench --soak`: a million Cilium-pattern failures under `sockerr daemon`,
 //! in chunks. Every failure must be counted exactly once (the flood's own count against
-//! /metrics and the NDJSON lines): lost kernel events are reported beside, never added
-//! (they are events, several per failure); RSS after the first chunk (the warm-up) flat
-//! within 10 %; fd count stable; no BPF map entry left keyed by a flood process that
-//! exited, and no map near its bound, where an LRU map starts evicting live entries.
+//! /metrics and the NDJSON lines) or accounted as lost; RSS after the first chunk (the
+//! warm-up) flat within 10 %; fd count stable; every map within its bound.
 
 use std::{
     collections::BTreeSet,
@@ -15,19 +13,45 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{daemon, throughput};
 use crate::process::stdout_of;
 
 const CHUNKS: u64 = 10;
+
+/// What the soak measured, for results.json and BENCHMARKS.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Soak {
+    pub date: String,
+    pub total: u64,
+    pub rate: u64,
+    pub threads: u32,
+    pub secs: f64,
+    /// The flood's own count of failures.
+    pub failures: u64,
+    /// `sockerr_connect_errors_total` of the flood's processes.
+    pub counted: u64,
+    pub lost: u64,
+    pub ndjson_lines: u64,
+    /// Daemon RSS after each chunk (the first is the warm-up).
+    pub rss_kib: Vec<u64>,
+    pub rss_growth_percent: f64,
+    pub fds: Vec<usize>,
+    /// `name (type): entries/max, verdict` of each hash map of the daemon.
+    pub maps: Vec<String>,
+    /// Why it failed; empty when it passed.
+    pub problems: Vec<String>,
+}
 /// Failures per second of the soak's 2 threads.
 const SOAK_RATE: u64 = 20_000;
 
-pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
+/// Runs the soak; its problems are in the result (the caller records it, then fails).
+pub fn run(sockerr: &Path, scratch: &Path, total: u64, date: String) -> Result<Soak> {
     let started = Instant::now();
     let ndjson = scratch.join("soak.ndjson");
-    let mut daemon = daemon::start(sockerr, &ndjson)?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM])?;
     let pid = daemon.running.pid();
     let mut failures = 0;
     let mut pids = BTreeSet::new();
@@ -56,10 +80,11 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     // Let the daemon drain the ring buffer and flush before reading its counters.
     std::thread::sleep(Duration::from_secs(1));
     let metrics = daemon::metrics(daemon.address)?;
-    let maps = map_fill(pid, &pids)?;
+    let checks = map_checks(pid, &pids)?;
+    let maps: Vec<String> = checks.iter().map(|check| check.line.clone()).collect();
     daemon.running.stop();
     let counted = throughput::counted(&metrics) as u64;
-    let lost = throughput::lost(&metrics) as u64;
+    let lost = daemon::lost(&metrics)?.total;
     let lines = ndjson_failures(&ndjson, &pids)?;
 
     let warm = rss.first().copied().unwrap_or(0);
@@ -68,15 +93,16 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     let fds_stable = fds.iter().skip(1).all(|&n| n == fds[0]);
     println!("soak: {total} failing connects at {SOAK_RATE}/s in {:.0} s", started.elapsed().as_secs_f64());
     println!("  flood's own count:       {failures}");
-    println!("  /metrics connect errors: {counted}  (kernel events lost: {lost}, another unit)");
+    println!("  /metrics connect errors: {counted}  (events lost: {lost})");
     println!("  NDJSON failure lines:    {lines}");
     println!("  daemon RSS after warm-up {warm} KiB, max later {max_rss} KiB ({rss_growth:+.1} %): {rss:?}");
     println!("  daemon fds per chunk: {fds:?}");
     for map in &maps {
-        println!("  map {}", map.line);
+        println!("  map {map}");
     }
     let mut problems = Vec::new();
-    // Paced below the loss-free rate: every failure must be counted, exactly once.
+    // Paced below the loss-free rate: every failure must be counted, exactly once; lost
+    // kernel events are another unit (several per failure), never added to failures.
     if counted != failures {
         problems.push(format!(
             "/metrics counted {counted} of {failures} failures ({lost} kernel events lost meanwhile)"
@@ -94,12 +120,24 @@ pub fn run(sockerr: &Path, scratch: &Path, total: u64) -> Result<()> {
     if maps.is_empty() {
         problems.push("no hash map of the daemon found to check".into());
     }
-    problems.extend(maps.iter().filter_map(|map| map.problem.clone()));
-    if !problems.is_empty() {
-        bail!("soak failed: {}", problems.join("; "));
-    }
-    println!("soak: passed");
-    Ok(())
+    problems.extend(checks.iter().filter_map(|check| check.problem.clone()));
+    println!("soak: {}", if problems.is_empty() { "passed".to_owned() } else { problems.join("; ") });
+    Ok(Soak {
+        date,
+        total,
+        rate: SOAK_RATE,
+        threads: 2,
+        secs: started.elapsed().as_secs_f64(),
+        failures,
+        counted,
+        lost,
+        ndjson_lines: lines,
+        rss_kib: rss,
+        rss_growth_percent: rss_growth,
+        fds,
+        maps,
+        problems,
+    })
 }
 
 /// NDJSON connect failures of the flood processes. Matched as text, not parsed: a million
@@ -118,6 +156,70 @@ fn ndjson_failures(path: &Path, pids: &BTreeSet<u32>) -> Result<u64> {
     Ok(count)
 }
 
+/// An LRU map this full (in % of max_entries) is taken as evicting.
+const LRU_FULL_PERCENT: u64 = 95;
+
+/// One hash-like map of the daemon: how full it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub kind: String,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+impl MapFill {
+    /// An LRU map near its bound has evicted (or is about to evict) entries: the kernel's
+    /// LRU lists evict before the map is quite full (entries wait in per-CPU free lists).
+    pub fn lru_full(&self) -> bool {
+        self.kind.contains("lru") && self.entries * 100 >= self.max_entries * LRU_FULL_PERCENT
+    }
+}
+
+impl std::fmt::Display for MapFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.entries > self.max_entries {
+            "OVER its bound"
+        } else if self.lru_full() {
+            "full (an LRU map evicts from here on)"
+        } else {
+            "within bound"
+        };
+        write!(f, "{} ({}): {}/{} entries, {verdict}", self.name, self.kind, self.entries, self.max_entries)
+    }
+}
+
+/// Entries against max_entries of each hash-like map the daemon holds. The maps are found
+/// through the daemon's fds (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning
+/// pids in `map show`.
+pub fn map_fill(pid: u32) -> Result<Vec<MapFill>> {
+    let ids = daemon::bpf_ids_of(pid, "map_id:")?;
+    if ids.is_empty() {
+        bail!("the daemon (pid {pid}) holds no BPF map fd");
+    }
+    let mut maps = Vec::new();
+    for id in ids {
+        let id = id.to_string();
+        let map: Value = serde_json::from_str(&stdout_of(
+            Command::new("bpftool").args(["map", "show", "id", &id, "-j"]),
+        )?)?;
+        let kind = map["type"].as_str().unwrap_or("");
+        if !kind.contains("hash") {
+            continue;
+        }
+        let dump: Value = serde_json::from_str(&stdout_of(
+            Command::new("bpftool").args(["map", "dump", "id", &id, "-j"]),
+        )?)?;
+        maps.push(MapFill {
+            name: map["name"].as_str().unwrap_or("?").to_owned(),
+            kind: kind.to_owned(),
+            entries: dump.as_array().map_or(0, Vec::len) as u64,
+            max_entries: map["max_entries"].as_u64().unwrap_or(0),
+        });
+    }
+    Ok(maps)
+}
+
 /// One map of the daemon after the soak.
 struct MapCheck {
     line: String,
@@ -133,7 +235,7 @@ const NEAR_BOUND: f64 = 0.9;
 /// which have all exited by now: such an entry is never removed (its close was missed)
 /// and takes the place of a live one. The maps are found through the daemon's fds
 /// (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning pids in `map show`.
-fn map_fill(pid: u32, exited: &BTreeSet<u32>) -> Result<Vec<MapCheck>> {
+fn map_checks(pid: u32, exited: &BTreeSet<u32>) -> Result<Vec<MapCheck>> {
     let ids = daemon::bpf_ids_of(pid, "map_id:")?;
     if ids.is_empty() {
         bail!("the daemon (pid {pid}) holds no BPF map fd");

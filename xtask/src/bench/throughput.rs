@@ -8,11 +8,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{Plan, daemon, stats::Summary, tracers::Running};
 use crate::process::describe;
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Startup {
     /// Exec of `sockerr trace` to its `tracing started` line, per try.
     pub millis: Vec<f64>,
@@ -20,10 +22,6 @@ pub struct Startup {
 }
 
 impl Startup {
-    pub fn to_json(&self) -> Value {
-        json!({ "exec_to_tracing_started_ms": self.millis, "binary_bytes": self.binary_bytes })
-    }
-
     pub fn median_ms(&self) -> f64 {
         Summary::of(&self.millis).map_or(0.0, |s| s.median)
     }
@@ -34,7 +32,7 @@ pub fn startup(sockerr: &Path) -> Result<Startup> {
     for _ in 0..5 {
         let started = Instant::now();
         let mut command = Command::new(sockerr);
-        command.args(["trace", "--backend", "tracepoint", "--output", "json"]).stdout(Stdio::null());
+        command.args(["trace", "--output", "json"]).stdout(Stdio::null());
         let mut running = Running::sockerr(command)?;
         millis.push(started.elapsed().as_secs_f64() * 1000.0);
         running.stop();
@@ -44,7 +42,7 @@ pub fn startup(sockerr: &Path) -> Result<Startup> {
 }
 
 /// One rate of the search.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     /// Asked for (0: as fast as 2 threads go).
     pub target_rate: u64,
@@ -73,27 +71,14 @@ impl Step {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Throughput {
+    /// Threads of the flood.
+    pub threads: u32,
     pub steps: Vec<Step>,
 }
 
 impl Throughput {
-    pub fn to_json(&self) -> Value {
-        let steps: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "target_rate": s.target_rate, "achieved_rate": s.achieved_rate, "failures": s.failures,
-                    "counted": s.counted, "missing": s.missing(), "events_lost": s.lost,
-                    "daemon_cpu_percent": s.daemon_cpu_percent,
-                    "daemon_rss_kib": s.daemon_rss_kib, "drain_secs": s.drain_secs,
-                })
-            })
-            .collect();
-        json!({ "threads": 2, "steps": steps })
-    }
-
     /// The highest achieved rate of a step without loss: every failure counted, no
     /// kernel event lost.
     pub fn loss_free(&self) -> Option<&Step> {
@@ -115,7 +100,7 @@ const RATES: &[u64] = &[5_000, 10_000, 20_000, 40_000, 80_000, 0];
 
 pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput> {
     let ndjson = scratch.join("throughput.ndjson");
-    let mut daemon = daemon::start(sockerr, &ndjson)?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM])?;
     let pid = daemon.running.pid();
     let tps = daemon::ticks_per_second();
     let mut steps = Vec::new();
@@ -137,7 +122,7 @@ pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput>
             std::thread::sleep(std::time::Duration::from_millis(200));
             let after = daemon::metrics(daemon.address)?;
             let counted = counted(&after) - counted(&before);
-            let lost = lost(&after) - lost(&before);
+            let lost = daemon::lost(&after)?.total.saturating_sub(daemon::lost(&before)?.total) as f64;
             if drained(counted as u64, failures, previous) || drain_started.elapsed() > DRAIN_TIMEOUT {
                 break (counted, lost);
             }
@@ -169,7 +154,7 @@ pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput>
         steps.push(step);
     }
     daemon.running.stop();
-    Ok(Throughput { steps })
+    Ok(Throughput { threads: 2, steps })
 }
 
 /// The daemon is done with a flood of `failures`: it counted them all, or counted nothing
@@ -181,10 +166,6 @@ pub fn drained(counted: u64, failures: u64, previous: Option<u64>) -> bool {
 
 pub fn counted(metrics: &str) -> f64 {
     daemon::sum_metric(metrics, "sockerr_connect_errors_total", &["comm=\"sockerr-bench\""])
-}
-
-pub fn lost(metrics: &str) -> f64 {
-    daemon::sum_metric(metrics, "sockerr_events_lost_total", &[])
 }
 
 /// `sockerr scenario flood`: 2 threads of Cilium-pattern failures.
@@ -229,6 +210,7 @@ mod tests {
     #[test]
     fn loss_accounting_in_mixed_units_highest_rate_without_loss_counts_every_failure() {
         let throughput = Throughput {
+            threads: 2,
             steps: vec![
                 step(10_000, 10_000.0, 40_000, 40_000, 0),
                 step(20_000, 20_000.0, 80_000, 79_000, 0),
