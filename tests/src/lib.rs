@@ -22,18 +22,18 @@ use std::time::{Duration, Instant};
 
 use aya as _;
 pub use daemon::{Daemon, HttpResponse};
+// Used by the `image` test target only (feature `image`).
+#[cfg(feature = "image")]
+use k8s_openapi as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+#[cfg(feature = "image")]
+use serde_saphyr as _;
 pub use sockerr_workloads::Report;
 pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
 };
-// Used by the `image` test target only (feature `image`).
-#[cfg(feature = "image")]
-use k8s_openapi as _;
-#[cfg(feature = "image")]
-use serde_saphyr as _;
 use tokio as _;
 use tracing_subscriber as _;
 
