@@ -314,6 +314,45 @@ impl Drop for ApiInPod {
     }
 }
 
+/// Gives the kubeconfig's cluster a CA, as the in-cluster configuration of a real pod always
+/// has (the service account's ca.crt). Without one, kube's rustls client loads the system's
+/// roots, which a `scratch` image has none of, and the daemon refuses to start (seen in the
+/// stage: "No CA certificates were loaded from the system"). The stand-in API server speaks
+/// plain HTTP, so which certificate it is does not matter: the first of the host's bundle.
+fn with_cluster_ca(kubeconfig: &Path) {
+    let bundle = std::fs::read_to_string(HOST_CA_BUNDLE)
+        .unwrap_or_else(|e| panic!("{HOST_CA_BUNDLE}: {e} (install Debian's ca-certificates)"));
+    let end = "-----END CERTIFICATE-----";
+    let first = bundle.find(end).map(|at| &bundle[..at + end.len()]).expect("a PEM certificate");
+    let encoded = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("piped stdin").write_all(first.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64");
+    assert!(encoded.status.success(), "base64 failed");
+    let encoded = String::from_utf8(encoded.stdout).expect("base64 is ASCII");
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let server_line =
+        text.lines().find(|line| line.trim_start().starts_with("server:")).expect("server line");
+    let indent = &server_line[..server_line.len() - server_line.trim_start().len()];
+    let with_ca = text.replacen(
+        server_line,
+        &format!("{server_line}\n{indent}certificate-authority-data: {encoded}"),
+        1,
+    );
+    std::fs::write(kubeconfig, with_ca).expect("kubeconfig");
+}
+
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The pod's RLIMIT_NPROC at most (see where it is used).
+const NPROC_IN_POD: u64 = 4096;
+
 /// The process's own soft and hard limit of `resource`, for podman's --ulimit: podman's
 /// defaults exceed this machine's hard limits, which a container without
 /// CAP_SYS_RESOURCE cannot raise.
@@ -403,9 +442,15 @@ fn the_image_runs_under_the_daemonsets_security_context() {
         .replace("{{NODE}}", NODE);
     let mut api = ApiInPod::start(&network, pod_list);
     let kubeconfig = sockerr_e2e::fake_api::write_kubeconfig(&podman.dir, &api.url);
+    with_cluster_ca(&kubeconfig);
 
     let (nofile_soft, nofile_hard) = own_limit(libc::RLIMIT_NOFILE);
+    // RLIMIT_NPROC binds no process holding CAP_SYS_ADMIN (the DaemonSet's), so any value
+    // serves; but runc cannot raise it above what its parent (conmon) has without
+    // CAP_SYS_RESOURCE, and conmon's differs from ours (32768 here, measured, against our
+    // 96365: the run failed with "error setting rlimit type 6"). 4096 is below either.
     let (nproc_soft, nproc_hard) = own_limit(libc::RLIMIT_NPROC);
+    let (nproc_soft, nproc_hard) = (nproc_soft.min(NPROC_IN_POD), nproc_hard.min(NPROC_IN_POD));
     let name = format!("sockerr-e2e-{}", std::process::id());
     let mut run = podman.command();
     run.args(["run", "--rm", "--name", &name, "--pull=never"])
