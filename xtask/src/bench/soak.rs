@@ -189,10 +189,30 @@ impl std::fmt::Display for MapFill {
     }
 }
 
-/// Entries against max_entries of each hash-like map the daemon holds. The maps are found
-/// through the daemon's fds (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning
-/// pids in `map show`.
+/// Entries against max_entries of each hash-like map the daemon holds.
 pub fn map_fill(pid: u32) -> Result<Vec<MapFill>> {
+    Ok(hash_maps(pid)?
+        .into_iter()
+        .map(|map| MapFill {
+            entries: map.dump.as_array().map_or(0, Vec::len) as u64,
+            name: map.name,
+            kind: map.kind,
+            max_entries: map.max_entries,
+        })
+        .collect())
+}
+
+/// A hash-like map the daemon holds, as bpftool shows and dumps it.
+struct HashMapDump {
+    name: String,
+    kind: String,
+    max_entries: u64,
+    dump: Value,
+}
+
+/// The daemon's maps are found through its fds (`map_id:` in /proc/PID/fdinfo): this
+/// bpftool lists no owning pids in `map show`.
+fn hash_maps(pid: u32) -> Result<Vec<HashMapDump>> {
     let ids = daemon::bpf_ids_of(pid, "map_id:")?;
     if ids.is_empty() {
         bail!("the daemon (pid {pid}) holds no BPF map fd");
@@ -210,11 +230,11 @@ pub fn map_fill(pid: u32) -> Result<Vec<MapFill>> {
         let dump: Value = serde_json::from_str(&stdout_of(
             Command::new("bpftool").args(["map", "dump", "id", &id, "-j"]),
         )?)?;
-        maps.push(MapFill {
+        maps.push(HashMapDump {
             name: map["name"].as_str().unwrap_or("?").to_owned(),
             kind: kind.to_owned(),
-            entries: dump.as_array().map_or(0, Vec::len) as u64,
             max_entries: map["max_entries"].as_u64().unwrap_or(0),
+            dump,
         });
     }
     Ok(maps)
@@ -233,30 +253,12 @@ const NEAR_BOUND: f64 = 0.9;
 /// Every hash-like map the daemon holds: entries against max_entries, and entries keyed
 /// by (pid, fd) (`pid << 32 | fd`, the kernel programs' `fd_key`) of the flood processes,
 /// which have all exited by now: such an entry is never removed (its close was missed)
-/// and takes the place of a live one. The maps are found through the daemon's fds
-/// (`map_id:` in /proc/PID/fdinfo): this bpftool lists no owning pids in `map show`.
+/// and takes the place of a live one.
 fn map_checks(pid: u32, exited: &BTreeSet<u32>) -> Result<Vec<MapCheck>> {
-    let ids = daemon::bpf_ids_of(pid, "map_id:")?;
-    if ids.is_empty() {
-        bail!("the daemon (pid {pid}) holds no BPF map fd");
-    }
-    let mut checks = Vec::new();
-    for id in ids {
-        let id = id.to_string();
-        let map: Value = serde_json::from_str(&stdout_of(
-            Command::new("bpftool").args(["map", "show", "id", &id, "-j"]),
-        )?)?;
-        let kind = map["type"].as_str().unwrap_or("");
-        if !kind.contains("hash") {
-            continue;
-        }
-        let dump: Value = serde_json::from_str(&stdout_of(
-            Command::new("bpftool").args(["map", "dump", "id", &id, "-j"]),
-        )?)?;
-        let name = map["name"].as_str().unwrap_or("?");
-        checks.push(check_map(name, kind, map["max_entries"].as_u64().unwrap_or(0), &dump, exited));
-    }
-    Ok(checks)
+    Ok(hash_maps(pid)?
+        .iter()
+        .map(|map| check_map(&map.name, &map.kind, map.max_entries, &map.dump, exited))
+        .collect())
 }
 
 fn check_map(name: &str, kind: &str, max: u64, dump: &Value, exited: &BTreeSet<u32>) -> MapCheck {
