@@ -345,10 +345,10 @@ mod tests {
         assert!(verdict(&setup, &["cilium"], LIMIT).unwrap().contains("`mount 9p on /host`"));
     }
 
-    #[test]
-    fn arm64_boots_virt_with_a_virtio_status_port() {
-        let boot = Boot {
-            arch: Arch::Arm64,
+    /// A TCG boot of the test images, as the command-line tests look at it.
+    fn tcg_boot(arch: Arch, shares: &[vm_init::Share]) -> Boot<'_> {
+        Boot {
+            arch,
             image: Path::new("/c/vmlinuz"),
             initramfs: Path::new("/c/initramfs"),
             accel: Accel::Tcg,
@@ -356,8 +356,13 @@ mod tests {
             cpus: 2,
             status_file: PathBuf::from("/c/status"),
             time_limit: LIMIT,
-            shares: &[],
-        };
+            shares,
+        }
+    }
+
+    #[test]
+    fn arm64_boots_virt_with_a_virtio_status_port() {
+        let boot = tcg_boot(Arch::Arm64, &[]);
         let line = describe(&boot.command());
         assert!(line.starts_with("qemu-system-aarch64 "), "{line}");
         assert!(line.contains("-machine virt -accel tcg -cpu max,pauth-impdef=on"), "{line}");
@@ -369,17 +374,8 @@ mod tests {
 
     #[test]
     fn tcg_command_line_shares_the_root_read_only() {
-        let boot = Boot {
-            arch: Arch::Amd64,
-            image: Path::new("/c/vmlinuz"),
-            initramfs: Path::new("/c/initramfs"),
-            accel: Accel::Tcg,
-            memory_mib: 1536,
-            cpus: 2,
-            status_file: PathBuf::from("/c/status"),
-            time_limit: LIMIT,
-            shares: &[vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }],
-        };
+        let shares = [vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }];
+        let boot = tcg_boot(Arch::Amd64, &shares);
         let line = describe(&boot.command());
         assert!(line.contains("-accel tcg -cpu max -smp 2 -m 1536M"), "{line}");
         assert!(line.contains("-serial stdio -serial file:/c/status"), "{line}");
