@@ -5,11 +5,13 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, SocketAddrV6},
+    num::NonZeroI32,
     os::fd::AsFd,
 };
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, ErrorMessage, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
@@ -244,8 +246,8 @@ pub(crate) fn read_datagram(
                 visit(diag_socket(transport, &response, inet_diag_msg));
             }
             NetlinkPayload::Done(_) => return Ok(Datagram::Done),
-            NetlinkPayload::Error(error) if error.code.is_some() => {
-                return Err(SockDiagError::Kernel { source: error.to_io() });
+            NetlinkPayload::Error(ErrorMessage { code: Some(code), .. }) => {
+                return Err(SockDiagError::Kernel { source: kernel_errno(code) });
             }
             _ => {}
         }
@@ -284,6 +286,13 @@ fn socket_addr(ip: IpAddr, port: u16, interface: u32) -> SocketAddr {
 
 /// Milliseconds left on the socket's timer.
 ///
+/// The kernel sends `-errno`. Not `ErrorMessage::to_io`: it negates with `abs`, which
+/// overflows (a panic in a checked build) on `i32::MIN` from a hostile or corrupt
+/// datagram; the fuzz target `sock_diag` found this.
+fn kernel_errno(code: NonZeroI32) -> io::Error {
+    io::Error::from_raw_os_error(code.get().saturating_neg())
+}
+
 /// netlink-packet-sock-diag 0.5 decodes idiag_timer 3 as `Timer::TimeWait` and drops
 /// idiag_expires (src/inet/response.rs), yet for TIME_WAIT the kernel fills it with the
 /// time left before the socket disappears (tcp_twsk_diag_fill in net/ipv4/tcp_diag.c).
@@ -447,6 +456,15 @@ mod tests {
         let err = read_datagram(&datagram, 0, Transport::Udp, &mut |_| {}).unwrap_err();
         assert!(err.is_unsupported_protocol(), "{err:?}");
         assert!(!err.is_refused());
+    }
+
+    #[test]
+    fn an_errno_of_i32_min_is_an_error_not_a_panic() {
+        let mut error = ErrorMessage::default();
+        error.code = NonZeroI32::new(i32::MIN);
+        let datagram = message(NetlinkPayload::Error(error));
+        let err = read_datagram(&datagram, 0, Transport::Tcp, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, SockDiagError::Kernel { .. }), "{err:?}");
     }
 
     #[test]
