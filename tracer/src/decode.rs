@@ -1,4 +1,5 @@
-//! Ring-buffer records to [`KernelEvent`]s.
+//! Ring-buffer records to [`KernelEvent`]s: every conversion from the kernel's wire
+//! types to the model (addresses, the kprobe view, resets) lives in this module.
 //!
 //! A record is an `EventHeader` then the payload its `kind` names (tracer-common).
 //! The buffer is walked with `bytes::Buf`, which bounds-checks every read, and each
@@ -11,7 +12,14 @@ use tracer_common::{
     AnyPayload, EventHeader, PayloadError, close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
-use crate::event::{Header, KernelEvent, Origin, Payload, socket_addr};
+#[cfg(test)]
+pub(crate) use self::sockaddr::raw_sockaddr;
+use self::sockaddr::socket_addr;
+use crate::event::{Header, KernelEvent, Origin, Payload};
+
+mod origin;
+mod reset;
+mod sockaddr;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -86,9 +94,9 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
             }
         }
         AnyPayload::CloseEvent(e) => Payload::Close { fd: e.fd, reused: e.reason == CLOSE_REASON_FD_REUSED },
-        AnyPayload::ResetEvent(e) => Payload::Reset(Box::new(crate::reset::seen(&e, &[]))),
+        AnyPayload::ResetEvent(e) => Payload::Reset(Box::new(reset::seen(&e, &[]))),
         AnyPayload::ResetPeekEvent(e) => {
-            Payload::Reset(Box::new(crate::reset::seen(&e.reset, &[&e.own, &e.related])))
+            Payload::Reset(Box::new(reset::seen(&e.reset, &[&e.own, &e.related])))
         }
     };
     Ok(KernelEvent { header, payload })
@@ -145,7 +153,6 @@ mod tests {
     };
 
     use super::{encode::*, *};
-    use crate::event::raw_sockaddr;
 
     #[test]
     fn decodes_connect_error() {

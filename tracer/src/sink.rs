@@ -16,6 +16,11 @@ pub struct Totals {
     pub lost: Losses,
     /// Ring-buffer records that did not decode.
     pub undecodable: u64,
+    /// Reads of the kernel's loss counter that failed: `lost` may be short by what
+    /// happened since the last good read.
+    pub loss_read_errors: u64,
+    /// What the socket table forgot to stay bounded (see [`crate::table::Forgotten`]).
+    pub table_forgotten: crate::table::Forgotten,
 }
 
 pub trait Sink {

@@ -1,7 +1,8 @@
 //! `sockerr trace`: load the programs, read events until told to stop, print records.
 //!
 //! The run loop here is shared: `trace` and `demo` give it the stdout sink, `daemon`
-//! adds metrics and lets its HTTP handlers inspect the socket table.
+//! adds metrics and lets its HTTP handlers inspect the socket table. The system it reads
+//! (/proc, namespaces, pods) is behind `live_system`.
 
 use std::{
     future::Future,
@@ -18,16 +19,16 @@ use tracer_common::Loss;
 use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
-    enrich::{Enricher, Findings, Query},
+    enrich::Enricher,
     event::KernelEvent,
     k8s::Attributor,
     kernel::{
         loader::{self, LoadError, Loaded, Losses, LostCounter, Selection},
         reader::Reader,
     },
+    live_system::LiveSystem,
     output::{OutputOptions, StdoutSink},
-    pipeline::{Inspect, ProcessInfo, Processor, SystemView},
-    record::PodIdentity,
+    pipeline::{Inspect, Processor},
     sink::{Sink, Totals},
 };
 
@@ -41,8 +42,6 @@ pub enum TraceError {
     Reader(#[source] io::Error),
     #[error("installing the SIGINT/SIGTERM handlers")]
     Signals(#[source] io::Error),
-    #[error("reading the kernel's loss counters (LOSSES): without them sockerr cannot say what it missed")]
-    LossCounter(#[source] aya::maps::MapError),
     #[error("writing records to stdout")]
     Output(#[source] io::Error),
     #[error(transparent)]
@@ -156,7 +155,7 @@ impl Tracer {
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
-        let system = Arc::new(LiveSystem { enricher, pods: attributor });
+        let system = Arc::new(LiveSystem::new(enricher, attributor));
         let mut processor = Processor::new(system, clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -181,6 +180,7 @@ impl Tracer {
                         }
                     }
                     totals.undecodable = batch.undecodable;
+                    totals.table_forgotten = processor.table().forgotten();
                     sink.progress(&totals).map_err(output)?;
                 }
                 () = sleep_until(deadline) => sink.flush_due(Instant::now()).map_err(output)?,
@@ -195,7 +195,7 @@ impl Tracer {
                     None => inspections = None,
                 },
                 _ = ticker.tick() => {
-                    totals.lost = losses.check()?;
+                    (totals.lost, totals.loss_read_errors) = losses.check();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
                 }
@@ -203,17 +203,25 @@ impl Tracer {
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
-        totals.lost = losses.check()?;
+        (totals.lost, totals.loss_read_errors) = losses.check();
         sink.finish(&totals).map_err(output)?;
         let summary =
             Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
+        let unreadable = match totals.loss_read_errors {
+            0 => String::new(),
+            n => format!(" (at least: {n} reads of the loss counter failed)"),
+        };
+        let forgotten = totals.table_forgotten;
         tracing::info!(
-            "stopped: {} events, {} failures, {} lost in the kernel{}, {} undecodable",
+            "stopped: {} events, {} failures, {} lost in the kernel{}{unreadable}, {} undecodable, \
+             {} sockets and {} generations forgotten by the full socket table",
             summary.events,
             summary.failures,
             summary.lost.total(),
             loss_breakdown(&summary.lost),
-            summary.undecodable
+            summary.undecodable,
+            forgotten.sockets,
+            forgotten.generations
         );
         Ok(summary)
     }
@@ -315,57 +323,41 @@ fn loss_consequence(reason: Loss) -> &'static str {
 struct LossWatch {
     counter: LostCounter,
     reported: Losses,
+    read_errors: u64,
 }
 
 impl LossWatch {
     fn new(counter: LostCounter) -> Self {
-        Self { counter, reported: Losses::default() }
+        Self { counter, reported: Losses::default(), read_errors: 0 }
     }
 
-    fn check(&mut self) -> Result<Losses, TraceError> {
-        let now = self.counter.read().map_err(TraceError::LossCounter)?;
-        for (reason, count) in now.by_reason() {
-            let before = self.reported.of(reason);
-            if count > before {
-                tracing::warn!("{} {}: {}", count - before, reason.name(), loss_consequence(reason));
+    /// (losses so far by reason, failed reads of the counter so far). A failed read
+    /// keeps the last totals read: they are a lower bound, and say so in the log and
+    /// metrics (the daemon keeps tracing; stopping would lose more than it saves).
+    fn check(&mut self) -> (Losses, u64) {
+        match self.counter.read() {
+            Ok(now) => {
+                for (reason, count) in now.by_reason() {
+                    let before = self.reported.of(reason);
+                    if count > before {
+                        tracing::warn!("{} {}: {}", count - before, reason.name(), loss_consequence(reason));
+                    }
+                }
+                self.reported = now;
+            }
+            Err(err) => {
+                self.read_errors += 1;
+                // Once, then every 60th failure: the cause does not change between ticks.
+                if self.read_errors % 60 == 1 {
+                    tracing::error!(
+                        "cannot read the kernel's loss counters ({err}): sockerr_events_lost_total stays at \
+                         {} and may be short; {} failed reads so far (sockerr_loss_counter_read_errors_total)",
+                        self.reported.total(),
+                        self.read_errors
+                    );
+                }
             }
         }
-        self.reported = now;
-        Ok(now)
+        (self.reported, self.read_errors)
     }
-}
-
-/// The running system, seen through /proc and the network namespaces of processes.
-struct LiveSystem {
-    enricher: Enricher,
-    pods: Attributor,
-}
-
-impl SystemView for LiveSystem {
-    fn process(&self, pid: u32) -> ProcessInfo {
-        ProcessInfo { name: self.enricher.process_name(pid), netns: self.enricher.netns_inode(pid).ok() }
-    }
-
-    fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, String> {
-        self.enricher.lookup(pid, query).map_err(|err| error_chain(&err))
-    }
-
-    fn is_alive(&self, pid: u32) -> bool {
-        self.enricher.proc_root().join(pid.to_string()).exists()
-    }
-
-    fn pod(&self, pid: u32) -> Option<PodIdentity> {
-        self.pods.identify(pid)
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -20,7 +20,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, info::Info},
     registry::Registry,
 };
-
 use tracer_common::Loss;
 
 use crate::{
@@ -79,13 +78,16 @@ impl BuildInfo {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            // Set by whoever builds a release (e.g. `SOCKERR_GIT_SHA=$(git rev-parse --short
-            // HEAD) cargo build`). Not computed in build.rs: a build script that follows HEAD
-            // would recompile the whole crate after every commit.
-            git_sha: option_env!("SOCKERR_GIT_SHA").unwrap_or("unknown").to_owned(),
+            git_sha: git_sha().to_owned(),
             kernel: crate::kernel::tracefs::kernel_release(),
         }
     }
+}
+
+/// The commit this binary was built from: `SOCKERR_GIT_SHA` when the builder set it,
+/// else the checkout's HEAD as build.rs found it; "unknown" outside a git checkout.
+fn git_sha() -> &'static str {
+    option_env!("SOCKERR_GIT_SHA").or(option_env!("SOCKERR_BUILD_GIT_SHA")).unwrap_or("unknown")
 }
 
 pub struct Metrics {
@@ -100,6 +102,8 @@ pub struct Metrics {
     events: Counter,
     events_lost: Family<Vec<(&'static str, &'static str)>, Counter>,
     records_undecodable: Counter,
+    loss_read_errors: Counter,
+    table_forgotten: Counters,
 }
 
 impl Metrics {
@@ -154,6 +158,18 @@ impl Metrics {
             "Ring-buffer records that did not decode (daemon and kernel programs out of sync)",
             Counter::clone(&records_undecodable),
         );
+        let loss_read_errors = Counter::default();
+        registry.register(
+            "loss_counter_read_errors",
+            "Failed reads of the kernel's loss counter: sockerr_events_lost_total may be short (see the daemon's log)",
+            Counter::clone(&loss_read_errors),
+        );
+        let table_forgotten = Counters::default();
+        registry.register(
+            "table_forgotten",
+            "Entries the socket table dropped to stay bounded: live sockets (least recently seen; later records lack their options and last error) and generations of closed sockets (the next socket on that fd restarts at generation 0)",
+            table_forgotten.clone(),
+        );
         let build_labels: Labels =
             vec![("version", build.version), ("git_sha", build.git_sha), ("kernel", build.kernel)];
         registry.register("build", "The sockerr build and the kernel it runs on", Info::new(build_labels));
@@ -169,7 +185,14 @@ impl Metrics {
             events,
             events_lost,
             records_undecodable,
+            loss_read_errors,
+            table_forgotten,
         }
+    }
+
+    /// The registry, for counters kept elsewhere (the HTTP server's) to join /metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Counts one record.
@@ -203,13 +226,20 @@ impl Metrics {
 
     /// Brings the run loop's totals into the counters (they only ever grow).
     pub fn update(&self, totals: &Totals) {
-        for (counter, total) in
-            [(&self.events, totals.events), (&self.records_undecodable, totals.undecodable)]
-        {
+        for (counter, total) in [
+            (&self.events, totals.events),
+            (&self.records_undecodable, totals.undecodable),
+            (&self.loss_read_errors, totals.loss_read_errors),
+        ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
         for (reason, total) in totals.lost.by_reason() {
             let counter = self.events_lost.get_or_create(&vec![("reason", reason.name())]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let forgotten = totals.table_forgotten;
+        for (what, total) in [("socket", forgotten.sockets), ("generation", forgotten.generations)] {
+            let counter = self.table_forgotten.get_or_create(&vec![("what", what.to_owned())]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
@@ -325,6 +355,24 @@ mod tests {
         }
     }
 
+    /// Built from a git checkout (as every developer and CI build is), the binary names
+    /// its commit: it said "unknown" while nothing computed the value.
+    #[test]
+    fn build_info_names_the_commit_of_the_checkout() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+        match (option_env!("SOCKERR_GIT_SHA"), head) {
+            (Some(given), _) => assert_eq!(BuildInfo::current().git_sha, given),
+            (None, Some(head)) => assert_eq!(BuildInfo::current().git_sha, head),
+            (None, None) => assert_eq!(BuildInfo::current().git_sha, "unknown", "not a git checkout"),
+        }
+    }
+
     #[test]
     fn cilium_retries_count_four_times_each() {
         let metrics = metrics(false, MAX_LABEL_SETS);
@@ -424,9 +472,16 @@ mod tests {
         let metrics = metrics(false, MAX_LABEL_SETS);
         let mut lost = Losses::default();
         lost.0[Loss::RingFull.index() as usize] = 2;
-        metrics.update(&Totals { events: 10, lost, undecodable: 0 });
+        metrics.update(&Totals { events: 10, lost, ..Totals::default() });
         lost.0[Loss::UserReadFault.index() as usize] = 1;
-        metrics.update(&Totals { events: 25, lost, undecodable: 1 });
+        let forgotten = crate::table::Forgotten { sockets: 3, generations: 7 };
+        metrics.update(&Totals {
+            events: 25,
+            lost,
+            undecodable: 1,
+            loss_read_errors: 1,
+            table_forgotten: forgotten,
+        });
         let samples = samples(&metrics);
         for expected in [
             "sockerr_events_total 25",
@@ -434,6 +489,9 @@ mod tests {
             r#"sockerr_events_lost_total{reason="user_read_fault"} 1"#,
             r#"sockerr_events_lost_total{reason="owner_table_full"} 0"#,
             "sockerr_records_undecodable_total 1",
+            "sockerr_loss_counter_read_errors_total 1",
+            r#"sockerr_table_forgotten_total{what="socket"} 3"#,
+            r#"sockerr_table_forgotten_total{what="generation"} 7"#,
             r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,
         ] {
             assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");

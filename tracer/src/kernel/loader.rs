@@ -73,8 +73,8 @@ pub enum LoadError {
     Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
-    #[error("too many --{what} values: {given}, at most {max} (the size of the kernel's filter map)")]
-    TooManyFilters { what: &'static str, given: usize, max: u32 },
+    #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map)")]
+    TooManyFilters { flag: &'static str, given: usize, max: u32 },
     // Boxed: aya's errors carry verifier logs and would make every Result huge.
     #[error("the kernel rejected sockerr's eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
@@ -152,6 +152,14 @@ impl LostCounter {
     }
 }
 
+/// `given` values of `--flag` fit in a filter map of `max` entries.
+fn check_filter_count(flag: &'static str, given: usize, max: u32) -> Result<(), LoadError> {
+    if given > max as usize {
+        return Err(LoadError::TooManyFilters { flag, given, max });
+    }
+    Ok(())
+}
+
 /// A program and the tracepoint it goes to: (program, category, tracepoint).
 pub type Attachment = (&'static str, &'static str, &'static str);
 
@@ -226,12 +234,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
-    if pids.len() > MAX_FILTER_PIDS as usize {
-        return Err(LoadError::TooManyFilters { what: "pid", given: pids.len(), max: MAX_FILTER_PIDS });
-    }
-    if comms.len() > MAX_FILTER_COMMS as usize {
-        return Err(LoadError::TooManyFilters { what: "comm", given: comms.len(), max: MAX_FILTER_COMMS });
-    }
+    check_filter_count("pid", pids.len(), MAX_FILTER_PIDS)?;
+    check_filter_count("comm", comms.len(), MAX_FILTER_COMMS)?;
     let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
     let filters = filters(selection, cgroup.as_ref());
 
@@ -400,6 +404,16 @@ pub(super) fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_limits_are_the_map_sizes_and_name_the_flag() {
+        check_filter_count("pid", MAX_FILTER_PIDS as usize, MAX_FILTER_PIDS).unwrap();
+        check_filter_count("comm", MAX_FILTER_COMMS as usize, MAX_FILTER_COMMS).unwrap();
+        let err = check_filter_count("pid", 4097, MAX_FILTER_PIDS).unwrap_err().to_string();
+        assert_eq!(err, "too many --pid values: 4097, at most 4096 (the size of the kernel's filter map)");
+        let err = check_filter_count("comm", 65, MAX_FILTER_COMMS).unwrap_err().to_string();
+        assert!(err.starts_with("too many --comm values: 65, at most 64"), "{err}");
+    }
 
     #[test]
     fn comm_keys() {

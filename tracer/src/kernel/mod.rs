@@ -8,6 +8,7 @@ pub mod features;
 pub mod floor;
 pub mod kprobes;
 pub mod loader;
+mod object_arch;
 pub mod offsets;
 pub mod print_fmt;
 pub mod privileges;
