@@ -1,13 +1,16 @@
 //! Builds the eBPF object (tracer-ebpf) with the nightly toolchain and bpf-linker and
 //! leaves it in OUT_DIR, where `src/loader.rs` embeds it. `cargo xtask build` installs
 //! what this needs; `AYA_BUILD_SKIP=1` skips it (clippy of the userspace alone).
-use std::path::Path;
+//!
+//! It also names the commit being built (`sockerr_build_info{git_sha=...}`).
+use std::{path::Path, process::Command};
 
 // Not used here: the build-dependency only makes cargo rerun this script when the eBPF
 // crate's library side changes (see Cargo.toml).
 use tracer_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
+    record_git_sha();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tracer sits in the workspace root")
@@ -20,4 +23,32 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded; the nested cargo inherits the variable.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)
+}
+
+/// Hands the checkout's commit to the crate as SOCKERR_BUILD_GIT_SHA (`SOCKERR_GIT_SHA`
+/// in the environment wins, for builds outside a checkout such as the container image's).
+/// The crate is rebuilt when HEAD moves: a binary must not name a commit it was not
+/// built from.
+fn record_git_sha() {
+    println!("cargo:rerun-if-env-changed=SOCKERR_GIT_SHA");
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| -> Option<String> {
+        let output = Command::new("git").args(args).current_dir(manifest_dir).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        (output.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let Some(sha) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return;
+    };
+    // HEAD names the branch; the branch's ref (loose or packed) names the commit.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    }
+    for path in watched.into_iter().flatten() {
+        let path = Path::new(manifest_dir).join(path);
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rustc-env=SOCKERR_BUILD_GIT_SHA={sha}");
 }

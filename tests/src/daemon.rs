@@ -1,5 +1,6 @@
-//! `sockerr daemon` under test: started on a port the kernel picks (`--listen
-//! 127.0.0.1:0`), found through the address it logs, queried over HTTP on loopback.
+//! `sockerr daemon` under test: started on ports the kernel picks (`--listen
+//! 127.0.0.1:0 --api-listen 127.0.0.1:0`), found through the addresses it logs, queried
+//! over HTTP on loopback: the scrape port, and the socket table's own listener.
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -10,8 +11,10 @@ use serde_json::Value;
 
 use super::{READY_TIMEOUT, Stopped, Tracer};
 
-/// The daemon's log line naming its address: `... listening on http://127.0.0.1:PORT (...)`.
-const LISTEN_MARKER: &str = "listening on http://";
+/// The daemon's log line naming the scrape port: `... listening on http://127.0.0.1:PORT (...)`.
+const LISTEN_MARKER: &str = "HTTP endpoints listening on http://";
+/// The line naming the socket table's listener.
+const API_LISTEN_MARKER: &str = "socket table listening on http://";
 /// Logged once /readyz answers 200 (a moment after `tracing started`).
 const DAEMON_READY_MARKER: &str = "/readyz answers 200";
 /// Bound on one HTTP request to the daemon.
@@ -22,6 +25,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Daemon {
     tracer: Tracer,
     addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     agent: ureq::Agent,
 }
 
@@ -41,10 +45,17 @@ impl HttpResponse {
 }
 
 impl Daemon {
-    /// `sockerr daemon --listen 127.0.0.1:0 <args>`, once it is ready.
+    /// `sockerr daemon --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 <args>`, once it is ready.
     pub fn start(args: &[&str]) -> Self {
-        let all: Vec<&str> = ["--listen", "127.0.0.1:0"].iter().chain(args).copied().collect();
-        let tracer = Tracer::start_command("daemon", &all);
+        let all: Vec<&str> =
+            ["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"].iter().chain(args).copied().collect();
+        Self::start_under(&[], &all, &[])
+    }
+
+    /// `<wrapper> sockerr daemon <args>` with `env`, once it is ready: `args` name the
+    /// addresses (port 0 is fine).
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
+        let tracer = Tracer::start_command(wrapper, "daemon", args, env);
         let ready = tracer.process.shared.wait_until(READY_TIMEOUT, |output| {
             output.stderr_closed || output.stderr.iter().any(|line| line.contains(DAEMON_READY_MARKER))
         });
@@ -53,12 +64,16 @@ impl Daemon {
             ready && stderr.contains(DAEMON_READY_MARKER),
             "the daemon did not log `{DAEMON_READY_MARKER}`: stderr:\n{stderr}"
         );
-        let addr = stderr
-            .lines()
-            .find_map(|line| line.split_once(LISTEN_MARKER))
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok())
+        let logged = |marker: &str| -> Option<SocketAddr> {
+            stderr
+                .lines()
+                .find_map(|line| line.split_once(marker))
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse().ok())
+        };
+        let addr = logged(LISTEN_MARKER)
             .unwrap_or_else(|| panic!("the daemon logged no `{LISTEN_MARKER}ADDR` line: stderr:\n{stderr}"));
+        let api_addr = logged(API_LISTEN_MARKER);
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(HTTP_TIMEOUT))
@@ -66,17 +81,38 @@ impl Daemon {
             .proxy(None)
             .build()
             .new_agent();
-        Self { tracer, addr, agent }
+        Self { tracer, addr, api_addr, agent }
     }
 
+    /// The scrape port.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// GET `path` (e.g. "/metrics").
+    /// GET `path` where the daemon serves it without a token: /v1/* on the socket table's
+    /// listener, the rest on the scrape port.
     pub fn get(&self, path: &str) -> HttpResponse {
-        let url = format!("http://{}{path}", self.addr);
-        let mut response = self.agent.get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let addr = if path.starts_with("/v1/") {
+            self.api_addr
+                .unwrap_or_else(|| panic!("GET {path}: the daemon logged no `{API_LISTEN_MARKER}ADDR`"))
+        } else {
+            self.addr
+        };
+        self.request(addr, path, None)
+    }
+
+    /// GET `path` on the scrape port, with `Authorization: Bearer <token>` if given.
+    pub fn get_on_scrape_port(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        self.request(self.addr, path, token)
+    }
+
+    fn request(&self, addr: SocketAddr, path: &str, token: Option<&str>) -> HttpResponse {
+        let url = format!("http://{addr}{path}");
+        let mut request = self.agent.get(&url);
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let content_type =
             response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.body_mut().read_to_string().unwrap_or_else(|e| panic!("GET {url}: body: {e}"));

@@ -20,10 +20,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use aya as _;
 pub use daemon::{Daemon, HttpResponse};
+// Used by the `image` test target only (feature `image`).
+#[cfg(feature = "image")]
+use k8s_openapi as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+#[cfg(feature = "image")]
+use serde_saphyr as _;
 pub use sockerr_workloads::Report;
 pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
@@ -237,9 +243,27 @@ impl Tracer {
         Self::launch(wrapper, "trace", args, env)
     }
 
-    /// `sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
-    fn start_command(subcommand: &str, args: &[&str]) -> Self {
-        Self::launch(&[], subcommand, args, &[])
+    /// sockerr as `command` starts it (e.g. a container engine running the image, whose
+    /// stdout and stderr are sockerr's), ready as for [`Tracer::start`].
+    pub fn start_program(what: &str, mut command: Command) -> Self {
+        require_root();
+        command.stdin(Stdio::null());
+        let process = Process::spawn(what.to_owned(), &mut command);
+        let ready = process.shared.wait_until(READY_TIMEOUT, |output| {
+            output.stderr_closed || output.stderr.iter().any(|line| line.contains(READY_MARKER))
+        });
+        let stderr = process.stderr();
+        assert!(
+            ready && stderr.contains(READY_MARKER),
+            "{what} did not report `{READY_MARKER}` within {} s: stderr:\n{stderr}",
+            READY_TIMEOUT.as_secs()
+        );
+        Self { process }
+    }
+
+    /// `<wrapper> sockerr <subcommand> <args>`, ready as for [`Tracer::start`].
+    fn start_command(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(wrapper, subcommand, args, env)
     }
 
     fn launch(wrapper: &[&str], subcommand: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
@@ -301,6 +325,11 @@ impl Tracer {
     /// The process started: sockerr, or the wrapper of [`Tracer::start_under`].
     pub fn pid(&self) -> u32 {
         self.process.child.id()
+    }
+
+    /// Stderr so far (the log).
+    pub fn process_stderr(&self) -> String {
+        self.process.stderr()
     }
 
     /// Stdout lines so far.
@@ -592,7 +621,7 @@ pub fn cilium_text_expectations(report: &Report) -> Vec<String> {
 }
 
 /// Makes the child write "0" (itself) to `cgroup`/cgroup.procs between fork and exec.
-fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
+pub fn join_cgroup_before_exec(command: &mut Command, cgroup: &Path) {
     use std::os::unix::{ffi::OsStrExt, process::CommandExt};
     let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
         .expect("cgroup path without NUL");

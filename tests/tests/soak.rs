@@ -1,6 +1,8 @@
 //! The short soak (`cargo xtask bench --soak` runs the long one): 20,000 Cilium-pattern
 //! failing connects from 2 threads under `sockerr daemon`. Every failure is counted once
-//! in /metrics and printed once as NDJSON, or accounted as lost; the daemon leaks no fd.
+//! in /metrics and printed once as NDJSON; a failure missing from the count must show as
+//! lost kernel events (another unit: several events per failure, so the two are never
+//! added); the daemon leaks no fd.
 //! Correctness only: nothing here is timed.
 //!
 //! The flood waits at its gate until the daemon traces `--pid <the flood>`, so the counts
@@ -64,25 +66,39 @@ fn every_failure_of_a_flood_is_counted_once_and_no_fd_leaks() {
     assert_eq!(report["unexpected"].as_u64(), Some(0), "{report}");
 
     // The daemon may still be reading its ring buffer: wait until every failure is
-    // counted or accounted as lost.
+    // counted, or the count stopped growing (what is missing then was lost).
     let counter = |samples: &[(String, f64)], prefix: &str| -> f64 {
         samples.iter().filter(|(series, _)| series.starts_with(prefix)).map(|(_, value)| value).sum()
     };
+    // "Stopped growing" means for STALL: the daemon's loop also waits on holder lookups
+    // (one at a time), and with the suite's other tests loading the machine a single 500 ms
+    // pause was seen to end the wait with 3,123 failures still queued, not lost.
+    const STALL: Duration = Duration::from_secs(5);
+    let mut previous = None;
+    let mut last_growth = Instant::now();
     let (counted, lost) = loop {
         let samples = daemon.metrics();
         let counted = counter(&samples, r#"sockerr_connect_errors_total{errno="EADDRNOTAVAIL""#) as u64;
         let lost = counter(&samples, "sockerr_events_lost_total") as u64;
-        if counted + lost >= FAILURES || Instant::now() > deadline {
+        if previous != Some(counted) {
+            last_growth = Instant::now();
+        }
+        if counted >= FAILURES || last_growth.elapsed() >= STALL || Instant::now() > deadline {
             break (counted, lost);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        previous = Some(counted);
+        std::thread::sleep(Duration::from_millis(500));
     };
+    let missing = FAILURES.saturating_sub(counted);
+    eprintln!("soak: {counted} of {FAILURES} failures counted, {missing} missing, {lost} kernel events lost");
     assert!(counted <= FAILURES, "counted {counted} of {FAILURES} failures: some twice");
-    if lost == 0 {
-        assert_eq!(counted, FAILURES, "no loss reported, yet not every failure counted");
-    } else {
-        assert!(counted + lost >= FAILURES, "{counted} counted + {lost} lost < {FAILURES} failures");
-    }
+    // Failures and events are not added: a missing failure needs a visible loss (each
+    // failure is at least one event, so at least as many events lost as failures missing).
+    assert!(
+        missing == 0 || lost >= missing,
+        "{missing} of {FAILURES} failures missing from /metrics, but only {lost} kernel events reported lost: \
+         a silent loss"
+    );
     let is_failure = |r: &Value| r.pid() == Some(flood_pid) && r.event() == "connect_error";
     let records = daemon.wait_for_records(counted as usize, FLOOD_TIMEOUT, is_failure);
     assert_eq!(records.len() as u64, counted, "one NDJSON line per counted failure");

@@ -74,4 +74,7 @@ pub const FILTER_EMIT_ALL: u32 = 1 << 2;
 /// so its renamed threads (Envoy's `wrk:worker_N`) stay traced.
 pub const FILTER_LEARN_PIDS: u32 = 1 << 3;
 
+/// `--http-peek`: keep the fd -> socket map its copies need (untouched otherwise).
+pub const FILTER_HTTP_PEEK: u32 = 1 << 4;
+
 const _: () = assert!(size_of::<Filters>() == 16);

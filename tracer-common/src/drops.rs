@@ -49,9 +49,6 @@ pub struct DropTotal {
 
 const _: () = assert!(size_of::<DropTotal>() == 112);
 
-/// Index of the per-CPU counter of drops that found `SOCKET_DROPS` full.
-pub const DROPS_UNCOUNTED_INDEX: u32 = 0;
-
 /// Where the program reads `skb:kfree_skb` and `struct sk_buff`, from tracefs and BTF.
 /// Absent fields are [`crate::reset::OFFSET_ABSENT`].
 #[repr(C)]

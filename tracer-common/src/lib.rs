@@ -12,7 +12,9 @@ pub mod config;
 pub mod connect;
 pub mod drops;
 pub mod header;
+pub mod limits;
 pub mod listen;
+pub mod loss;
 pub mod options;
 pub mod origin;
 pub mod reset;
@@ -27,6 +29,7 @@ pub use connect::ConnectEvent;
 pub use drops::{DropKey, DropOffsets, DropTotal};
 pub use header::EventHeader;
 pub use listen::{ListenEvent, ListenOffsets};
+pub use loss::Loss;
 pub use options::SockOpts;
 pub use origin::{KernelOrigin, SockOffsets};
 pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
@@ -56,29 +59,118 @@ pub mod kind {
     pub const LISTENING: u32 = 9;
 }
 
-/// Sizes the ring buffer carries for each kind: header plus payload.
-pub const fn record_size(kind: u32) -> usize {
-    let payload = match kind {
-        kind::SOCKOPT => size_of::<SockoptEvent>(),
-        kind::BIND => size_of::<BindEvent>(),
-        kind::CONNECT => size_of::<ConnectEvent>(),
-        kind::CONNECT_ASYNC_ERROR | kind::ESTABLISHED => size_of::<SockEvent>(),
-        kind::CLOSE => size_of::<CloseEvent>(),
-        kind::RESET => size_of::<ResetEvent>(),
-        kind::RESET_PEEK => size_of::<ResetPeekEvent>(),
-        kind::LISTENING => size_of::<ListenEvent>(),
-        _ => return 0,
-    };
-    size_of::<EventHeader>() + payload
+/// A ring-buffer record: the header, then the payload its `kind` names.
+#[repr(C)]
+pub struct Record<T> {
+    pub header: EventHeader,
+    pub payload: T,
 }
 
-/// Index of the lost-event counter in the `LOST_EVENTS` per-CPU array.
-pub const LOST_EVENTS_INDEX: u32 = 0;
+/// Ties a payload type to the record kinds that carry it. The size table
+/// ([`record_size`]), the daemon's decoder ([`AnyPayload::read`]) and the kernel's
+/// `emit` (which refuses at compile time a kind its payload does not carry) all come
+/// from the one list in `payloads!` below.
+pub trait Payload: Copy + 'static {
+    /// The `kind` values whose records carry this payload.
+    const KINDS: &'static [u32];
+    /// What the payload is, for decode errors.
+    const WHAT: &'static str;
+}
+
+/// Whether `kind` is in `kinds` (const: usable in the kernel's compile-time check).
+pub const fn carries(kinds: &[u32], kind: u32) -> bool {
+    let mut i = 0;
+    while i < kinds.len() {
+        if kinds[i] == kind {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+macro_rules! payloads {
+    ($($payload:ident => [$($kind:expr),+ $(,)?], $what:literal;)+) => {
+        $(
+            impl Payload for $payload {
+                const KINDS: &'static [u32] = &[$($kind),+];
+                const WHAT: &'static str = $what;
+            }
+        )+
+
+        /// Sizes the ring buffer carries for each kind: header plus payload; 0 for a
+        /// kind this build does not know.
+        pub const fn record_size(kind: u32) -> usize {
+            $(
+                if carries(<$payload as Payload>::KINDS, kind) {
+                    return size_of::<EventHeader>() + size_of::<$payload>();
+                }
+            )+
+            0
+        }
+
+        /// Every payload, as the daemon reads it off a record.
+        #[cfg(feature = "user")]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "lives only from the read to the decoder's match, which boxes the large one"
+        )]
+        pub enum AnyPayload {
+            $($payload($payload),)+
+        }
+
+        #[cfg(feature = "user")]
+        impl AnyPayload {
+            /// The payload of a `kind` record from the bytes after its header.
+            pub fn read(kind: u32, bytes: &[u8]) -> Result<Self, PayloadError> {
+                $(
+                    if carries(<$payload as Payload>::KINDS, kind) {
+                        return read_unaligned::<$payload>(bytes).map(AnyPayload::$payload);
+                    }
+                )+
+                Err(PayloadError::UnknownKind(kind))
+            }
+        }
+    };
+}
+
+payloads! {
+    SockoptEvent => [kind::SOCKOPT], "sockopt";
+    BindEvent => [kind::BIND], "bind";
+    ConnectEvent => [kind::CONNECT], "connect";
+    SockEvent => [kind::CONNECT_ASYNC_ERROR, kind::ESTABLISHED], "socket event";
+    CloseEvent => [kind::CLOSE], "close";
+    ResetEvent => [kind::RESET], "reset";
+    ResetPeekEvent => [kind::RESET_PEEK], "reset with peek";
+    ListenEvent => [kind::LISTENING], "listen";
+}
+
+/// Why a payload could not be read.
+#[cfg(feature = "user")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadError {
+    UnknownKind(u32),
+    Short { what: &'static str, len: usize, need: usize },
+}
+
+/// Copies a `T` off the front of `bytes` (ring records are only 8-byte aligned).
+#[cfg(feature = "user")]
+fn read_unaligned<T: Payload + aya::Pod>(bytes: &[u8]) -> Result<T, PayloadError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(PayloadError::Short { what: T::WHAT, len: bytes.len(), need });
+    }
+    // SAFETY: `T: Pod` accepts any bit pattern, and `bytes` holds at least
+    // size_of::<T>() bytes (checked above); read_unaligned needs no alignment.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
 
 /// Names of the maps and globals the daemon looks up in the eBPF object.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
-    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    /// Per-CPU loss counters, indexed by [`crate::Loss`].
+    pub const LOSSES: &str = "LOSSES";
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const OFFSETS: &str = "OFFSETS";
@@ -89,8 +181,42 @@ pub mod names {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     pub const LISTEN_OFFSETS: &str = "LISTEN_OFFSETS";
     pub const DROP_OFFSETS: &str = "DROP_OFFSETS";
+    /// Per-(socket, drop reason) running totals of `skb:kfree_skb`.
     pub const SOCKET_DROPS: &str = "SOCKET_DROPS";
-    pub const DROPS_UNCOUNTED: &str = "DROPS_UNCOUNTED";
+    /// Every map the daemon opens by name or resizes before load.
+    pub const MAPS: [&str; 6] = [EVENTS, LOSSES, FILTER_PIDS, FILTER_COMMS, PEEKS, SOCKET_DROPS];
+    /// Every load-time global the daemon rewrites.
+    pub const GLOBALS: [&str; 6] =
+        [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_payload_and_a_size() {
+        for kind in 1..=9 {
+            let owners = [
+                SockoptEvent::KINDS,
+                BindEvent::KINDS,
+                ConnectEvent::KINDS,
+                SockEvent::KINDS,
+                CloseEvent::KINDS,
+                ResetEvent::KINDS,
+                ResetPeekEvent::KINDS,
+                ListenEvent::KINDS,
+            ]
+            .iter()
+            .filter(|kinds| carries(kinds, kind))
+            .count();
+            assert_eq!(owners, 1, "kind {kind}");
+            assert!(record_size(kind) > size_of::<EventHeader>(), "kind {kind}");
+        }
+        assert_eq!(record_size(0), 0);
+        assert_eq!(record_size(10), 0);
+        assert_eq!(record_size(kind::ESTABLISHED), size_of::<EventHeader>() + size_of::<SockEvent>());
+    }
 }
 
 /// Declares a `#[repr(C)]` type `aya::Pod` for the daemon (feature `user`).

@@ -25,6 +25,13 @@ pub const FLAG_IP_BIND_ADDRESS_NO_PORT: u32 = 1 << 5;
 pub const FLAG_IPV6_TRANSPARENT: u32 = 1 << 6;
 pub const FLAG_IPV6_FREEBIND: u32 = 1 << 7;
 
+/// `SockOpts::flags` keeps, this many bits above an option's flag, whether the value
+/// of its last successful setsockopt() could not be read (bpf_probe_read_user
+/// faulted): the option is set, its value unknown.
+pub const UNREAD_SHIFT: u32 = 16;
+/// The option bits (`FLAG_*`) of `SockOpts::flags`.
+pub const OPTION_BITS: u32 = (1 << UNREAD_SHIFT) - 1;
+
 /// The flag bit of `(level, optname)`, or 0 for an option sockerr ignores.
 pub const fn option_flag(level: i32, optname: i32) -> u32 {
     match (level, optname) {
@@ -44,7 +51,8 @@ pub const fn option_flag(level: i32, optname: i32) -> u32 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOpts {
-    /// `FLAG_*` bits of the options currently enabled.
+    /// `FLAG_*` bits of the options currently enabled (low 16 bits), and the same bits
+    /// shifted by [`UNREAD_SHIFT`] for options whose value could not be read.
     pub flags: u32,
     /// Last SO_MARK value set (meaningful when `FLAG_SO_MARK` is set).
     pub mark: u32,
@@ -53,7 +61,14 @@ pub struct SockOpts {
 impl SockOpts {
     /// Records a successful setsockopt(): `value` 0 clears a boolean option.
     /// SO_MARK stays flagged whatever its value, since mark 0 is still a choice.
-    pub const fn apply(&mut self, flag: u32, value: u32) {
+    /// `value` is `None` when the caller's buffer could not be read: the option is
+    /// then flagged with an unknown value, never recorded as 0.
+    pub const fn apply(&mut self, flag: u32, value: Option<u32>) {
+        let Some(value) = value else {
+            self.flags |= flag | (flag << UNREAD_SHIFT);
+            return;
+        };
+        self.flags &= !(flag << UNREAD_SHIFT);
         if flag == FLAG_SO_MARK {
             self.flags |= FLAG_SO_MARK;
             self.mark = value;
@@ -65,4 +80,36 @@ impl SockOpts {
     }
 }
 
+impl SockOpts {
+    /// Whether the value of `flag` is unknown (its setsockopt() buffer faulted).
+    pub const fn unread(&self, flag: u32) -> bool {
+        self.flags & (flag << UNREAD_SHIFT) != 0
+    }
+
+    /// Whether `flag` is set (with a known or unknown value).
+    pub const fn enabled(&self, flag: u32) -> bool {
+        self.flags & flag & OPTION_BITS != 0
+    }
+}
+
 const _: () = assert!(size_of::<SockOpts>() == 8);
+const _: () = assert!(FLAG_IPV6_FREEBIND < (1 << UNREAD_SHIFT));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unread_value_is_marked_not_zero() {
+        let mut opts = SockOpts::default();
+        opts.apply(FLAG_SO_MARK, None);
+        assert!(opts.enabled(FLAG_SO_MARK) && opts.unread(FLAG_SO_MARK), "{opts:?}");
+        opts.apply(FLAG_SO_MARK, Some(0x0b00));
+        assert!(!opts.unread(FLAG_SO_MARK), "a later readable value replaces it: {opts:?}");
+        assert_eq!(opts.mark, 0x0b00);
+        opts.apply(FLAG_SO_REUSEADDR, None);
+        assert!(opts.enabled(FLAG_SO_REUSEADDR) && opts.unread(FLAG_SO_REUSEADDR));
+        opts.apply(FLAG_SO_REUSEADDR, Some(0));
+        assert!(!opts.enabled(FLAG_SO_REUSEADDR) && !opts.unread(FLAG_SO_REUSEADDR), "{opts:?}");
+    }
+}

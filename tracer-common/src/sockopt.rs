@@ -13,6 +13,10 @@ pub struct SockoptEvent {
     pub ret: i32,
     /// Options of the socket after this call.
     pub opts: crate::SockOpts,
+    /// 1 when `optval` could not be read (bpf_probe_read_user faulted): `value` is
+    /// then unknown, not 0.
+    pub value_unread: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<SockoptEvent>() == 32);
+const _: () = assert!(size_of::<SockoptEvent>() == 40);

@@ -60,8 +60,8 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     if !report {
         return 0;
     }
-    emit::<BindEvent>(|r| {
-        r.header = current_header(kind::BIND, if ret < 0 { -ret } else { 0 }, &task);
+    emit::<BindEvent, { kind::BIND }>(|r| {
+        r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
         r.payload = BindEvent {
             fd: call.fd,
             ret,

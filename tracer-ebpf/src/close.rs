@@ -12,30 +12,35 @@ use tracer_common::{
 
 use crate::{
     emit::{current_header, emit},
-    filter::current_task,
+    filter::{Task, current_task, selected},
     maps::{TRACKED, fd_key, global},
 };
 
-fn untrack(fd: i32, reason: u32) {
-    let task = current_task();
+fn untrack(task: &Task, fd: i32, reason: u32) {
     let key = fd_key(task.tgid, fd);
     // SAFETY: only presence is read.
     if unsafe { TRACKED.get(key) }.is_none() {
         return;
     }
     let _ = TRACKED.remove(key);
-    emit::<CloseEvent>(|r| {
-        r.header = current_header(kind::CLOSE, 0, &task);
+    emit::<CloseEvent, { kind::CLOSE }>(|r| {
+        r.header = current_header(0, task);
         r.payload = CloseEvent { fd, reason };
     });
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    // Every close() of every process lands here: one check for the untraced ones. Only
+    // selected tasks have TRACKED or FD_SOCKS entries or own a reset sent in close().
+    if !selected(&task) {
+        return 0;
+    }
     // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(global!(OFFSETS.close_fd) as usize) } {
-        untrack(fd as i32, CLOSE_REASON_CLOSE);
-        crate::sockets::close_started(fd as i32);
+        untrack(&task, fd as i32, CLOSE_REASON_CLOSE);
+        crate::sockets::close_started(&task, fd as i32);
     }
     0
 }
@@ -48,7 +53,7 @@ pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }
         && ret >= 0
     {
-        untrack(ret as i32, CLOSE_REASON_FD_REUSED);
+        untrack(&current_task(), ret as i32, CLOSE_REASON_FD_REUSED);
         crate::sockets::fd_reused(ret as i32);
     }
     0

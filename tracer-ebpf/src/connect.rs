@@ -75,8 +75,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if ret == -EINPROGRESS && call.async_errno != 0 {
         // The connection failed before the call returned (loopback RST), yet the
         // caller was told EINPROGRESS: report it as the asynchronous failure it is.
-        emit::<SockEvent>(|r| {
-            r.header = current_header(kind::CONNECT_ASYNC_ERROR, call.async_errno, &task);
+        emit::<SockEvent, { kind::CONNECT_ASYNC_ERROR }>(|r| {
+            r.header = current_header(call.async_errno, &task);
             r.payload = SockEvent {
                 fd: call.fd,
                 _pad: 0,
@@ -99,8 +99,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if !failed && !reported_success {
         return 0;
     }
-    emit::<ConnectEvent>(|r| {
-        r.header = current_header(kind::CONNECT, if failed { -ret } else { 0 }, &task);
+    emit::<ConnectEvent, { kind::CONNECT }>(|r| {
+        r.header = current_header(if failed { -ret } else { 0 }, &task);
         r.payload = ConnectEvent {
             fd: call.fd,
             ret,

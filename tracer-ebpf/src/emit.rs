@@ -4,51 +4,36 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
 };
-use tracer_common::{EventHeader, LOST_EVENTS_INDEX};
+use tracer_common::{EventHeader, Loss, Payload, Record, carries, limits::WAKEUP_THRESHOLD};
 
 use crate::{
     filter::Task,
-    maps::{EVENTS, LOST_EVENTS, Owner},
+    maps::{EVENTS, Owner, count_loss},
 };
 
-/// A ring-buffer record: header then payload, as `tracer_common::record_size` says.
-#[repr(C)]
-pub struct Record<T> {
-    pub header: EventHeader,
-    pub payload: T,
-}
-
-/// The reader polls on a timer, so records are submitted without waking it; waking it
-/// per record costs more than the rest of the tracing (see docs/toolchain.md).
-/// Once this much is pending the reader is woken so a burst cannot fill the ring.
-const WAKEUP_THRESHOLD: u64 = 256 * 1024;
-
-/// Reserves a record and lets `fill` write it; counts the loss when the ring is full.
-pub fn emit<T: 'static>(fill: impl FnOnce(&mut Record<T>)) {
+/// Reserves a `KIND` record carrying a `T` and lets `fill` write it; counts the loss
+/// when the ring is full. A kind whose records do not carry `T` does not compile.
+#[inline(always)]
+pub fn emit<T: Payload, const KIND: u32>(fill: impl FnOnce(&mut Record<T>)) {
+    const { assert!(carries(T::KINDS, KIND), "this payload type does not belong to this kind") };
     let Some(mut entry) = EVENTS.reserve::<Record<T>>(0) else {
-        count_lost();
+        count_loss(Loss::RingFull);
         return;
     };
     // SAFETY: `fill` writes every field it reads; the header is initialised by the
     // header constructors below before submission.
     let record = unsafe { &mut *entry.as_mut_ptr() };
     fill(record);
+    record.header.kind = KIND;
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let flags = if pending >= WAKEUP_THRESHOLD { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(flags as u64);
 }
 
-fn count_lost() {
-    if let Some(counter) = LOST_EVENTS.get_ptr_mut(LOST_EVENTS_INDEX) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *counter += 1 };
-    }
-}
-
-/// Header for an event raised by the current task.
-pub fn current_header(kind: u32, errno: i32, task: &Task) -> EventHeader {
+/// Header for an event raised by the current task (`emit` sets the kind).
+pub fn current_header(errno: i32, task: &Task) -> EventHeader {
     EventHeader {
-        kind,
+        kind: 0,
         errno,
         // SAFETY: helper calls without pointer arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -61,9 +46,9 @@ pub fn current_header(kind: u32, errno: i32, task: &Task) -> EventHeader {
 }
 
 /// Header for an event about a socket, attributed to the task that connected it.
-pub fn owner_header(kind: u32, errno: i32, owner: &Owner) -> EventHeader {
+pub fn owner_header(errno: i32, owner: &Owner) -> EventHeader {
     EventHeader {
-        kind,
+        kind: 0,
         errno,
         // SAFETY: helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -75,9 +60,8 @@ pub fn owner_header(kind: u32, errno: i32, owner: &Owner) -> EventHeader {
 }
 
 /// Header for an event no traced task owns (a reset the kernel sent on its own).
-pub fn kernel_header(kind: u32) -> EventHeader {
+pub fn kernel_header() -> EventHeader {
     EventHeader {
-        kind,
         // SAFETY: helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ..EventHeader::default()

@@ -3,9 +3,15 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id,
 };
-use tracer_common::config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS};
+use tracer_common::{
+    Loss,
+    config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS},
+};
 
-use crate::maps::{FILTER_COMMS, FILTER_PIDS, global};
+use crate::{
+    maps::{FILTER_COMMS, FILTER_PIDS, count_loss, global},
+    task_verdict,
+};
 
 /// The current task as the filters and events see it.
 pub struct Task {
@@ -18,9 +24,20 @@ pub fn current_task() -> Task {
     Task { tgid: (pid_tgid >> 32) as u32, tid: pid_tgid as u32 }
 }
 
-/// Whether the current task passes `--cgroup` and `--pid`/`--comm`.
+/// Whether the current task passes `--cgroup` and `--pid`/`--comm`: without a filter
+/// at once, else from the verdict cached in the task's own storage (decided once per
+/// task, again after an exec, a rename, a learned tgid or a cgroup move).
+#[inline(always)]
 pub fn selected(task: &Task) -> bool {
     let flags = global!(FILTERS.flags);
+    if flags & (FILTER_CGROUP | FILTER_PROCESS) == 0 {
+        return true;
+    }
+    task_verdict::cached(flags & FILTER_CGROUP != 0, || decide(task, flags))
+}
+
+/// The filters' verdict on the current task, from the filter maps.
+fn decide(task: &Task, flags: u32) -> bool {
     if flags & FILTER_CGROUP != 0 {
         let level = global!(FILTERS.cgroup_level);
         // SAFETY: helper call without pointer arguments.
@@ -44,8 +61,13 @@ pub fn selected(task: &Task) -> bool {
         return false;
     }
     if flags & FILTER_LEARN_PIDS != 0 {
-        // Best effort: a full map only means renamed threads are not followed.
-        let _ = FILTER_PIDS.insert(task.tgid, 1, 0);
+        if FILTER_PIDS.insert(task.tgid, 1, 0).is_err() {
+            // The thread is still traced by its name; renamed threads of its process are not.
+            count_loss(Loss::FilterMapFull);
+        } else {
+            // Its other threads may hold a "not selected" verdict: let them decide again.
+            task_verdict::invalidate_all();
+        }
     }
     true
 }

@@ -8,14 +8,12 @@
 //! `__inet_bind`, which turns its refusal into EADDRINUSE).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use tracer_common::{
-    KernelOrigin, SockAddr,
-    sockaddr::{AF_INET, AF_INET6},
-};
+use tracer_common::KernelOrigin;
 
 use crate::{
     filter::current_task,
     maps::{BINDS, CONNECTS, PROBED_SOCKS, global},
+    sock_tuple::read_sock_tuple,
 };
 
 /// Which in-flight syscall a probed function belongs to.
@@ -80,12 +78,12 @@ fn read_sock(sk: u64, function: u32, ret: i32) -> KernelOrigin {
     // SAFETY: bpf_probe_read_kernel faults safely; the offsets are BTF member offsets
     // of `struct sock`, and `sk` is the socket the probed function was called with.
     unsafe {
-        let family: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.family)).cast()).unwrap_or(0);
         let bits = |byte: u32, shift: u32, width: u32| -> u8 {
             let value: u8 = bpf_probe_read_kernel(at(byte)).unwrap_or(0);
             (value >> (shift & 7)) & ((1u16 << (width & 7)) as u8).wrapping_sub(1)
         };
-        let mut origin = KernelOrigin {
+        let (src, dst) = read_sock_tuple(sk);
+        KernelOrigin {
             function,
             ret,
             state: bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.state))).unwrap_or(0),
@@ -101,31 +99,8 @@ fn read_sock(sk: u64, function: u32, ret: i32) -> KernelOrigin {
             ),
             _pad: 0,
             mark: bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.mark)).cast()).unwrap_or(0),
-            src: SockAddr::default(),
-            dst: SockAddr::default(),
-        };
-        // skc_num is in host order, skc_dport in network order (include/net/sock.h).
-        let sport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.num)).cast()).unwrap_or(0);
-        let dport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.dport)).cast()).unwrap_or(0);
-        origin.src = SockAddr { family, port: sport, ..SockAddr::default() };
-        origin.dst = SockAddr { family, port: u16::from_be(dport), ..SockAddr::default() };
-        match family {
-            AF_INET => {
-                let s: [u8; 4] =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.rcv_saddr)).cast()).unwrap_or_default();
-                let d: [u8; 4] =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.daddr)).cast()).unwrap_or_default();
-                origin.src.addr[..4].copy_from_slice(&s);
-                origin.dst.addr[..4].copy_from_slice(&d);
-            }
-            AF_INET6 => {
-                origin.src.addr =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_rcv_saddr)).cast()).unwrap_or_default();
-                origin.dst.addr =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_daddr)).cast()).unwrap_or_default();
-            }
-            _ => {}
+            src,
+            dst,
         }
-        origin
     }
 }

@@ -12,19 +12,21 @@
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::PerCpuHashMap,
     programs::TracePointContext,
 };
 use tracer_common::{
-    DropKey, DropOffsets, DropTotal, SockAddr,
-    drops::{DROP_ROLE_CONNECTION, DROP_ROLE_LISTENER, DROPS_UNCOUNTED_INDEX},
+    DropKey, DropOffsets, DropTotal, Loss,
+    drops::{DROP_ROLE_CONNECTION, DROP_ROLE_LISTENER},
+    limits::DROP_TABLE_ENTRIES,
     reset::OFFSET_ABSENT,
 };
 
 use crate::{
     listen::LISTENERS,
-    maps::{fd_key, read_global},
-    sockets::{FD_SOCKS, SOCK_OWNERS},
+    maps::{count_loss, read_global},
+    sock_tuple::read_sock_tuple,
+    sockets::SOCK_OWNERS,
 };
 
 /// Set by the daemon before load.
@@ -34,14 +36,11 @@ pub static DROP_OFFSETS: DropOffsets = unsafe { core::mem::zeroed() };
 
 /// Running totals per (traced socket, reason), one slot per CPU: drops of one socket
 /// run on several CPUs at once and this target has no 64-bit atomic add; the daemon
-/// adds the slots up. Not LRU: a full map must be counted (`DROPS_UNCOUNTED`), not make
-/// older totals vanish. The daemon removes totals that stopped growing.
+/// adds the slots up. Not LRU: a full map must be counted (`Loss::DropTableFull`), not
+/// make older totals vanish. The daemon removes totals that stopped growing.
 #[map]
-pub static SOCKET_DROPS: PerCpuHashMap<DropKey, DropTotal> = PerCpuHashMap::with_max_entries(4096, 0);
-
-/// Drops of traced sockets that found `SOCKET_DROPS` full.
-#[map]
-pub static DROPS_UNCOUNTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static SOCKET_DROPS: PerCpuHashMap<DropKey, DropTotal> =
+    PerCpuHashMap::with_max_entries(DROP_TABLE_ENTRIES, 0);
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
@@ -61,7 +60,7 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = DropKey { sk, reason, _pad: 0 };
     let fresh = DropTotal { total: 1, first_ns: now, last_ns: now, ..owner };
-    if let Some(slot) = SOCKET_DROPS.get_ptr_mut(&key) {
+    if let Some(slot) = SOCKET_DROPS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of an entry that stays mapped while the program runs
         // (RCU); nothing else writes this CPU's slot meanwhile.
         let slot = unsafe { &mut *slot };
@@ -76,8 +75,8 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // From BPF, an insert fills this CPU's slot and zeroes the others.
-    if SOCKET_DROPS.insert(&key, &fresh, 0).is_err() {
-        count_uncounted();
+    if SOCKET_DROPS.insert(key, fresh, 0).is_err() {
+        count_loss(Loss::DropTableFull);
     }
     0
 }
@@ -111,12 +110,7 @@ fn dropping_socket(ctx: &TracePointContext, offsets: &DropOffsets) -> u64 {
 fn traced_owner(sk: u64) -> Option<DropTotal> {
     // SAFETY: copied out at once.
     if let Some(owner) = unsafe { SOCK_OWNERS.get(sk) }.copied() {
-        // SAFETY: as above.
-        let tuple = unsafe { FD_SOCKS.get(fd_key(owner.tgid, owner.fd)) }.copied();
-        let (local, peer) = match tuple {
-            Some(tuple) if tuple.sk == sk => (tuple.local, tuple.peer),
-            _ => (SockAddr::default(), SockAddr::default()),
-        };
+        let (local, peer) = read_sock_tuple(sk);
         return Some(DropTotal {
             tgid: owner.tgid,
             tid: owner.tid,
@@ -141,11 +135,4 @@ fn traced_owner(sk: u64) -> Option<DropTotal> {
         local: listener.local,
         ..DropTotal::default()
     })
-}
-
-fn count_uncounted() {
-    if let Some(counter) = DROPS_UNCOUNTED.get_ptr_mut(DROPS_UNCOUNTED_INDEX) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *counter += 1 };
-    }
 }

@@ -10,13 +10,17 @@
 //! makes no transition and no record.
 //! SYSCALL_DEFINE2(listen, int, fd, int, backlog) in net/socket.c.
 
-use aya_ebpf::{macros::map, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
-use tracer_common::{ListenEvent, ListenOffsets, SockAddr, kind};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap},
+    programs::TracePointContext,
+};
+use tracer_common::{ListenEvent, ListenOffsets, Loss, SockAddr, kind, limits::LISTENER_TABLE_ENTRIES};
 
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::read_global,
+    maps::{count_loss, read_global},
 };
 
 /// Set by the daemon before load: where fd and backlog are in sys_enter_listen.
@@ -37,9 +41,10 @@ pub struct Listener {
     pub local: SockAddr,
 }
 
-/// By `struct sock` address; removed when the socket leaves LISTEN.
+/// By `struct sock` address; removed when the socket leaves LISTEN, so a plain hash
+/// map: a full one refuses (and counts) a new listener instead of evicting a live one.
 #[map]
-pub static LISTENERS: LruHashMap<u64, Listener> = LruHashMap::with_max_entries(4096, 0);
+pub static LISTENERS: HashMap<u64, Listener> = HashMap::with_max_entries(LISTENER_TABLE_ENTRIES, 0);
 
 /// A selected task's listen() between entry and exit.
 #[repr(C)]
@@ -89,8 +94,8 @@ pub fn entered_listen(sk: u64, local: &SockAddr) {
         return;
     };
     let local = *local;
-    let header = current_header(kind::LISTENING, 0, &task);
-    emit::<ListenEvent>(|r| {
+    let header = current_header(0, &task);
+    emit::<ListenEvent, { kind::LISTENING }>(|r| {
         r.header = header;
         r.payload = ListenEvent { fd: call.fd, backlog: call.backlog, sk, local };
     });
@@ -103,7 +108,9 @@ pub fn entered_listen(sk: u64, local: &SockAddr) {
         comm: header.comm,
         local,
     };
-    let _ = LISTENERS.insert(sk, listener, 0);
+    if LISTENERS.insert(sk, listener, 0).is_err() {
+        count_loss(Loss::OwnerTableFull);
+    }
 }
 
 /// `sk` left LISTEN (closed, or shut down).

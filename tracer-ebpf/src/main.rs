@@ -35,8 +35,10 @@ mod send_reset;
 mod setsockopt;
 mod sk_error_report;
 mod sock_set_state;
+mod sock_tuple;
 mod sockaddr;
 mod sockets;
+mod task_verdict;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Filters, KernelOrigin, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+    Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+    limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
 };
 
 use crate::sockaddr::same_endpoint;
@@ -44,21 +45,32 @@ pub fn read_global<T: Copy>(field: *const T) -> T {
     unsafe { core::ptr::read_volatile(field) }
 }
 
-/// Events to the daemon. The size is a default; the daemon may override it.
+/// Events to the daemon.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Records that did not fit in `EVENTS`.
+/// What the programs dropped or degraded, by reason (`tracer_common::Loss`).
 #[map]
-pub static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss::COUNT as u32, 0);
+
+/// Counts one loss of `reason` on this CPU.
+#[inline(always)]
+pub fn count_loss(reason: Loss) {
+    if let Some(counter) = LOSSES.get_ptr_mut(reason.index()) {
+        // SAFETY: per-CPU slot; a program runs to completion on its CPU, and the
+        // softirq that may interrupt it only ever adds (a lost increment would
+        // under-count by one, never invent a loss).
+        unsafe { *counter += 1 };
+    }
+}
 
 /// tgids to trace (filled by the daemon, and learned from `FILTER_COMMS`).
 #[map]
-pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_PIDS, 0);
 
 /// Thread names to trace, NUL padded to 16 bytes.
 #[map]
-pub static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+pub static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_FILTER_COMMS, 0);
 
 /// The traced process behind a socket, as recorded when it called connect().
 #[repr(C)]
@@ -113,6 +125,8 @@ pub struct SockoptInFlight {
     pub optlen: i32,
     pub value: u32,
     pub flag: u32,
+    /// 1 when `value` could not be read from the caller's buffer.
+    pub value_unread: u32,
 }
 
 #[map]
@@ -127,9 +141,18 @@ pub const fn fd_key(tgid: u32, fd: i32) -> u64 {
     ((tgid as u64) << 32) | (fd as u32 as u64)
 }
 
-/// Owner of each socket in SYN_SENT, keyed by `struct sock` address.
+/// Owner of each socket in SYN_SENT, keyed by `struct sock` address. Removed when the
+/// socket leaves SYN_SENT (every socket does, to ESTABLISHED or CLOSE), so a plain hash
+/// map: a full one refuses and counts instead of evicting an owner unseen.
 #[map]
-pub static SK_OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+pub static SK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
+
+/// Records `owner` for `sk` in `SK_OWNERS`, counting a full table.
+pub fn remember_connecting(sk: u64, owner: &Owner) {
+    if SK_OWNERS.insert(sk, owner, 0).is_err() {
+        count_loss(Loss::OwnerTableFull);
+    }
+}
 
 /// The kernel reports an asynchronous connect failure with two tracepoints in a row on
 /// the same CPU, in an order that changed between kernels: `inet_sock_set_state`
@@ -165,17 +188,28 @@ pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entr
 const PENDING_MAX_AGE_NS: u64 = 20_000_000;
 
 /// Whether a half recorded at `ts_ns` for `pending` (src, dst) is the other half of the
-/// failure seen `now` on `seen`.
+/// failure seen `now` on `seen`. A half for the same tuple that waited longer than the
+/// window is counted as [`Loss::AsyncHalfTooOld`].
 pub fn other_half(
     ts_ns: u64,
     pending: (&SockAddr, &SockAddr),
     now: u64,
     seen: (&SockAddr, &SockAddr),
 ) -> bool {
-    ts_ns != 0
-        && now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS
-        && same_endpoint(pending.0, seen.0)
-        && same_endpoint(pending.1, seen.1)
+    if ts_ns == 0 || !same_endpoint(pending.0, seen.0) || !same_endpoint(pending.1, seen.1) {
+        return false;
+    }
+    if now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS {
+        return true;
+    }
+    count_loss(Loss::AsyncHalfTooOld);
+    false
+}
+
+/// Whether the half recorded at `ts_ns` is still waiting for its partner `now`: then
+/// replacing it loses it.
+pub fn still_waiting(ts_ns: u64, now: u64) -> bool {
+    ts_ns != 0 && now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS
 }
 
 /// The `struct sock *` a probed function was called with, keyed by thread id: a

@@ -11,10 +11,13 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use crate::{
     filter::{current_task, selected},
     maps::FILTER_PIDS,
+    task_verdict,
 };
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    // A new program, maybe a new name: the cached verdicts no longer hold.
+    task_verdict::invalidate_all();
     let _ = selected(&current_task());
     0
 }
@@ -22,8 +25,17 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let task = current_task();
-    if task.tgid == task.tid {
-        let _ = FILTER_PIDS.remove(task.tgid);
+    if task.tgid == task.tid && FILTER_PIDS.remove(task.tgid).is_ok() {
+        task_verdict::invalidate_all();
     }
+    0
+}
+
+/// `task:task_rename` (prctl(PR_SET_NAME), a write to /proc/PID/comm): fires in the
+/// renaming task, which may not be the renamed one, so every cached verdict is decided
+/// again rather than only the current task's. Renames are rare (thread start-up).
+#[tracepoint(category = "task", name = "task_rename")]
+pub fn task_rename(_ctx: TracePointContext) -> u32 {
+    task_verdict::invalidate_all();
     0
 }

@@ -66,8 +66,8 @@ pub fn report(seen: &Seen) {
     }
     let fd = owner.map_or(-1, |o| o.fd);
     let Some(owner) = owner else {
-        emit::<ResetEvent>(|r| {
-            r.header = kernel_header(kind::RESET);
+        emit::<ResetEvent, { kind::RESET }>(|r| {
+            r.header = kernel_header();
             fill_event(&mut r.payload, seen, attributed, fd);
         });
         return;
@@ -78,14 +78,14 @@ pub fn report(seen: &Seen) {
         unsafe { RECENT_RX.get(owner.tgid) }.map(|recent| recent.fd).filter(|&fd| fd != owner.fd);
     let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd)));
     if own.is_none() && related.is_none() {
-        emit::<ResetEvent>(|r| {
-            r.header = owner_header(kind::RESET, 0, &owner);
+        emit::<ResetEvent, { kind::RESET }>(|r| {
+            r.header = owner_header(0, &owner);
             fill_event(&mut r.payload, seen, attributed, fd);
         });
         return;
     }
-    emit::<ResetPeekEvent>(|r| {
-        r.header = owner_header(kind::RESET_PEEK, 0, &owner);
+    emit::<ResetPeekEvent, { kind::RESET_PEEK }>(|r| {
+        r.header = owner_header(0, &owner);
         fill_event(&mut r.payload.reset, seen, attributed, fd);
         fill(&mut r.payload.own, owner.fd, own);
         fill(&mut r.payload.related, related_fd.unwrap_or(-1), related);

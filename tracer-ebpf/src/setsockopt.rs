@@ -4,12 +4,12 @@
 //! every other (level, optname) returns at entry.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{SockoptEvent, kind, options::option_flag};
+use tracer_common::{Loss, SockoptEvent, kind, options::option_flag};
 
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{SOCKOPTS, SockoptInFlight, TRACKED, fd_key, global},
+    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, fd_key, global},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
@@ -51,14 +51,20 @@ pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
     // SAFETY: bpf_probe_read_user faults safely on bad user pointers.
     let value = unsafe {
         if optlen >= 4 {
-            bpf_probe_read_user(optval as *const u32).unwrap_or(0)
+            bpf_probe_read_user(optval as *const u32).ok()
         } else if optlen >= 1 {
-            bpf_probe_read_user(optval as *const u8).map(u32::from).unwrap_or(0)
+            bpf_probe_read_user(optval as *const u8).map(u32::from).ok()
         } else {
-            0
+            Some(0)
         }
     };
-    let call = SockoptInFlight { fd: fd as i32, level, optname, optlen, value, flag };
+    // A faulting buffer is not a value: the record says so instead of carrying 0.
+    let value_unread = u32::from(value.is_none());
+    if value.is_none() {
+        count_loss(Loss::UserReadFault);
+    }
+    let value = value.unwrap_or(0);
+    let call = SockoptInFlight { fd: fd as i32, level, optname, optlen, value, flag, value_unread };
     let _ = SOCKOPTS.insert(task.tid, call, 0);
     0
 }
@@ -80,11 +86,11 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out at once.
     let mut opts = unsafe { TRACKED.get(key) }.copied().unwrap_or_default();
     if ret == 0 {
-        opts.apply(call.flag, call.value);
+        opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
         let _ = TRACKED.insert(key, opts, 0);
     }
-    emit::<SockoptEvent>(|r| {
-        r.header = current_header(kind::SOCKOPT, if ret < 0 { -ret } else { 0 }, &task);
+    emit::<SockoptEvent, { kind::SOCKOPT }>(|r| {
+        r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
         r.payload = SockoptEvent {
             fd: call.fd,
             level: call.level,
@@ -93,6 +99,8 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
             value: call.value,
             ret,
             opts,
+            value_unread: call.value_unread,
+            _pad: 0,
         };
     });
     0

@@ -79,8 +79,8 @@ pub fn report_async_failure(owner: &Owner, sk: u64, src: &SockAddr, dst: &SockAd
             return;
         }
     }
-    emit::<SockEvent>(|r| {
-        r.header = owner_header(kind::CONNECT_ASYNC_ERROR, error, owner);
+    emit::<SockEvent, { kind::CONNECT_ASYNC_ERROR }>(|r| {
+        r.header = owner_header(error, owner);
         r.payload = SockEvent { fd: owner.fd, _pad: 0, src: *src, dst: *dst, opts: owner.opts, sk };
     });
 }

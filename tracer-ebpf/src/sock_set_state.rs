@@ -13,13 +13,16 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{SockEvent, config::FILTER_EMIT_ALL, kind};
+use tracer_common::{Loss, SockEvent, config::FILTER_EMIT_ALL, kind};
 
 use crate::{
     emit::{emit, owner_header},
     filter::current_task,
     listen,
-    maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, global, other_half},
+    maps::{
+        CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
+        other_half, remember_connecting, still_waiting,
+    },
     sk_error_report::report_async_failure,
     sockaddr::{TupleOffsets, read_tuple},
     sockets,
@@ -106,7 +109,7 @@ fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
         comm: bpf_get_current_comm().unwrap_or_default(),
         opts: call.opts,
     };
-    let _ = SK_OWNERS.insert(sk, owner, 0);
+    remember_connecting(sk, &owner);
 }
 
 /// In any context: the connect on `sk` ended, in ESTABLISHED or CLOSE.
@@ -130,8 +133,8 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
     if new == TCP_ESTABLISHED {
         sockets::register(&owner, sk, &src, &dst);
         if owner.opts.flags != 0 || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
-            emit::<SockEvent>(|r| {
-                r.header = owner_header(kind::ESTABLISHED, 0, &owner);
+            emit::<SockEvent, { kind::ESTABLISHED }>(|r| {
+                r.header = owner_header(0, &owner);
                 r.payload = SockEvent { fd: owner.fd, _pad: 0, src, dst, opts: owner.opts, sk };
             });
         }
@@ -157,6 +160,9 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
     if let Some(slot) = PENDING_CLOSE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, as above.
         let slot = unsafe { &mut *slot };
+        if still_waiting(slot.ts_ns, now) && slot.sk != sk {
+            count_loss(Loss::AsyncHalfOverwritten);
+        }
         *slot = PendingClose { ts_ns: now, sk, src, dst, owner };
     }
 }

@@ -2,7 +2,12 @@
 //! `sock:*` tracepoint records (offsets from tracefs).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
-use tracer_common::sockaddr::{AF_INET, AF_INET6, SockAddr};
+use tracer_common::{
+    Loss,
+    sockaddr::{AF_INET, AF_INET6, SockAddr},
+};
+
+use crate::maps::count_loss;
 
 /// `struct sockaddr_in` (include/uapi/linux/in.h).
 #[repr(C)]
@@ -24,23 +29,27 @@ struct SockaddrIn6 {
 }
 
 /// Copies an IPv4/IPv6 sockaddr the caller passed; `None` for other families
-/// (AF_UNIX, AF_UNSPEC, ...) and for lengths the kernel itself would reject.
+/// (AF_UNIX, AF_UNSPEC, ...), for lengths the kernel itself would reject, and for a
+/// buffer that cannot be read (counted as [`Loss::UserReadFault`]).
 pub fn read_user_sockaddr(ptr: u64, len: u64) -> Option<SockAddr> {
     let ptr = ptr as *const u8;
     // SAFETY: bpf_probe_read_user faults safely on bad user pointers.
-    let family: u16 = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+    let Ok(family) = (unsafe { bpf_probe_read_user::<u16>(ptr.cast()) }) else {
+        count_loss(Loss::UserReadFault);
+        return None;
+    };
     let mut out = SockAddr::default();
     match family {
         AF_INET if len >= size_of::<SockaddrIn>() as u64 => {
             // SAFETY: as above.
-            let sin: SockaddrIn = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+            let sin: SockaddrIn = unsafe { bpf_probe_read_user(ptr.cast()) }.ok().or_else(fault)?;
             out.family = AF_INET;
             out.port = u16::from_be(sin.port_be);
             out.addr[..4].copy_from_slice(&sin.addr);
         }
         AF_INET6 if len >= size_of::<SockaddrIn6>() as u64 => {
             // SAFETY: as above.
-            let sin6: SockaddrIn6 = unsafe { bpf_probe_read_user(ptr.cast()) }.ok()?;
+            let sin6: SockaddrIn6 = unsafe { bpf_probe_read_user(ptr.cast()) }.ok().or_else(fault)?;
             out.family = AF_INET6;
             out.port = u16::from_be(sin6.port_be);
             out.scope_id = sin6.scope_id;
@@ -49,6 +58,12 @@ pub fn read_user_sockaddr(ptr: u64, len: u64) -> Option<SockAddr> {
         _ => return None,
     }
     Some(out)
+}
+
+/// Counts an unreadable user buffer; `None` for the caller's `?`.
+fn fault<T>() -> Option<T> {
+    count_loss(Loss::UserReadFault);
+    None
 }
 
 /// Field offsets of one endpoint pair in a `sock:*` tracepoint record.

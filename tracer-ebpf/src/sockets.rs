@@ -11,21 +11,22 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap},
 };
-use tracer_common::SockAddr;
+use tracer_common::{Loss, SockAddr, config::FILTER_HTTP_PEEK, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
-    filter::{Task, current_task, selected},
-    maps::{Owner, TRACKED, fd_key},
+    filter::{Task, current_task},
+    maps::{Owner, TRACKED, count_loss, fd_key, global},
     peek,
 };
 
 /// Owner of each TCP socket a traced process connected or accepted, by `struct sock`
 /// address. Removed when the kernel destroys the socket (`destroy_sock`), so a reused
-/// address never inherits an owner.
+/// address never inherits an owner, and so a plain hash map: a full one refuses (and
+/// counts) a new owner instead of evicting an old one unseen.
 #[map]
-pub static SOCK_OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
 
 /// A traced TCP socket as its fd names it.
 #[repr(C)]
@@ -75,7 +76,12 @@ pub fn peer_key(peer: &SockAddr) -> SockAddr {
 
 /// `owner` now holds `sk`, with this tuple.
 pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
-    let _ = SOCK_OWNERS.insert(sk, owner, 0);
+    if SOCK_OWNERS.insert(sk, owner, 0).is_err() {
+        count_loss(Loss::OwnerTableFull);
+    }
+    if !peeking() {
+        return;
+    }
     let key = fd_key(owner.tgid, owner.fd);
     let _ = FD_SOCKS.insert(key, SockRef { sk, local: *local, peer: *peer }, 0);
     // What the fd carried before belongs to another socket.
@@ -89,12 +95,12 @@ pub fn passive_established(sk: u64, local: &SockAddr, peer: &SockAddr) {
 
 /// sys_enter_close of `fd`: the fd no longer names the socket (no more peeking), and a
 /// reset sent inside this call belongs to the caller.
-pub fn close_started(fd: i32) {
-    let task = current_task();
-    let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
-    if selected(&task) {
-        let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0 }, 0);
+/// The caller checked that `task` is selected.
+pub fn close_started(task: &Task, fd: i32) {
+    if peeking() {
+        let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
     }
+    let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0 }, 0);
 }
 
 /// A socket moved to CLOSE. The first such transition inside a traced close() is the
@@ -141,6 +147,14 @@ pub fn current_owner(task: &Task, fd: i32) -> Owner {
 
 /// socket()/accept() handed out `fd` again: whatever it named before is gone.
 pub fn fd_reused(fd: i32) {
-    let task = current_task();
-    let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
+    if peeking() {
+        let task = current_task();
+        let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
+    }
+}
+
+/// `FD_SOCKS` only serves `--http-peek`: without it no hook touches the map.
+#[inline(always)]
+fn peeking() -> bool {
+    global!(FILTERS.flags) & FILTER_HTTP_PEEK != 0
 }

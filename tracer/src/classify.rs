@@ -1,5 +1,5 @@
 //! Why a call failed: what to look up for a failure ([`query_for`]) and what the
-//! findings mean ([`classify`]).
+//! findings mean ([`classify`], a [`Verdict`] that applies itself to the record).
 //!
 //! The errno alone is ambiguous: connect() returns EADDRNOTAVAIL both when its 4-tuple
 //! is taken (__inet_check_established() in net/ipv4/inet_hashtables.c) and when no
@@ -55,16 +55,64 @@ fn unspecified(like: &IpAddr) -> IpAddr {
 }
 
 /// What a lookup produced: findings, or why there are none.
-pub enum Lookup<'a> {
+pub enum Lookup {
     /// Nothing needed looking up.
     NotNeeded,
-    Found(&'a Findings),
+    Found(Findings),
     Failed(String),
+}
+
+impl From<Option<Result<Findings, String>>> for Lookup {
+    fn from(outcome: Option<Result<Findings, String>>) -> Self {
+        match outcome {
+            None => Self::NotNeeded,
+            Some(Ok(findings)) => Self::Found(findings),
+            Some(Err(why)) => Self::Failed(why),
+        }
+    }
+}
+
+/// What classification decided about a record: its cause (with a note when the cause
+/// is unknown or partial) and the lookup's findings.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    /// `None` for records that are not failures.
+    pub cause: Option<(Cause, Option<String>)>,
+    pub findings: Option<Findings>,
+}
+
+impl Verdict {
+    /// Fills in the record's cause, holders, ports and note (the cause's note first,
+    /// then the lookup's).
+    pub fn apply(self, record: &mut Record) {
+        if let Some((cause, note)) = self.cause {
+            record.cause = Some(cause);
+            record.note = note;
+        }
+        if let Some(findings) = self.findings {
+            record.holders = findings.holders;
+            record.ports = findings.ports;
+            record.note = match (record.note.take(), findings.note) {
+                (Some(cause), Some(lookup)) => Some(format!("{cause}; {lookup}")),
+                (cause, lookup) => cause.or(lookup),
+            };
+        }
+    }
+}
+
+/// The verdict on `record` given what the lookup for [`query_for`]'s query produced.
+pub fn classify(record: &Record, lookup: Lookup) -> Verdict {
+    let cause = cause_of(record, &lookup);
+    let findings = match lookup {
+        Lookup::Found(findings) => Some(findings),
+        Lookup::NotNeeded | Lookup::Failed(_) => None,
+    };
+    Verdict { cause, findings }
 }
 
 /// The cause of a failure and, when the cause is unknown or partial, a note saying
 /// what was seen. `None` for records that are not failures.
-pub fn classify(record: &Record, lookup: Lookup<'_>) -> Option<(Cause, Option<String>)> {
+fn cause_of(record: &Record, lookup: &Lookup) -> Option<(Cause, Option<String>)> {
     if !record.event.is_failure() {
         return None;
     }
@@ -157,8 +205,8 @@ mod tests {
             Some(Query::TupleHolders { src: sa("10.0.1.7:40312"), dst: sa("52.216.8.19:443") })
         );
         let found = Findings { holders: vec![holder(TcpState::Established)], ..Default::default() };
-        assert_eq!(classify(&r, Lookup::Found(&found)), Some((Cause::TupleInUse, None)));
-        let (cause, note) = classify(&r, Lookup::Found(&Findings::default())).unwrap();
+        assert_eq!(cause_of(&r, &Lookup::Found(found)), Some((Cause::TupleInUse, None)));
+        let (cause, note) = cause_of(&r, &Lookup::Found(Findings::default())).unwrap();
         assert_eq!(cause, Cause::Unknown);
         assert!(note.unwrap().contains("no socket holds this tuple"));
     }
@@ -172,10 +220,10 @@ mod tests {
         );
         let full =
             Findings { ports: Some(PortUsage { range: (40000, 40007), in_use: 8 }), ..Default::default() };
-        assert_eq!(classify(&r, Lookup::Found(&full)), Some((Cause::EphemeralPortsExhausted, None)));
+        assert_eq!(cause_of(&r, &Lookup::Found(full)), Some((Cause::EphemeralPortsExhausted, None)));
         let partial =
             Findings { ports: Some(PortUsage { range: (40000, 40007), in_use: 3 }), ..Default::default() };
-        let (cause, note) = classify(&r, Lookup::Found(&partial)).unwrap();
+        let (cause, note) = cause_of(&r, &Lookup::Found(partial)).unwrap();
         assert_eq!(cause, Cause::Unknown);
         assert!(note.unwrap().contains("only 3 of 8 ports"));
     }
@@ -195,7 +243,7 @@ mod tests {
         assert_eq!(query_for(&r), Some(Query::PortHolders { local: sa("127.0.0.19:443") }));
         for state in [TcpState::Listen, TcpState::TimeWait] {
             let found = Findings { holders: vec![holder(state)], ..Default::default() };
-            assert_eq!(classify(&r, Lookup::Found(&found)), Some((Cause::PortInUse, None)));
+            assert_eq!(cause_of(&r, &Lookup::Found(found)), Some((Cause::PortInUse, None)));
         }
     }
 
@@ -204,10 +252,10 @@ mod tests {
         let mut r = failure(EventName::BindError, 99, Some("10.9.9.9:80"), None);
         assert_eq!(query_for(&r), Some(Query::AddressIsLocal { addr: "10.9.9.9".parse().unwrap() }));
         let absent = Findings { address_is_local: Some(false), ..Default::default() };
-        assert_eq!(classify(&r, Lookup::Found(&absent)), Some((Cause::AddressNotLocal, None)));
+        assert_eq!(cause_of(&r, &Lookup::Found(absent)), Some((Cause::AddressNotLocal, None)));
         r.sockopts.flags = FLAG_IP_TRANSPARENT;
         assert_eq!(query_for(&r), None, "IP_TRANSPARENT allows non-local binds: something else failed");
-        assert_eq!(classify(&r, Lookup::NotNeeded), Some((Cause::Unknown, None)));
+        assert_eq!(cause_of(&r, &Lookup::NotNeeded), Some((Cause::Unknown, None)));
     }
 
     #[test]
@@ -221,23 +269,50 @@ mod tests {
         ] {
             let r = failure(EventName::ConnectError, errno, Some("1.1.1.1:1"), Some("2.2.2.2:2"));
             assert_eq!(query_for(&r), None);
-            assert_eq!(classify(&r, Lookup::NotNeeded), Some((cause, None)), "errno {errno}");
+            assert_eq!(cause_of(&r, &Lookup::NotNeeded), Some((cause, None)), "errno {errno}");
         }
     }
 
     #[test]
     fn failed_lookup_keeps_a_note() {
         let r = failure(EventName::ConnectError, 99, Some("10.0.1.7:40312"), Some("52.216.8.19:443"));
-        let (cause, note) = classify(&r, Lookup::Failed("process 1 exited".into())).unwrap();
+        let (cause, note) = cause_of(&r, &Lookup::Failed("process 1 exited".into())).unwrap();
         assert_eq!(cause, Cause::Unknown);
         assert_eq!(note.as_deref(), Some("lookup failed: process 1 exited"));
+    }
+
+    #[test]
+    fn a_verdict_fills_in_holders_and_puts_the_causes_note_before_the_lookups() {
+        let mut r = failure(EventName::ConnectError, 99, Some("10.0.1.7:40312"), Some("52.216.8.19:443"));
+        let found = Findings {
+            holders: vec![holder(TcpState::Established)],
+            note: Some("owner not found".into()),
+            ..Default::default()
+        };
+        classify(&r, Lookup::Found(found)).apply(&mut r);
+        assert_eq!((r.cause, r.holders.len()), (Some(Cause::TupleInUse), 1));
+        assert_eq!(r.note.as_deref(), Some("owner not found"));
+
+        let mut r = failure(EventName::ConnectError, 99, Some("10.0.1.7:40312"), Some("52.216.8.19:443"));
+        let none = Findings { note: Some("namespace gone".into()), ..Default::default() };
+        classify(&r, Lookup::Found(none)).apply(&mut r);
+        assert_eq!(r.cause, Some(Cause::Unknown));
+        assert_eq!(r.note.as_deref(), Some("no socket holds this tuple any more; namespace gone"));
+
+        let mut r = failure(EventName::BindError, 98, Some("127.0.0.1:80"), None);
+        classify(&r, Lookup::from(Some(Err("not in this fake".to_string())))).apply(&mut r);
+        assert_eq!(
+            (r.cause, r.note.as_deref()),
+            (Some(Cause::Unknown), Some("lookup failed: not in this fake"))
+        );
+        assert!(r.holders.is_empty());
     }
 
     #[test]
     fn successes_have_no_cause() {
         let mut r = failure(EventName::Connect, 0, None, None);
         r.errno = None;
-        assert_eq!(classify(&r, Lookup::NotNeeded), None);
+        assert_eq!(cause_of(&r, &Lookup::NotNeeded), None);
         assert_eq!(query_for(&r), None);
     }
 }

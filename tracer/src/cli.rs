@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Trace socket errors of proxies: what failed, on which socket, with which options, \
              and which live socket holds the tuple",
-    after_help = "Run as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_PTRACE). \
-                  Logs go to stderr; set RUST_LOG=debug for more."
+    after_help = "Run as root, or with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON load the programs without it), \
+                  CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH. Logs go to stderr; set RUST_LOG=debug for more."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -20,10 +20,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Trace connect/bind/setsockopt of matching processes and print each failure.
+    /// Trace connect/bind/setsockopt of matching processes and the TCP resets of their
+    /// sockets, and print each failure and reset.
     Trace(TraceArgs),
-    /// Trace like `trace --output json` and serve Prometheus metrics, health and the
-    /// live socket table over HTTP (default 127.0.0.1:9966).
+    /// Trace like `trace --output json` and serve Prometheus metrics and health over HTTP
+    /// (default 127.0.0.1:9966), the live socket table apart (default 127.0.0.1:9967).
     Daemon(DaemonArgs),
     /// Reproduce a known incident in a throwaway network namespace while tracing it.
     #[cfg(feature = "demo")]
@@ -110,18 +111,31 @@ pub struct FilterArgs {
     pub attribution: crate::k8s::AttributionArgs,
 }
 
-/// The HTTP endpoints' default address: loopback, so a node does not expose them unless
+/// The scrape port's default address: loopback, so a node does not expose it unless
 /// asked to (`--listen 0.0.0.0:9966` for a Prometheus outside the host).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9966";
+/// Where the socket table (/v1/*) is served without authentication by default.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9967";
 
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
-    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /v1/sockets). Port 0
+    /// The scrape port: /metrics, /healthz, /readyz (and /v1/* with --expose-api). Port 0
     /// picks a free port; the address in use is logged on stderr.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
+    /// Where the socket table (/v1/sockets: process names and socket tuples of every
+    /// traced process) is served without authentication: a loopback address, a unix socket
+    /// (unix:PATH, mode 0600, served to this user only), or `none`.
+    #[arg(long, value_name = "ADDR|unix:PATH|none", default_value = DEFAULT_API_LISTEN)]
+    pub api_listen: crate::daemon::listeners::ApiListen,
+    /// Also serve /v1/* on --listen, to requests whose bearer token the Kubernetes API
+    /// server authenticates (TokenReview) and allows `get` on the path as a non-resource
+    /// URL (SubjectAccessReview), as kube-rbac-proxy does. Uses the in-cluster service
+    /// account or KUBECONFIG.
+    #[arg(long)]
+    pub expose_api: bool,
     /// Label connect-error metrics with the destination ip and port (one series per
     /// destination: only where destinations are few).
     #[arg(long)]
@@ -181,6 +195,14 @@ mod tests {
     }
 
     #[test]
+    fn trace_help_names_resets() {
+        let mut command = Cli::command();
+        let trace = command.find_subcommand_mut("trace").unwrap();
+        let help = trace.render_help().to_string();
+        assert!(help.contains("TCP resets"), "{help}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(std::time::Duration::from_secs(2)));
@@ -221,6 +243,8 @@ mod tests {
             Cli::try_parse_from(["sockerr", "daemon", "--comm", "envoy", "--errno", "EADDRINUSE"]).unwrap();
         let Command::Daemon(args) = cli.command else { panic!("not daemon") };
         assert_eq!(args.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(args.api_listen, DEFAULT_API_LISTEN.parse().unwrap());
+        assert!(!args.expose_api);
         assert_eq!(args.filters.comms, ["envoy"]);
         assert_eq!(args.filters.errnos, [98]);
         assert!(!args.metrics_dst_labels);

@@ -1,11 +1,14 @@
-//! From a kernel event and its socket to the [`Record`] the sinks print.
+//! From a kernel event, its socket and what the caller knows about the process to the
+//! finished [`Record`] (before classification): the one place a record is assembled.
+
+use std::collections::BTreeMap;
 
 use tracer_common::options::{FLAG_SO_MARK, FLAG_SO_REUSEADDR, FLAG_SO_REUSEPORT};
 use tracer_common::{SockOpts, options::option_flag};
 
 use crate::{
     event::{KernelEvent, Origin, Payload},
-    record::{Backend, EventName, Record, SockoptCall},
+    record::{Backend, EventName, PodIdentity, Record, SockoptCall},
     reset::{self, ResetDirection},
     table::Socket,
 };
@@ -19,8 +22,21 @@ pub struct Attribution {
     pub netns: Option<u64>,
 }
 
+/// Everything about a record that is not in the event or the socket table.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub who: Attribution,
+    /// Pod and container of the process, when attribution knows them.
+    pub pod: Option<PodIdentity>,
+    /// The hooks that produced the event (`backend` in JSON).
+    pub backend: Backend,
+    /// `enum sk_rst_reason` names of the running kernel (empty: numbers stay numbers).
+    pub reset_reasons: &'a BTreeMap<u32, String>,
+}
+
 /// The record for `event`, or `None` for bookkeeping events (close).
-pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) -> Option<Record> {
+pub fn record(event: &KernelEvent, socket: Option<&Socket>, context: Context<'_>) -> Option<Record> {
+    let Context { who, pod, backend, reset_reasons } = context;
     let header = &event.header;
     let errno = (header.errno != 0).then_some(header.errno);
     let known_opts = socket.map(|s| s.opts).unwrap_or_default();
@@ -45,9 +61,9 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
         note: None,
         netns: who.netns,
         cgroup_id: header.cgroup_id,
-        pod: None,
+        pod,
         kernel_fn: None,
-        backend: Backend::Tracepoint,
+        backend,
         count: 1,
         reset: None,
     };
@@ -98,9 +114,7 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, who: Attribution) ->
             record.src = seen.local;
             record.dst = seen.peer;
             let last_error = socket.and_then(|s| s.last_error);
-            // Reason names are the kernel's: the caller fills them in.
-            record.reset =
-                Some(Box::new(reset::details(seen, header.ts_ns, last_error, &Default::default())));
+            record.reset = Some(Box::new(reset::details(seen, header.ts_ns, last_error, reset_reasons)));
         }
     }
     Some(record)
@@ -140,8 +154,19 @@ mod tests {
     use super::*;
     use crate::{event::Header, table::SocketTable};
 
-    fn who() -> Attribution {
-        Attribution { time: jiff::Timestamp::UNIX_EPOCH, comm: "envoy".into(), netns: Some(4026531840) }
+    const NO_REASONS: &BTreeMap<u32, String> = &BTreeMap::new();
+
+    fn who() -> Context<'static> {
+        Context {
+            who: Attribution {
+                time: jiff::Timestamp::UNIX_EPOCH,
+                comm: "envoy".into(),
+                netns: Some(4026531840),
+            },
+            pod: None,
+            backend: Backend::Tracepoint,
+            reset_reasons: NO_REASONS,
+        }
     }
 
     fn event(errno: i32, payload: Payload) -> KernelEvent {
@@ -235,7 +260,7 @@ mod tests {
                     level: 1,
                     optname: 36,
                     optlen: 4,
-                    value: 7,
+                    value: Some(7),
                     ret: 0,
                     opts: SockOpts::default(),
                 },
@@ -256,12 +281,12 @@ mod tests {
             level: 1,
             optname: 36,
             optlen: 4,
-            value: 0x32030b00,
+            value: Some(0x32030b00),
             ret: -1,
             opts: SockOpts::default(),
         };
         let r = record(&event(1, payload), None, who()).unwrap();
-        assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x32030b00 }));
+        assert_eq!(r.sockopt, Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x32030b00) }));
         assert_eq!(r.errno, Some(1));
     }
 

@@ -1,4 +1,5 @@
-//! Ring-buffer records to [`KernelEvent`]s.
+//! Ring-buffer records to [`KernelEvent`]s: every conversion from the kernel's wire
+//! types to the model (addresses, the kprobe view, resets) lives in this module.
 //!
 //! A record is an `EventHeader` then the payload its `kind` names (tracer-common).
 //! The buffer is walked with `bytes::Buf`, which bounds-checks every read, and each
@@ -8,11 +9,17 @@
 use bytes::Buf;
 use thiserror::Error;
 use tracer_common::{
-    BindEvent, CloseEvent, ConnectEvent, EventHeader, ListenEvent, ResetEvent, ResetPeekEvent, SockEvent,
-    SockoptEvent, close::CLOSE_REASON_FD_REUSED, kind, record_size,
+    AnyPayload, EventHeader, PayloadError, close::CLOSE_REASON_FD_REUSED, kind, record_size,
 };
 
-use crate::event::{Header, KernelEvent, Origin, Payload, socket_addr};
+#[cfg(test)]
+pub(crate) use self::sockaddr::raw_sockaddr;
+pub(crate) use self::sockaddr::socket_addr;
+use crate::event::{Header, KernelEvent, Origin, Payload};
+
+mod origin;
+mod reset;
+mod sockaddr;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -54,41 +61,31 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         thread: comm_str(&raw.comm),
         errno: raw.errno,
     };
-    let payload = match raw.kind {
-        kind::SOCKOPT => {
-            let e: SockoptEvent = read_pod(&mut record, "sockopt")?;
-            Payload::Sockopt {
-                fd: e.fd,
-                level: e.level,
-                optname: e.optname,
-                optlen: e.optlen,
-                value: e.value,
-                ret: e.ret,
-                opts: e.opts,
-            }
-        }
-        kind::BIND => {
-            let e: BindEvent = read_pod(&mut record, "bind")?;
-            Payload::Bind {
-                fd: e.fd,
-                addr: socket_addr(&e.addr),
-                opts: e.opts,
-                origin: Origin::decode(&e.origin),
-            }
-        }
-        kind::CONNECT => {
-            let e: ConnectEvent = read_pod(&mut record, "connect")?;
-            Payload::Connect {
-                fd: e.fd,
-                dst: socket_addr(&e.dst),
-                src: socket_addr(&e.src),
-                opts: e.opts,
-                sk: e.sk,
-                origin: Origin::decode(&e.origin),
-            }
-        }
-        kind::CONNECT_ASYNC_ERROR | kind::ESTABLISHED => {
-            let e: SockEvent = read_pod(&mut record, "socket event")?;
+    let payload = match AnyPayload::read(raw.kind, record).map_err(DecodeError::from)? {
+        AnyPayload::SockoptEvent(e) => Payload::Sockopt {
+            fd: e.fd,
+            level: e.level,
+            optname: e.optname,
+            optlen: e.optlen,
+            value: (e.value_unread == 0).then_some(e.value),
+            ret: e.ret,
+            opts: e.opts,
+        },
+        AnyPayload::BindEvent(e) => Payload::Bind {
+            fd: e.fd,
+            addr: socket_addr(&e.addr),
+            opts: e.opts,
+            origin: Origin::decode(&e.origin),
+        },
+        AnyPayload::ConnectEvent(e) => Payload::Connect {
+            fd: e.fd,
+            dst: socket_addr(&e.dst),
+            src: socket_addr(&e.src),
+            opts: e.opts,
+            sk: e.sk,
+            origin: Origin::decode(&e.origin),
+        },
+        AnyPayload::SockEvent(e) => {
             let (fd, src, dst, opts, sk) = (e.fd, socket_addr(&e.src), socket_addr(&e.dst), e.opts, e.sk);
             if raw.kind == kind::ESTABLISHED {
                 Payload::Established { fd, src, dst, opts, sk }
@@ -96,25 +93,23 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
                 Payload::ConnectAsyncError { fd, src, dst, opts, sk }
             }
         }
-        kind::CLOSE => {
-            let e: CloseEvent = read_pod(&mut record, "close")?;
-            Payload::Close { fd: e.fd, reused: e.reason == CLOSE_REASON_FD_REUSED }
+        AnyPayload::CloseEvent(e) => Payload::Close { fd: e.fd, reused: e.reason == CLOSE_REASON_FD_REUSED },
+        AnyPayload::ResetEvent(e) => Payload::Reset(Box::new(reset::seen(&e, &[]))),
+        AnyPayload::ResetPeekEvent(e) => {
+            Payload::Reset(Box::new(reset::seen(&e.reset, &[&e.own, &e.related])))
         }
-        kind::RESET => {
-            let e: ResetEvent = read_pod(&mut record, "reset")?;
-            Payload::Reset(Box::new(crate::reset::seen(&e, &[])))
-        }
-        kind::RESET_PEEK => {
-            let e: ResetPeekEvent = read_pod(&mut record, "reset with peek")?;
-            Payload::Reset(Box::new(crate::reset::seen(&e.reset, &[&e.own, &e.related])))
-        }
-        kind::LISTENING => {
-            let e: ListenEvent = read_pod(&mut record, "listening")?;
-            Payload::Listening(crate::listen::Listening::decode(&e))
-        }
-        other => return Err(DecodeError::UnknownKind(other)),
+        AnyPayload::ListenEvent(e) => Payload::Listening(crate::listen::Listening::decode(&e)),
     };
     Ok(KernelEvent { header, payload })
+}
+
+impl From<PayloadError> for DecodeError {
+    fn from(error: PayloadError) -> Self {
+        match error {
+            PayloadError::UnknownKind(kind) => Self::UnknownKind(kind),
+            PayloadError::Short { what, len, need } => Self::Short { what, len, need },
+        }
+    }
 }
 
 /// A NUL-padded task name as text.
@@ -153,10 +148,12 @@ pub mod encode {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::{SockOpts, options::FLAG_SO_MARK};
+    use tracer_common::{
+        CloseEvent, ConnectEvent, SockOpts, SockoptEvent,
+        options::{FLAG_SO_MARK, SO_MARK, SOL_SOCKET},
+    };
 
     use super::{encode::*, *};
-    use crate::event::raw_sockaddr;
 
     #[test]
     fn decodes_connect_error() {
@@ -188,6 +185,25 @@ mod tests {
                 origin: None
             }
         );
+    }
+
+    /// A faulting optval is an unknown value, never 0.
+    #[test]
+    fn decodes_an_unreadable_option_value_as_unknown() {
+        let sockopt = |value_unread| SockoptEvent {
+            fd: 5,
+            level: SOL_SOCKET,
+            optname: SO_MARK,
+            optlen: 4,
+            value: 0,
+            ret: -14,
+            value_unread,
+            ..Default::default()
+        };
+        let unread = decode(&record(header(kind::SOCKOPT, 14, 1, 1, "x"), sockopt(1))).unwrap();
+        assert!(matches!(unread.payload, Payload::Sockopt { value: None, .. }), "{unread:?}");
+        let zero = decode(&record(header(kind::SOCKOPT, 14, 1, 1, "x"), sockopt(0))).unwrap();
+        assert!(matches!(zero.payload, Payload::Sockopt { value: Some(0), .. }), "{zero:?}");
     }
 
     #[test]

@@ -1,12 +1,9 @@
-//! Kernel events as the daemon works with them, decoded from ring-buffer records.
+//! Kernel events as the daemon works with them (the model; `decode` makes them from
+//! ring-buffer records).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 
-use tracer_common::{
-    KernelOrigin, SockAddr, SockOpts,
-    origin::function_name,
-    sockaddr::{AF_INET, AF_INET6},
-};
+use tracer_common::SockOpts;
 
 /// Who did it and when: the ring-buffer header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +27,8 @@ pub enum Payload {
         level: i32,
         optname: i32,
         optlen: i32,
-        value: u32,
+        /// `None`: the caller's buffer could not be read (not the value 0).
+        value: Option<u32>,
         ret: i32,
         opts: SockOpts,
     },
@@ -98,24 +96,6 @@ pub struct Origin {
     pub dst: Option<SocketAddr>,
 }
 
-impl Origin {
-    /// `None` when no kretprobe saw the failure (tracepoint backend, other errors).
-    pub fn decode(raw: &KernelOrigin) -> Option<Self> {
-        let function = function_name(raw.function)?;
-        let dst = socket_addr(&raw.dst).filter(|addr| addr.port() != 0 || !addr.ip().is_unspecified());
-        Some(Self {
-            function,
-            ret: raw.ret,
-            state: raw.state,
-            reuse: raw.reuse != 0,
-            reuseport: raw.reuseport != 0,
-            mark: raw.mark,
-            src: socket_addr(&raw.src),
-            dst,
-        })
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelEvent {
     pub header: Header,
@@ -134,75 +114,5 @@ impl KernelEvent {
             Payload::Reset(ref seen) => seen.fd,
             Payload::Listening(ref listening) => listening.fd,
         }
-    }
-}
-
-/// `None` for an address the kernel programs did not fill (family 0).
-pub fn socket_addr(raw: &SockAddr) -> Option<SocketAddr> {
-    match raw.family {
-        AF_INET => {
-            let ip = Ipv4Addr::new(raw.addr[0], raw.addr[1], raw.addr[2], raw.addr[3]);
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, raw.port)))
-        }
-        AF_INET6 => {
-            let ip = Ipv6Addr::from(raw.addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(ip, raw.port, 0, raw.scope_id)))
-        }
-        _ => None,
-    }
-}
-
-/// The inverse of [`socket_addr`], for building synthetic records in tests.
-pub fn raw_sockaddr(addr: SocketAddr) -> SockAddr {
-    let mut raw = SockAddr { port: addr.port(), ..Default::default() };
-    match addr {
-        SocketAddr::V4(a) => {
-            raw.family = AF_INET;
-            raw.addr[..4].copy_from_slice(&a.ip().octets());
-        }
-        SocketAddr::V6(a) => {
-            raw.family = AF_INET6;
-            raw.addr = a.ip().octets();
-            raw.scope_id = a.scope_id();
-        }
-    }
-    raw
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_names_its_function_and_drops_an_unset_peer() {
-        let raw = KernelOrigin {
-            function: tracer_common::origin::FN_INET_CSK_GET_PORT,
-            ret: 1,
-            state: 7,
-            reuse: 1,
-            reuseport: 0,
-            _pad: 0,
-            mark: 0x0b00,
-            src: raw_sockaddr("127.0.0.19:0".parse().unwrap()),
-            dst: raw_sockaddr("0.0.0.0:0".parse().unwrap()),
-        };
-        let origin = Origin::decode(&raw).unwrap();
-        assert_eq!(origin.function, "inet_csk_get_port");
-        assert_eq!(
-            (origin.ret, origin.state, origin.reuse, origin.reuseport, origin.mark),
-            (1, 7, true, false, 0x0b00)
-        );
-        assert_eq!(origin.src, Some("127.0.0.19:0".parse().unwrap()));
-        assert_eq!(origin.dst, None);
-        assert_eq!(Origin::decode(&KernelOrigin::default()), None, "tracepoint backend");
-    }
-
-    #[test]
-    fn addresses_round_trip() {
-        for s in ["10.0.1.7:40312", "[::1]:443", "[fe80::1%2]:80", "0.0.0.0:0"] {
-            let addr: SocketAddr = s.parse().unwrap();
-            assert_eq!(socket_addr(&raw_sockaddr(addr)), Some(addr), "{s}");
-        }
-        assert_eq!(socket_addr(&SockAddr::default()), None);
     }
 }

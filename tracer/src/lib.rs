@@ -1,40 +1,50 @@
 //! sockerr's daemon: loads the kernel programs, reads their events, ties them to the
 //! sockets of the traced processes, and says what failed and why.
 //!
-//! Pure logic (decode, table, classify, output) is unit-tested on synthetic events;
-//! only `kernel` and `enrich` touch the running system. See docs/design.md.
+//! Pure logic (decode, table, correlate, classify, output) is unit-tested on synthetic
+//! events; only `kernel`, `enrich` and `live_system` touch the running system. See
+//! docs/design.md.
+//!
+//! Modules are crate-private unless the binary (src/main.rs) or the end-to-end tests
+//! use them: the public ones are this library's API.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod bench_floor;
-pub mod classify;
+pub(crate) mod classify;
 pub mod cli;
-pub mod clock;
-pub mod correlate;
+pub(crate) mod clock;
+pub(crate) mod correlate;
 pub mod daemon;
-pub mod decode;
+pub(crate) mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod drops;
+pub(crate) mod drops;
 pub mod enrich;
-pub mod errno;
-pub mod event;
+pub(crate) mod errno;
+pub(crate) mod event;
 pub mod fatal;
-pub mod http;
+/// Entry points for the fuzz targets of `fuzz/`; not part of sockerr's API.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+pub(crate) mod http_anomaly;
 pub mod k8s;
 pub mod kernel;
-pub mod listen;
-pub mod mark;
-pub mod output;
-pub mod pipeline;
-pub mod proc_root;
+pub(crate) mod last_error;
+pub(crate) mod listen;
+pub(crate) mod live_system;
+pub(crate) mod mark;
+pub(crate) mod output;
+pub(crate) mod pipeline;
+pub(crate) mod proc_root;
 pub mod record;
-pub mod reset;
-pub mod sink;
-pub mod table;
+pub(crate) mod reset;
+pub(crate) mod sink;
+pub(crate) mod table;
+pub(crate) mod tcp_state;
 #[cfg(test)]
 mod testing;
 pub mod trace;
-pub mod ttl_cache;
+pub(crate) mod ttl_cache;
 
 // Used by src/main.rs only (a package's binary cannot have dependencies of its own).
 use anyhow as _;

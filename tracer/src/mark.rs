@@ -115,6 +115,10 @@ impl MarkLayout {
     /// `max-connected-clusters=255`, Cilium's default.
     pub const DEFAULT: Self = Self { cluster_id_bits: 8 };
 
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "no option selects the 511-cluster layout yet; the tests cover it")
+    )]
     pub fn for_max_connected_clusters(max: u32) -> Result<Self, MarkError> {
         match max {
             255 => Ok(Self { cluster_id_bits: 8 }),

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     classify::{self, Lookup},
     clock::Clock,
-    correlate::{self, Attribution},
+    correlate::{self, Attribution, Context},
     enrich::{Findings, Query},
     event::KernelEvent,
     record::{Backend, PodIdentity, Record},
@@ -84,49 +84,28 @@ impl<S: SystemView> Processor<S> {
         self.backend = backend;
     }
 
-    pub fn table(&self) -> &SocketTable {
-        &self.table
-    }
-
     /// The finished record for `event`, if it makes one.
     pub async fn process(&mut self, event: &KernelEvent) -> Option<Record> {
         let socket = self.table.apply(event).cloned();
         // pid 0: a reset no traced process owns.
         let info =
             if event.header.pid == 0 { ProcessInfo::default() } else { self.process_info(event.header.pid) };
-        let who = Attribution {
-            time: self.clock.wall_time(event.header.ts_ns),
-            comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
-            netns: info.netns,
+        let context = Context {
+            who: Attribution {
+                time: self.clock.wall_time(event.header.ts_ns),
+                comm: info.name.unwrap_or_else(|| event.header.thread.clone()),
+                netns: info.netns,
+            },
+            pod: self.system.pod(event.header.pid),
+            backend: self.backend,
+            reset_reasons: &self.reset_reasons,
         };
-        let mut record = correlate::record(event, socket.as_ref(), who)?;
-        if let Some(reset) = record.reset.as_mut() {
-            reset.reason_name = reset.reason.and_then(|code| self.reset_reasons.get(&code).cloned());
-        }
-        record.backend = self.backend;
-        record.pod = self.system.pod(record.pid);
-        let query = classify::query_for(&record);
-        let outcome = match &query {
-            Some(query) => Some(self.lookup(record.pid, record.netns, query).await),
+        let mut record = correlate::record(event, socket.as_ref(), context)?;
+        let lookup = match classify::query_for(&record) {
+            Some(query) => Some(self.lookup(record.pid, record.netns, &query).await),
             None => None,
         };
-        let lookup = match &outcome {
-            None => Lookup::NotNeeded,
-            Some(Ok(findings)) => Lookup::Found(findings),
-            Some(Err(why)) => Lookup::Failed(why.clone()),
-        };
-        if let Some((cause, note)) = classify::classify(&record, lookup) {
-            record.cause = Some(cause);
-            record.note = note;
-        }
-        if let Some(Ok(findings)) = outcome {
-            record.holders = findings.holders;
-            record.ports = findings.ports;
-            record.note = match (record.note.take(), findings.note) {
-                (Some(cause), Some(lookup)) => Some(format!("{cause}; {lookup}")),
-                (cause, lookup) => cause.or(lookup),
-            };
-        }
+        classify::classify(&record, Lookup::from(lookup)).apply(&mut record);
         Some(record)
     }
 
@@ -137,11 +116,15 @@ impl<S: SystemView> Processor<S> {
             return;
         }
         self.last_prune = now;
-        for pid in self.table.pids() {
-            if !self.system.is_alive(pid) {
-                self.table.forget_pid(pid);
-            }
-        }
+        self.forget_exited();
+    }
+
+    /// What [`Processor::prune`] does, without its rate limit.
+    pub fn forget_exited(&mut self) {
+        let exited: std::collections::HashSet<u32> =
+            self.table.remembered_pids().into_iter().filter(|&pid| !self.system.is_alive(pid)).collect();
+        self.table.forget_pids(&exited);
+        self.table.compact();
     }
 
     fn process_info(&mut self, pid: u32) -> ProcessInfo {
@@ -280,8 +263,9 @@ mod tests {
         for (flag, optname, value) in
             [(FLAG_SO_MARK, 36, mark), (FLAG_SO_REUSEADDR, 2, 1), (FLAG_IP_TRANSPARENT, 19, 1)]
         {
-            opts.apply(flag, value);
+            opts.apply(flag, Some(value));
             let level = if flag == FLAG_IP_TRANSPARENT { 0 } else { 1 };
+            let value = Some(value);
             calls.push(event(ts, 0, Payload::Sockopt { fd, level, optname, optlen: 4, value, ret: 0, opts }));
         }
         calls.push(event(ts + 1, 0, Payload::Bind { fd, addr: addr("10.0.1.7:40312"), opts, origin: None }));
@@ -375,6 +359,7 @@ mod tests {
             owner: ResetOwner::Close,
             fd: 7,
             has_socket: true,
+            sk: 0,
             state: Some(TcpState::Close),
             reason: Some(14),
             active: true,
@@ -398,6 +383,69 @@ mod tests {
         let r = processor.process(&orphan).await.unwrap();
         assert_eq!((r.pid, r.netns), (0, None));
         assert!(processor.table().get(0, -1).is_none(), "a reset creates no table entry");
+    }
+
+    /// Issue 12, "unbounded growth": processes that closed their tracked sockets and
+    /// exited leave nothing in the table once it is pruned.
+    #[tokio::test]
+    async fn unbounded_growth_of_next_generation_exited_processes_are_forgotten() {
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(system, Clock::from_offset_ns(0));
+        for pid in 10_000..12_000u32 {
+            for payload in [
+                Payload::Sockopt {
+                    fd: 3,
+                    level: 1,
+                    optname: 36,
+                    optlen: 4,
+                    value: Some(1),
+                    ret: 0,
+                    opts: SockOpts::default(),
+                },
+                Payload::Close { fd: 3, reused: false },
+            ] {
+                let mut e = event(u64::from(pid), 0, payload);
+                e.header.pid = pid;
+                processor.process(&e).await;
+            }
+        }
+        processor.forget_exited();
+        assert_eq!(processor.table().remembered(), 0, "every process exited");
+    }
+
+    /// Issue 12, "wrong attribution across fd reuse", through the whole processor: the
+    /// reset's record carries no error of the socket fd 7 named before.
+    #[tokio::test]
+    async fn wrong_attribution_across_fd_reuse_reset_record_has_no_earlier_error() {
+        use crate::reset::{ResetDirection, ResetOwner, ResetSeen};
+        let system = Arc::new(FakeSystem::default());
+        let mut processor = Processor::new(Arc::clone(&system), Clock::from_offset_ns(0));
+        let upstream = Payload::Connect {
+            fd: 7,
+            dst: addr("127.0.0.19:443"),
+            src: None,
+            opts: SockOpts::default(),
+            sk: 0xa000,
+            origin: None,
+        };
+        processor.process(&event(1, 99, upstream)).await.unwrap();
+        let seen = ResetSeen {
+            direction: ResetDirection::Received,
+            owner: ResetOwner::Socket,
+            fd: 7,
+            has_socket: true,
+            sk: 0xb000,
+            state: Some(TcpState::Established),
+            reason: None,
+            active: false,
+            cookie: None,
+            local: addr("127.0.0.1:8080"),
+            peer: addr("127.0.0.1:50000"),
+            exchanges: Vec::new(),
+        };
+        let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen)))).await.unwrap();
+        assert_eq!(r.event, EventName::RstReceived);
+        assert_eq!(r.reset.as_deref().unwrap().last_error, None, "{r:?}");
     }
 
     #[tokio::test]

@@ -16,9 +16,39 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcRoot(PathBuf);
 
+/// Why a procfs root cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcRootError {
+    #[error(
+        "--host-proc {path}: cannot read it ({source}): mount the host's /proc there (in a DaemonSet, a hostPath \
+         volume of /proc) or pass the path where it is mounted"
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(
+        "--host-proc {path}: not a procfs: mount the host's /proc there (in a DaemonSet, a hostPath volume of \
+         /proc) or pass the path where it is mounted"
+    )]
+    NotProcfs { path: PathBuf },
+}
+
 impl ProcRoot {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self(path.into())
+    }
+
+    /// Checks at start-up that the root is a mounted procfs: without it every pid
+    /// lookup would fail quietly, record after record.
+    pub fn check(&self) -> Result<(), ProcRootError> {
+        let stat = nix::sys::statfs::statfs(&self.0)
+            .map_err(|source| ProcRootError::Unreadable { path: self.0.clone(), source })?;
+        if stat.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+            return Err(ProcRootError::NotProcfs { path: self.0.clone() });
+        }
+        Ok(())
     }
 
     /// `<root>/<pid>`.
@@ -68,6 +98,19 @@ impl fmt::Display for ProcRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_or_wrong_root_is_a_clear_error() {
+        ProcRoot::default().check().expect("/proc is a procfs");
+        let missing = ProcRoot::new("/nonexistent/sockerr-host-proc").check().unwrap_err().to_string();
+        assert!(
+            missing.starts_with("--host-proc /nonexistent/sockerr-host-proc: cannot read it"),
+            "{missing}"
+        );
+        assert!(missing.contains("hostPath volume of /proc"), "{missing}");
+        let not_proc = ProcRoot::new("/").check().unwrap_err().to_string();
+        assert!(not_proc.contains("not a procfs"), "{not_proc}");
+    }
 
     #[test]
     fn defaults_to_proc_and_joins_pids() {

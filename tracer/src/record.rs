@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use tracer_common::SockOpts;
 
 pub use crate::backend::Backend;
+use crate::reset::ResetDetails;
+pub use crate::tcp_state::TcpState;
 
 /// What happened, as the JSON `event` field names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,63 +80,6 @@ impl Cause {
     }
 }
 
-/// TCP states as the kernel numbers them (include/net/tcp_states.h).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    /// A non-TCP socket, or a state number this build does not know.
-    Other(u8),
-}
-
-impl TcpState {
-    pub fn from_kernel(state: u8) -> Self {
-        match state {
-            1 => Self::Established,
-            2 => Self::SynSent,
-            3 => Self::SynRecv,
-            4 => Self::FinWait1,
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
-            7 => Self::Close,
-            8 => Self::CloseWait,
-            9 => Self::LastAck,
-            10 => Self::Listen,
-            11 => Self::Closing,
-            12 => Self::NewSynRecv,
-            other => Self::Other(other),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Established => "ESTABLISHED",
-            Self::SynSent => "SYN_SENT",
-            Self::SynRecv => "SYN_RECV",
-            Self::FinWait1 => "FIN_WAIT1",
-            Self::FinWait2 => "FIN_WAIT2",
-            Self::TimeWait => "TIME_WAIT",
-            Self::Close => "CLOSE",
-            Self::CloseWait => "CLOSE_WAIT",
-            Self::LastAck => "LAST_ACK",
-            Self::Listen => "LISTEN",
-            Self::Closing => "CLOSING",
-            Self::NewSynRecv => "NEW_SYN_RECV",
-            Self::Other(_) => "UNKNOWN",
-        }
-    }
-}
-
 /// A live socket that holds the address a failed call wanted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -176,7 +121,8 @@ impl PortUsage {
 pub struct SockoptCall {
     /// `tracer_common::options::FLAG_*` of the option.
     pub flag: u32,
-    pub value: u32,
+    /// `None`: the caller's buffer could not be read, so the value is unknown.
+    pub value: Option<u32>,
 }
 
 /// Who a process is in Kubernetes terms, as far as its cgroup and the API tell.
@@ -231,5 +177,5 @@ pub struct Record {
     /// How many identical records this one stands for (text output folds repeats).
     pub count: u32,
     /// `rst_sent` / `rst_received`: the reset's details.
-    pub reset: Option<Box<crate::reset::ResetDetails>>,
+    pub reset: Option<Box<ResetDetails>>,
 }

@@ -7,6 +7,7 @@ use std::{io, time::Instant};
 
 use crate::{
     drops::SocketDrop,
+    kernel::loader::Losses,
     listen::{ListenOverflow, ListenWatch},
     record::Record,
 };
@@ -16,10 +17,15 @@ use crate::{
 pub struct Totals {
     /// Kernel events read from the ring buffer.
     pub events: u64,
-    /// Records the kernel side could not fit in the ring buffer.
-    pub lost: u64,
+    /// What the kernel side dropped or degraded, by reason.
+    pub lost: Losses,
     /// Ring-buffer records that did not decode.
     pub undecodable: u64,
+    /// Reads of the kernel's loss counter that failed: `lost` may be short by what
+    /// happened since the last good read.
+    pub loss_read_errors: u64,
+    /// What the socket table forgot to stay bounded (see [`crate::table::Forgotten`]).
+    pub table_forgotten: crate::table::Forgotten,
 }
 
 pub trait Sink {
@@ -38,9 +44,6 @@ pub trait Sink {
     fn socket_drop(&mut self, _drop: &SocketDrop) -> io::Result<()> {
         Ok(())
     }
-
-    /// After each read of the kernel's drop totals: drops it could not count so far.
-    fn drops_uncounted(&mut self, _total: u64) {}
 
     /// After each sampling of the listeners: what the watch could not watch, by reason.
     fn listen_watch(&mut self, _watch: &ListenWatch) {}
@@ -78,11 +81,6 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
     fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {
         self.0.socket_drop(drop)?;
         self.1.socket_drop(drop)
-    }
-
-    fn drops_uncounted(&mut self, total: u64) {
-        self.0.drops_uncounted(total);
-        self.1.drops_uncounted(total);
     }
 
     fn listen_watch(&mut self, watch: &ListenWatch) {

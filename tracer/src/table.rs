@@ -2,14 +2,26 @@
 //! keyed by (pid, fd) with a generation that changes whenever the fd stops naming the
 //! socket it named (close, or an fd number handed out again).
 //!
+//! The kernel reports the close of tracked fds only (options set): a failed connect on an
+//! untracked fd leaves its entry behind when the fd is closed and handed out again. So an
+//! entry is also retired when an event shows that the fd names another socket (another
+//! `struct sock`, another peer, a second bind), and a reset takes the table's facts only
+//! for the very socket they were learnt on: a record never carries facts of another
+//! socket.
+//!
 //! Pure: fed with decoded events, no system access. Bounded: when full, the sockets
-//! seen least recently are forgotten.
+//! seen least recently are forgotten, and so are the generations of closed sockets
+//! beyond the same capacity; both are counted ([`Forgotten`]).
 
 use std::{collections::HashMap, net::SocketAddr};
 
 use tracer_common::SockOpts;
 
-use crate::event::{KernelEvent, Payload};
+pub use crate::last_error::{LastError, Operation};
+use crate::{
+    event::{KernelEvent, Payload},
+    reset::ResetSeen,
+};
 
 /// Where a socket's connection stands, as far as traced events tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,20 +33,6 @@ pub enum Phase {
     Established,
     /// The last connect or bind failed.
     Failed,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Bind,
-    Connect,
-    Setsockopt,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastError {
-    pub operation: Operation,
-    pub errno: i32,
-    pub ts_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,18 +51,49 @@ pub struct Socket {
     pub last_error: Option<LastError>,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// The kernel's `struct sock` address, once an event named it (0: not yet).
+    pub sk: u64,
+}
+
+/// What the table dropped to stay within its capacity, as running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Live sockets forgotten because the table was full (the least recently seen):
+    /// their later records lack the options, bound address and last error they had.
+    pub sockets: u64,
+    /// Generation counts of closed sockets forgotten while their process may live:
+    /// the next socket on that (pid, fd) restarts at generation 0.
+    pub generations: u64,
+}
+
+/// The generation the next socket on a (pid, fd) gets, and when the last one closed.
+#[derive(Clone, Copy, Debug)]
+struct Closed {
+    next: u32,
+    ts_ns: u64,
 }
 
 pub struct SocketTable {
     sockets: HashMap<(u32, i32), Socket>,
-    /// Generation the next socket on a (pid, fd) gets; kept after the socket is gone.
-    next_generation: HashMap<(u32, i32), u32>,
+    /// Kept after the socket is gone, until its process exits or the map is full.
+    next_generation: HashMap<(u32, i32), Closed>,
     capacity: usize,
+    forgotten: Forgotten,
 }
 
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
-        Self { sockets: HashMap::new(), next_generation: HashMap::new(), capacity: capacity.max(1) }
+        Self {
+            sockets: HashMap::new(),
+            next_generation: HashMap::new(),
+            capacity: capacity.max(1),
+            forgotten: Forgotten::default(),
+        }
+    }
+
+    /// What the table dropped so far to stay bounded.
+    pub fn forgotten(&self) -> Forgotten {
+        self.forgotten
     }
 
     /// Folds `event` into the table and returns the socket as it stands after it
@@ -72,19 +101,33 @@ impl SocketTable {
     pub fn apply(&mut self, event: &KernelEvent) -> Option<&Socket> {
         let key = (event.header.pid, event.fd());
         let ts = event.header.ts_ns;
-        // A reset is reported with what the table knows; it does not create an entry.
-        if let Payload::Reset(_) | Payload::Listening(_) = event.payload {
+        // A reset is reported with what the table knows of its own socket; it does not
+        // create an entry.
+        if let Payload::Listening(_) = event.payload {
             return self.sockets.get(&key);
         }
+        if let Payload::Reset(seen) = &event.payload {
+            return match self.sockets.get(&key).map(|socket| identity(socket, seen)) {
+                Some(Identity::Same) => self.sockets.get(&key),
+                Some(Identity::Other) => {
+                    // The fd names the reset's socket now: the entry is of an earlier one.
+                    self.retire(key, ts);
+                    None
+                }
+                Some(Identity::Unknown) | None => None,
+            };
+        }
         if let Payload::Close { .. } = event.payload {
-            self.sockets.remove(&key);
-            *self.next_generation.entry(key).or_insert(0) += 1;
+            self.retire(key, ts);
             return None;
+        }
+        if self.sockets.get(&key).is_some_and(|known| names_another_socket(known, event)) {
+            self.retire(key, ts);
         }
         if !self.sockets.contains_key(&key) && self.sockets.len() >= self.capacity {
             self.evict();
         }
-        let generation = self.next_generation.get(&key).copied().unwrap_or(0);
+        let generation = self.next_generation.get(&key).map_or(0, |closed| closed.next);
         let socket = self.sockets.entry(key).or_insert_with(|| Socket {
             pid: key.0,
             fd: key.1,
@@ -97,8 +140,12 @@ impl SocketTable {
             last_error: None,
             first_seen_ns: ts,
             last_seen_ns: ts,
+            sk: 0,
         });
         socket.last_seen_ns = socket.last_seen_ns.max(ts);
+        if let Some(sk) = event_sk(event).filter(|&sk| sk != 0) {
+            socket.sk = sk;
+        }
         let errno = event.header.errno;
         let failed = |operation| Some(LastError { operation, errno, ts_ns: ts });
         match &event.payload {
@@ -159,6 +206,7 @@ impl SocketTable {
         sockets
     }
 
+    /// The processes with a socket in the table.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<_> = self.sockets.keys().map(|&(pid, _)| pid).collect();
         pids.sort_unstable();
@@ -166,10 +214,41 @@ impl SocketTable {
         pids
     }
 
+    /// The processes the table remembers anything of: sockets, or generations of closed
+    /// ones. What pruning checks, so that a process that closed every socket and exited
+    /// leaves nothing behind.
+    pub fn remembered_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<_> =
+            self.sockets.keys().chain(self.next_generation.keys()).map(|&(pid, _)| pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// Drops everything about a process that exited.
     pub fn forget_pid(&mut self, pid: u32) {
-        self.sockets.retain(|&(p, _), _| p != pid);
-        self.next_generation.retain(|&(p, _), _| p != pid);
+        self.forget_pids(&std::collections::HashSet::from([pid]));
+    }
+
+    /// Drops everything about processes that exited, in one pass over the table.
+    pub fn forget_pids(&mut self, pids: &std::collections::HashSet<u32>) {
+        if pids.is_empty() {
+            return;
+        }
+        self.sockets.retain(|(p, _), _| !pids.contains(p));
+        self.next_generation.retain(|(p, _), _| !pids.contains(p));
+    }
+
+    /// Gives memory back after a prune emptied much of the table: a burst of
+    /// short-lived processes must not leave its peak allocation behind.
+    pub fn compact(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+            if map.capacity() > 1024 && map.len() * 4 < map.capacity() {
+                map.shrink_to(map.len() * 2);
+            }
+        }
+        shrink(&mut self.sockets);
+        shrink(&mut self.next_generation);
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +259,23 @@ impl SocketTable {
         self.sockets.is_empty()
     }
 
+    /// Entries of every kind the table holds (sockets and the generations of closed
+    /// ones): what its memory grows with.
+    pub fn remembered(&self) -> usize {
+        self.sockets.len() + self.next_generation.len()
+    }
+
+    /// The socket on `key` is gone: the next one gets the following generation.
+    fn retire(&mut self, key: (u32, i32), ts_ns: u64) {
+        self.sockets.remove(&key);
+        let closed = self.next_generation.entry(key).or_insert(Closed { next: 0, ts_ns });
+        closed.next += 1;
+        closed.ts_ns = closed.ts_ns.max(ts_ns);
+        if self.next_generation.len() > self.capacity {
+            self.forget_oldest_generations();
+        }
+    }
+
     /// Forgets the least recently seen eighth of the table: one O(n) pass per
     /// capacity/8 insertions instead of LRU bookkeeping on every event.
     fn evict(&mut self) {
@@ -188,13 +284,74 @@ impl SocketTable {
         let drop = (self.capacity / 8).max(1);
         for (_, key) in ages.into_iter().take(drop) {
             self.sockets.remove(&key);
+            self.forgotten.sockets += 1;
         }
-        // Generations of forgotten sockets are only needed while their pid lives;
-        // bound the map with the table.
-        if self.next_generation.len() > self.capacity * 2 {
-            let live: std::collections::HashSet<u32> = self.sockets.keys().map(|&(p, _)| p).collect();
-            self.next_generation.retain(|(p, _), _| live.contains(p));
+    }
+
+    /// Keeps the generations within the capacity: first those of processes without a
+    /// socket in the table (short-lived ones, mostly gone), oldest close first.
+    fn forget_oldest_generations(&mut self) {
+        let live: std::collections::HashSet<u32> = self.sockets.keys().map(|&(p, _)| p).collect();
+        let mut ages: Vec<_> = self
+            .next_generation
+            .iter()
+            .map(|(key, closed)| (live.contains(&key.0), closed.ts_ns, *key))
+            .collect();
+        ages.sort_unstable();
+        let drop = (self.capacity / 8).max(1);
+        for (_, _, key) in ages.into_iter().take(drop) {
+            self.next_generation.remove(&key);
+            self.forgotten.generations += 1;
         }
+    }
+}
+
+/// Whether a reset's socket is the one the table knows on its fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// The kernel socket or the tuple match, and nothing contradicts.
+    Same,
+    /// The kernel socket or the tuple differ: the fd was reused.
+    Other,
+    /// Too little known to tell: the table's facts are not used.
+    Unknown,
+}
+
+fn identity(socket: &Socket, seen: &ResetSeen) -> Identity {
+    let sk_known = socket.sk != 0 && seen.sk != 0;
+    let peers_known = socket.peer.is_some() && seen.peer.is_some();
+    let local_ports_known =
+        socket.local.is_some_and(|a| a.port() != 0) && seen.local.is_some_and(|a| a.port() != 0);
+    let differs = (sk_known && socket.sk != seen.sk)
+        || (peers_known && socket.peer != seen.peer)
+        || (local_ports_known && socket.local != seen.local);
+    if differs {
+        Identity::Other
+    } else if sk_known || peers_known {
+        Identity::Same
+    } else {
+        Identity::Unknown
+    }
+}
+
+/// An event on a (pid, fd) the table knows that cannot be of the socket it knows there:
+/// the fd was closed and handed out again without an event (untracked fds).
+fn names_another_socket(known: &Socket, event: &KernelEvent) -> bool {
+    match &event.payload {
+        // One socket binds at most once, and never once connected.
+        Payload::Bind { .. } => {
+            event.header.errno == 0 && (known.bound.is_some() || known.phase == Phase::Established)
+        }
+        _ => event_sk(event).is_some_and(|sk| sk != 0 && known.sk != 0 && sk != known.sk),
+    }
+}
+
+fn event_sk(event: &KernelEvent) -> Option<u64> {
+    match event.payload {
+        Payload::Connect { sk, .. }
+        | Payload::ConnectAsyncError { sk, .. }
+        | Payload::Established { sk, .. } => Some(sk),
+        _ => None,
     }
 }
 
@@ -226,7 +383,7 @@ mod tests {
             level: 1,
             optname: 36,
             optlen: 4,
-            value: mark,
+            value: Some(mark),
             ret: 0,
             opts: SockOpts { flags, mark },
         }
@@ -321,6 +478,94 @@ mod tests {
         }
         assert!(table.get(1, 99).is_some());
         assert!(table.get(1, 0).is_none());
+    }
+
+    fn reset(fd: i32, sk: u64, local: &str, peer: &str) -> Payload {
+        use crate::reset::{ResetDirection, ResetOwner, ResetSeen};
+        Payload::Reset(Box::new(ResetSeen {
+            direction: ResetDirection::Received,
+            owner: ResetOwner::Socket,
+            fd,
+            has_socket: true,
+            sk,
+            state: None,
+            reason: None,
+            active: false,
+            cookie: None,
+            local: addr(local),
+            peer: addr(peer),
+            exchanges: Vec::new(),
+        }))
+    }
+
+    fn connect(fd: i32, dst: &str, src: Option<&str>, sk: u64) -> Payload {
+        Payload::Connect {
+            fd,
+            dst: addr(dst),
+            src: src.and_then(addr),
+            opts: SockOpts::default(),
+            sk,
+            origin: None,
+        }
+    }
+
+    /// Issue 12, "wrong attribution across fd reuse": a proxy's upstream connect fails
+    /// with EADDRNOTAVAIL on fd 5 (an fd the kernel does not track, so its close makes no
+    /// event); accept() hands out fd 5 again; the RST later received on the accepted
+    /// socket must not carry the earlier socket's error.
+    #[test]
+    fn wrong_attribution_across_fd_reuse_a_reset_on_the_accepted_socket() {
+        let mut table = SocketTable::new(16);
+        let failed = table.apply(&event(7, 1, 99, connect(5, "127.0.0.19:443", None, 0xa000))).unwrap();
+        assert_eq!(failed.last_error.map(|e| e.errno), Some(99));
+        let on_accepted = table.apply(&event(7, 2, 0, reset(5, 0xb000, "127.0.0.1:8080", "127.0.0.1:50000")));
+        assert_eq!(on_accepted, None, "the reset's socket is not the one the table knew on fd 5");
+        assert!(table.get(7, 5).is_none(), "the fd names another socket now: the old one is forgotten");
+        let next = table.apply(&event(7, 3, 0, sockopt(5, FLAG_SO_MARK, 1))).unwrap();
+        assert_eq!((next.generation, next.last_error), (1, None));
+
+        // Without a kernel socket address, the tuple tells them apart.
+        table.apply(&event(7, 4, 99, connect(6, "127.0.0.19:443", None, 0)));
+        assert_eq!(table.apply(&event(7, 5, 0, reset(6, 0, "127.0.0.1:8080", "127.0.0.1:50001"))), None);
+        // The socket's own reset keeps its facts.
+        table.apply(&event(7, 6, 111, connect(8, "127.0.0.1:444", Some("127.0.0.1:4000"), 0xc000)));
+        let own = table.apply(&event(7, 7, 0, reset(8, 0xc000, "127.0.0.1:4000", "127.0.0.1:444"))).unwrap();
+        assert_eq!(own.last_error.map(|e| e.errno), Some(111));
+    }
+
+    /// The same finding when the next socket on the fd connects: a different kernel
+    /// socket, or a second successful bind, is another socket.
+    #[test]
+    fn wrong_attribution_across_fd_reuse_a_new_socket_starts_clean() {
+        let mut table = SocketTable::new(16);
+        table.apply(&event(7, 1, 99, connect(5, "127.0.0.19:443", None, 0xa000)));
+        let est = Payload::Established {
+            fd: 5,
+            src: addr("127.0.0.1:40000"),
+            dst: addr("127.0.0.1:80"),
+            opts: SockOpts::default(),
+            sk: 0xb000,
+        };
+        let s = table.apply(&event(7, 2, 0, est)).unwrap();
+        assert_eq!((s.generation, s.last_error, s.phase), (1, None, Phase::Established));
+        let bind = |a: &str| Payload::Bind { fd: 9, addr: addr(a), opts: SockOpts::default(), origin: None };
+        table.apply(&event(7, 3, 0, bind("127.0.0.1:7000")));
+        let s = table.apply(&event(7, 4, 0, bind("127.0.0.1:7001"))).unwrap();
+        assert_eq!((s.generation, s.bound), (1, addr("127.0.0.1:7001")));
+    }
+
+    /// Issue 12, "unbounded growth": 100,000 short-lived processes each close a tracked
+    /// socket; what the table remembers stays within its capacity.
+    #[test]
+    fn unbounded_growth_of_next_generation_100000_short_lived_processes() {
+        let capacity = 1024;
+        let mut table = SocketTable::new(capacity);
+        for pid in 1..=100_000u32 {
+            table.apply(&event(pid, u64::from(pid) * 2, 0, sockopt(3, FLAG_SO_MARK, 1)));
+            table.apply(&event(pid, u64::from(pid) * 2 + 1, 0, Payload::Close { fd: 3, reused: false }));
+            assert!(table.remembered() <= capacity, "pid {pid}: {} entries", table.remembered());
+        }
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn cilium_incident() -> Record {
 /// The proxy's reset of its client in the Istio incident, after the upstream's response
 /// with two Transfer-Encoding fields (as `--http-peek` shows it).
 pub fn istio_reset() -> Record {
-    use crate::http::{Anomaly, AnomalyKind, MessageKind};
+    use crate::http_anomaly::{Anomaly, AnomalyKind, MessageKind};
     use crate::reset::{DataDirection, Exchange, FoundAnomaly, ResetDetails, ResetDirection, ResetOwner};
     let upstream = addr("127.0.0.1:8080");
     let response =

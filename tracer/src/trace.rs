@@ -1,7 +1,8 @@
 //! `sockerr trace`: load the programs, read events until told to stop, print records.
 //!
 //! The run loop here is shared: `trace` and `demo` give it the stdout sink, `daemon`
-//! adds metrics and lets its HTTP handlers inspect the socket table.
+//! adds metrics and lets its HTTP handlers inspect the socket table. The system it reads
+//! (/proc, namespaces, pods) is behind `live_system`.
 
 use std::{
     future::Future,
@@ -13,22 +14,23 @@ use std::{
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tracer_common::Loss;
 
 use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
     drops::{DropFold, DropMaps},
-    enrich::{Enricher, Findings, Query},
+    enrich::Enricher,
     event::{KernelEvent, Payload},
     k8s::Attributor,
     kernel::{
-        loader::{self, LoadError, Loaded, LostCounter, Selection},
+        loader::{self, LoadError, Loaded, Losses, LostCounter, Selection},
         reader::Reader,
     },
     listen,
+    live_system::LiveSystem,
     output::{OutputOptions, StdoutSink},
-    pipeline::{Inspect, ProcessInfo, Processor, SystemView},
-    record::PodIdentity,
+    pipeline::{Inspect, Processor, SystemView},
     sink::{Sink, Totals},
 };
 
@@ -53,7 +55,7 @@ pub enum TraceError {
 pub struct Summary {
     pub events: u64,
     pub failures: u64,
-    pub lost: u64,
+    pub lost: Losses,
     pub undecodable: u64,
 }
 
@@ -157,7 +159,7 @@ impl Tracer {
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
         let mut listeners = listen::Watcher::new(attributor.proc_root().to_path_buf());
-        let system = Arc::new(LiveSystem { enricher, pods: attributor });
+        let system = Arc::new(LiveSystem::new(enricher, attributor));
         let mut processor = Processor::new(Arc::clone(&system), clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -178,8 +180,8 @@ impl Tracer {
                         totals.events += 1;
                         if let Payload::Listening(listening) = &event.payload {
                             let pid = event.header.pid;
-                            let (name, netns) = (system.enricher.process_name(pid), system.enricher.netns_inode(pid).ok());
-                            listeners.listening(&event.header, listening, name, netns, system.pods.identify(pid));
+                            let process = system.process(pid);
+                            listeners.listening(&event.header, listening, process.name, process.netns, system.pod(pid));
                             continue;
                         }
                         if let Some(record) = processor.process(event).await {
@@ -188,6 +190,7 @@ impl Tracer {
                         }
                     }
                     totals.undecodable = batch.undecodable;
+                    totals.table_forgotten = processor.table().forgotten();
                     sink.progress(&totals).map_err(output)?;
                 }
                 () = sleep_until(deadline) => sink.flush_due(Instant::now()).map_err(output)?,
@@ -202,7 +205,7 @@ impl Tracer {
                     None => inspections = None,
                 },
                 _ = ticker.tick() => {
-                    totals.lost = losses.check();
+                    (totals.lost, totals.loss_read_errors) = losses.check();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
                     sample_listeners(&mut listeners, sink).await.map_err(output)?;
@@ -219,16 +222,25 @@ impl Tracer {
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
-        totals.lost = losses.check();
+        (totals.lost, totals.loss_read_errors) = losses.check();
         sink.finish(&totals).map_err(output)?;
         let summary =
             Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
+        let unreadable = match totals.loss_read_errors {
+            0 => String::new(),
+            n => format!(" (at least: {n} reads of the loss counter failed)"),
+        };
+        let forgotten = totals.table_forgotten;
         tracing::info!(
-            "stopped: {} events, {} failures, {} lost in the kernel, {} undecodable",
+            "stopped: {} events, {} failures, {} lost in the kernel{}{unreadable}, {} undecodable, \
+             {} sockets and {} generations forgotten by the full socket table",
             summary.events,
             summary.failures,
-            summary.lost,
-            summary.undecodable
+            summary.lost.total(),
+            loss_breakdown(&summary.lost),
+            summary.undecodable,
+            forgotten.sockets,
+            forgotten.generations
         );
         Ok(summary)
     }
@@ -264,10 +276,9 @@ impl DropReader {
             self.fold.observe(&totals, self.maps.reasons(), now, jiff::Timestamp::now(), interval);
         self.maps.remove(&stale);
         for mut drop in drops {
-            drop.pod = system.pods.identify(drop.pid);
+            drop.pod = system.pod(drop.pid);
             sink.socket_drop(&drop)?;
         }
-        sink.drops_uncounted(self.maps.uncounted());
         Ok(())
     }
 }
@@ -332,61 +343,80 @@ fn describe(selection: &Selection, cgroup_id: Option<u64>) -> String {
     if parts.is_empty() { " (all processes)".into() } else { format!(" ({})", parts.join(", ")) }
 }
 
-/// Warns when the kernel side dropped records since the last check.
+/// ` (reason=n, ...)` of the reasons that counted anything; empty when none did.
+fn loss_breakdown(losses: &Losses) -> String {
+    let counted: Vec<String> = losses
+        .by_reason()
+        .filter(|&(_, count)| count > 0)
+        .map(|(reason, count)| format!("{}={count}", reason.name()))
+        .collect();
+    if counted.is_empty() { String::new() } else { format!(" ({})", counted.join(", ")) }
+}
+
+/// What each loss reason means for the user, for the warning.
+fn loss_consequence(reason: Loss) -> &'static str {
+    match reason {
+        Loss::RingFull => "records dropped: the ring buffer was full (sockerr fell behind)",
+        Loss::AsyncHalfOverwritten => {
+            "asynchronous connect failures dropped: another failure on the same CPU replaced the first half"
+        }
+        Loss::AsyncHalfTooOld => {
+            "asynchronous connect failures dropped: their two kernel events came too far apart"
+        }
+        Loss::UserReadFault => {
+            "syscall arguments unreadable (user memory fault): calls not reported, or option values shown as ?"
+        }
+        Loss::FilterMapFull => {
+            "--comm processes not learned (pid filter map full): renamed threads not followed"
+        }
+        Loss::OwnerTableFull => {
+            "socket owners not recorded (owner or listener table full): resets, late failures and drops unattributed"
+        }
+        Loss::DropTableFull => {
+            "packet drops of traced sockets not added up (drop table full): socket_drop counts short"
+        }
+    }
+}
+
+/// Warns when the kernel side dropped or degraded data since the last check.
 struct LossWatch {
     counter: LostCounter,
-    reported: u64,
+    reported: Losses,
+    read_errors: u64,
 }
 
 impl LossWatch {
     fn new(counter: LostCounter) -> Self {
-        Self { counter, reported: 0 }
+        Self { counter, reported: Losses::default(), read_errors: 0 }
     }
 
-    fn check(&mut self) -> u64 {
-        let total = self.counter.total();
-        if total > self.reported {
-            tracing::warn!(
-                "{} events lost: the ring buffer was full (sockerr fell behind)",
-                total - self.reported
-            );
-            self.reported = total;
+    /// (losses so far by reason, failed reads of the counter so far). A failed read
+    /// keeps the last totals read: they are a lower bound, and say so in the log and
+    /// metrics (the daemon keeps tracing; stopping would lose more than it saves).
+    fn check(&mut self) -> (Losses, u64) {
+        match self.counter.read() {
+            Ok(now) => {
+                for (reason, count) in now.by_reason() {
+                    let before = self.reported.of(reason);
+                    if count > before {
+                        tracing::warn!("{} {}: {}", count - before, reason.name(), loss_consequence(reason));
+                    }
+                }
+                self.reported = now;
+            }
+            Err(err) => {
+                self.read_errors += 1;
+                // Once, then every 60th failure: the cause does not change between ticks.
+                if self.read_errors % 60 == 1 {
+                    tracing::error!(
+                        "cannot read the kernel's loss counters ({err}): sockerr_events_lost_total stays at \
+                         {} and may be short; {} failed reads so far (sockerr_loss_counter_read_errors_total)",
+                        self.reported.total(),
+                        self.read_errors
+                    );
+                }
+            }
         }
-        total
+        (self.reported, self.read_errors)
     }
-}
-
-/// The running system, seen through /proc and the network namespaces of processes.
-struct LiveSystem {
-    enricher: Enricher,
-    pods: Attributor,
-}
-
-impl SystemView for LiveSystem {
-    fn process(&self, pid: u32) -> ProcessInfo {
-        ProcessInfo { name: self.enricher.process_name(pid), netns: self.enricher.netns_inode(pid).ok() }
-    }
-
-    fn lookup(&self, pid: u32, query: &Query) -> Result<Findings, String> {
-        self.enricher.lookup(pid, query).map_err(|err| error_chain(&err))
-    }
-
-    fn is_alive(&self, pid: u32) -> bool {
-        self.enricher.proc_root().join(pid.to_string()).exists()
-    }
-
-    fn pod(&self, pid: u32) -> Option<PodIdentity> {
-        self.pods.identify(pid)
-    }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

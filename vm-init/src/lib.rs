@@ -15,8 +15,13 @@ use thiserror as _;
 pub const PLAN_PATH: &str = "/plan.json";
 /// Where the modules sit in the initramfs (file names in [`Plan::modules`]).
 pub const MODULES_DIR: &str = "/modules";
-/// The guest device of the status port: the second 16550 UART (qemu's second `-serial`).
+/// The guest device of the status port on x86-64: the second 16550 UART (qemu's second
+/// `-serial`).
 pub const STATUS_DEVICE: &str = "/dev/ttyS1";
+/// The name of the status port where the board has no second UART (arm64's `virt`): a
+/// virtio-serial port (qemu `-device virtserialport,name=...`), found by this name under
+/// /sys/class/virtio-ports once virtio_console is loaded.
+pub const STATUS_PORT_NAME: &str = "org.sockerr.status";
 /// Where the host root is mounted before init changes root into it.
 pub const HOST_ROOT_MOUNT: &str = "/host";
 /// Host directories the guest covers with a tmpfs (the shared root is read-only, and the

@@ -29,7 +29,7 @@ use nix::{
     unistd::{chdir, chroot},
 };
 use thiserror::Error;
-use vm_init::{HOST_ROOT_MOUNT, MODULES_DIR, PLAN_PATH, Plan, STATUS_DEVICE, Status};
+use vm_init::{HOST_ROOT_MOUNT, MODULES_DIR, PLAN_PATH, Plan, STATUS_DEVICE, STATUS_PORT_NAME, Status};
 
 /// cache=loose: nothing on the host changes under a test run, and it saves a 9p round
 /// trip (slow under TCG) per stat and read.
@@ -81,11 +81,18 @@ fn main() {
     if let Err(error) = mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None) {
         eprintln!("vm-init: {error}");
     }
-    let mut status_port = OpenOptions::new().write(true).open(STATUS_DEVICE).ok();
-    if status_port.is_none() {
-        eprintln!("vm-init: cannot open {STATUS_DEVICE}: the host will see no exit status");
-    }
+    // On arm64 the port appears only once set_up() has loaded virtio_console: looked for
+    // again at each report until found.
+    let mut status_port = open_status_port();
     let mut report = |status: Status| {
+        if status_port.is_none() {
+            status_port = open_status_port();
+        }
+        if status_port.is_none() {
+            eprintln!(
+                "vm-init: no status port ({STATUS_DEVICE} or virtio port {STATUS_PORT_NAME}): {status:?}"
+            );
+        }
         if let Some(port) = status_port.as_mut() {
             let _ = port.write_all(status.to_line().as_bytes());
             let _ = port.flush();
@@ -112,6 +119,21 @@ fn main() {
     loop {
         std::thread::park();
     }
+}
+
+/// The second UART on x86-64 (qemu's second `-serial`); elsewhere (arm64's `virt` board
+/// has one UART, the console) the virtio-serial port named [`STATUS_PORT_NAME`], which
+/// exists once virtio_console is loaded and sysfs mounted.
+fn open_status_port() -> Option<File> {
+    let open = |path: &Path| OpenOptions::new().write(true).open(path).ok();
+    if cfg!(target_arch = "x86_64") {
+        return open(Path::new(STATUS_DEVICE));
+    }
+    let ports = fs::read_dir("/sys/class/virtio-ports").ok()?;
+    ports.flatten().find_map(|port| {
+        let name = fs::read_to_string(port.path().join("name")).unwrap_or_default();
+        (name.trim() == STATUS_PORT_NAME).then(|| open(&Path::new("/dev").join(port.file_name())))?
+    })
 }
 
 fn set_up() -> Result<Plan, InitError> {

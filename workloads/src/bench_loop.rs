@@ -28,10 +28,17 @@ const HELD_PORT: u16 = 40000;
 const CLOSED_PORT: u16 = 9;
 /// A listener holds it: bind() fails with EADDRINUSE.
 const BOUND_PORT: u16 = 9000;
+/// The listener of the successful connection cycle.
+const SUCCESS_PORT: u16 = 8081;
+/// What the successful cycle writes and reads.
+const PAYLOAD: [u8; 64] = [0x5a; 64];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoopKind {
+    /// A successful connection: socket, SO_REUSEADDR, connect to a listener, accept,
+    /// 64-byte write and read, close both ends.
+    SuccessCycle,
     /// socket, blocking connect to a closed port (ECONNREFUSED), close.
     RefusedConnect,
     /// The Cilium pattern: socket, SO_REUSEADDR, bind to the tuple of a live connection,
@@ -63,6 +70,18 @@ pub struct BenchLoopArgs {
     /// Pin to this CPU (sched_setaffinity).
     #[arg(long)]
     pub cpu: Option<usize>,
+    /// The process name to run under (what `--comm` of a tracer selects or excludes).
+    #[arg(long, default_value = COMM, value_parser = parse_comm)]
+    pub comm: String,
+}
+
+/// The kernel keeps 15 bytes of a process name: a longer one would silently not match
+/// the `--comm` a caller gives a tracer.
+fn parse_comm(text: &str) -> Result<String, String> {
+    match text.len() {
+        1..=15 if !text.contains('\0') => Ok(text.to_owned()),
+        _ => Err(format!("`{text}`: a process name has 1 to 15 bytes (the kernel's comm)")),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -84,7 +103,10 @@ struct LoopReport {
 }
 
 pub fn run_loops(args: &BenchLoopArgs) -> Result<(), Error> {
-    prepare()?;
+    prepare(&args.comm)?;
+    // The successful cycle leaves a TIME_WAIT socket per connection: the whole port range
+    // of the namespace keeps long runs (under strace, at a loaded machine) from running out.
+    netns::write_sysctl("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
     if let Some(cpu) = args.cpu {
         pin(cpu)?;
     }
@@ -141,7 +163,7 @@ struct FloodReport {
 }
 
 pub fn run_flood(args: &FloodArgs) -> Result<(), Error> {
-    prepare()?;
+    prepare(COMM)?;
     // Set up before the threads: they inherit the namespace and share the held tuple.
     let fixture = Fixture::new()?;
     if args.gate {
@@ -174,9 +196,13 @@ pub fn run_flood(args: &FloodArgs) -> Result<(), Error> {
     })
 }
 
-fn prepare() -> Result<(), Error> {
-    nix::sys::prctl::set_name(&std::ffi::CString::new(COMM).expect("no NUL"))
-        .map_err(|source| Error::SetName { comm: COMM.into(), source })?;
+/// Names the process and moves it into a new network namespace (gone with the process).
+pub(super) fn prepare(comm: &str) -> Result<(), Error> {
+    let name = std::ffi::CString::new(comm).map_err(|_| Error::ActorSide {
+        comm: comm.into(),
+        what: "a process name without NUL bytes".into(),
+    })?;
+    nix::sys::prctl::set_name(&name).map_err(|source| Error::SetName { comm: comm.into(), source })?;
     netns::enter_new()?;
     Ok(())
 }
@@ -197,6 +223,7 @@ struct Fixture {
     _holder: Fd,
     _bound: Fd,
     options: Fd,
+    success: Fd,
 }
 
 impl Fixture {
@@ -209,7 +236,8 @@ impl Fixture {
         connect(holder.0, UPSTREAM, UPSTREAM_PORT).map_err(|e| unexpected("connect holder", e))?;
         let bound = listener(Ipv4Addr::LOCALHOST, BOUND_PORT)?;
         let options = tcp_socket()?;
-        Ok(Fixture { _upstream: upstream, _holder: holder, _bound: bound, options })
+        let success = listener(UPSTREAM, SUCCESS_PORT)?;
+        Ok(Fixture { _upstream: upstream, _holder: holder, _bound: bound, options, success })
     }
 
     fn run(&mut self, kind: LoopKind, iterations: u64) -> Result<(), Error> {
@@ -220,8 +248,10 @@ impl Fixture {
                 what: format!("{op}: {other:?}, expected errno {errno}"),
             }),
         };
+        let mut received = [0u8; PAYLOAD.len()];
         for i in 0..iterations {
             match kind {
+                LoopKind::SuccessCycle => self.success_cycle(&mut received)?,
                 LoopKind::RefusedConnect => {
                     let socket = tcp_socket()?;
                     expect(
@@ -245,6 +275,34 @@ impl Fixture {
                     .map_err(|e| unexpected("SO_KEEPALIVE", e))?,
             }
         }
+        Ok(())
+    }
+
+    /// One successful connection cycle; both ends are closed on return (the client's
+    /// first: the active close, as a client that is done would).
+    fn success_cycle(&self, received: &mut [u8; PAYLOAD.len()]) -> Result<(), Error> {
+        let client = tcp_socket()?;
+        set_int(client.0, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+            .map_err(|e| unexpected("SO_REUSEADDR", e))?;
+        connect(client.0, UPSTREAM, SUCCESS_PORT).map_err(|e| unexpected("connect", e))?;
+        let server = accept(self.success.0)?;
+        // SAFETY: PAYLOAD is a valid buffer of its length.
+        let written = unsafe { libc::write(client.0, PAYLOAD.as_ptr().cast(), PAYLOAD.len()) };
+        if written != PAYLOAD.len() as isize {
+            return Err(unexpected("write", errno()));
+        }
+        let mut filled = 0;
+        while filled < received.len() {
+            let rest = &mut received[filled..];
+            // SAFETY: `rest` is a valid, writable buffer of its length.
+            let read = unsafe { libc::read(server.0, rest.as_mut_ptr().cast(), rest.len()) };
+            if read <= 0 {
+                return Err(unexpected("read", if read == 0 { libc::ECONNRESET } else { errno() }));
+            }
+            filled += read as usize;
+        }
+        drop(client);
+        drop(server);
         Ok(())
     }
 
@@ -277,7 +335,7 @@ impl Fixture {
     }
 }
 
-fn unexpected(op: &str, errno: i32) -> Error {
+pub(super) fn unexpected(op: &str, errno: i32) -> Error {
     Error::Unexpected {
         comm: COMM.into(),
         pid: std::process::id(),
@@ -287,7 +345,7 @@ fn unexpected(op: &str, errno: i32) -> Error {
 }
 
 /// An owned fd, closed on drop (closing is part of what the loops measure).
-struct Fd(i32);
+pub(super) struct Fd(pub(super) i32);
 
 impl Drop for Fd {
     fn drop(&mut self) {
@@ -296,11 +354,11 @@ impl Drop for Fd {
     }
 }
 
-fn errno() -> i32 {
+pub(super) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn tcp_socket() -> Result<Fd, Error> {
+pub(super) fn tcp_socket() -> Result<Fd, Error> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 { Err(unexpected("socket", errno())) } else { Ok(Fd(fd)) }
@@ -319,24 +377,31 @@ fn check(ret: i32) -> Result<(), i32> {
     if ret < 0 { Err(errno()) } else { Ok(()) }
 }
 
-fn connect(fd: i32, ip: Ipv4Addr, port: u16) -> Result<(), i32> {
+pub(super) fn connect(fd: i32, ip: Ipv4Addr, port: u16) -> Result<(), i32> {
     let addr = sockaddr(ip, port);
     // SAFETY: addr is a valid sockaddr_in of the given length.
     check(unsafe { libc::connect(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32) })
 }
 
-fn bind(fd: i32, ip: Ipv4Addr, port: u16) -> Result<(), i32> {
+pub(super) fn bind(fd: i32, ip: Ipv4Addr, port: u16) -> Result<(), i32> {
     let addr = sockaddr(ip, port);
     // SAFETY: as in connect.
     check(unsafe { libc::bind(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32) })
 }
 
-fn set_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), i32> {
+pub(super) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), i32> {
     // SAFETY: value is an int of the given length.
     check(unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as u32) })
 }
 
-fn listener(ip: Ipv4Addr, port: u16) -> Result<Fd, Error> {
+pub(super) fn accept(listener: i32) -> Result<Fd, Error> {
+    // SAFETY: plain syscall; the peer's address is not asked for.
+    let fd =
+        unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    if fd < 0 { Err(unexpected("accept", errno())) } else { Ok(Fd(fd)) }
+}
+
+pub(super) fn listener(ip: Ipv4Addr, port: u16) -> Result<Fd, Error> {
     let socket = tcp_socket()?;
     bind(socket.0, ip, port).map_err(|e| unexpected("bind listener", e))?;
     // SAFETY: plain syscall on an owned socket.

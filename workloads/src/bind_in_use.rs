@@ -46,34 +46,13 @@ pub fn run(args: &BindInUseArgs) -> Result<Report, Error> {
     let sockets = procnet::tcp_sockets(ipv6)?;
     let held = sockets.iter().find(|entry| entry.inode == listener_inode);
     let holders = held
-        .map(|entry| HolderFacts {
-            pid: Some(upstream.pid),
-            comm: Some(upstream.comm.clone()),
-            fd: Some(listener),
-            inode: entry.inode,
-            state: entry.state_name().into(),
-            src: entry.local,
-            dst: None,
-            timer_ms: None,
-        })
+        .map(|entry| HolderFacts::from_tcp_entry(entry, Some((&upstream, listener))))
         .into_iter()
         .collect();
 
     let mut actors = vec![proxy.facts(), upstream.facts()];
     actors.extend(other.as_ref().map(Actor::facts));
-    let report = Report {
-        scenario: "bind-in-use".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors,
-        attempts,
-        holders,
-        connections: Vec::new(),
-        ports: None,
-        mark: None,
-    };
+    let report = Report { attempts, holders, ..Report::new("bind-in-use", common, netns, actors) };
     let expected_attempts = if args.other { 2 } else { 1 };
     let reproduced = report.attempts.len() == expected_attempts
         && report.attempts.iter().all(|a| a.errno == Errno::EADDRINUSE as i32)

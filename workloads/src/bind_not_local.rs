@@ -46,19 +46,7 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
     let with_transparent = proxy.open(&fixed)?;
     proxy.close(with_transparent.fd)?;
 
-    let report = Report {
-        scenario: "bind-not-local".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts()],
-        attempts,
-        holders: Vec::new(),
-        connections: Vec::new(),
-        ports: None,
-        mark: None,
-    };
+    let report = Report { attempts, ..Report::new("bind-not-local", common, netns, vec![proxy.facts()]) };
     let reproduced = report.attempts.len() == 1
         && report.attempts[0].errno == Errno::EADDRNOTAVAIL as i32
         && with_transparent.failure.is_none();

@@ -12,7 +12,7 @@ use nix::errno::Errno;
 
 use super::procnet::{self, TIME_WAIT, TcpEntry};
 use super::report::{Connection, HolderFacts, Report};
-use super::runner::{self, Actor, Plan};
+use super::runner::{self, Plan};
 use super::{Addrs, CommonArgs, Error, netns};
 
 const CLIENT_PORT: u16 = 40313;
@@ -25,10 +25,7 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
     let addrs = Addrs { ipv6 };
     let netns = netns::enter_new()?;
 
-    let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
-    let mut client = Actor::spawn("client", "demo-client")?;
-    let mut proxy = Actor::spawn("proxy", "demo-proxy")?;
-    runner::gate(common, netns, &[&upstream, &client, &proxy])?;
+    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
 
     let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
     let client_addr = SocketAddr::new(addrs.client_ip(), CLIENT_PORT);
@@ -59,39 +56,20 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
         .or(time_wait.as_ref());
     let holders = held
         .map(|entry| HolderFacts {
-            pid: None,
-            comm: None,
-            fd: None,
-            inode: entry.inode,
-            state: entry.state_name().into(),
-            src: entry.local,
-            dst: Some(entry.remote),
             // Read before the failing bind: a tracer looks after the failure, so it must
             // see at most this much left, however the scheduler orders its lookup and the
             // read above (under load the tracer may look first).
             timer_ms: time_wait.as_ref().and_then(|before| before.timer_ms).or(entry.timer_ms),
+            ..HolderFacts::from_tcp_entry(entry, None)
         })
         .into_iter()
         .collect();
 
     let report = Report {
-        scenario: "bind-time-wait".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
         attempts,
         holders,
-        connections: vec![Connection {
-            pid: client.pid,
-            comm: client.comm.clone(),
-            fd: client_fd,
-            src: client_addr,
-            dst: accepted.local,
-        }],
-        ports: None,
-        mark: None,
+        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
+        ..Report::new("bind-time-wait", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()])
     };
     let reproduced = time_wait.is_some()
         && report.attempts.len() == 1

@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use super::procnet::{self, ESTABLISHED};
 use super::protocol::SockOpt;
 use super::report::{CiliumMark, Connection, HolderFacts, Report};
-use super::runner::{self, Actor, Plan};
+use super::runner::{self, Plan};
 use super::{Addrs, CiliumArgs, Error, netns};
 
 /// The client pod's source port in the incident's capture.
@@ -59,10 +59,7 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let addrs = Addrs { ipv6 };
     let netns = netns::enter_new()?;
 
-    let mut upstream = Actor::spawn("upstream", "demo-upstream")?;
-    let mut client = Actor::spawn("client", "demo-client")?;
-    let mut proxy = Actor::spawn("proxy", "demo-proxy")?;
-    runner::gate(common, netns, &[&upstream, &client, &proxy])?;
+    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
 
     let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
 
@@ -110,42 +107,21 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let sockets = procnet::tcp_sockets(ipv6)?;
     let held = sockets.iter().find(|entry| entry.inode == client_inode);
     let holders = held
-        .map(|entry| HolderFacts {
-            pid: Some(client.pid),
-            comm: Some(client.comm.clone()),
-            fd: Some(client_fd),
-            inode: entry.inode,
-            state: entry.state_name().into(),
-            src: entry.local,
-            dst: Some(entry.remote),
-            timer_ms: None,
-        })
+        .map(|entry| HolderFacts::from_tcp_entry(entry, Some((&client, client_fd))))
         .into_iter()
         .collect();
 
     let report = Report {
-        scenario: "cilium".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
         attempts,
         holders,
-        connections: vec![Connection {
-            pid: client.pid,
-            comm: client.comm.clone(),
-            fd: client_fd,
-            src: client_addr,
-            dst: accepted.local,
-        }],
-        ports: None,
+        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
         mark: Some(CiliumMark {
             value: format!("{mark:#010x}"),
             magic: format!("{MAGIC_EGRESS:#06x}"),
             identity: IDENTITY,
             cluster: IDENTITY >> 16,
         }),
+        ..Report::new("cilium", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()])
     };
     let reproduced = report.attempts.len() == args.attempts as usize
         && report.attempts.iter().all(|a| a.errno == Errno::EADDRNOTAVAIL as i32 && !a.is_async)

@@ -56,13 +56,7 @@ pub fn run(args: &ExhaustionArgs) -> Result<Report, Error> {
             pid: proxy.pid,
             what: format!("connected fd {} has no local address", opened.fd),
         })?;
-        connections.push(Connection {
-            pid: proxy.pid,
-            comm: proxy.comm.clone(),
-            fd: opened.fd,
-            src,
-            dst: addrs.upstream(),
-        });
+        connections.push(Connection::of(&proxy, opened.fd, src, addrs.upstream()));
     }
     for _ in &connections {
         upstream.accept(listener, Duration::from_secs(2))?;
@@ -78,17 +72,10 @@ pub fn run(args: &ExhaustionArgs) -> Result<Report, Error> {
         .count();
 
     let report = Report {
-        scenario: "exhaustion".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), upstream.facts()],
         attempts,
-        holders: Vec::new(),
         connections,
         ports: Some(PortFacts { range, in_use }),
-        mark: None,
+        ..Report::new("exhaustion", common, netns, vec![proxy.facts(), upstream.facts()])
     };
     let size = usize::from(range[1] - range[0]) + 1;
     let reproduced = report.attempts.len() == 1

@@ -18,11 +18,14 @@ pub mod bench_loop;
 mod bind_in_use;
 mod bind_not_local;
 mod bind_time_wait;
+pub mod busy_node;
 mod cilium;
 mod exhaustion;
+mod fd_reuse;
 pub mod listen_overflow;
 mod netns;
-mod procnet;
+/// The /proc/net/tcp parser; public for the fuzz target `proc_net_tcp` (../fuzz).
+pub mod procnet;
 mod protocol;
 mod proxy_reset;
 mod refused;
@@ -70,6 +73,10 @@ pub enum Scenario {
     /// ("Chunked", "chunked"); the proxy rejects the response and resets the upstream and
     /// the client connection (SO_LINGER 0).
     ProxyReset(ProxyResetArgs),
+    /// A proxy's upstream connect fails with EADDRNOTAVAIL on fd N (ports exhausted);
+    /// the proxy closes it and accept() hands fd N to a client, which then resets the
+    /// connection: the proxy receives an RST on a socket that never failed.
+    FdReuse(CommonArgs),
     /// Internal: one actor process of a running scenario.
     #[command(hide = true)]
     Actor(actor::ActorArgs),
@@ -79,6 +86,13 @@ pub enum Scenario {
     /// Internal: Cilium-pattern failing connects for throughput and soak runs.
     #[command(hide = true)]
     Flood(bench_loop::FloodArgs),
+    /// Internal: many held loopback connections while the Cilium pattern fails (the
+    /// busy-node run of `cargo xtask bench`).
+    #[command(hide = true)]
+    BusyNode(busy_node::BusyNodeArgs),
+    /// Internal: one holder process of `busy-node`.
+    #[command(hide = true)]
+    BusyHolder(busy_node::BusyHolderArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -247,6 +261,8 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::Actor(args) => return actor::run(args),
         Scenario::BenchLoop(args) => return bench_loop::run_loops(&args),
         Scenario::Flood(args) => return bench_loop::run_flood(&args),
+        Scenario::BusyNode(args) => return busy_node::run(&args),
+        Scenario::BusyHolder(args) => return busy_node::run_holder(&args),
         Scenario::Cilium(args) => cilium::run(&args)?,
         Scenario::BindInUse(args) => bind_in_use::run(&args)?,
         Scenario::BindNotLocal(args) => bind_not_local::run(&args)?,
@@ -255,6 +271,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
         Scenario::Refused(args) => refused::run(&args)?,
         Scenario::ListenOverflow(args) => return runner::print_line(&listen_overflow::run(&args)?),
         Scenario::ProxyReset(args) => return runner::print_line(&proxy_reset::run(&args)?),
+        Scenario::FdReuse(args) => return runner::print_line(&fd_reuse::run(&args)?),
     };
     runner::print_line(&report)
 }

@@ -86,7 +86,11 @@ fn parse_line(line: &str, ticks_per_second: u64) -> Result<TcpEntry, String> {
     let timer = u8::from_str_radix(timer, 16).map_err(|_| bad())?;
     let when = u64::from_str_radix(when, 16).map_err(|_| bad())?;
     let inode = fields[9].parse().map_err(|_| bad())?;
-    let timer_ms = (timer != 0).then(|| when * 1000 / ticks_per_second);
+    // `when` is the kernel's jiffies delta in hex: a garbled one overflows in ms.
+    let timer_ms = match timer {
+        0 => None,
+        _ => Some(when.checked_mul(1000).ok_or_else(bad)? / ticks_per_second.max(1)),
+    };
     Ok(TcpEntry { local, remote, state, timer_ms, inode })
 }
 
@@ -139,6 +143,14 @@ mod tests {
         assert_eq!(entries[0].local, "[::1]:40328".parse().unwrap());
         assert_eq!(entries[0].remote, "[::1]:443".parse().unwrap());
         assert_eq!(entries[0].state, ESTABLISHED);
+    }
+
+    /// A timer of 2^64-1 jiffies does not fit in milliseconds: the line is rejected,
+    /// not wrapped (found writing the `proc_net_tcp` fuzz target).
+    #[test]
+    fn a_timer_beyond_u64_milliseconds_is_rejected() {
+        let line = "   0: 0100007F:01BB 00000000:0000 0A 00000000:00000000 01:FFFFFFFFFFFFFFFF 00000000     0        0 41842 1";
+        assert_eq!(parse(&format!("header\n{line}\n"), 100), Err(line.to_string()));
     }
 
     #[test]

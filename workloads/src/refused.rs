@@ -35,19 +35,7 @@ pub fn run(args: &RefusedArgs) -> Result<Report, Error> {
     proxy.close(opened.fd)?;
     let attempts: Vec<_> = opened.attempt(&proxy, &plan, Duration::ZERO).into_iter().collect();
 
-    let report = Report {
-        scenario: "refused".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts()],
-        attempts,
-        holders: Vec::new(),
-        connections: Vec::new(),
-        ports: None,
-        mark: None,
-    };
+    let report = Report { attempts, ..Report::new("refused", common, netns, vec![proxy.facts()]) };
     let expect_async = !args.blocking;
     let reproduced = report.attempts.len() == 1
         && report.attempts[0].errno == Errno::ECONNREFUSED as i32

@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::CommonArgs;
+use crate::procnet::{TIME_WAIT, TcpEntry};
+use crate::runner::Actor;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Scenario name as on the command line, e.g. "cilium".
@@ -33,6 +37,23 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `scenario` before anything failed: its actors, nothing else yet.
+    pub(crate) fn new(scenario: &str, common: &CommonArgs, netns: u64, actors: Vec<ActorFacts>) -> Self {
+        Self {
+            scenario: scenario.into(),
+            ipv6: common.ipv6,
+            netns,
+            hold_ms: common.hold_ms,
+            elapsed_ms: 0,
+            actors,
+            attempts: Vec::new(),
+            holders: Vec::new(),
+            connections: Vec::new(),
+            ports: None,
+            mark: None,
+        }
+    }
+
     pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
         self.actors.iter().find(|actor| actor.role == role)
     }
@@ -111,6 +132,24 @@ pub struct HolderFacts {
     pub timer_ms: Option<u64>,
 }
 
+impl HolderFacts {
+    /// The holder as /proc/net/tcp lists it, owned by `owner`'s fd (None: no process, as
+    /// for TIME_WAIT). A listener has no peer; only TIME_WAIT reports its timer.
+    pub(crate) fn from_tcp_entry(entry: &TcpEntry, owner: Option<(&Actor, i32)>) -> Self {
+        let listening = entry.remote.port() == 0 && entry.remote.ip().is_unspecified();
+        Self {
+            pid: owner.map(|(actor, _)| actor.pid),
+            comm: owner.map(|(actor, _)| actor.comm.clone()),
+            fd: owner.map(|(_, fd)| fd),
+            inode: entry.inode,
+            state: entry.state_name().into(),
+            src: entry.local,
+            dst: (!listening).then_some(entry.remote),
+            timer_ms: if entry.state == TIME_WAIT { entry.timer_ms } else { None },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub pid: u32,
@@ -118,6 +157,13 @@ pub struct Connection {
     pub fd: i32,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+}
+
+impl Connection {
+    /// `actor`'s connection on `fd` from `src` to `dst`.
+    pub(crate) fn of(actor: &Actor, fd: i32, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self { pid: actor.pid, comm: actor.comm.clone(), fd, src, dst }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +224,22 @@ impl ResetReport {
     pub fn reset(&self, direction: &str, role: &str, peer_role: &str) -> Option<&ResetFacts> {
         self.resets.iter().find(|r| r.direction == direction && r.role == role && r.peer_role == peer_role)
     }
+}
+
+/// What `fd-reuse` prints: the upstream connect that failed on an fd, and the reset later
+/// received on the accepted socket that got the same fd number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FdReuseReport {
+    pub scenario: String,
+    pub ipv6: bool,
+    pub netns: u64,
+    pub hold_ms: u64,
+    pub elapsed_ms: u64,
+    pub actors: Vec<ActorFacts>,
+    /// The failed connect (EADDRNOTAVAIL) on the fd, closed right after.
+    pub attempt: Attempt,
+    /// The reset the proxy received on the accepted socket that reused the fd number.
+    pub reset: ResetFacts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -474,6 +474,16 @@ pub fn print_line(value: &impl Serialize) -> Result<(), Error> {
     out.write_all(line.as_bytes()).and_then(|()| out.flush()).map_err(Error::Pipe)
 }
 
+/// The upstream, client and proxy of the scenarios with a client connection, started
+/// in that order and gated.
+pub fn upstream_client_proxy(common: &CommonArgs, netns: u64) -> Result<[Actor; 3], Error> {
+    let upstream = Actor::spawn("upstream", "demo-upstream")?;
+    let client = Actor::spawn("client", "demo-client")?;
+    let proxy = Actor::spawn("proxy", "demo-proxy")?;
+    gate(common, netns, &[&upstream, &client, &proxy])?;
+    Ok([upstream, client, proxy])
+}
+
 /// `--gate`: tell the caller who the actors are, then wait for its go.
 pub fn gate(common: &CommonArgs, netns: u64, actors: &[&Actor]) -> Result<(), Error> {
     if !common.gate {
@@ -481,14 +491,19 @@ pub fn gate(common: &CommonArgs, netns: u64, actors: &[&Actor]) -> Result<(), Er
     }
     let actors = actors.iter().map(|actor| actor.facts()).collect();
     print_line(&Gate { gate: GateActors { netns, actors } })?;
+    wait_for_line(GATE_TIMEOUT)
+}
+
+/// Waits for a line (or EOF) on stdin, at most `timeout`.
+pub fn wait_for_line(timeout: Duration) -> Result<(), Error> {
     let stdin = std::io::stdin();
-    let deadline = Instant::now() + GATE_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut chunk = [0u8; 256];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)) {
-            Ok(0) => return Err(Error::GateTimeout { timeout: GATE_TIMEOUT }),
+            Ok(0) => return Err(Error::GateTimeout { timeout }),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::Pipe(e.into())),
             Ok(_) => {}

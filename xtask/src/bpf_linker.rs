@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     paths::cargo_home,
     process::{describe, find_in_path, run_inherited},
-    setup::Report,
+    setup_report::Report,
     toolchain::Nightly,
 };
 

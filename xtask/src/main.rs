@@ -3,9 +3,13 @@
 //! Everything a fresh machine lacks (nightly rust-src, bpf-linker, system tools) is
 //! installed by `setup`, which every other command runs first.
 
+mod alerts;
+mod arch;
 mod bench;
 mod bpf_linker;
 mod build;
+mod fuzz;
+mod image;
 mod manifests;
 mod paths;
 mod privileges;
@@ -13,6 +17,7 @@ mod process;
 mod run;
 mod rustfmt;
 mod setup;
+mod setup_report;
 mod static_build;
 mod system_packages;
 mod test;
@@ -41,13 +46,18 @@ enum Command {
     Setup,
     /// Build sockerr with its eBPF programs embedded and print the binary's path.
     Build(BuildArgs),
+    /// Build the container image for amd64 and arm64 (one OCI index) offline with buildah
+    /// and write it to target/image/ as an OCI archive; prints its path.
+    #[command(after_help = "Load it with `podman load -i ARCHIVE`, or push both architectures with \
+                            `skopeo copy --all oci-archive:ARCHIVE docker://REGISTRY/sockerr:TAG`")]
+    Image,
     /// Build sockerr and run it as root (through `sudo -E` when not root).
     #[command(after_help = "Example: cargo xtask run -- trace --comm envoy --output json")]
     Run(RunArgs),
     /// Format the workspace as the suite's fmt stage checks it (nightly rustfmt: import
     /// grouping is still unstable).
     Fmt,
-    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests,
+    /// Run the whole suite: setup, fmt, clippy (userspace and eBPF), unit tests, fuzzing,
     /// release build, end-to-end tests (as root). Stops at the first failing stage.
     Test(test::TestArgs),
     /// Run the privileged end-to-end tests inside Debian kernels booted with qemu
@@ -61,6 +71,10 @@ enum Command {
     /// start-up, and with --soak a million failures under the daemon. Writes BENCHMARKS.md
     /// and target/bench/results.json (as root).
     Bench(bench::BenchArgs),
+    /// Fuzz the decoders of data from the kernel or a peer (cargo-fuzz on nightly,
+    /// installed when missing); crashes land in target/fuzz/artifacts/TARGET.
+    #[command(after_help = "Example: cargo xtask fuzz --time 600 btf")]
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +85,10 @@ struct BuildArgs {
     /// Build a static binary (musl, release), as the container image ships it.
     #[arg(long = "static", conflicts_with = "debug")]
     static_binary: bool,
+    /// With --static: the architecture to build for (another one cross-compiles with
+    /// Debian's gcc for it). Docker's TARGETARCH names.
+    #[arg(long, value_enum, requires = "static_binary")]
+    arch: Option<arch::Arch>,
 }
 
 #[derive(Debug, Args)]
@@ -106,7 +124,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => {
             setup::ensure()?;
             let binary = if args.static_binary {
-                static_build::build_static()?
+                let arch = args.arch.unwrap_or_else(arch::Arch::host);
+                static_build::build_musl(arch, static_build::Flavour::Shipped)?
             } else {
                 build::build_sockerr(build::Profile::from_debug_flag(args.debug))?
             };
@@ -114,12 +133,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", binary.display());
             Ok(())
         }
+        Command::Image => {
+            if !privileges::is_root()? {
+                anyhow::bail!("buildah's overlay storage needs root: run `sudo -E cargo xtask image`");
+            }
+            image::run()
+        }
         Command::Run(args) => run::run(build::Profile::from_debug_flag(args.debug), &args.sockerr_args),
         Command::Fmt => process::run_inherited(&mut rustfmt::command(false)),
         Command::Test(args) => test::run_suite(&args),
         Command::VmTest(args) => vm::run(&args),
         Command::VmRun(args) => vm::run_one(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
@@ -165,6 +191,22 @@ mod tests {
         let Command::Build(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert!(args.static_binary && !args.debug);
         assert!(Cli::try_parse_from(["xtask", "build", "--static", "--debug"]).is_err());
+        let cli = Cli::try_parse_from(["xtask", "build", "--static", "--arch", "arm64"]).unwrap();
+        let Command::Build(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(args.arch, Some(arch::Arch::Arm64));
+        assert!(Cli::try_parse_from(["xtask", "build", "--arch", "arm64"]).is_err(), "--arch needs --static");
+        assert!(Cli::try_parse_from(["xtask", "build", "--static", "--arch", "riscv64"]).is_err());
+    }
+
+    #[test]
+    fn fuzz_flags_parse() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--time", "30", "btf"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target.as_deref()), (30, Some("btf")));
+        let cli = Cli::try_parse_from(["xtask", "fuzz"]).unwrap();
+        let Command::Fuzz(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.seconds, args.target), (60, None), "every target, a minute each");
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "--time", "0"]).is_err());
     }
 
     #[test]

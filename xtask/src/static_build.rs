@@ -14,37 +14,44 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    arch::Arch,
     paths::{target_dir, workspace_root},
     process::{find_in_path, run_inherited, stdout_of},
-    setup::Report,
+    setup_report::Report,
+    system_packages,
 };
 
 /// `x86_64-unknown-linux-musl` on x86-64: musl links into a static executable.
 pub fn musl_target() -> String {
-    format!("{}-unknown-linux-musl", std::env::consts::ARCH)
+    Arch::host().musl_target()
 }
 
-/// Builds `target/<musl target>/release/sockerr`. Run setup first (nightly and
-/// bpf-linker for the eBPF object, the musl target, musl-gcc). Without default features:
-/// the workloads (`sockerr demo`, `sockerr scenario`) stay out of the shipped binary.
+/// Which build of sockerr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// What the image ships: without default features, so the workloads (`sockerr demo`,
+    /// `sockerr scenario`) stay out.
+    Shipped,
+    /// With the workloads, for the end-to-end tests inside arm64 guests.
+    WithWorkloads,
+}
+
+/// Builds `target/<musl target>/release/sockerr` for the host, as the image ships it. Run
+/// setup first (nightly and bpf-linker for the eBPF object, the musl target, musl-gcc).
 pub fn build_static() -> Result<PathBuf> {
-    let target = musl_target();
-    let mut command = Command::new("cargo");
-    command.current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--no-default-features",
-        "--target",
-        &target,
-    ]);
-    // ring compiles C; cc-rs looks for `<arch>-linux-musl-gcc`, Debian's musl-tools
-    // installs it as `musl-gcc`.
-    let cross_gcc = format!("{}-linux-musl-gcc", std::env::consts::ARCH);
-    let cc_variable = format!("CC_{}", target.replace('-', "_"));
-    if find_in_path(&cross_gcc).is_none() && std::env::var_os(&cc_variable).is_none() {
-        command.env(&cc_variable, "musl-gcc");
+    build_musl(Arch::host(), Flavour::Shipped)
+}
+
+/// Builds `target/<musl target of arch>/release/sockerr`, installing the target and the
+/// cross compiler when missing. aya-build compiles the eBPF object for the same
+/// architecture (its `bpf_target_arch` follows the target), so each binary embeds
+/// programs that read that architecture's registers.
+pub fn build_musl(arch: Arch, flavour: Flavour) -> Result<PathBuf> {
+    ensure_musl_toolchain(arch)?;
+    let target = arch.musl_target();
+    let mut command = musl_cargo(arch, &["build", "--release", "--package", "tracer"]);
+    if flavour == Flavour::Shipped {
+        command.arg("--no-default-features");
     }
     run_inherited(&mut command)?;
     let binary = target_dir().join(&target).join("release").join("sockerr");
@@ -52,6 +59,26 @@ pub fn build_static() -> Result<PathBuf> {
         bail!("cargo built tracer for {target} but {} does not exist", binary.display());
     }
     Ok(binary)
+}
+
+/// `cargo <args> --target <musl target of arch>` with the C compiler and linker it needs.
+pub fn musl_cargo(arch: Arch, args: &[&str]) -> Command {
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root()).args(args).args(["--target", &arch.musl_target()]);
+    command.envs(arch.cargo_env(|program| find_in_path(program).is_some()).into_iter().filter(
+        // A value the user set wins.
+        |(name, _)| std::env::var_os(name).is_none(),
+    ));
+    command
+}
+
+/// The musl target of `arch` and, for another architecture, Debian's cross compiler.
+pub fn ensure_musl_toolchain(arch: Arch) -> Result<()> {
+    let mut report = Report::default();
+    if arch != Arch::host() {
+        system_packages::ensure_commands(&arch.cross_packages(), &mut report)?;
+    }
+    crate::toolchain::ensure_static_target(&mut report, &arch.musl_target())
 }
 
 /// Runs `sockerr --version` and `sockerr trace --help` in an empty root and checks what

@@ -7,13 +7,33 @@ use anyhow::{Context, Result, bail};
 use crate::{
     privileges::is_root,
     process::{describe, find_in_path, run_inherited},
-    setup::Report,
+    setup_report::Report,
 };
 
 pub struct RequiredCommand {
     command: &'static str,
     package: &'static str,
     needed_for: &'static str,
+}
+
+impl RequiredCommand {
+    pub const fn new(command: &'static str, package: &'static str, needed_for: &'static str) -> Self {
+        Self { command, package, needed_for }
+    }
+
+    pub fn command(&self) -> &'static str {
+        self.command
+    }
+
+    /// A command on PATH, or for an absolute path (a package that installs no program,
+    /// such as C headers), that file.
+    fn is_present(&self) -> bool {
+        if self.command.starts_with('/') {
+            std::path::Path::new(self.command).exists()
+        } else {
+            find_in_path(self.command).is_some()
+        }
+    }
 }
 
 /// The one list of system programs xtask relies on; add a line when a test starts one.
@@ -35,18 +55,44 @@ const REQUIRED_COMMANDS: &[RequiredCommand] = &[
     },
 ];
 
-/// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build.
-pub const VM_COMMANDS: &[RequiredCommand] = &[
-    RequiredCommand {
-        command: "qemu-system-x86_64",
-        package: "qemu-system-x86",
-        needed_for: "booting the test kernels",
-    },
+/// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build, for
+/// guests of `arch`.
+pub fn vm_commands(arch: crate::arch::Arch) -> Vec<RequiredCommand> {
+    let qemu = match arch {
+        crate::arch::Arch::Amd64 => {
+            RequiredCommand::new("qemu-system-x86_64", "qemu-system-x86", "booting the amd64 test kernels")
+        }
+        crate::arch::Arch::Arm64 => {
+            RequiredCommand::new("qemu-system-aarch64", "qemu-system-arm", "booting the arm64 test kernels")
+        }
+    };
+    let mut commands = vec![qemu];
+    commands.extend(
+        VM_TOOLS.iter().map(|tool| RequiredCommand::new(tool.command, tool.package, tool.needed_for)),
+    );
+    commands
+}
+
+const VM_TOOLS: &[RequiredCommand] = &[
     RequiredCommand { command: "depmod", package: "kmod", needed_for: "indexing the test kernels' modules" },
     RequiredCommand {
         command: "dpkg-deb",
         package: "dpkg",
         needed_for: "unpacking the test kernels' packages",
+    },
+];
+
+/// What the `prometheus` stage of `cargo xtask test` runs: the server and promtool.
+pub const PROMETHEUS_COMMANDS: &[RequiredCommand] = &[
+    RequiredCommand {
+        command: "prometheus",
+        package: "prometheus",
+        needed_for: "the prometheus stage: a real server evaluating deploy/prometheus and deploy/grafana",
+    },
+    RequiredCommand {
+        command: "promtool",
+        package: "prometheus",
+        needed_for: "checking and unit-testing the alerting rules in deploy/prometheus",
     },
 ];
 
@@ -70,8 +116,7 @@ pub fn ensure(report: &mut Report) -> Result<()> {
 }
 
 pub fn ensure_commands(required: &[RequiredCommand], report: &mut Report) -> Result<()> {
-    let missing: Vec<&RequiredCommand> =
-        required.iter().filter(|required| find_in_path(required.command).is_none()).collect();
+    let missing: Vec<&RequiredCommand> = required.iter().filter(|required| !required.is_present()).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -100,7 +145,7 @@ pub fn ensure_commands(required: &[RequiredCommand], report: &mut Report) -> Res
         apt_install(&packages).with_context(|| format!("missing {why}; installing failed: try `{fix}`"))?;
     }
     for required in &missing {
-        if find_in_path(required.command).is_none() {
+        if !required.is_present() {
             bail!("installed {} but `{}` is still not on PATH", required.package, required.command);
         }
     }
@@ -127,8 +172,14 @@ mod tests {
 
     #[test]
     fn required_commands_name_a_package_and_a_reason() {
-        for required in REQUIRED_COMMANDS.iter().chain(VM_COMMANDS) {
-            assert!(!required.command.is_empty() && !required.command.contains('/'), "{}", required.command);
+        let vm = vm_commands(crate::arch::Arch::Arm64);
+        for required in REQUIRED_COMMANDS.iter().chain(&vm).chain(PROMETHEUS_COMMANDS) {
+            let command = required.command;
+            assert!(!command.is_empty(), "a required command without a name");
+            assert!(
+                !command.contains('/') || command.starts_with('/'),
+                "{command}: a name or an absolute path"
+            );
             assert!(!required.package.is_empty(), "{} has no package", required.command);
             assert!(!required.needed_for.is_empty(), "{} has no reason", required.command);
         }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     process::{find_in_path, run_inherited, stdout_of},
-    setup::Report,
+    setup_report::Report,
 };
 
 /// What the rest of setup needs to know about the nightly toolchain.
@@ -71,7 +71,8 @@ pub fn ensure_active_lint_tools(report: &mut Report) -> Result<()> {
     ensure_component(report, &toolchain, "rustfmt", &sysroot.join("bin/cargo-fmt"))
 }
 
-/// The static target of the VM's init (`vm-init`), for the active toolchain.
+/// A static (musl) target for the active toolchain: the VM's init, the image's binaries,
+/// everything an arm64 guest runs.
 pub fn ensure_static_target(report: &mut Report, target: &str) -> Result<()> {
     let sysroot = sysroot(None)?;
     let installed = sysroot.join("lib/rustlib").join(target).join("lib");
@@ -80,7 +81,7 @@ pub fn ensure_static_target(report: &mut Report, target: &str) -> Result<()> {
     }
     let started = Instant::now();
     run_inherited(Command::new("rustup").args(["target", "add", target])).with_context(|| {
-        format!("the {target} target builds the VM's static init and could not be added: run `rustup target add {target}`")
+        format!("the {target} target (static builds) could not be added: run `rustup target add {target}`")
     })?;
     report.did(format!("added the {target} target"), started.elapsed());
     Ok(())

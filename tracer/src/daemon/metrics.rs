@@ -20,6 +20,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, info::Info},
     registry::Registry,
 };
+use tracer_common::Loss;
 
 use crate::{
     drops::SocketDrop,
@@ -79,13 +80,16 @@ impl BuildInfo {
     pub fn current() -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            // Set by whoever builds a release (e.g. `SOCKERR_GIT_SHA=$(git rev-parse --short
-            // HEAD) cargo build`). Not computed in build.rs: a build script that follows HEAD
-            // would recompile the whole crate after every commit.
-            git_sha: option_env!("SOCKERR_GIT_SHA").unwrap_or("unknown").to_owned(),
+            git_sha: git_sha().to_owned(),
             kernel: crate::kernel::tracefs::kernel_release(),
         }
     }
+}
+
+/// The commit this binary was built from: `SOCKERR_GIT_SHA` when the builder set it,
+/// else the checkout's HEAD as build.rs found it; "unknown" outside a git checkout.
+fn git_sha() -> &'static str {
+    option_env!("SOCKERR_GIT_SHA").or(option_env!("SOCKERR_BUILD_GIT_SHA")).unwrap_or("unknown")
 }
 
 pub struct Metrics {
@@ -99,11 +103,12 @@ pub struct Metrics {
     listen_overflows: Capped,
     listen_unwatched: Counters,
     socket_drops: Capped,
-    socket_drops_uncounted: Counter,
     overflow: Counters,
     events: Counter,
-    events_lost: Counter,
+    events_lost: Family<Vec<(&'static str, &'static str)>, Counter>,
     records_undecodable: Counter,
+    loss_read_errors: Counter,
+    table_forgotten: Counters,
 }
 
 impl Metrics {
@@ -150,29 +155,41 @@ impl Metrics {
             "socket_drops",
             "Packets the kernel dropped on sockets of traced processes, by process name, the kernel's drop reason and pod namespace",
         );
-        let socket_drops_uncounted = Counter::default();
-        registry.register(
-            "socket_drops_uncounted",
-            "Drops of traced sockets the kernel could not add up (its table of 4096 socket and reason totals was full)",
-            Counter::clone(&socket_drops_uncounted),
-        );
         let overflow = Counters::default();
         registry.register(
             "metrics_overflow",
             "Increments not counted in a metric because it reached its cap of label sets, by metric",
             overflow.clone(),
         );
-        let (events, events_lost, records_undecodable): (Counter, Counter, Counter) = Default::default();
+        let (events, records_undecodable): (Counter, Counter) = Default::default();
         registry.register("events", "Kernel events read from the ring buffer", Counter::clone(&events));
+        let events_lost = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        // Every reason from the start: a scraper sees 0, not an absent series, until one counts.
+        for reason in Loss::ALL {
+            let _ = events_lost.get_or_create(&vec![("reason", reason.name())]);
+        }
         registry.register(
             "events_lost",
-            "Kernel events dropped because the ring buffer was full (sockerr fell behind)",
-            Counter::clone(&events_lost),
+            "What the kernel side dropped or degraded, by reason (ring_full: the ring buffer was full; \
+             the others are listed in docs/design.md)",
+            events_lost.clone(),
         );
         registry.register(
             "records_undecodable",
             "Ring-buffer records that did not decode (daemon and kernel programs out of sync)",
             Counter::clone(&records_undecodable),
+        );
+        let loss_read_errors = Counter::default();
+        registry.register(
+            "loss_counter_read_errors",
+            "Failed reads of the kernel's loss counter: sockerr_events_lost_total may be short (see the daemon's log)",
+            Counter::clone(&loss_read_errors),
+        );
+        let table_forgotten = Counters::default();
+        registry.register(
+            "table_forgotten",
+            "Entries the socket table dropped to stay bounded: live sockets (least recently seen; later records lack their options and last error) and generations of closed sockets (the next socket on that fd restarts at generation 0)",
+            table_forgotten.clone(),
         );
         let build_labels: Labels =
             vec![("version", build.version), ("git_sha", build.git_sha), ("kernel", build.kernel)];
@@ -188,12 +205,18 @@ impl Metrics {
             listen_overflows,
             listen_unwatched,
             socket_drops,
-            socket_drops_uncounted,
             overflow,
             events,
             events_lost,
             records_undecodable,
+            loss_read_errors,
+            table_forgotten,
         }
+    }
+
+    /// The registry, for counters kept elsewhere (the HTTP server's) to join /metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// Counts one record.
@@ -245,11 +268,6 @@ impl Metrics {
         self.count_by(&self.socket_drops, labels, drop.dropped);
     }
 
-    pub fn update_drops_uncounted(&self, total: u64) {
-        let counter = &self.socket_drops_uncounted;
-        counter.inc_by(total.saturating_sub(counter.get()));
-    }
-
     /// Brings the listener watch's running counts of unwatched listeners in.
     pub fn update_listen_watch(&self, watch: &ListenWatch) {
         for (reason, total) in watch.unwatched() {
@@ -262,9 +280,18 @@ impl Metrics {
     pub fn update(&self, totals: &Totals) {
         for (counter, total) in [
             (&self.events, totals.events),
-            (&self.events_lost, totals.lost),
             (&self.records_undecodable, totals.undecodable),
+            (&self.loss_read_errors, totals.loss_read_errors),
         ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (reason, total) in totals.lost.by_reason() {
+            let counter = self.events_lost.get_or_create(&vec![("reason", reason.name())]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let forgotten = totals.table_forgotten;
+        for (what, total) in [("socket", forgotten.sockets), ("generation", forgotten.generations)] {
+            let counter = self.table_forgotten.get_or_create(&vec![("what", what.to_owned())]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }
@@ -364,10 +391,6 @@ impl Sink for MetricsSink {
         Ok(())
     }
 
-    fn drops_uncounted(&mut self, total: u64) {
-        self.0.update_drops_uncounted(total);
-    }
-
     fn finish(&mut self, totals: &Totals) -> io::Result<()> {
         self.0.update(totals);
         Ok(())
@@ -380,6 +403,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        kernel::loader::Losses,
         record::{PodIdentity, SockoptCall},
         testing::{addr, cilium_incident, istio_reset, record},
     };
@@ -398,6 +422,24 @@ mod tests {
         Record {
             pod: Some(PodIdentity { namespace: Some(namespace.into()), ..Default::default() }),
             ..record
+        }
+    }
+
+    /// Built from a git checkout (as every developer and CI build is), the binary names
+    /// its commit: it said "unknown" while nothing computed the value.
+    #[test]
+    fn build_info_names_the_commit_of_the_checkout() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+        match (option_env!("SOCKERR_GIT_SHA"), head) {
+            (Some(given), _) => assert_eq!(BuildInfo::current().git_sha, given),
+            (None, Some(head)) => assert_eq!(BuildInfo::current().git_sha, head),
+            (None, None) => assert_eq!(BuildInfo::current().git_sha, "unknown", "not a git checkout"),
         }
     }
 
@@ -427,7 +469,7 @@ mod tests {
             ..record(EventName::BindError)
         };
         metrics.observe(&in_pod(bind, "payments"));
-        let mark = SockoptCall { flag: FLAG_SO_MARK, value: 0x0b00 };
+        let mark = SockoptCall { flag: FLAG_SO_MARK, value: Some(0x0b00) };
         metrics.observe(&Record { sockopt: Some(mark), ..record(EventName::Sockopt) });
         metrics.observe(&Record { sockopt: Some(mark), errno: Some(1), ..record(EventName::Sockopt) });
         metrics.observe(&record(EventName::Connect));
@@ -498,13 +540,28 @@ mod tests {
     #[test]
     fn totals_become_counters_and_build_info_is_there() {
         let metrics = metrics(false, MAX_LABEL_SETS);
-        metrics.update(&Totals { events: 10, lost: 2, undecodable: 0 });
-        metrics.update(&Totals { events: 25, lost: 2, undecodable: 1 });
+        let mut lost = Losses::default();
+        lost.0[Loss::RingFull.index() as usize] = 2;
+        metrics.update(&Totals { events: 10, lost, ..Totals::default() });
+        lost.0[Loss::UserReadFault.index() as usize] = 1;
+        let forgotten = crate::table::Forgotten { sockets: 3, generations: 7 };
+        metrics.update(&Totals {
+            events: 25,
+            lost,
+            undecodable: 1,
+            loss_read_errors: 1,
+            table_forgotten: forgotten,
+        });
         let samples = samples(&metrics);
         for expected in [
             "sockerr_events_total 25",
-            "sockerr_events_lost_total 2",
+            r#"sockerr_events_lost_total{reason="ring_full"} 2"#,
+            r#"sockerr_events_lost_total{reason="user_read_fault"} 1"#,
+            r#"sockerr_events_lost_total{reason="owner_table_full"} 0"#,
             "sockerr_records_undecodable_total 1",
+            "sockerr_loss_counter_read_errors_total 1",
+            r#"sockerr_table_forgotten_total{what="socket"} 3"#,
+            r#"sockerr_table_forgotten_total{what="generation"} 7"#,
             r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,
         ] {
             assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");

@@ -1,19 +1,27 @@
 //! `sockerr daemon`: `trace --output json` on stdout, plus HTTP endpoints for Prometheus,
 //! health checks and the live socket table (see README, "Daemon").
 //!
-//! Start-up order: the HTTP address is bound first, so a taken port fails in
+//! Two listeners: the scrape port (`--listen`: /metrics, /healthz, /readyz, and /v1/*
+//! to permitted bearer tokens with `--expose-api`) and the socket table's own
+//! (`--api-listen`: loopback or a unix socket, no token). See docs/design.md, "Threat model".
+//!
+//! Start-up order: the HTTP addresses are bound first, so a taken port fails in
 //! milliseconds, before any program is loaded; /healthz answers while the programs load,
 //! /readyz once they are attached. Stop (SIGTERM, SIGINT): the run loop drains the ring,
 //! flushes stdout and detaches the programs, then the server gets a short grace period.
 //! A panic anywhere ends the process (`fatal`), so there is no half-alive daemon.
 
+pub mod access;
 pub mod http;
+pub mod http_metrics;
+pub mod limits;
+pub mod listeners;
 pub mod metrics;
+pub mod serve;
 pub mod sockets;
 
 use std::{
     io,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,14 +31,20 @@ use std::{
 
 use thiserror::Error;
 use tokio::{
-    net::TcpListener,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinError,
 };
 
 use self::{
-    http::AppState,
+    access::{
+        Authorizer,
+        review::{KubeReview, ReviewError},
+    },
+    http::{ApiAccess, AppState},
+    http_metrics::{HttpMetrics, Listener},
+    listeners::{ApiListener, ListenError},
     metrics::{BuildInfo, MAX_LABEL_SETS, Metrics, MetricsOptions, MetricsSink},
+    serve::{Incoming, ServeOptions},
 };
 use crate::{
     cli::{DaemonArgs, OutputFormat},
@@ -46,13 +60,10 @@ const SERVER_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
-    #[error("cannot listen on {addr} for the HTTP endpoints: {fix}")]
-    Listen {
-        addr: SocketAddr,
-        fix: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    ApiAccess(#[from] ReviewError),
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error("the program loader task failed")]
@@ -68,27 +79,73 @@ pub enum DaemonError {
 pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
     // First: from here on SIGTERM stops the daemon cleanly, even while it loads.
     let signal = trace::stop_signal(None)?;
-    let listener =
-        TcpListener::bind(args.listen).await.map_err(|source| listen_error(args.listen, source))?;
-    let address = listener.local_addr().map_err(|source| listen_error(args.listen, source))?;
-    // The end-to-end tests read the address (port 0 picks one) from this line.
-    tracing::info!("HTTP endpoints listening on http://{address} (/metrics, /healthz, /readyz, /v1/sockets)");
+    let scrape = listeners::bind_scrape(args.listen).await?;
+    let api = listeners::bind_api(&args.api_listen).await?;
+    let address = scrape.local_addr().map_err(|source| listen_error(args.listen, source))?;
+    // The end-to-end tests read the addresses (port 0 picks one) from these lines.
+    let exposed = if args.expose_api { "; /v1/* to permitted Kubernetes bearer tokens" } else { "" };
+    tracing::info!("HTTP endpoints listening on http://{address} (/metrics, /healthz, /readyz{exposed})");
+    let api = match api {
+        Some(ApiListener::Tcp(listener)) => {
+            let address =
+                listener.local_addr().map_or_else(|_| args.api_listen.to_string(), |a| a.to_string());
+            tracing::info!(
+                "socket table listening on http://{address} (/v1/sockets, no token: loopback only)"
+            );
+            Some(Incoming::Tcp(listener))
+        }
+        Some(ApiListener::Unix(listener)) => {
+            tracing::info!(
+                "socket table listening on {} (/v1/sockets, no token: this user only)",
+                args.api_listen
+            );
+            Some(Incoming::Unix(listener))
+        }
+        None => None,
+    };
 
     let options = MetricsOptions { dst_labels: args.metrics_dst_labels, max_label_sets: MAX_LABEL_SETS };
-    let metrics = Arc::new(Metrics::new(options, BuildInfo::current()));
+    let mut metrics = Metrics::new(options, BuildInfo::current());
+    let http_metrics = HttpMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    let access = if args.expose_api {
+        let authorizer = Arc::new(Authorizer::new(Box::new(KubeReview::infer().await?)));
+        Some(ApiAccess { authorizer, metrics: http_metrics.clone() })
+    } else {
+        None
+    };
     let ready = Arc::new(AtomicBool::new(false));
     let (inspect, inspections) = mpsc::channel(INSPECTION_QUEUE);
     let state = AppState { metrics: Arc::clone(&metrics), ready: Arc::clone(&ready), inspections: inspect };
-    let (shutdown, shutdown_requested) = oneshot::channel::<()>();
+    let (shutdown, shutdown_requested) = watch::channel(false);
+    let stopped = move || {
+        let mut requested = shutdown_requested.clone();
+        async move {
+            let _ = requested.wait_for(|stop| *stop).await;
+        }
+    };
     // Dropped when the server task ends, for whatever reason: that stops the tracing.
     let (alive, server_gone) = oneshot::channel::<()>();
+    let scrape_server = serve::serve(
+        Incoming::Tcp(scrape),
+        http::scrape_router(state.clone(), access),
+        ServeOptions::new(Listener::Scrape, http_metrics.clone()),
+        stopped(),
+    );
+    let api_server = api.map(|incoming| {
+        serve::serve(
+            incoming,
+            http::api_router(state),
+            ServeOptions::new(Listener::Api, http_metrics),
+            stopped(),
+        )
+    });
     let mut server = tokio::spawn(async move {
         let _alive = alive;
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async {
-                let _ = shutdown_requested.await;
-            })
-            .await
+        match api_server {
+            Some(api_server) => tokio::try_join!(scrape_server, api_server).map(drop),
+            None => scrape_server.await,
+        }
     });
 
     let selection = Selection::from(&args.filters);
@@ -119,7 +176,7 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
     ready.store(false, Ordering::Release);
 
     let server_ended_first = server.is_finished();
-    let _ = shutdown.send(());
+    let _ = shutdown.send(true);
     let served = match tokio::time::timeout(SERVER_GRACE, &mut server).await {
         Ok(joined) => joined,
         Err(_) => {
@@ -137,36 +194,8 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
     }
 }
 
-fn listen_error(addr: SocketAddr, source: io::Error) -> DaemonError {
-    let fix = match source.kind() {
-        io::ErrorKind::AddrInUse => {
-            "the port is taken (another sockerr daemon?): stop that process or choose a free port with --listen ADDR"
-        }
-        io::ErrorKind::AddrNotAvailable => {
-            "no interface of this host has that address: choose one it has with --listen ADDR (default 127.0.0.1:9966)"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need CAP_NET_BIND_SERVICE: choose a higher port with --listen ADDR"
-        }
-        _ => "choose another address with --listen ADDR",
-    };
-    DaemonError::Listen { addr, fix, source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_taken_port_names_the_address_and_the_fix() {
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = TcpListener::bind(addr).await.map_err(|source| listen_error(addr, source)).unwrap_err();
-        let message = err.to_string();
-        assert!(message.starts_with(&format!("cannot listen on {addr} for the HTTP endpoints")), "{message}");
-        assert!(message.contains("--listen ADDR"), "{message}");
-        assert!(
-            matches!(err, DaemonError::Listen { ref source, .. } if source.kind() == io::ErrorKind::AddrInUse)
-        );
-    }
+/// `local_addr` of a socket just bound fails only in theory; named like a bind error.
+fn listen_error(addr: std::net::SocketAddr, source: io::Error) -> DaemonError {
+    let fix = "choose another address".to_owned();
+    DaemonError::Listen(ListenError::Tcp { addr, what: "the HTTP endpoints", fix, source })
 }

@@ -10,7 +10,7 @@ use crate::{
     errno::errno_name,
     output::{MarkView, SockoptsView},
     pipeline::Inspect,
-    table::{Operation, Phase, Socket},
+    table::{Phase, Socket},
 };
 
 /// Which processes a request asks about.
@@ -135,11 +135,7 @@ fn socket_view(socket: &Socket, time: &impl Fn(u64) -> String) -> SocketView {
             Phase::Failed => "failed",
         },
         last_error: socket.last_error.map(|error| LastErrorView {
-            call: match error.operation {
-                Operation::Bind => "bind",
-                Operation::Connect => "connect",
-                Operation::Setsockopt => "setsockopt",
-            },
+            call: error.operation.as_str(),
             errno: error.errno,
             error: errno_name(error.errno),
             time: time(error.ts_ns),
@@ -190,7 +186,7 @@ mod tests {
                     level: 1,
                     optname: 36,
                     optlen: 4,
-                    value: opts.mark,
+                    value: Some(opts.mark),
                     ret: 0,
                     opts,
                 },

@@ -8,7 +8,7 @@ use std::{
 use tracer_common::{DropKey, DropTotal, drops::DROP_ROLE_LISTENER};
 
 use super::SocketDrop;
-use crate::{decode::comm_str, event::socket_addr};
+use crate::{decode::comm_str, decode::socket_addr};
 
 /// A total unchanged this long is removed from the kernel's map (its socket is most
 /// likely gone), which keeps the map from filling with dead sockets.

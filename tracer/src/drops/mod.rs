@@ -9,10 +9,10 @@ mod fold;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use tracer_common::{DropKey, DropTotal, drops::DROPS_UNCOUNTED_INDEX, names};
+use aya::maps::{MapData, PerCpuHashMap};
+use tracer_common::{DropKey, DropTotal, names};
 
-pub use self::fold::{DropFold, STALE_AFTER};
+pub use self::fold::DropFold;
 use crate::kernel::loader::{LoadError, take_map};
 
 /// The drops of one traced socket for one reason in one interval.
@@ -55,10 +55,10 @@ pub fn merge_slots(slots: &[DropTotal]) -> DropTotal {
     }
 }
 
-/// The kernel's running totals, and the drops it could not count.
+/// The kernel's running totals (the drops it could not add up count as
+/// `Loss::DropTableFull`, with the other losses).
 pub struct DropMaps {
     totals: PerCpuHashMap<MapData, DropKey, DropTotal>,
-    uncounted: PerCpuArray<MapData, u64>,
     reasons: BTreeMap<u64, String>,
 }
 
@@ -67,9 +67,7 @@ impl DropMaps {
         let map_error = |name| move |source| LoadError::Map { name, source };
         let totals = PerCpuHashMap::try_from(take_map(ebpf, names::SOCKET_DROPS)?)
             .map_err(map_error(names::SOCKET_DROPS))?;
-        let uncounted = PerCpuArray::try_from(take_map(ebpf, names::DROPS_UNCOUNTED)?)
-            .map_err(map_error(names::DROPS_UNCOUNTED))?;
-        Ok(Self { totals, uncounted, reasons })
+        Ok(Self { totals, reasons })
     }
 
     pub fn reasons(&self) -> &BTreeMap<u64, String> {
@@ -81,17 +79,12 @@ impl DropMaps {
         self.totals.iter().filter_map(Result::ok).map(|(key, slots)| (key, merge_slots(&slots))).collect()
     }
 
-    /// Removes totals that stopped growing (see [`STALE_AFTER`]).
+    /// Removes totals that stopped growing (see `fold::STALE_AFTER`).
     pub fn remove(&mut self, keys: &[DropKey]) {
         for key in keys {
             // Gone already is fine: nothing else removes entries.
             let _ = self.totals.remove(key);
         }
-    }
-
-    /// Drops of traced sockets the kernel could not count (its map was full).
-    pub fn uncounted(&self) -> u64 {
-        self.uncounted.get(&DROPS_UNCOUNTED_INDEX, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 }
 

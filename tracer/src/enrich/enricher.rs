@@ -98,7 +98,15 @@ impl Enricher {
                 None
             }
         };
-        let mut in_namespace = |pid| namespace.is_some() && self.netns_inode(pid).ok() == namespace;
+        // A namespace file refused for lack of a capability is counted, not taken for "elsewhere".
+        let mut in_namespace = |pid| match namespace {
+            None => Some(false),
+            Some(namespace) => match self.netns_inode(pid) {
+                Ok(inode) => Some(inode == namespace),
+                Err(err) if err.missing_capability().is_some() => None,
+                Err(_) => Some(false),
+            },
+        };
         let deadline = Instant::now() + OWNER_SEARCH_BUDGET;
         let scan = procfs::find_owners(&self.proc_root, netns.pid(), &wanted, &mut in_namespace, deadline);
 

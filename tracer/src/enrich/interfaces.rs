@@ -39,7 +39,7 @@ fn ip_of(address: &SockaddrStorage) -> Option<IpAddr> {
     address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
-fn prefix_len(netmask: IpAddr) -> u8 {
+pub(crate) fn prefix_len(netmask: IpAddr) -> u8 {
     let ones = match netmask {
         IpAddr::V4(mask) => u32::from(mask).count_ones(),
         IpAddr::V6(mask) => u128::from(mask).count_ones(),

@@ -12,12 +12,12 @@
 
 mod answer;
 mod enricher;
-mod interfaces;
+pub(crate) mod interfaces;
 mod matching;
 mod netns;
-mod port_range;
-mod procfs;
-mod sock_diag;
+pub(crate) mod port_range;
+pub(crate) mod procfs;
+pub(crate) mod sock_diag;
 
 use std::{
     io,
@@ -68,15 +68,23 @@ pub enum EnrichError {
         #[source]
         source: io::Error,
     },
-    #[error("sock_diag query failed{}", source.missing_capability().map(|cap| format!(" (needs {cap})")).unwrap_or_default())]
+    #[error("sock_diag query failed{}", if source.is_refused() { " (refused: an LSM policy such as SELinux or AppArmor forbids NETLINK_SOCK_DIAG; no capability lifts that)" } else { "" })]
     SockDiag {
         #[source]
         source: SockDiagError,
     },
-    /// /proc/PID/{fd,ns} of another user's process need ptrace access (PTRACE_MODE_READ,
-    /// see proc(5)), hence the capability named on EACCES/EPERM.
+    /// /proc/PID/fd/N links and /proc/PID/ns of another user's process need ptrace access
+    /// (PTRACE_MODE_READ, see proc(5)), hence the capability named on EACCES/EPERM.
     #[error("cannot read {}{}", path.display(), needs(source, "CAP_SYS_PTRACE"))]
     Proc {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Listing /proc/PID/fd, a mode 0500 directory owned by the process's user, is a
+    /// permission check on the directory, not a ptrace one: root needs CAP_DAC_READ_SEARCH.
+    #[error("cannot list {}{}", path.display(), needs(source, "CAP_DAC_READ_SEARCH"))]
+    FdList {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -105,7 +113,7 @@ impl EnrichError {
         match self {
             Self::Setns { source, .. } if denied(source) => Some("CAP_SYS_ADMIN"),
             Self::Proc { source, .. } if denied(source) => Some("CAP_SYS_PTRACE"),
-            Self::SockDiag { source } => source.missing_capability(),
+            Self::FdList { source, .. } if denied(source) => Some("CAP_DAC_READ_SEARCH"),
             _ => None,
         }
     }
@@ -139,9 +147,17 @@ mod tests {
         assert_eq!(proc.to_string(), "cannot read /proc/7/fd (needs CAP_SYS_PTRACE)");
         assert_eq!(proc.missing_capability(), Some("CAP_SYS_PTRACE"));
 
+        let list = EnrichError::FdList {
+            path: "/proc/7/fd".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(list.to_string(), "cannot list /proc/7/fd (needs CAP_DAC_READ_SEARCH)");
+        assert_eq!(list.missing_capability(), Some("CAP_DAC_READ_SEARCH"));
+
+        // Dumps check no capability: a refusal is a policy's, and is said so.
         let diag = EnrichError::SockDiag { source: SockDiagError::Kernel { source: eperm() } };
-        assert_eq!(diag.to_string(), "sock_diag query failed (needs CAP_NET_ADMIN)");
-        assert_eq!(diag.missing_capability(), Some("CAP_NET_ADMIN"));
+        assert!(diag.to_string().starts_with("sock_diag query failed (refused: an LSM policy"), "{diag}");
+        assert_eq!(diag.missing_capability(), None);
     }
 
     #[test]

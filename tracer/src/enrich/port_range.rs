@@ -18,7 +18,7 @@ pub(crate) fn read(proc_root: &Path) -> Result<(u16, u16), EnrichError> {
 
 /// "32768\t60999\n": ipv4_local_port_range (net/ipv4/sysctl_net_ipv4.c) prints its two
 /// ints through proc_dointvec, tab-separated.
-fn parse(text: &str) -> Option<(u16, u16)> {
+pub(crate) fn parse(text: &str) -> Option<(u16, u16)> {
     let mut numbers = text.split_ascii_whitespace().map(str::parse::<u16>);
     let (Some(Ok(low)), Some(Ok(high)), None) = (numbers.next(), numbers.next(), numbers.next()) else {
         return None;

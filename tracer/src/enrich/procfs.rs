@@ -28,27 +28,25 @@ pub(crate) struct OwnerScan {
 }
 
 /// Finds an owning (pid, fd) for each of `wanted`, looking at `first_pid` and then at
-/// the pids for which `in_namespace` says yes.
+/// the pids for which `in_namespace` says yes (`None`: cannot tell, the namespace file
+/// was denied).
 pub(crate) fn find_owners(
     proc_root: &Path,
     first_pid: u32,
     wanted: &HashSet<u64>,
-    in_namespace: &mut dyn FnMut(u32) -> bool,
+    in_namespace: &mut dyn FnMut(u32) -> Option<bool>,
     deadline: Instant,
 ) -> OwnerScan {
     let mut missing = wanted.clone();
     let mut scan = OwnerScan::default();
     let mut first_pid_error = None;
-    let mut unreadable = 0usize;
+    let mut denied = Denied::default();
     let mut timed_out = false;
 
     match scan_process(proc_root, first_pid, &mut missing, &mut scan.owners) {
         Ok(()) => {}
-        Err(err) if is_gone(&err) => {}
-        Err(source) => {
-            let path = proc_root.join(first_pid.to_string()).join("fd");
-            first_pid_error = Some(EnrichError::Proc { path, source });
-        }
+        Err(failure) if failure.is_gone() => {}
+        Err(failure) => first_pid_error = Some(failure.into_error(proc_root, first_pid)),
     }
 
     if !missing.is_empty() {
@@ -62,15 +60,26 @@ pub(crate) fn find_owners(
                         timed_out = true;
                         break;
                     }
-                    if pid == first_pid || !in_namespace(pid) {
+                    if pid == first_pid {
                         continue;
+                    }
+                    match in_namespace(pid) {
+                        Some(true) => {}
+                        Some(false) => continue,
+                        None => {
+                            denied.namespaces += 1;
+                            continue;
+                        }
                     }
                     match scan_process(proc_root, pid, &mut missing, &mut scan.owners) {
                         Ok(()) => {}
-                        Err(err) if is_gone(&err) => {}
-                        Err(err) => {
-                            debug!(pid, %err, "cannot list the fds of a process");
-                            unreadable += 1;
+                        Err(failure) if failure.is_gone() => {}
+                        Err(failure) => {
+                            debug!(pid, ?failure, "cannot read the fds of a process");
+                            match failure {
+                                ScanFailure::List(_) => denied.lists += 1,
+                                ScanFailure::Links(_) => denied.links += 1,
+                            }
                         }
                     }
                 }
@@ -86,11 +95,7 @@ pub(crate) fn find_owners(
         if let Some(err) = first_pid_error {
             scan.notes.push(err.to_string());
         }
-        if unreadable > 0 {
-            scan.notes.push(format!(
-                "cannot read the fds of {unreadable} other processes in the namespace (needs CAP_SYS_PTRACE)"
-            ));
-        }
+        scan.notes.extend(denied.notes(crate::kernel::privileges::holds));
         if timed_out {
             scan.notes.push("the owner search ran out of time".to_string());
         }
@@ -98,22 +103,108 @@ pub(crate) fn find_owners(
     scan
 }
 
-/// Records an owner for each inode of `missing` that `pid` has open.
+/// Processes of the namespace whose fds the scan could not read, by the step that was
+/// refused; each step needs its own capability.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Denied {
+    /// Listing /proc/PID/fd, a mode 0500 directory of the process's user: a permission
+    /// check on the directory (proc_fd_permission falls back to generic_permission).
+    lists: usize,
+    /// Reading /proc/PID/fd/N links: the ptrace access check (proc_fd_access_allowed).
+    links: usize,
+    /// /proc/PID/ns/net: the ptrace access check too, so the process's namespace is unknown.
+    namespaces: usize,
+}
+
+impl Denied {
+    /// One note per refused step; `holds` tells whether this process has a capability, so
+    /// a refusal that holding it did not prevent (an LSM, a user namespace of its own, a
+    /// sandbox's init) is said so instead of blaming the capability.
+    fn notes(&self, holds: impl Fn(&str) -> bool) -> Vec<String> {
+        let why = |capability: &str| {
+            if holds(capability) {
+                format!(
+                    "refused although sockerr holds {capability}: an LSM policy or another user namespace"
+                )
+            } else {
+                format!("needs {capability}")
+            }
+        };
+        let mut notes = Vec::new();
+        if self.lists > 0 {
+            notes.push(format!(
+                "cannot list the fds of {} other processes in the namespace ({})",
+                self.lists,
+                why("CAP_DAC_READ_SEARCH")
+            ));
+        }
+        if self.links > 0 {
+            notes.push(format!(
+                "cannot read the fd links of {} other processes in the namespace ({})",
+                self.links,
+                why("CAP_SYS_PTRACE")
+            ));
+        }
+        if self.namespaces > 0 {
+            notes.push(format!(
+                "cannot tell the network namespace of {} processes ({})",
+                self.namespaces,
+                why("CAP_SYS_PTRACE")
+            ));
+        }
+        notes
+    }
+}
+
+/// Which step of reading a process's fds failed.
+#[derive(Debug)]
+enum ScanFailure {
+    List(io::Error),
+    Links(io::Error),
+}
+
+impl ScanFailure {
+    fn is_gone(&self) -> bool {
+        match self {
+            Self::List(err) | Self::Links(err) => is_gone(err),
+        }
+    }
+
+    fn into_error(self, proc_root: &Path, pid: u32) -> EnrichError {
+        let path = proc_root.join(pid.to_string()).join("fd");
+        match self {
+            Self::List(source) => EnrichError::FdList { path, source },
+            Self::Links(source) => EnrichError::Proc { path, source },
+        }
+    }
+}
+
+/// Records an owner for each inode of `missing` that `pid` has open. Links that cannot be
+/// read for lack of permission fail the process after the readable ones are looked at.
 fn scan_process(
     proc_root: &Path,
     pid: u32,
     missing: &mut HashSet<u64>,
     owners: &mut HashMap<u64, HolderOwner>,
-) -> io::Result<()> {
+) -> Result<(), ScanFailure> {
     let process_dir = proc_root.join(pid.to_string());
     let mut comm = None;
-    for entry in fs::read_dir(process_dir.join("fd"))? {
+    let mut denied_link = None;
+    for entry in fs::read_dir(process_dir.join("fd")).map_err(ScanFailure::List)? {
         // An fd closed while listing is no owner: skip it.
         let Ok(entry) = entry else { continue };
         let Some(fd) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(target) = fs::read_link(entry.path()) else { continue };
+        let target = match fs::read_link(entry.path()) {
+            Ok(target) => target,
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                denied_link.get_or_insert(err);
+                continue;
+            }
+            // Closed meanwhile.
+            Err(_) => continue,
+        };
         let Some(inode) = socket_inode(target.as_os_str()) else { continue };
         if missing.remove(&inode) {
             let comm = comm.get_or_insert_with(|| read_comm(&process_dir).unwrap_or_default());
@@ -123,7 +214,10 @@ fn scan_process(
             }
         }
     }
-    Ok(())
+    match denied_link {
+        Some(err) if !missing.is_empty() => Err(ScanFailure::Links(err)),
+        _ => Ok(()),
+    }
 }
 
 /// /proc/PID/comm without its newline; `None` once the process is gone.
@@ -133,11 +227,11 @@ pub(crate) fn read_comm(process_dir: &Path) -> Option<String> {
 }
 
 /// `socket:[12345]` → 12345 (the target of an fd link to a socket, proc(5)).
-fn socket_inode(link_target: &OsStr) -> Option<u64> {
+pub(crate) fn socket_inode(link_target: &OsStr) -> Option<u64> {
     link_target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-fn parse_pid(name: &OsStr) -> Option<u32> {
+pub(crate) fn parse_pid(name: &OsStr) -> Option<u32> {
     name.to_str()?.parse().ok()
 }
 
@@ -203,7 +297,7 @@ mod tests {
             &wanted,
             &mut |pid| {
                 asked.push(pid);
-                pid != 20
+                Some(pid != 20)
             },
             later(),
         );
@@ -226,7 +320,7 @@ mod tests {
             &HashSet::from([500]),
             &mut |_| {
                 asked += 1;
-                true
+                Some(true)
             },
             later(),
         );
@@ -239,7 +333,7 @@ mod tests {
         let proc = FakeProc::new("vanished");
         // pid 10 has no directory at all: it exited before the scan.
         proc.process(30, "other", &[(5, "socket:[700]")]);
-        let scan = find_owners(&proc.0, 10, &HashSet::from([700, 800]), &mut |_| true, later());
+        let scan = find_owners(&proc.0, 10, &HashSet::from([700, 800]), &mut |_| Some(true), later());
         assert_eq!(scan.owners[&700].pid, 30);
         assert!(!scan.owners.contains_key(&800));
         assert!(scan.notes.is_empty(), "not finding is no error: {:?}", scan.notes);
@@ -250,9 +344,46 @@ mod tests {
         let proc = FakeProc::new("deadline");
         proc.process(10, "envoy", &[]);
         proc.process(30, "other", &[(5, "socket:[700]")]);
-        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| true, Instant::now());
+        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| Some(true), Instant::now());
         assert!(scan.owners.is_empty());
         assert_eq!(scan.notes, ["the owner search ran out of time"]);
+    }
+
+    /// Root passes every permission check of a fake /proc, so the refusals are counted
+    /// here as the scan counts them.
+    #[test]
+    fn each_refused_step_names_its_own_capability() {
+        let denied = Denied { lists: 2, links: 1, namespaces: 3 };
+        assert_eq!(
+            denied.notes(|_| false),
+            [
+                "cannot list the fds of 2 other processes in the namespace (needs CAP_DAC_READ_SEARCH)",
+                "cannot read the fd links of 1 other processes in the namespace (needs CAP_SYS_PTRACE)",
+                "cannot tell the network namespace of 3 processes (needs CAP_SYS_PTRACE)",
+            ]
+        );
+        assert!(Denied::default().notes(|_| false).is_empty());
+        // Holding SYS_PTRACE but not DAC_READ_SEARCH: only the latter is blamed.
+        let notes = denied.notes(|cap| cap == "CAP_SYS_PTRACE");
+        assert!(notes[0].ends_with("(needs CAP_DAC_READ_SEARCH)"), "{notes:?}");
+        assert!(notes[1].contains("refused although sockerr holds CAP_SYS_PTRACE"), "{notes:?}");
+        assert!(notes.iter().all(|note| !note.contains("needs CAP_SYS_PTRACE")), "{notes:?}");
+        let eacces = || io::Error::from_raw_os_error(libc::EACCES);
+        let list = ScanFailure::List(eacces()).into_error(Path::new("/proc"), 7).to_string();
+        assert_eq!(list, "cannot list /proc/7/fd (needs CAP_DAC_READ_SEARCH)");
+        let links = ScanFailure::Links(eacces()).into_error(Path::new("/proc"), 7).to_string();
+        assert_eq!(links, "cannot read /proc/7/fd (needs CAP_SYS_PTRACE)");
+    }
+
+    #[test]
+    fn processes_of_unknown_namespace_are_counted() {
+        let proc = FakeProc::new("unknown-ns");
+        proc.process(10, "envoy", &[]);
+        proc.process(30, "other", &[(5, "socket:[700]")]);
+        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| None, later());
+        assert!(scan.owners.is_empty());
+        let [note] = scan.notes.as_slice() else { panic!("{:?}", scan.notes) };
+        assert!(note.starts_with("cannot tell the network namespace of 1 processes ("), "{note}");
     }
 
     #[test]

@@ -5,11 +5,12 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr, SocketAddrV6},
+    num::NonZeroI32,
     os::fd::AsFd,
 };
 
 use netlink_packet_core::{
-    DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, ErrorMessage, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
@@ -53,15 +54,17 @@ pub enum SockDiagError {
 }
 
 impl SockDiagError {
-    /// Dumps need no capability in the caller's own namespace; an EPERM/EACCES here
-    /// comes from a namespace that a stricter policy (LSM, userns) guards.
-    pub fn missing_capability(&self) -> Option<&'static str> {
-        let source = match self {
-            Self::Open { source } | Self::Send { source } | Self::Receive { source } => source,
-            Self::Kernel { source } => source,
-            Self::Decode { .. } => return None,
-        };
-        (source.kind() == io::ErrorKind::PermissionDenied).then_some("CAP_NET_ADMIN")
+    /// EPERM/EACCES. inet_diag dumps check no capability, in any namespace (CAP_NET_ADMIN
+    /// only adds the socket mark and class id, which sockerr does not ask for): such a
+    /// refusal comes from an LSM policy (SELinux, AppArmor) that no capability lifts.
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Self::Open { source }
+            | Self::Send { source }
+            | Self::Receive { source }
+            | Self::Kernel { source } => source.kind() == io::ErrorKind::PermissionDenied,
+            Self::Decode { .. } => false,
+        }
     }
 
     /// ENOENT: the kernel has no sock_diag handler for this protocol (e.g. built without
@@ -296,14 +299,14 @@ fn dump_request(family: u8, transport: Transport, filter: DumpFilter, sequence: 
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Datagram {
+pub(crate) enum Datagram {
     More,
     Done,
 }
 
 /// Walks the netlink messages of one received datagram. Messages of another request
 /// (left over from a dump abandoned on error) are skipped.
-fn read_datagram(
+pub(crate) fn read_datagram(
     datagram: &[u8],
     sequence: u32,
     transport: Transport,
@@ -332,8 +335,8 @@ fn read_responses(
                 visit(&response, inet_diag_msg);
             }
             NetlinkPayload::Done(_) => return Ok(Datagram::Done),
-            NetlinkPayload::Error(error) if error.code.is_some() => {
-                return Err(SockDiagError::Kernel { source: error.to_io() });
+            NetlinkPayload::Error(ErrorMessage { code: Some(code), .. }) => {
+                return Err(SockDiagError::Kernel { source: kernel_errno(code) });
             }
             _ => {}
         }
@@ -372,6 +375,13 @@ fn socket_addr(ip: IpAddr, port: u16, interface: u32) -> SocketAddr {
 
 /// Milliseconds left on the socket's timer.
 ///
+/// The kernel sends `-errno`. Not `ErrorMessage::to_io`: it negates with `abs`, which
+/// overflows (a panic in a checked build) on `i32::MIN` from a hostile or corrupt
+/// datagram; the fuzz target `sock_diag` found this.
+fn kernel_errno(code: NonZeroI32) -> io::Error {
+    io::Error::from_raw_os_error(code.get().saturating_neg())
+}
+
 /// netlink-packet-sock-diag 0.5 decodes idiag_timer 3 as `Timer::TimeWait` and drops
 /// idiag_expires (src/inet/response.rs), yet for TIME_WAIT the kernel fills it with the
 /// time left before the socket disappears (tcp_twsk_diag_fill in net/ipv4/tcp_diag.c).
@@ -562,7 +572,16 @@ mod tests {
         let datagram = message(NetlinkPayload::Error(error));
         let err = read_datagram(&datagram, 0, Transport::Udp, &mut |_| {}).unwrap_err();
         assert!(err.is_unsupported_protocol(), "{err:?}");
-        assert_eq!(err.missing_capability(), None);
+        assert!(!err.is_refused());
+    }
+
+    #[test]
+    fn an_errno_of_i32_min_is_an_error_not_a_panic() {
+        let mut error = ErrorMessage::default();
+        error.code = NonZeroI32::new(i32::MIN);
+        let datagram = message(NetlinkPayload::Error(error));
+        let err = read_datagram(&datagram, 0, Transport::Tcp, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, SockDiagError::Kernel { .. }), "{err:?}");
     }
 
     #[test]

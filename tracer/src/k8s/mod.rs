@@ -21,6 +21,8 @@ pub enum K8sError {
     Args(#[from] args::ArgsError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    ProcRoot(#[from] crate::proc_root::ProcRootError),
 }
 
 /// kube's client logs every failed request at error level, once per retry; the pod
@@ -35,6 +37,7 @@ pub fn quiet_client_logs(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter
 /// The attributor the flags ask for; with `--kubernetes` this starts the pod watcher
 /// (a task on the current runtime, running until the attributor is dropped).
 pub async fn attributor(args: &AttributionArgs) -> Result<Attributor, K8sError> {
+    args.host_proc.check()?;
     let attributor = Attributor::new(args.host_proc.clone());
     if !args.kubernetes {
         return Ok(attributor);

@@ -2,15 +2,16 @@
 //! (`fieldSelector=spec.nodeName=<node>`) and keeps a [`PodDirectory`] current.
 //!
 //! It runs apart from the event path: while the API server is unreachable, records carry
-//! the ids from cgroups only, one warning says so, and the watcher retries with kube's
-//! default backoff (0.8 s doubling to 30 s, with jitter, as client-go's reflector).
+//! the ids from cgroups only, one warning says so, and the watch is started again after a
+//! backoff (0.8 s doubling to 30 s, as client-go's reflector), from a fresh list: a watch
+//! that merely resumes yields no event, so without the list nothing would tell that the
+//! API is back, and the next outage would go unreported.
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, Config,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, Client, Config, runtime::watcher};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
@@ -38,21 +39,61 @@ pub async fn start(node: &str, directory: PodDirectory) -> Result<JoinHandle<()>
     tracing::info!("--kubernetes: watching the pods of node {node} at {server}");
     let node = node.to_owned();
     Ok(tokio::spawn(async move {
-        let mut events = watcher(pods, selector).default_backoff().boxed();
         let mut mirror = Mirror::new(directory);
         let mut health = Health::default();
-        while let Some(event) = events.next().await {
-            let report = match event {
-                Ok(event) => health.applied(mirror.apply(event)),
-                Err(err) => health.failed(&err.to_string()),
-            };
-            match report {
-                Some(Report::Warn(message)) => tracing::warn!("{message}"),
-                Some(Report::Info(message)) => tracing::info!("{message} (node {node})"),
-                None => {}
+        let mut backoff = Backoff::default();
+        loop {
+            let mut events = watcher(pods.clone(), selector.clone()).boxed();
+            while let Some(event) = events.next().await {
+                let (report, failed) = match event {
+                    Ok(event) => {
+                        let applied = mirror.apply(event);
+                        if matches!(applied, Applied::Synced(_)) {
+                            backoff.reset();
+                        }
+                        (health.applied(applied), false)
+                    }
+                    Err(err) => (health.failed(&err.to_string()), true),
+                };
+                match report {
+                    Some(Report::Warn(message)) => tracing::warn!("{message}"),
+                    Some(Report::Info(message)) => tracing::info!("{message} (node {node})"),
+                    None => {}
+                }
+                if failed {
+                    break;
+                }
             }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }))
+}
+
+/// Delays between watch restarts: 0.8 s doubling to 30 s, back to 0.8 s after a list.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(800);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: FIRST_RETRY }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_RETRY);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
 }
 
 /// What the watcher says about itself: a warning when the API becomes unreachable (once
@@ -129,6 +170,15 @@ mod tests {
             health.applied(Applied::Synced(4)),
             Some(Report::Info("Kubernetes API reachable again: 4 pods known".into()))
         );
+    }
+
+    #[test]
+    fn restarts_back_off_and_reset_after_a_list() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, [800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), FIRST_RETRY);
     }
 
     #[test]

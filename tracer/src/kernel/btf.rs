@@ -25,7 +25,18 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("{path} is not a struct or union in the kernel's BTF")]
     NotComposite { path: String },
+    #[error(
+        "the kernel's BTF nests anonymous members of {strukt} more than {MAX_ANONYMOUS_DEPTH} deep (a loop?) \
+         looking for {member}; the BTF is malformed"
+    )]
+    AnonymousTooDeep { strukt: String, member: String },
+    #[error("{path} lies beyond bit 2^32 of its struct in the kernel's BTF; the BTF is malformed")]
+    OffsetOverflow { path: String },
 }
+
+/// Anonymous structs and unions inside each other: C code nests a few; a BTF type that
+/// contains itself would recurse without end.
+const MAX_ANONYMOUS_DEPTH: usize = 32;
 
 const MAGIC: u16 = 0xeb9f;
 
@@ -217,14 +228,15 @@ impl Btf {
             let members =
                 self.members(type_id).ok_or_else(|| BtfError::NotComposite { path: walked.clone() })?;
             let (member_type, offset) = self
-                .find(members, name)
+                .find(members, name, &walked, 0)?
                 .ok_or_else(|| BtfError::NoMember { strukt: walked.clone(), member: name.into() })?;
-            total = MemberOffset {
-                bit_offset: total.bit_offset + offset.bit_offset,
-                bitfield_size: offset.bitfield_size,
-            };
-            type_id = member_type;
             walked = format!("{walked}.{name}");
+            let bit_offset = total
+                .bit_offset
+                .checked_add(offset.bit_offset)
+                .ok_or_else(|| BtfError::OffsetOverflow { path: walked.clone() })?;
+            total = MemberOffset { bit_offset, bitfield_size: offset.bitfield_size };
+            type_id = member_type;
         }
         // A bitfield in a struct without kind_flag: the width is in the int type.
         if total.bitfield_size == 0
@@ -232,27 +244,42 @@ impl Btf {
                 self.types.get(self.resolve(type_id) as usize).unwrap_or(&Type::Other)
             && *bits % 8 != 0
         {
-            total.bit_offset += bit_offset;
+            total.bit_offset =
+                total.bit_offset.checked_add(*bit_offset).ok_or(BtfError::OffsetOverflow { path: walked })?;
             total.bitfield_size = *bits;
         }
         Ok(total)
     }
 
-    /// `name` among `members`, descending into anonymous members.
-    fn find(&self, members: &[Member], name: &str) -> Option<(u32, MemberOffset)> {
+    /// `name` among `members` of `strukt`, descending into anonymous members (`depth`
+    /// levels down already).
+    fn find(
+        &self,
+        members: &[Member],
+        name: &str,
+        strukt: &str,
+        depth: usize,
+    ) -> Result<Option<(u32, MemberOffset)>, BtfError> {
+        if depth > MAX_ANONYMOUS_DEPTH {
+            return Err(BtfError::AnonymousTooDeep { strukt: strukt.into(), member: name.into() });
+        }
         for member in members {
             if member.name == name {
-                return Some((member.type_id, member.offset));
+                return Ok(Some((member.type_id, member.offset)));
             }
             if member.name.is_empty()
                 && let Some(inner) = self.members(member.type_id)
-                && let Some((type_id, offset)) = self.find(inner, name)
+                && let Some((type_id, offset)) = self.find(inner, name, strukt, depth + 1)?
             {
-                let bit_offset = member.offset.bit_offset + offset.bit_offset;
-                return Some((type_id, MemberOffset { bit_offset, bitfield_size: offset.bitfield_size }));
+                let bit_offset = member
+                    .offset
+                    .bit_offset
+                    .checked_add(offset.bit_offset)
+                    .ok_or_else(|| BtfError::OffsetOverflow { path: format!("{strukt}.{name}") })?;
+                return Ok(Some((type_id, MemberOffset { bit_offset, bitfield_size: offset.bitfield_size })));
             }
         }
-        None
+        Ok(None)
     }
 
     fn members(&self, type_id: u32) -> Option<&[Member]> {
@@ -407,6 +434,40 @@ mod tests {
             Err(BtfError::NoMember { strukt: "outer.in".into(), member: "zz".into() })
         );
         assert_eq!(btf.member_offset("outer", "x.y"), Err(BtfError::NotComposite { path: "outer.x".into() }));
+    }
+
+    /// Found writing the `btf` fuzz target (its binary crashed on it): a struct whose
+    /// anonymous member is the struct itself made the member search recurse until the
+    /// stack overflowed.
+    #[test]
+    fn an_anonymous_member_containing_its_own_struct_is_an_error() {
+        let mut b = BtfBuilder::new();
+        // Type 1 is the struct being built: its only member is an anonymous type 1.
+        b.composite(false, "sock", 8, &[("", 1, 0, 0)]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        let err = btf.member_offset("sock", "__sk_common").unwrap_err();
+        assert_eq!(err, BtfError::AnonymousTooDeep { strukt: "sock".into(), member: "__sk_common".into() });
+        assert!(err.to_string().contains("malformed"), "{err}");
+    }
+
+    /// Offsets near 2^32 bits that add up past it are an error, not a wrapped offset.
+    #[test]
+    fn offsets_that_overflow_are_an_error() {
+        let mut b = BtfBuilder::new();
+        let u32_ = b.int("u32", 4);
+        let inner = b.composite(false, "inner", 4, &[("x", u32_, u32::MAX - 7, 0)]);
+        b.composite(false, "outer", 8, &[("in", inner, 64, 0)]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(
+            btf.member_offset("outer", "in.x"),
+            Err(BtfError::OffsetOverflow { path: "outer.in.x".into() })
+        );
+        let mut b = BtfBuilder::new();
+        let u32_ = b.int("u32", 4);
+        let anonymous = b.composite(false, "", 4, &[("x", u32_, u32::MAX - 7, 0)]);
+        b.composite(false, "outer", 8, &[("", anonymous, 64, 0)]);
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(btf.member_offset("outer", "x"), Err(BtfError::OffsetOverflow { path: "outer.x".into() }));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn resolve(path: &Path) -> Result<Cgroup, CgroupError> {
 
 /// `/sys/fs/cgroup/unified/kubepods` and `/kubepods` both name `kubepods` when the
 /// cgroup2 mount is /sys/fs/cgroup/unified.
-fn relative_to_mount(path: &Path, mount: &Path) -> PathBuf {
+pub(crate) fn relative_to_mount(path: &Path, mount: &Path) -> PathBuf {
     match path.strip_prefix(mount) {
         Ok(rel) => rel.to_path_buf(),
         Err(_) => path.components().filter(|c| matches!(c, Component::Normal(_))).collect(),
@@ -73,7 +73,7 @@ fn relative_to_mount(path: &Path, mount: &Path) -> PathBuf {
 /// mountinfo lines are `id parent major:minor root mountpoint options [optional...] -
 /// fstype source superoptions` (proc(5)); the mount point has spaces escaped as \040.
 /// Parsed by hand: one field of a stable, documented format is not worth a dependency.
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;

@@ -17,7 +17,7 @@ use super::{
 
 /// The floor's identical programs: the n-th program attached to one tracepoint is the
 /// n-th of these (a program attaches to a tracepoint only once).
-const FLOOR_PROGRAMS: &[&str] = &["floor_0", "floor_1", "floor_2"];
+pub(super) const PROGRAMS: &[&str] = &["floor_0", "floor_1", "floor_2"];
 
 /// The attached floor; dropping it detaches it.
 pub struct Floor {
@@ -39,6 +39,7 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
     // The maps come with the object; only the floor program is loaded. PEEKS as small as
     // without --http-peek: nothing reads it.
     let mut ebpf = EbpfLoader::new()
+        .allow_unsupported_maps()
         .map_max_entries(names::PEEKS, 1)
         .load(loader::PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
@@ -53,7 +54,7 @@ fn floor_plan(plan: &[Attachment]) -> Result<Vec<Attachment>, LoadError> {
     let mut floor = Vec::with_capacity(plan.len());
     for (index, &(_, category, tracepoint)) in plan.iter().enumerate() {
         let rank = plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count();
-        let program = FLOOR_PROGRAMS
+        let program = PROGRAMS
             .get(rank)
             .ok_or(LoadError::Missing("a floor program for each program on one tracepoint"))?;
         floor.push((*program, category, tracepoint));
@@ -85,7 +86,7 @@ mod tests {
 
     #[test]
     fn more_programs_on_one_tracepoint_than_copies_is_an_error() {
-        let crowded = vec![("a", "syscalls", "sys_exit_bind"); FLOOR_PROGRAMS.len() + 1];
+        let crowded = vec![("a", "syscalls", "sys_exit_bind"); PROGRAMS.len() + 1];
         assert!(floor_plan(&crowded).is_err());
     }
 }

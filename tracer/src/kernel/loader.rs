@@ -10,8 +10,9 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, LOST_EVENTS_INDEX, SockOffsets,
-    config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_LEARN_PIDS, FILTER_PROCESS},
+    Filters, Loss,
+    config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_HTTP_PEEK, FILTER_LEARN_PIDS, FILTER_PROCESS},
+    limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS},
     names,
 };
 
@@ -73,8 +74,8 @@ pub enum LoadError {
     Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
-    #[error("too many --pid/--comm values: at most {max} of each")]
-    TooManyFilters { max: usize },
+    #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map)")]
+    TooManyFilters { flag: &'static str, given: usize, max: u32 },
     // Boxed: aya's errors carry verifier logs and would make every Result huge.
     #[error("the kernel rejected sockerr's eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
@@ -119,17 +120,48 @@ pub struct Loaded {
     pub drops: Option<crate::drops::DropMaps>,
 }
 
-/// Records the kernel side could not fit in the ring buffer.
+/// What the kernel side dropped or degraded, by reason (`LOSSES`).
 pub struct LostCounter(PerCpuArray<MapData, u64>);
 
-impl LostCounter {
+/// Running totals of [`Loss`] reasons, indexed by `Loss::index`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses(pub [u64; Loss::COUNT]);
+
+impl Losses {
     pub fn total(&self) -> u64 {
-        self.0.get(&LOST_EVENTS_INDEX, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        self.0.iter().sum()
+    }
+
+    pub fn of(&self, reason: Loss) -> u64 {
+        self.0[reason.index() as usize]
+    }
+
+    /// Each reason with its count, in index order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
+        Loss::ALL.into_iter().map(|reason| (reason, self.of(reason)))
     }
 }
 
-const MAX_FILTER_PIDS: usize = 4096;
-const MAX_FILTER_COMMS: usize = 64;
+impl LostCounter {
+    /// Sums every CPU's counters. A failed read is an error: a count of 0 would claim
+    /// nothing was lost.
+    pub fn read(&self) -> Result<Losses, aya::maps::MapError> {
+        let mut losses = Losses::default();
+        for reason in Loss::ALL {
+            let per_cpu = self.0.get(&reason.index(), 0)?;
+            losses.0[reason.index() as usize] = per_cpu.iter().sum();
+        }
+        Ok(losses)
+    }
+}
+
+/// `given` values of `--flag` fit in a filter map of `max` entries.
+fn check_filter_count(flag: &'static str, given: usize, max: u32) -> Result<(), LoadError> {
+    if given > max as usize {
+        return Err(LoadError::TooManyFilters { flag, given, max });
+    }
+    Ok(())
+}
 
 /// A program and the tracepoint it goes to: (program, category, tracepoint).
 pub type Attachment = (&'static str, &'static str, &'static str);
@@ -151,10 +183,11 @@ const ATTACHMENTS: &[Attachment] = &[
     ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
 ];
 
-/// Only needed to follow `--comm` processes across exec/exit.
+/// Only needed to follow `--comm` processes across exec, exit and renames.
 const COMM_ATTACHMENTS: &[Attachment] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("task_rename", "task", "task_rename"),
 ];
 
 /// Every tracepoint `load` attaches for `selection`, in order; `resets`: whether this
@@ -200,20 +233,21 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     }
     let peek_sockets = if selection.http_peek { resets::PEEK_SOCKETS } else { 1 };
     let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
-    let sock_offsets = match backend {
-        Backend::Kprobe => sock_offsets::discover(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?,
-        Backend::Tracepoint => SockOffsets::default(),
-    };
+    // Both backends: the kprobe one reads the refusing socket's fields, and kfree_skb
+    // the tuple of a traced socket's dropped packet.
+    let sock_offsets = sock_offsets::discover(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?;
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
-    if pids.len() > MAX_FILTER_PIDS || comms.len() > MAX_FILTER_COMMS {
-        return Err(LoadError::TooManyFilters { max: MAX_FILTER_PIDS.min(MAX_FILTER_COMMS) });
-    }
+    check_filter_count("pid", pids.len(), MAX_FILTER_PIDS)?;
+    check_filter_count("comm", comms.len(), MAX_FILTER_COMMS)?;
     let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
     let filters = filters(selection, cgroup.as_ref());
 
     let mut ebpf = EbpfLoader::new()
+        // TASK_VERDICTS (task storage): aya 0.14 creates it but has no userspace type
+        // for it, which is fine: only the programs use it.
+        .allow_unsupported_maps()
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::FILTERS, &filters, true)
         .override_global(names::RESET_OFFSETS, &reset_offsets, true)
@@ -258,9 +292,9 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let events = take_map(&mut ebpf, names::EVENTS)?;
     let events =
         RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?;
-    let lost = take_map(&mut ebpf, names::LOST_EVENTS)?;
+    let lost = take_map(&mut ebpf, names::LOSSES)?;
     let lost =
-        PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOST_EVENTS, source })?;
+        PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOSSES, source })?;
     let reset_reasons = reset_setup.map(|setup| setup.reasons).unwrap_or_default();
     Ok(Loaded {
         _ebpf: ebpf,
@@ -291,6 +325,9 @@ fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {
     }
     if selection.all {
         flags |= FILTER_EMIT_ALL;
+    }
+    if selection.http_peek {
+        flags |= FILTER_HTTP_PEEK;
     }
     let (cgroup_id, cgroup_level) = match cgroup {
         Some(cg) => {
@@ -402,6 +439,16 @@ pub(super) fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_limits_are_the_map_sizes_and_name_the_flag() {
+        check_filter_count("pid", MAX_FILTER_PIDS as usize, MAX_FILTER_PIDS).unwrap();
+        check_filter_count("comm", MAX_FILTER_COMMS as usize, MAX_FILTER_COMMS).unwrap();
+        let err = check_filter_count("pid", 4097, MAX_FILTER_PIDS).unwrap_err().to_string();
+        assert_eq!(err, "too many --pid values: 4097, at most 4096 (the size of the kernel's filter map)");
+        let err = check_filter_count("comm", 65, MAX_FILTER_COMMS).unwrap_err().to_string();
+        assert!(err.starts_with("too many --comm values: 65, at most 64"), "{err}");
+    }
 
     #[test]
     fn comm_keys() {

@@ -3,12 +3,14 @@
 
 pub mod btf;
 pub mod cgroup;
+mod contract;
 pub mod drop_offsets;
 pub mod features;
 pub mod floor;
 pub mod kprobes;
 pub mod listen_offsets;
 pub mod loader;
+mod object_arch;
 pub mod offsets;
 pub mod print_fmt;
 pub mod privileges;

@@ -134,7 +134,7 @@ pub fn discover(
     Ok(ResetSetup { offsets, reasons })
 }
 
-fn fill_send_tuple(offsets: &mut ResetOffsets, send: &Format) -> Result<(), ResetOffsetsError> {
+pub(crate) fn fill_send_tuple(offsets: &mut ResetOffsets, send: &Format) -> Result<(), ResetOffsetsError> {
     if send.field("family").is_some() {
         offsets.send_layout = SEND_LAYOUT_FIELDS;
         offsets.send_family = send.offset("family", 2)?;

@@ -23,10 +23,10 @@ use tracer_common::ListenEvent;
 
 pub use self::{
     sample::{sample, socket_inode},
-    watch::{ListenWatch, MAX_LISTENERS, Target, Unwatched, Watched},
+    watch::{ListenWatch, Target, Unwatched, Watched},
     watcher::Watcher,
 };
-use crate::{event::socket_addr, record::PodIdentity};
+use crate::{decode::socket_addr, record::PodIdentity};
 
 /// A listener a traced task created, as the kernel reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]

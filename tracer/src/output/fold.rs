@@ -31,7 +31,7 @@ enum FoldKey {
     },
     Sockopt {
         pid: u32,
-        option: Option<(u32, u32)>,
+        option: Option<(u32, Option<u32>)>,
         errno: Option<i32>,
     },
     /// Successful connects differ in their ephemeral source port; the address asked
@@ -320,13 +320,13 @@ mod tests {
         let mut folder = Folder::new(WINDOW);
         let start = Instant::now();
         let set = Record {
-            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x3203_0b00 }),
+            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x3203_0b00) }),
             ..record(EventName::Sockopt)
         };
         folder.push(set.clone(), start);
         folder.push(Record { fd: 132, ..set.clone() }, start);
         folder.push(
-            Record { sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x0b00 }), ..set.clone() },
+            Record { sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x0b00) }), ..set.clone() },
             start,
         );
         folder.push(Record { errno: Some(1), ..set }, start);

@@ -145,7 +145,8 @@ struct JsonValue(OptionValue);
 impl Serialize for JsonValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
-            OptionValue::Mark(_) => serializer.collect_str(&self.0),
+            // "?": the kernel side could not read the value; a string, as a mark is.
+            OptionValue::Mark(_) | OptionValue::Unread => serializer.collect_str(&self.0),
             OptionValue::Int(value) => serializer.serialize_u32(value),
         }
     }
@@ -370,7 +371,7 @@ mod tests {
     fn sockopt_object_and_mark_of_the_call() {
         let set = Record {
             sockopts: SockOpts { flags: FLAG_SO_MARK, mark: 0x0b00 },
-            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x3203_0a00 }),
+            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x3203_0a00) }),
             ..record(EventName::Sockopt)
         };
         let object = parsed(&set);
@@ -380,7 +381,7 @@ mod tests {
 
         let refused = Record {
             errno: Some(1),
-            sockopt: Some(SockoptCall { flag: FLAG_IP_FREEBIND, value: 1 }),
+            sockopt: Some(SockoptCall { flag: FLAG_IP_FREEBIND, value: Some(1) }),
             ..record(EventName::Sockopt)
         };
         let object = parsed(&refused);

@@ -16,10 +16,10 @@ mod text;
 
 use std::time::Duration;
 
-pub use fold::{DEFAULT_MAX_OPEN_GROUPS, Folder};
+pub use fold::Folder;
 pub use json::render_json;
 pub(crate) use json::{MarkView, SockoptsView};
-pub use options::{NamedOption, OptionValue, enabled_options};
+pub use options::NamedOption;
 pub use stdout::{OutputOptions, StdoutSink};
 pub use text::TextRenderer;
 

@@ -35,6 +35,8 @@ pub enum OptionValue {
     Mark(u32),
     /// A boolean option's integer (nonzero enables it).
     Int(u32),
+    /// The caller's buffer could not be read: set, to an unknown value (shown `?`).
+    Unread,
 }
 
 impl OptionValue {
@@ -42,7 +44,7 @@ impl OptionValue {
     pub fn cilium_mark(self) -> Option<CiliumMark> {
         match self {
             Self::Mark(mark) => decode_cilium_mark(mark),
-            Self::Int(_) => None,
+            Self::Int(_) | Self::Unread => None,
         }
     }
 }
@@ -52,6 +54,7 @@ impl fmt::Display for OptionValue {
         match self {
             Self::Mark(mark) => write!(f, "{mark:#010x}"),
             Self::Int(value) => write!(f, "{value}"),
+            Self::Unread => f.write_str("?"),
         }
     }
 }
@@ -64,9 +67,13 @@ pub struct NamedOption {
 }
 
 impl NamedOption {
-    fn new(flag: u32, value: u32) -> Self {
+    fn new(flag: u32, value: Option<u32>) -> Self {
         let name = OPTIONS.iter().find(|(known, _)| *known == flag).map_or(UNKNOWN_OPTION, |(_, name)| name);
-        let value = if flag == FLAG_SO_MARK { OptionValue::Mark(value) } else { OptionValue::Int(value) };
+        let value = match value {
+            None => OptionValue::Unread,
+            Some(mark) if flag == FLAG_SO_MARK => OptionValue::Mark(mark),
+            Some(value) => OptionValue::Int(value),
+        };
         Self { name, value }
     }
 
@@ -78,10 +85,16 @@ impl NamedOption {
 
 /// The options enabled on a socket, in display order (booleans as 1).
 pub fn enabled_options(opts: SockOpts) -> impl Iterator<Item = NamedOption> {
-    OPTIONS
-        .into_iter()
-        .filter(move |(flag, _)| opts.flags & flag != 0)
-        .map(move |(flag, _)| NamedOption::new(flag, if flag == FLAG_SO_MARK { opts.mark } else { 1 }))
+    OPTIONS.into_iter().filter(move |&(flag, _)| opts.enabled(flag)).map(move |(flag, _)| {
+        let value = if opts.unread(flag) {
+            None
+        } else if flag == FLAG_SO_MARK {
+            Some(opts.mark)
+        } else {
+            Some(1)
+        };
+        NamedOption::new(flag, value)
+    })
 }
 
 #[cfg(test)]
@@ -104,6 +117,19 @@ mod tests {
                 ("IPV6_FREEBIND", OptionValue::Int(1)),
             ]
         );
+    }
+
+    /// A value the kernel side could not read shows as `?`, never as 0.
+    #[test]
+    fn unread_values_are_marked() {
+        let mut opts = SockOpts::default();
+        opts.apply(FLAG_SO_MARK, None);
+        opts.apply(FLAG_SO_REUSEADDR, None);
+        let listed: Vec<_> =
+            enabled_options(opts).map(|option| (option.name, option.value.to_string())).collect();
+        assert_eq!(listed, [("SO_MARK", "?".to_owned()), ("SO_REUSEADDR", "?".to_owned())]);
+        let call = NamedOption::of_call(SockoptCall { flag: FLAG_SO_MARK, value: None });
+        assert_eq!((call.value, call.value.cilium_mark()), (OptionValue::Unread, None));
     }
 
     #[test]
@@ -133,12 +159,12 @@ mod tests {
 
     #[test]
     fn call_values_keep_what_was_passed() {
-        let cleared = NamedOption::of_call(SockoptCall { flag: FLAG_SO_REUSEPORT, value: 0 });
+        let cleared = NamedOption::of_call(SockoptCall { flag: FLAG_SO_REUSEPORT, value: Some(0) });
         assert_eq!((cleared.name, cleared.value.to_string()), ("SO_REUSEPORT", "0".to_owned()));
-        let mark = NamedOption::of_call(SockoptCall { flag: FLAG_SO_MARK, value: 0x0b00 });
+        let mark = NamedOption::of_call(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x0b00) });
         assert_eq!(mark.value.to_string(), "0x00000b00");
         assert_eq!(mark.value.cilium_mark().map(|decoded| decoded.magic_name), Some("proxy-egress"));
-        let unknown = NamedOption::of_call(SockoptCall { flag: 1 << 20, value: 1 });
+        let unknown = NamedOption::of_call(SockoptCall { flag: 1 << 20, value: Some(1) });
         assert_eq!(unknown.name, "UNKNOWN_OPTION");
     }
 }

@@ -5,7 +5,6 @@ use serde::Serialize;
 use crate::{
     errno::errno_name,
     reset::{Exchange, FoundAnomaly, ResetDetails, ResetDirection},
-    table::Operation,
 };
 
 #[derive(Serialize)]
@@ -45,11 +44,7 @@ impl<'a> RstView<'a> {
             active: reset.active,
             sock_cookie: reset.cookie,
             last_error: reset.last_error.map(|e| LastErrorView {
-                operation: match e.operation {
-                    Operation::Bind => "bind",
-                    Operation::Connect => "connect",
-                    Operation::Setsockopt => "setsockopt",
-                },
+                operation: e.operation.as_str(),
                 errno: e.errno,
                 error: errno_name(e.errno),
             }),

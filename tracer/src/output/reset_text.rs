@@ -8,7 +8,6 @@ use crate::{
     errno::errno_name,
     record::Record,
     reset::{DataDirection, FoundAnomaly, ResetDetails, ResetDirection, ResetOwner},
-    table::Operation,
 };
 
 /// Everything after the time.
@@ -44,11 +43,7 @@ impl fmt::Display for ResetLine<'_> {
             (None, None) => {}
         }
         if let Some(error) = reset.last_error {
-            let operation = match error.operation {
-                Operation::Bind => "bind",
-                Operation::Connect => "connect",
-                Operation::Setsockopt => "setsockopt",
-            };
+            let operation = error.operation.as_str();
             match errno_name(error.errno) {
                 Some(name) => write!(f, " last-error={name}({operation})")?,
                 None => write!(f, " last-error={}({operation})", error.errno)?,
@@ -165,7 +160,7 @@ mod tests {
 
     #[test]
     fn anomalies_of_a_sent_message_and_several_in_one() {
-        use crate::http::{Anomaly, AnomalyKind};
+        use crate::http_anomaly::{Anomaly, AnomalyKind};
         use crate::reset::DataDirection;
         let mut record = istio_reset();
         let reset = record.reset.as_mut().unwrap();

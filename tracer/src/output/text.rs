@@ -161,7 +161,7 @@ impl fmt::Display for Options<'_> {
             match option.value {
                 // Enabled booleans: the name says it all.
                 OptionValue::Int(_) => f.write_str(option.name)?,
-                OptionValue::Mark(_) => {
+                OptionValue::Mark(_) | OptionValue::Unread => {
                     write!(f, "{}={}{}", option.name, option.value, MarkHint(option.value))?
                 }
             }
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn sockopt_lines_show_the_option_set() {
         let set = Record {
-            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: 0x3203_0b00 }),
+            sockopt: Some(SockoptCall { flag: FLAG_SO_MARK, value: Some(0x3203_0b00) }),
             ..record(EventName::Sockopt)
         };
         assert_eq!(
@@ -478,7 +478,7 @@ mod tests {
         );
         let refused = Record {
             errno: Some(1),
-            sockopt: Some(SockoptCall { flag: FLAG_IP_TRANSPARENT, value: 1 }),
+            sockopt: Some(SockoptCall { flag: FLAG_IP_TRANSPARENT, value: Some(1) }),
             ..record(EventName::Sockopt)
         };
         assert_eq!(

@@ -5,9 +5,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use super::{Exchange, ResetDirection, ResetOwner, ResetSeen};
 use crate::{
-    http::{Anomaly, MessageKind, analyze},
-    record::TcpState,
-    table::LastError,
+    http_anomaly::{Anomaly, MessageKind, analyze},
+    last_error::LastError,
+    tcp_state::TcpState,
 };
 
 /// The exchange of another socket of the process counts only this fresh: a proxy
@@ -113,7 +113,7 @@ fn anomalies_in(exchanges: &[Exchange]) -> Vec<FoundAnomaly> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{http::AnomalyKind, table::Operation};
+    use crate::{http_anomaly::AnomalyKind, last_error::Operation};
 
     const REQUEST: &[u8] = b"GET /wrong HTTP/1.1\r\nHost: http-chunked:8080\r\n\r\n";
     const RESPONSE: &[u8] =
@@ -139,6 +139,7 @@ mod tests {
             owner: ResetOwner::Socket,
             fd: 23,
             has_socket: true,
+            sk: 0xffff_8880_0000_0001,
             state: Some(TcpState::Close),
             reason: Some(14),
             active: true,

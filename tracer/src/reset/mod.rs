@@ -3,12 +3,10 @@
 //! socket's last error, and with `--http-peek` the exchange before it and its HTTP
 //! anomalies.
 
-mod decode;
 mod details;
 
 use std::net::SocketAddr;
 
-pub use decode::seen;
 pub use details::{DataDirection, FoundAnomaly, ResetDetails, details};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +61,10 @@ pub struct ResetSeen {
     pub fd: i32,
     /// The kernel had a socket (`false`: an RST answering a segment for no socket).
     pub has_socket: bool,
-    pub state: Option<crate::record::TcpState>,
+    /// The kernel's `struct sock` address (0: none): tells the socket an fd names now
+    /// from the one it named before.
+    pub sk: u64,
+    pub state: Option<crate::tcp_state::TcpState>,
     /// `enum sk_rst_reason`, when the kernel has reasons.
     pub reason: Option<u32>,
     /// Not an answer to an incoming segment (tcp_send_active_reset()).

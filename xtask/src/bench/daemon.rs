@@ -19,13 +19,12 @@ pub struct Daemon {
     pub address: SocketAddr,
 }
 
-/// `sockerr daemon --comm sockerr-bench`, NDJSON to `ndjson`, HTTP on a free port.
-pub fn start(sockerr: &Path, ndjson: &Path) -> Result<Daemon> {
+/// `sockerr daemon` with `filter` (none: node-wide), NDJSON to `ndjson`, HTTP on a free
+/// port, on its default backend.
+pub fn start(sockerr: &Path, ndjson: &Path, filter: &[&str]) -> Result<Daemon> {
     let out = File::create(ndjson).with_context(|| format!("creating {}", ndjson.display()))?;
     let mut command = Command::new(sockerr);
-    command
-        .args(["daemon", "--backend", "tracepoint", "--listen", "127.0.0.1:0", "--comm", "sockerr-bench"])
-        .stdout(Stdio::from(out));
+    command.args(["daemon", "--listen", "127.0.0.1:0"]).args(filter).stdout(Stdio::from(out));
     let running = Running::sockerr(command)?;
     // The address is logged before `tracing started`: poll /proc for the listening port
     // would be racy, the log line is not.
@@ -36,7 +35,7 @@ pub fn start(sockerr: &Path, ndjson: &Path) -> Result<Daemon> {
 }
 
 /// The daemon's TCP listener, from its fds and /proc/net/tcp: independent of log format.
-fn listening_address(pid: u32) -> Result<SocketAddr> {
+pub fn listening_address(pid: u32) -> Result<SocketAddr> {
     let mut inodes = Vec::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
         let target = fs::read_link(entry?.path()).unwrap_or_default();
@@ -86,6 +85,71 @@ pub fn sum_metric(body: &str, metric: &str, labels: &[&str]) -> f64 {
                 .then(|| value.parse::<f64>().ok())?
         })
         .sum()
+}
+
+/// The daemon's kernel-side losses: the labelled `sockerr_events_lost_total{reason=...}`
+/// when it exports one (summed over reasons), else the unlabelled total; an error when
+/// it exports neither (never a silent 0).
+pub fn lost(body: &str) -> Result<Losses> {
+    let mut by_reason = std::collections::BTreeMap::new();
+    let mut unlabelled = None;
+    for line in body.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        match series.split_once('{') {
+            Some((LOST_METRIC, labels)) => {
+                let reason = label(labels, "reason").unwrap_or("unlabelled").to_owned();
+                *by_reason.entry(reason).or_insert(0) += value as u64;
+            }
+            None if series == LOST_METRIC => unlabelled = Some(value as u64),
+            _ => {}
+        }
+    }
+    if !by_reason.is_empty() {
+        return Ok(Losses { total: by_reason.values().sum(), by_reason: Some(by_reason) });
+    }
+    match unlabelled {
+        Some(total) => Ok(Losses { total, by_reason: None }),
+        None => bail!("the daemon's /metrics has no {LOST_METRIC}: cannot tell whether it lost events"),
+    }
+}
+
+const LOST_METRIC: &str = "sockerr_events_lost_total";
+
+/// Losses the daemon counted; by reason where it says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Losses {
+    pub total: u64,
+    pub by_reason: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Losses {
+    /// `self - before`, per reason where both have reasons.
+    pub fn since(&self, before: &Losses) -> Losses {
+        let by_reason = self.by_reason.as_ref().map(|now| {
+            now.iter()
+                .map(|(reason, n)| {
+                    let was = before.by_reason.as_ref().and_then(|b| b.get(reason)).copied().unwrap_or(0);
+                    (reason.clone(), n.saturating_sub(was))
+                })
+                .collect()
+        });
+        Losses { total: self.total.saturating_sub(before.total), by_reason }
+    }
+
+    /// Evictions among the reasons (a reason naming an eviction); None when the daemon
+    /// gives no reasons, so cannot say.
+    pub fn evictions(&self) -> Option<u64> {
+        let reasons = self.by_reason.as_ref()?;
+        Some(reasons.iter().filter(|(reason, _)| reason.contains("evict")).map(|(_, n)| n).sum())
+    }
+}
+
+/// The value of `key="..."` in a Prometheus label set (`a="x",b="y"}`).
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let rest = &labels[start..];
+    Some(&rest[..rest.find('"')?])
 }
 
 /// CPU time (user + system) in clock ticks, from /proc/PID/stat.
@@ -154,6 +218,25 @@ mod tests {
             7.0
         );
         assert_eq!(sum_metric(body, "sockerr_events_lost_total", &[]), 3.0);
+    }
+
+    #[test]
+    fn losses_prefer_the_labelled_counter() {
+        let today = "# TYPE sockerr_events_lost counter\nsockerr_events_lost_total 3\n";
+        assert_eq!(lost(today).unwrap(), Losses { total: 3, by_reason: None });
+        assert_eq!(lost(today).unwrap().evictions(), None, "no reasons: evictions unknown");
+        let labelled = "sockerr_events_lost_total{reason=\"ring_full\"} 5\n\
+            sockerr_events_lost_total{reason=\"owner_evicted\"} 2\n\
+            sockerr_events_lost_total{reason=\"user_read_fault\"} 0\n";
+        let losses = lost(labelled).unwrap();
+        assert_eq!(losses.total, 7);
+        assert_eq!(losses.evictions(), Some(2));
+        let before = lost("sockerr_events_lost_total{reason=\"ring_full\"} 1\n").unwrap();
+        let delta = losses.since(&before);
+        assert_eq!(delta.total, 6);
+        assert_eq!(delta.by_reason.unwrap()["ring_full"], 4);
+        let err = lost("sockerr_connect_errors_total 1\n").unwrap_err().to_string();
+        assert!(err.contains("cannot tell"), "{err}");
     }
 
     #[test]

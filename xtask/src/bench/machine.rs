@@ -3,11 +3,11 @@
 use std::{fs, process::Command};
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::process::stdout_of;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
@@ -41,13 +41,4 @@ pub fn describe() -> Result<Machine> {
         strace: first_line(Command::new("strace").arg("-V")),
         date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
     })
-}
-
-impl Machine {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "cpu": self.cpu, "cores": self.cores, "kernel": self.kernel, "rustc": self.rustc,
-            "bpftrace": self.bpftrace, "strace": self.strace, "date": self.date,
-        })
-    }
 }

@@ -8,18 +8,19 @@
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{
     LOOPS, Plan, daemon,
-    tracers::{Config, Running, loop_command},
+    tracers::{Config, Traced, loop_command},
 };
 use crate::process::{describe, stdout_of};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// One program's share of one loop.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgramCost {
     pub loop_name: String,
     pub program: String,
@@ -36,13 +37,6 @@ impl ProgramCost {
 
     pub fn ns_per_iteration(&self) -> f64 {
         self.run_time_ns as f64 / self.iterations.max(1) as f64
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "loop": self.loop_name, "program": self.program, "runs": self.runs,
-            "run_time_ns": self.run_time_ns, "iterations": self.iterations,
-        })
     }
 }
 
@@ -66,20 +60,23 @@ impl Drop for StatsEnabled {
     }
 }
 
-/// Runs every loop once under `sockerr trace` with the statistics on.
+/// Runs every loop once under `sockerr daemon` (node-wide, as in the timed loops) with
+/// the statistics on. Node-wide, the programs also run for the other processes of the
+/// machine: on a busy machine their runs inflate the per-iteration figures.
 pub fn run(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Vec<ProgramCost>> {
     let _stats = StatsEnabled::enable()?;
-    let mut tracer =
-        Running::start(Config::TraceDevNull, sockerr, scratch)?.context("sockerr trace did not start")?;
+    let mut traced =
+        Traced::start(Config::Daemon, sockerr, scratch)?.context("sockerr daemon did not start")?;
+    let tracer = &mut traced.running;
     let programs: Vec<u64> = daemon::bpf_ids_of(tracer.pid(), "prog_id:")?.into_iter().collect();
     if programs.is_empty() {
-        bail!("sockerr trace (pid {}) holds no BPF program fd", tracer.pid());
+        bail!("sockerr daemon (pid {}) holds no BPF program fd", tracer.pid());
     }
     let mut costs = Vec::new();
     for &loop_name in LOOPS {
         let before = program_stats(&programs)?;
         let mut command =
-            loop_command(Config::TraceDevNull, sockerr, &[loop_name], plan.batches, plan.batch_ms);
+            loop_command(Config::Daemon, sockerr, &[loop_name], plan.batches, plan.batch_ms, None);
         let output = command.output().with_context(|| format!("could not start `{}`", describe(&command)))?;
         if !output.status.success() {
             bail!("`{}` failed: {}", describe(&command), String::from_utf8_lossy(&output.stderr));
@@ -124,6 +121,23 @@ fn differences(
     costs
 }
 
+/// BPF program type -> how many of `pid`'s programs have it (bpftool's `type`).
+pub fn program_types(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let mut types = BTreeMap::new();
+    for id in daemon::bpf_ids_of(pid, "prog_id:")? {
+        let shown: Value = serde_json::from_str(&stdout_of(Command::new("bpftool").args([
+            "prog",
+            "show",
+            "id",
+            &id.to_string(),
+            "-j",
+        ]))?)?;
+        let kind = shown["type"].as_str().unwrap_or("unknown").to_owned();
+        *types.entry(kind).or_insert(0) += 1;
+    }
+    Ok(types)
+}
+
 /// id -> (name, run_cnt, run_time_ns) of these programs.
 fn program_stats(ids: &[u64]) -> Result<BTreeMap<u64, (String, u64, u64)>> {
     let mut stats = BTreeMap::new();
@@ -148,7 +162,8 @@ pub fn render(costs: &[ProgramCost]) -> String {
     let _ = writeln!(md, "\n## Where the time in the kernel goes (BPF run-time statistics)\n");
     let _ = writeln!(
         md,
-        "Each loop once more under `sockerr trace` with `kernel.bpf_stats_enabled=1` (which adds two clock \
+        "Each loop once more under `sockerr daemon` (node-wide: the programs' runs for the machine's other \
+         processes are counted too) with `kernel.bpf_stats_enabled=1` (which adds two clock \
          reads to every run, so the timed loops above run without it). ns/run: the program's mean run time; \
          per iteration: its run time divided by the loop's iterations. The floor's programs return at once \
          (tens of ns per run); what a program spends beyond that is its own work: map updates, reading user \

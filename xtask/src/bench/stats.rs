@@ -1,4 +1,4 @@
-//! Summaries of the raw samples and the targets of issue 6. Pure: unit-tested below.
+//! Summaries of the raw samples. Pure: unit-tested below.
 
 /// Median and interquartile range of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,28 +49,6 @@ pub fn added_cost_ratio(traced: f64, reference: f64, untraced: f64) -> Option<f6
     Some((traced - untraced) / reference_added)
 }
 
-/// A target of issue 6 and whether this run met it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub what: String,
-    pub limit: f64,
-    pub measured: Option<f64>,
-}
-
-impl Target {
-    pub fn met(&self) -> Option<bool> {
-        self.measured.map(|ratio| ratio <= self.limit)
-    }
-
-    pub fn verdict(&self) -> &'static str {
-        match self.met() {
-            Some(true) => "met",
-            Some(false) => "not met",
-            None => "not measurable (the reference adds no measurable cost)",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,13 +70,5 @@ mod tests {
         assert_eq!(added_cost_ratio(1300.0, 1200.0, 1000.0), Some(1.5));
         assert_eq!(added_cost_ratio(1000.0, 1200.0, 1000.0), Some(0.0));
         assert_eq!(added_cost_ratio(1300.0, 1001.0, 1000.0), None, "floor within noise");
-    }
-
-    #[test]
-    fn targets_say_met_or_not() {
-        let target = |measured| Target { what: "x".into(), limit: 1.5, measured };
-        assert_eq!(target(Some(1.2)).verdict(), "met");
-        assert_eq!(target(Some(1.6)).verdict(), "not met");
-        assert!(target(None).verdict().starts_with("not measurable"));
     }
 }

@@ -1,8 +1,11 @@
 //! The configurations the micro-loops run under, and starting/stopping the tracer of each.
+//! Every tracer writes its records to a file under target/bench (like for like: the same
+//! kind of sink for sockerr, bpftrace and strace), which the bench then counts.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     io::{BufRead, BufReader, Read},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -12,178 +15,224 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::daemon;
+
 /// How long a tracer may take to attach (bpftrace compiles its script first).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// A process name no process has: `--comm` with it excludes the loops.
-pub const NOBODY: &str = "nobody-matches";
+/// The process an excluding filter selects instead of the loops: a short bench-loop run
+/// under this name proves the filtered tracer was working.
+pub const CANARY: &str = "sockerr-canary";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Config {
     Untraced,
+    /// `sockerr bench-floor`: the tracer's hooks, each with a program that returns at once.
     Floor,
-    TraceDevNull,
-    TraceFile,
+    /// The floor with the excluding filter of `TraceExcluded` (same hooks as it).
+    FloorExcluded,
+    /// `sockerr daemon`, node-wide (no filter), NDJSON to a file.
+    Daemon,
+    /// `sockerr trace --comm sockerr-canary`: the loop process is excluded.
+    TraceExcluded,
     Bpftrace,
     Strace,
-    /// The floor with `--comm nobody-matches`: the loop process is excluded.
-    FloorExcluded,
-    /// `sockerr trace --comm nobody-matches`: the loop process is excluded.
-    TraceExcluded,
 }
 
 impl Config {
-    pub const ALL: [Config; 8] = [
+    pub const ALL: [Config; 7] = [
         Config::Untraced,
         Config::Floor,
-        Config::TraceDevNull,
-        Config::TraceFile,
+        Config::FloorExcluded,
+        Config::Daemon,
+        Config::TraceExcluded,
         Config::Bpftrace,
         Config::Strace,
-        Config::FloorExcluded,
-        Config::TraceExcluded,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Config::Untraced => "untraced",
             Config::Floor => "floor",
-            Config::TraceDevNull => "sockerr>/dev/null",
-            Config::TraceFile => "sockerr>file",
+            Config::FloorExcluded => "floor --comm other",
+            Config::Daemon => "daemon",
+            Config::TraceExcluded => "trace --comm other",
             Config::Bpftrace => "bpftrace",
             Config::Strace => "strace",
-            Config::FloorExcluded => "floor --comm other",
-            Config::TraceExcluded => "sockerr --comm other",
         }
     }
 
-    /// Whether only the excluded-process loop runs under it.
-    pub fn excluded(self) -> bool {
+    /// Whether its filter excludes the loop process.
+    pub fn excludes_loops(self) -> bool {
         matches!(self, Config::FloorExcluded | Config::TraceExcluded)
+    }
+
+    /// Whether it makes records the bench can count (the floors and untraced make none).
+    pub fn records(self) -> bool {
+        matches!(self, Config::Daemon | Config::TraceExcluded | Config::Bpftrace | Config::Strace)
+    }
+
+    /// Where its records go, under `scratch`.
+    pub fn output(self, scratch: &Path) -> Option<PathBuf> {
+        let file = match self {
+            Config::Daemon => "daemon-loops.ndjson",
+            Config::TraceExcluded => "trace-excluded.ndjson",
+            Config::Bpftrace => "bpftrace.out",
+            Config::Strace => "strace.out",
+            Config::Untraced | Config::Floor | Config::FloorExcluded => return None,
+        };
+        Some(scratch.join(file))
     }
 }
 
-/// bpftrace capturing what sockerr captures on the same syscall tracepoints: errno and
-/// the sockaddr bytes of failed connect()/bind(), and level/optname/optval of
-/// setsockopt() (kept per socket, as sockerr keeps recorded options).
-/// BEGIN runs once every probe is attached: its line is the readiness signal ("Attaching N
-/// probes" is printed before attaching).
+/// bpftrace on the hooks sockerr's tracepoint backend attaches (syscall entries and
+/// exits of connect, bind, setsockopt, socket, accept and close; the socket state,
+/// error-report, destroy and reset tracepoints), doing the work a tracer of failures must:
+/// each failed connect()/bind() printed with pid, comm, fd, errno and the address, with
+/// the options recorded for that socket (kept in maps by setsockopt, dropped at close),
+/// sockets tracked from creation to close and through their state changes, asynchronous
+/// errors and resets printed with their ports. BEGIN runs once every probe is attached:
+/// its line is the readiness signal.
 pub const BPFTRACE_SCRIPT: &str = r#"
 BEGIN { printf("bench: attached\n"); }
-tracepoint:syscalls:sys_enter_connect { @addr[tid] = buf(args->uservaddr, 16); }
-tracepoint:syscalls:sys_exit_connect { if (args->ret < 0) { printf("connect %d %s errno=%d addr=%r\n", pid, comm, -args->ret, @addr[tid]); } delete(@addr[tid]); }
-tracepoint:syscalls:sys_enter_bind { @addr[tid] = buf(args->umyaddr, 16); }
-tracepoint:syscalls:sys_exit_bind { if (args->ret < 0) { printf("bind %d %s errno=%d addr=%r\n", pid, comm, -args->ret, @addr[tid]); } delete(@addr[tid]); }
-tracepoint:syscalls:sys_enter_setsockopt { @opt[tid] = (args->fd, args->level, args->optname, *(int32 *)uptr(args->optval)); }
-tracepoint:syscalls:sys_exit_setsockopt { $o = @opt[tid]; if (args->ret < 0) { printf("setsockopt %d %s errno=%d opt=%d/%d=%d\n", pid, comm, -args->ret, $o.1, $o.2, $o.3); } else { @opts[pid, $o.0, $o.2] = $o.3; } delete(@opt[tid]); }
+tracepoint:syscalls:sys_exit_socket,
+tracepoint:syscalls:sys_exit_accept,
+tracepoint:syscalls:sys_exit_accept4 { if (args->ret >= 0) { @sock[pid, (int64)args->ret] = 1; } delete(@peer[tid]); }
+tracepoint:syscalls:sys_enter_accept,
+tracepoint:syscalls:sys_enter_accept4 { @peer[tid] = args->upeer_sockaddr; }
+tracepoint:syscalls:sys_enter_close { $fd = (int64)args->fd; delete(@sock[pid, $fd]); delete(@mark[pid, $fd]); delete(@flags[pid, $fd]); delete(@transparent[pid, $fd]); }
+tracepoint:syscalls:sys_enter_setsockopt /(args->level == 1 && (args->optname == 2 || args->optname == 15 || args->optname == 36)) || (args->level == 0 && (args->optname == 15 || args->optname == 19 || args->optname == 24)) || (args->level == 41 && args->optname == 75)/ { @sopt[tid] = ((int64)args->fd, args->level * 1000 + args->optname, *(int32 *)uptr(args->optval)); }
+tracepoint:syscalls:sys_exit_setsockopt /@sopt[tid].1 != 0/ { $o = @sopt[tid]; if (args->ret == 0) { if ($o.1 == 1036) { @mark[pid, $o.0] = $o.2; } else { if ($o.1 == 19 || $o.1 == 41075) { @transparent[pid, $o.0] = $o.2; } else { @flags[pid, $o.0] = @flags[pid, $o.0] | (1 << ((uint64)$o.1 % 32)); } } } delete(@sopt[tid]); }
+tracepoint:syscalls:sys_enter_connect { @fd[tid] = (int64)args->fd; @addr[tid] = buf(args->uservaddr, 16); }
+tracepoint:syscalls:sys_exit_connect { $fd = @fd[tid]; if (args->ret < 0) { printf("connect %d %s fd=%d errno=%d dst=%r mark=%x flags=%x transparent=%d\n", pid, comm, $fd, -args->ret, @addr[tid], @mark[pid, $fd], @flags[pid, $fd], @transparent[pid, $fd]); } delete(@fd[tid]); delete(@addr[tid]); }
+tracepoint:syscalls:sys_enter_bind { @fd[tid] = (int64)args->fd; @addr[tid] = buf(args->umyaddr, 16); }
+tracepoint:syscalls:sys_exit_bind { $fd = @fd[tid]; if (args->ret < 0) { printf("bind %d %s fd=%d errno=%d addr=%r mark=%x flags=%x transparent=%d\n", pid, comm, $fd, -args->ret, @addr[tid], @mark[pid, $fd], @flags[pid, $fd], @transparent[pid, $fd]); } delete(@fd[tid]); delete(@addr[tid]); }
+tracepoint:sock:inet_sock_set_state { if (args->newstate == 7) { delete(@state[args->skaddr]); } else { @state[args->skaddr] = args->newstate; } }
+tracepoint:sock:inet_sk_error_report { printf("error %d %s errno=%d sport=%d dport=%d\n", pid, comm, args->error, args->sport, args->dport); }
+tracepoint:tcp:tcp_destroy_sock { delete(@state[args->skaddr]); }
+tracepoint:tcp:tcp_send_reset { printf("rst-sent %d %s state=%d reason=%d src=%r dst=%r\n", pid, comm, args->state, args->reason, buf(args->saddr, 16), buf(args->daddr, 16)); }
+tracepoint:tcp:tcp_receive_reset { printf("rst-received %d %s sport=%d dport=%d\n", pid, comm, args->sport, args->dport); }
+END { clear(@sock); clear(@mark); clear(@flags); clear(@transparent); clear(@state); clear(@fd); clear(@addr); clear(@sopt); clear(@peer); }
 "#;
 
-/// A tracer attached system-wide for one slot of the benchmark; stopped on drop.
+/// A tracer attached for one slot of the benchmark; stopped on drop.
 pub struct Running {
     child: Child,
     what: String,
     log: Option<thread::JoinHandle<Vec<String>>>,
 }
 
-impl Running {
+/// A configuration's tracer and how to ask it about losses (its records go to
+/// `Config::output`).
+pub struct Traced {
+    pub running: Running,
+    /// The daemon's HTTP address (its /metrics).
+    pub metrics: Option<SocketAddr>,
+    /// bpftrace's diagnostics (`Lost N events`).
+    pub errors: Option<PathBuf>,
+}
+
+impl Traced {
     /// Starts the tracer of `config` (None for untraced and strace, which wraps the loop
-    /// itself) and waits until it has attached.
-    pub fn start(config: Config, sockerr: &Path, scratch: &Path) -> Result<Option<Running>> {
-        let trace = |extra: &[&str], stdout: Stdio| -> Result<Running> {
-            let mut command = Command::new(sockerr);
-            command.args(["trace", "--backend", "tracepoint", "--output", "json"]).args(extra);
-            command.stdout(stdout);
-            Running::sockerr(command)
-        };
+    /// itself) and waits until it has attached. Every sockerr runs with its default
+    /// backend (`auto`), as a user would start it; the floor mirrors the same choice.
+    pub fn start(config: Config, sockerr: &Path, scratch: &Path) -> Result<Option<Traced>> {
+        let output = config.output(scratch);
         let floor = |extra: &[&str]| -> Result<Running> {
             let mut command = Command::new(sockerr);
-            command.args(["bench-floor", "--backend", "tracepoint"]).args(extra).stdout(Stdio::null());
+            command.arg("bench-floor").args(extra).stdout(Stdio::null());
             Running::sockerr(command)
         };
+        let plain = |running| Traced { running, metrics: None, errors: None };
         Ok(Some(match config {
             Config::Untraced | Config::Strace => return Ok(None),
-            Config::Floor => floor(&[])?,
-            Config::FloorExcluded => floor(&["--comm", NOBODY])?,
-            Config::TraceDevNull => trace(&[], Stdio::null())?,
-            Config::TraceExcluded => trace(&["--comm", NOBODY], Stdio::null())?,
-            Config::TraceFile => {
-                let path = scratch.join("trace-output.ndjson");
-                let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                trace(&[], Stdio::from(file))?
+            Config::Floor => plain(floor(&[])?),
+            Config::FloorExcluded => plain(floor(&["--comm", CANARY])?),
+            Config::Daemon => {
+                let path = output.clone().context("the daemon writes a file")?;
+                let daemon = daemon::start(sockerr, &path, &[])?;
+                Traced { running: daemon.running, metrics: Some(daemon.address), errors: None }
             }
-            Config::Bpftrace => Running::bpftrace()?,
+            Config::TraceExcluded => {
+                let path = output.clone().context("trace writes a file")?;
+                let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let mut command = Command::new(sockerr);
+                command.args(["trace", "--output", "json", "--comm", CANARY]).stdout(Stdio::from(file));
+                plain(Running::sockerr(command)?)
+            }
+            Config::Bpftrace => {
+                let path = output.clone().context("bpftrace writes a file")?;
+                let errors = scratch.join("bpftrace.err");
+                Traced { running: Running::bpftrace(&path, &errors)?, metrics: None, errors: Some(errors) }
+            }
         }))
     }
+}
 
+impl Running {
+    /// A sockerr command; ready at its `tracing started` log line.
     pub fn sockerr(mut command: Command) -> Result<Running> {
         let what = crate::process::describe(&command);
         command.stdin(Stdio::null()).stderr(Stdio::piped());
-        let child = command.spawn().with_context(|| format!("could not start `{what}`"))?;
-        Running::wait_ready(
-            child,
-            what,
-            |child| child.stderr.take().map(|s| Box::new(s) as _),
-            "tracing started",
-        )
-    }
-
-    fn bpftrace() -> Result<Running> {
-        let mut command = Command::new("bpftrace");
-        command
-            .args(["-e", BPFTRACE_SCRIPT])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let what = "bpftrace -e <script>".to_owned();
-        let child = command.spawn().context("could not start bpftrace")?;
-        // Its stdout is drained by a thread, as a terminal would: the cost of writing
-        // the lines stays in the measurement, like sockerr's writes to /dev/null.
-        Running::wait_ready(
-            child,
-            what,
-            |child| child.stdout.take().map(|s| Box::new(s) as _),
-            "bench: attached",
-        )
-    }
-
-    /// Reads `stream` until a line containing `ready`, then keeps draining it in a thread.
-    fn wait_ready(
-        mut child: Child,
-        what: String,
-        stream: impl FnOnce(&mut Child) -> Option<Box<dyn Read + Send>>,
-        ready: &'static str,
-    ) -> Result<Running> {
-        let stream = stream(&mut child).context("stream not captured")?;
+        let mut child = command.spawn().with_context(|| format!("could not start `{what}`"))?;
+        let stream = child.stderr.take().context("stderr not captured")?;
         let (tx, rx) = mpsc::channel();
         let log = thread::spawn(move || {
             let mut lines = Vec::new();
             let mut signalled = false;
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
-                if !signalled && line.contains(ready) {
+                if !signalled && line.contains("tracing started") {
                     signalled = true;
                     let _ = tx.send(());
                 }
-                // Keep the log lines (sockerr's stderr), not bpftrace's records.
-                if ready == "tracing started" {
-                    lines.push(line);
-                }
+                lines.push(line);
             }
             lines
         });
         let mut running = Running { child, what, log: Some(log) };
         let started = Instant::now();
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(()) => Ok(running),
-            Err(_) => {
-                let log = running.stop();
-                bail!(
-                    "`{}` did not report `{ready}` within {} s (after {:.1} s): {}",
-                    running.what,
-                    READY_TIMEOUT.as_secs(),
-                    started.elapsed().as_secs_f64(),
-                    log.join("\n")
-                )
+        if rx.recv_timeout(READY_TIMEOUT).is_err() {
+            let log = running.stop();
+            bail!(
+                "`{}` did not report `tracing started` within {} s (after {:.1} s): {}",
+                running.what,
+                READY_TIMEOUT.as_secs(),
+                started.elapsed().as_secs_f64(),
+                log.join("\n")
+            );
+        }
+        Ok(running)
+    }
+
+    /// bpftrace with its records (stdout) to `output` and its diagnostics to `errors`;
+    /// ready when its BEGIN line reaches the file.
+    fn bpftrace(output: &Path, errors: &Path) -> Result<Running> {
+        let out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
+        let err = File::create(errors).with_context(|| format!("creating {}", errors.display()))?;
+        let mut command = Command::new("bpftrace");
+        command.args(["-e", BPFTRACE_SCRIPT]).stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = command.spawn().context("could not start bpftrace")?;
+        let mut running = Running { child, what: "bpftrace -e <script>".into(), log: None };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut text = String::new();
+            if let Ok(mut file) = File::open(output) {
+                let _ = file.read_to_string(&mut text);
             }
+            if text.contains("bench: attached") {
+                return Ok(running);
+            }
+            let exited = matches!(running.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                running.stop();
+                let diagnostics = fs::read_to_string(errors).unwrap_or_default();
+                bail!(
+                    "bpftrace {} before attaching: {}",
+                    if exited { "exited" } else { "timed out" },
+                    diagnostics.trim()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -191,14 +240,17 @@ impl Running {
         self.child.id()
     }
 
-    /// SIGINT, as a user's Ctrl-C; SIGKILL if it does not exit within 10 s. Returns the
+    /// SIGINT, as a user's Ctrl-C; SIGKILL if it does not exit within 20 s. Returns the
     /// lines it logged.
     pub fn stop(&mut self) -> Vec<String> {
         if let Ok(None) = self.child.try_wait() {
             let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(20);
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(self.child.try_wait(), Ok(None)) {
+                eprintln!("bench: `{}` ignored SIGINT for 20 s: killed", self.what);
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -214,20 +266,36 @@ impl Drop for Running {
 }
 
 /// The loop command of one slot: `sockerr scenario bench-loop ...`, under strace for
-/// that configuration.
-pub fn loop_command(config: Config, sockerr: &Path, loops: &[&str], batches: u32, batch_ms: u32) -> Command {
-    let mut command = if config == Config::Strace {
-        let mut strace = Command::new("strace");
-        strace.args(["-f", "-e", "trace=connect,bind,setsockopt", "-o", "/dev/null"]).arg(sockerr);
-        strace
-    } else {
-        Command::new(sockerr)
+/// that configuration (its lines to `strace_output`).
+pub fn loop_command(
+    config: Config,
+    sockerr: &Path,
+    loops: &[&str],
+    batches: u32,
+    batch_ms: u32,
+    strace_output: Option<&Path>,
+) -> Command {
+    let mut command = match (config, strace_output) {
+        (Config::Strace, Some(output)) => {
+            let mut strace = Command::new("strace");
+            strace.args(["-f", "-e", "trace=connect,bind,setsockopt", "-o"]).arg(output).arg(sockerr);
+            strace
+        }
+        _ => Command::new(sockerr),
     };
     command.args(["scenario", "bench-loop", "--cpu", &loop_cpu().to_string()]);
     command.args(["--batches", &batches.to_string(), "--batch-ms", &batch_ms.to_string()]);
     for name in loops {
         command.args(["--loop", name]);
     }
+    command
+}
+
+/// A few refused connects under the canary's name (not pinned, not timed).
+pub fn canary_command(sockerr: &Path) -> Command {
+    let mut command = Command::new(sockerr);
+    command.args(["scenario", "bench-loop", "--loop", "refused-connect", "--comm", CANARY]);
+    command.args(["--warmup", "10", "--batches", "1", "--batch-ms", "1"]);
     command
 }
 

@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{run_inherited, stdout_of};
+use crate::{
+    arch::Arch,
+    process::{run_inherited, stdout_of},
+};
 
 /// A kernel to test on, as `--kernel` names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,19 +40,21 @@ impl Series {
     pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
 
     /// Its stage in `cargo xtask test`.
-    pub fn stage_name(self) -> &'static str {
-        match self {
-            Series::V6_1 => "vm-6.1",
-            Series::V6_12 => "vm-6.12",
+    pub fn stage_name(self, arch: Arch) -> &'static str {
+        match (arch, self) {
+            (Arch::Amd64, Series::V6_1) => "vm-6.1",
+            (Arch::Amd64, Series::V6_12) => "vm-6.12",
+            (Arch::Arm64, Series::V6_1) => "vm-arm64-6.1",
+            (Arch::Arm64, Series::V6_12) => "vm-arm64-6.12",
         }
     }
 
     /// The metapackage that depends on the current kernel of the series. Generic
     /// flavour, not cloud: cloud kernels lack 9p, and virtiofs needs a virtiofsd.
-    pub fn metapackage(self) -> &'static str {
+    pub fn metapackage(self, arch: Arch) -> String {
         match self {
-            Series::V6_1 => "linux-image-amd64",
-            Series::V6_12 => "linux-image-6.12-amd64",
+            Series::V6_1 => format!("linux-image-{arch}"),
+            Series::V6_12 => format!("linux-image-6.12-{arch}"),
         }
     }
 
@@ -109,12 +114,19 @@ pub struct Kernel {
     pub modules_dir: Option<PathBuf>,
 }
 
-/// The `linux-image-*` package a metapackage depends on, from `apt-cache depends` output.
+/// The `linux-image-*` package a metapackage depends on, from `apt-cache depends` output
+/// (without the `:arm64` apt adds to a foreign architecture's names).
 pub fn parse_depends(output: &str, prefix: &str) -> Option<String> {
     output.lines().find_map(|line| {
         let name = line.trim().strip_prefix("Depends:")?.trim();
+        let name = name.split(':').next().unwrap_or(name);
         name.starts_with(prefix).then(|| name.to_string())
     })
+}
+
+/// How apt names a package of `arch`: qualified when it is not the machine's own.
+fn apt_name(package: &str, arch: Arch) -> String {
+    if arch == Arch::host() { package.to_owned() } else { format!("{package}:{arch}") }
 }
 
 /// `Version:` of `apt-cache show --no-all-versions` output.
@@ -122,10 +134,10 @@ pub fn parse_version(output: &str) -> Option<String> {
     output.lines().find_map(|line| Some(line.strip_prefix("Version:")?.trim().to_string()))
 }
 
-pub fn prepare(spec: &KernelSpec, cache: &Path) -> Result<Kernel> {
+pub fn prepare(spec: &KernelSpec, arch: Arch, cache: &Path) -> Result<Kernel> {
     match spec {
         KernelSpec::Series(series) => {
-            let deb = cached_or_downloaded(*series, cache)?;
+            let deb = cached_or_downloaded(*series, arch, cache)?;
             unpack(&deb, cache)
         }
         KernelSpec::Deb(deb) => unpack(deb, cache),
@@ -143,18 +155,18 @@ fn debs_dir(cache: &Path) -> PathBuf {
 
 /// The current package of the series, downloaded unless already cached; the newest
 /// cached one when apt cannot tell (no package lists, no mirror).
-fn cached_or_downloaded(series: Series, cache: &Path) -> Result<PathBuf> {
+fn cached_or_downloaded(series: Series, arch: Arch, cache: &Path) -> Result<PathBuf> {
     let debs = debs_dir(cache);
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let (package, version) = match resolve(series) {
+    let (package, version) = match resolve(series, arch) {
         Ok(found) => found,
         Err(error) => {
-            let cached = newest_cached(&debs, series)?;
-            return cached.ok_or(error).with_context(|| format!("no cached {series} kernel either"));
+            let cached = newest_cached(&debs, series, arch)?;
+            return cached.ok_or(error).with_context(|| format!("no cached {arch} {series} kernel either"));
         }
     };
     // apt-get download names files <package>_<version with ':' as %3a>_<arch>.deb.
-    let file = debs.join(format!("{package}_{}_amd64.deb", version.replace(':', "%3a")));
+    let file = debs.join(format!("{package}_{}_{arch}.deb", version.replace(':', "%3a")));
     if file.is_file() {
         return Ok(file);
     }
@@ -164,7 +176,7 @@ fn cached_or_downloaded(series: Series, cache: &Path) -> Result<PathBuf> {
         Command::new("apt-get")
             .current_dir(&debs)
             .args(["download", "-q"])
-            .arg(format!("{package}={version}")),
+            .arg(format!("{}={version}", apt_name(&package, arch))),
     )
     .with_context(|| format!("downloading {package} {version}"))?;
     if !file.is_file() {
@@ -176,17 +188,21 @@ fn cached_or_downloaded(series: Series, cache: &Path) -> Result<PathBuf> {
 
 /// (package, version) of the series' current kernel; refreshes apt's lists once when
 /// they do not know the metapackage.
-fn resolve(series: Series) -> Result<(String, String)> {
+fn resolve(series: Series, arch: Arch) -> Result<(String, String)> {
+    if arch != Arch::host() {
+        ensure_foreign_architecture(arch)?;
+    }
+    let metapackage = apt_name(&series.metapackage(arch), arch);
     let lookup = || -> Result<(String, String)> {
-        let depends = stdout_of(Command::new("apt-cache").args(["depends", series.metapackage()]))?;
+        let depends = stdout_of(Command::new("apt-cache").args(["depends", &metapackage]))?;
         let package = parse_depends(&depends, series.package_prefix()).with_context(|| {
-            format!(
-                "`apt-cache depends {}` names no {}* package",
-                series.metapackage(),
-                series.package_prefix()
-            )
+            format!("`apt-cache depends {metapackage}` names no {}* package", series.package_prefix())
         })?;
-        let show = stdout_of(Command::new("apt-cache").args(["show", "--no-all-versions", &package]))?;
+        let show = stdout_of(Command::new("apt-cache").args([
+            "show",
+            "--no-all-versions",
+            &apt_name(&package, arch),
+        ]))?;
         let version =
             parse_version(&show).with_context(|| format!("`apt-cache show {package}` has no Version"))?;
         Ok((package, version))
@@ -198,12 +214,27 @@ fn resolve(series: Series) -> Result<(String, String)> {
     })
 }
 
-fn newest_cached(debs: &Path, series: Series) -> Result<Option<PathBuf>> {
+/// Lets apt download packages of `arch` (`dpkg --add-architecture`, then fresh lists).
+fn ensure_foreign_architecture(arch: Arch) -> Result<()> {
+    let foreign = stdout_of(Command::new("dpkg").arg("--print-foreign-architectures"))?;
+    if foreign.split_whitespace().any(|known| known == arch.name()) {
+        return Ok(());
+    }
+    eprintln!("vm-test: adding the {arch} architecture to dpkg for the {arch} kernels");
+    run_inherited(Command::new("dpkg").args(["--add-architecture", arch.name()]))
+        .with_context(|| format!("dpkg --add-architecture {arch}"))?;
+    run_inherited(Command::new("apt-get").args(["update", "-q"])).context("apt-get update")
+}
+
+fn newest_cached(debs: &Path, series: Series, arch: Arch) -> Result<Option<PathBuf>> {
+    let suffix = format!("_{arch}.deb");
     let mut found: Vec<PathBuf> = fs::read_dir(debs)
         .with_context(|| format!("reading {}", debs.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
-            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(series.package_prefix()))
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(series.package_prefix()) && n.ends_with(&suffix))
         })
         .collect();
     // Debian kernel ABI numbers and versions sort as text within one series well
@@ -276,6 +307,13 @@ mod tests {
         );
         let other = "linux-image-amd64\n  Depends: linux-image-6.12.1-amd64\n";
         assert_eq!(parse_depends(other, Series::V6_1.package_prefix()), None, "another series");
+        let foreign = "linux-image-arm64:arm64\n  Depends: linux-image-6.1.0-56-arm64:arm64\n";
+        assert_eq!(
+            parse_depends(foreign, Series::V6_1.package_prefix()).as_deref(),
+            Some("linux-image-6.1.0-56-arm64")
+        );
+        assert_eq!(Series::V6_12.metapackage(Arch::Arm64), "linux-image-6.12-arm64");
+        assert_eq!(Series::V6_1.metapackage(Arch::Amd64), "linux-image-amd64");
     }
 
     #[test]

@@ -25,12 +25,15 @@ use qemu::Accel;
 use vm_init::{Plan, Run, Status};
 
 use crate::{
+    arch::Arch,
     build::{Profile, build_sockerr},
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
-    setup::{self, Report},
-    system_packages, toolchain,
+    setup,
+    setup_report::Report,
+    static_build::{self, Flavour},
+    system_packages,
 };
 
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
@@ -41,7 +44,11 @@ use crate::{
 pub const VM_TEST_TARGETS: &[&str] =
     &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets", "listen", "drops"];
 
-const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Run in the guests of another architecture than the host's, besides the e2e targets:
+/// the unit test proving the embedded eBPF object was built for that architecture (on
+/// the host architecture it runs with the other unit tests).
+const OBJECT_ARCH_TEST: &str =
+    "kernel::object_arch::tests::embedded_object_reads_this_architectures_registers";
 /// Modest: the guest runs the tests and nothing else; the machine is shared.
 const GUEST_MEMORY_MIB: u32 = 1536;
 const GUEST_CPUS: u32 = 2;
@@ -61,6 +68,10 @@ pub enum AccelChoice {
 
 #[derive(Debug, Args)]
 pub struct VmTestArgs {
+    /// The guests' architecture: the host's, or arm64 under emulation (qemu `virt` board,
+    /// TCG), with every program the guest runs built static for it.
+    #[arg(long, value_enum, default_value_t = Arch::host())]
+    pub arch: Arch,
     /// Kernel to test on (repeatable): a Debian series, or a kernel .deb or vmlinuz file.
     #[arg(long = "kernel", value_name = "6.1|6.12|PATH", default_values_t = [KernelSpec::Series(Series::V6_1), KernelSpec::Series(Series::V6_12)])]
     pub kernels: Vec<KernelSpec>,
@@ -102,6 +113,9 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct VmRunArgs {
+    /// The guest's architecture (see vm-test).
+    #[arg(long, value_enum, default_value_t = Arch::host())]
+    pub arch: Arch,
     /// Kernel to boot: a Debian series, or a kernel .deb or vmlinuz file.
     #[arg(long = "kernel", value_name = "6.1|6.12|PATH", default_value_t = KernelSpec::Series(Series::V6_12))]
     pub kernel: KernelSpec,
@@ -123,6 +137,7 @@ pub fn run_one(args: &VmRunArgs) -> Result<()> {
         bail!("vm-run installs qemu and kernels with apt and shares / with the guest: run it as root");
     }
     let test_args = VmTestArgs {
+        arch: args.arch,
         kernels: vec![args.kernel.clone()],
         accel: args.accel,
         time_limit: args.time_limit,
@@ -139,7 +154,10 @@ pub fn run_one(args: &VmRunArgs) -> Result<()> {
 
 /// Everything built once for all kernels.
 pub struct Prepared {
+    arch: Arch,
     init: PathBuf,
+    /// The tracer crate's unit tests, built for a guest of another architecture.
+    unit_tests: Option<PathBuf>,
     tests: BTreeMap<String, PathBuf>,
     sockerr: PathBuf,
     accel_choice: AccelChoice,
@@ -166,13 +184,22 @@ impl Prepared {
 
     fn build(args: &VmTestArgs, with_tests: bool) -> Result<Self> {
         let started = Instant::now();
+        let arch = args.arch;
         let mut report = Report::default();
-        system_packages::ensure_commands(system_packages::VM_COMMANDS, &mut report)?;
-        toolchain::ensure_static_target(&mut report, STATIC_TARGET)?;
+        system_packages::ensure_commands(&system_packages::vm_commands(arch), &mut report)?;
         setup::ensure()?;
-        let sockerr = build_sockerr(Profile::Release)?;
-        let init = build_init()?;
-        let tests = if with_tests { build_tests()? } else { BTreeMap::new() };
+        static_build::ensure_musl_toolchain(arch)?;
+        // The guest runs the host's root: its own programs where it shares the host's
+        // architecture, static ones built for it otherwise.
+        let foreign = arch != Arch::host();
+        let sockerr = if foreign {
+            static_build::build_musl(arch, Flavour::WithWorkloads)?
+        } else {
+            build_sockerr(Profile::Release)?
+        };
+        let init = build_init(arch)?;
+        let tests = if with_tests { build_tests(arch)? } else { BTreeMap::new() };
+        let unit_tests = if with_tests && foreign { Some(build_unit_tests(arch)?) } else { None };
         for name in VM_TEST_TARGETS.iter().filter(|_| with_tests) {
             if !tests.contains_key(*name) {
                 bail!("the e2e crate has no test target `{name}` (VM_TEST_TARGETS in xtask/src/vm/mod.rs)");
@@ -180,7 +207,9 @@ impl Prepared {
         }
         eprintln!("vm-test: built for the guests in {:.1} s", started.elapsed().as_secs_f64());
         Ok(Self {
+            arch,
             init,
+            unit_tests,
             tests,
             sockerr,
             accel_choice: args.accel,
@@ -194,7 +223,7 @@ impl Prepared {
 
     /// Boots `spec` and runs the VM test targets in it; `on_line` sees the console.
     pub fn test_kernel(&mut self, spec: &KernelSpec, on_line: &mut dyn FnMut(&str)) -> Result<()> {
-        let runs = VM_TEST_TARGETS
+        let mut runs: Vec<Run> = VM_TEST_TARGETS
             .iter()
             .map(|name| {
                 let mut argv = vec![self.tests[*name].display().to_string()];
@@ -203,7 +232,25 @@ impl Prepared {
                 Run { name: name.to_string(), argv }
             })
             .collect();
-        self.boot_with(spec, runs, &workspace_root().join("tests"), on_line)
+        let Some(unit_tests) = &self.unit_tests else {
+            return self.boot_with(spec, runs, &workspace_root().join("tests"), on_line);
+        };
+        runs.push(Run {
+            name: "object-arch".into(),
+            argv: vec![unit_tests.display().to_string(), "--exact".into(), OBJECT_ARCH_TEST.into()],
+        });
+        // `--exact` with a name that no longer exists runs nothing and passes: the line
+        // of the test itself must show up.
+        let mut ran = false;
+        let passed_line = format!("test {OBJECT_ARCH_TEST} ... ok");
+        self.boot_with(spec, runs, &workspace_root().join("tests"), &mut |line| {
+            ran |= line.trim_end() == passed_line;
+            on_line(line)
+        })?;
+        if !ran {
+            bail!("the guest did not report `{passed_line}`: is the test still named so?");
+        }
+        Ok(())
     }
 
     /// Boots `spec` and runs one command of the host in it, from the workspace root.
@@ -221,10 +268,12 @@ impl Prepared {
     ) -> Result<()> {
         let started = Instant::now();
         let cache = target_dir().join("vm-cache");
-        let kernel = kernel::prepare(spec, &cache).with_context(|| format!("preparing kernel {spec}"))?;
+        let kernel =
+            kernel::prepare(spec, self.arch, &cache).with_context(|| format!("preparing kernel {spec}"))?;
         let work = target_dir().join("vm-run").join(&kernel.release);
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let module_files = self.module_files(&kernel)?;
+        let planned: Vec<String> = runs.iter().map(|run| run.name.clone()).collect();
         let plan = self.plan(spec, &module_files, runs, cwd);
         let shares = plan.shares.clone();
         let initramfs = work.join("initramfs.cpio");
@@ -236,6 +285,7 @@ impl Prepared {
 
         eprintln!("vm-test: booting {} ({}) with {accel}", kernel.release, kernel.image.display());
         let boot = qemu::Boot {
+            arch: self.arch,
             image: &kernel.image,
             initramfs: &initramfs,
             accel,
@@ -249,7 +299,8 @@ impl Prepared {
             println!("[{}] {line}", kernel.release);
             on_line(line);
         })?;
-        let verdict = qemu::verdict(&ended, self.time_limit);
+        let planned: Vec<&str> = planned.iter().map(String::as_str).collect();
+        let verdict = qemu::verdict(&ended, &planned, self.time_limit);
         self.results.push(KernelResult {
             kernel: kernel.release.clone(),
             accel,
@@ -273,7 +324,7 @@ impl Prepared {
         let Some(dir) = &kernel.modules_dir else { return Ok(Vec::new()) };
         let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
         let index = modules::ModuleIndex::parse(&read("modules.dep"), &read("modules.builtin"));
-        let order = index.load_order(modules::GUEST_MODULES)?;
+        let order = index.load_order(&modules::guest_modules(self.arch))?;
         Ok(order
             .iter()
             .enumerate()
@@ -312,6 +363,8 @@ impl Prepared {
             return Ok(accel);
         }
         let accel = match self.accel_choice {
+            // KVM runs guests of the host's architecture only.
+            _ if self.arch != Arch::host() => Accel::Tcg,
             AccelChoice::Tcg => Accel::Tcg,
             AccelChoice::Kvm => Accel::Kvm,
             AccelChoice::Auto => {
@@ -353,6 +406,7 @@ impl Prepared {
         let initramfs = work.join("kvm-probe.cpio");
         initramfs::write(&initramfs, &self.init, &plan, modules)?;
         let boot = qemu::Boot {
+            arch: self.arch,
             image: &kernel.image,
             initramfs: &initramfs,
             accel: Accel::Kvm,
@@ -400,34 +454,42 @@ fn shares() -> Vec<vm_init::Share> {
 }
 
 /// vm-init, static, for the initramfs.
-fn build_init() -> Result<PathBuf> {
-    let mut command = Command::new("cargo");
-    command.current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "--package",
-        "vm-init",
-        "--bin",
-        "vm-init",
-        "--target",
-        STATIC_TARGET,
-    ]);
+fn build_init(arch: Arch) -> Result<PathBuf> {
+    let mut command =
+        static_build::musl_cargo(arch, &["build", "--release", "--package", "vm-init", "--bin", "vm-init"]);
     run_inherited(&mut command)?;
-    let init = target_dir().join(STATIC_TARGET).join("release").join("vm-init");
+    let init = target_dir().join(arch.musl_target()).join("release").join("vm-init");
     if !init.is_file() {
         bail!("cargo built vm-init but {} does not exist", init.display());
     }
     Ok(init)
 }
 
-/// The e2e test binaries by target name (cargo's JSON messages name them).
-fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
-    let mut command = Command::new("cargo");
-    command
-        .current_dir(workspace_root())
-        .args(["test", "--release", "--package", "sockerr-e2e", "--no-run"])
-        .args(["--message-format", "json-render-diagnostics"])
-        .stderr(Stdio::inherit());
+/// The e2e test binaries by target name (cargo's JSON messages name them): the host's
+/// build, or static ones for a guest of another architecture.
+fn build_tests(arch: Arch) -> Result<BTreeMap<String, PathBuf>> {
+    let args = ["test", "--release", "--package", "sockerr-e2e", "--no-run"];
+    let command = if arch == Arch::host() {
+        let mut command = Command::new("cargo");
+        command.current_dir(workspace_root()).args(args);
+        command
+    } else {
+        static_build::musl_cargo(arch, &args)
+    };
+    test_build(command)
+}
+
+/// The tracer crate's unit-test binary, static for `arch`.
+fn build_unit_tests(arch: Arch) -> Result<PathBuf> {
+    let command =
+        static_build::musl_cargo(arch, &["test", "--release", "--package", "tracer", "--lib", "--no-run"]);
+    let built = test_build(command)?;
+    built.get("tracer").cloned().context("cargo built no unit-test binary of tracer")
+}
+
+/// Runs a `cargo test --no-run` command; the test executables it built, by target name.
+fn test_build(mut command: Command) -> Result<BTreeMap<String, PathBuf>> {
+    command.args(["--message-format", "json-render-diagnostics"]).stderr(Stdio::inherit());
     let output = command.output().with_context(|| format!("could not start `{}`", describe(&command)))?;
     if !output.status.success() {
         bail!("`{}` failed ({})", describe(&command), output.status);

@@ -11,6 +11,16 @@ use anyhow::{Result, bail};
 /// them (`-` and `_` are the same to it).
 pub const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "tcp_diag", "udp_diag"];
 
+/// And on arm64: the `virt` board has one serial port (the console), so the status
+/// channel is a virtio-serial port (virtio_console).
+pub fn guest_modules(arch: crate::arch::Arch) -> Vec<&'static str> {
+    let mut modules = GUEST_MODULES.to_vec();
+    if arch == crate::arch::Arch::Arm64 {
+        modules.push("virtio_console");
+    }
+    modules
+}
+
 /// A module file, relative to `lib/modules/<release>/`.
 pub type ModulePath = String;
 
@@ -55,7 +65,7 @@ impl ModuleIndex {
                 None if self.builtin.contains(&name) => {}
                 None => bail!(
                     "the kernel has no module {name} and does not build it in: the VM needs it \
-                     (virtio, 9p and sock_diag); use a Debian generic kernel (linux-image-*-amd64)"
+                     (virtio, 9p and sock_diag); use a Debian generic kernel (linux-image-*-amd64 or -arm64)"
                 ),
             }
         }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use vm_init::Status;
 
-use crate::process::describe;
+use crate::{arch::Arch, process::describe};
 
 /// The 9p tag of the host root (vm-init mounts it by this tag).
 pub const ROOT_TAG: &str = "hostroot";
@@ -40,6 +40,8 @@ impl fmt::Display for Accel {
 
 /// One boot.
 pub struct Boot<'a> {
+    /// The guest's architecture: amd64 on a `pc` board, arm64 on `virt`.
+    pub arch: Arch,
     pub image: &'a Path,
     pub initramfs: &'a Path,
     pub accel: Accel,
@@ -54,13 +56,21 @@ pub struct Boot<'a> {
 
 impl Boot<'_> {
     pub fn command(&self) -> Command {
-        let mut command = Command::new("qemu-system-x86_64");
+        let mut command = Command::new(qemu_program(self.arch));
         command.args(["-nodefaults", "-display", "none", "-no-reboot"]);
-        match self.accel {
+        if self.arch == Arch::Arm64 {
+            command.args(["-machine", "virt"]);
+        }
+        match (self.accel, self.arch) {
             // `max`: every CPU feature TCG emulates, so the kernel takes its usual paths.
-            Accel::Tcg => command.args(["-accel", "tcg", "-cpu", "max"]),
-            Accel::Kvm => command.args(["-accel", "kvm", "-cpu", "host"]),
+            (Accel::Tcg, Arch::Amd64) => command.args(["-accel", "tcg", "-cpu", "max"]),
+            // Pointer authentication with QEMU's own algorithm: the architected one (QARMA)
+            // costs TCG several times more for every return.
+            (Accel::Tcg, Arch::Arm64) => command.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
+            (Accel::Kvm, _) => command.args(["-accel", "kvm", "-cpu", "host"]),
         };
+        // The console is the board's first UART: ttyS0 (16550) on pc, ttyAMA0 (PL011) on virt.
+        let console = if self.arch == Arch::Arm64 { "ttyAMA0" } else { "ttyS0" };
         command
             .args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)])
             .arg("-kernel")
@@ -69,10 +79,22 @@ impl Boot<'_> {
             .arg(self.initramfs)
             // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu's exit;
             // oops=panic makes a kernel bug end the run instead of hanging a test.
-            .args(["-append", "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4"])
-            .args(["-serial", "stdio"])
-            .arg("-serial")
-            .arg(format!("file:{}", self.status_file.display()))
+            .arg("-append")
+            .arg(format!("console={console} rdinit=/init panic=-1 oops=panic loglevel=4"))
+            .args(["-serial", "stdio"]);
+        match self.arch {
+            // The second UART: vm-init's /dev/ttyS1.
+            Arch::Amd64 => command.arg("-serial").arg(format!("file:{}", self.status_file.display())),
+            // `virt` has one UART: a virtio-serial port that vm-init finds by its name.
+            Arch::Arm64 => command
+                .args(["-device", "virtio-serial-pci", "-chardev"])
+                .arg(format!("file,id=status,path={}", self.status_file.display()))
+                .args([
+                    "-device",
+                    &format!("virtserialport,chardev=status,name={}", vm_init::STATUS_PORT_NAME),
+                ]),
+        };
+        command
             // 9p needs no daemon on the host (virtiofs would need virtiofsd), and Debian's
             // generic kernels have it as modules.
             .arg("-virtfs")
@@ -86,6 +108,14 @@ impl Boot<'_> {
             ));
         }
         command
+    }
+}
+
+/// The emulator of the guest's architecture.
+pub fn qemu_program(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
     }
 }
 
@@ -175,21 +205,20 @@ pub fn boot(boot: &Boot<'_>, mut on_line: impl FnMut(&str)) -> Result<Ended> {
     })
 }
 
-/// What went wrong in a boot, or `None` when every run exited 0.
-pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
+/// What went wrong in a boot, or `None` when every run of `planned` exited 0. Each
+/// planned run must report exactly one status: a run whose line never arrived (a torn
+/// status port, a guest that died half-way) fails the boot rather than counting as passed.
+pub fn verdict(ended: &Ended, planned: &[&str], time_limit: Duration) -> Option<String> {
     if let Some(Status::SetupFailed { step, error }) =
         ended.statuses.iter().find(|s| matches!(s, Status::SetupFailed { .. }))
     {
         return Some(format!("the guest's set-up failed at `{step}`: {error}"));
     }
-    let failed: Vec<String> = ended
+    let mut failed: Vec<String> = ended
         .statuses
         .iter()
         .filter_map(|status| match status {
-            Status::Finished { name, code: Some(0), .. } => {
-                let _ = name;
-                None
-            }
+            Status::Finished { code: Some(0), .. } => None,
             Status::Finished { name, code: Some(code), .. } => Some(format!("{name} exited with {code}")),
             Status::Finished { name, signal, .. } => {
                 Some(format!("{name} was killed by signal {}", signal.unwrap_or(0)))
@@ -197,8 +226,32 @@ pub fn verdict(ended: &Ended, time_limit: Duration) -> Option<String> {
             _ => None,
         })
         .collect();
+    let finished_names: Vec<&str> = ended
+        .statuses
+        .iter()
+        .filter_map(|status| match status {
+            Status::Finished { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for name in &finished_names {
+        if !planned.contains(name) {
+            failed.push(format!("{name} reported a status but was not planned"));
+        }
+    }
+    let mut unreported = Vec::new();
+    for name in planned {
+        match finished_names.iter().filter(|finished| *finished == name).count() {
+            0 => unreported.push(*name),
+            1 => {}
+            n => failed.push(format!("{name} reported {n} statuses")),
+        }
+    }
     let done = ended.statuses.contains(&Status::Done);
     if done {
+        for name in unreported {
+            failed.push(format!("{name} left no status line (its exit was never reported)"));
+        }
         return (!failed.is_empty()).then(|| failed.join(", "));
     }
     let panicked = ended.console_tail.iter().any(|line| line.contains("Kernel panic"));
@@ -245,13 +298,29 @@ mod tests {
     #[test]
     fn all_runs_passing_is_no_verdict() {
         let run = ended(vec![finished("cilium", 0), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT), None);
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT), None);
     }
 
     #[test]
     fn failing_runs_are_named() {
         let run = ended(vec![finished("cilium", 101), finished("bind", 0), Status::Done], false, &[]);
-        assert_eq!(verdict(&run, LIMIT).as_deref(), Some("cilium exited with 101"));
+        assert_eq!(verdict(&run, &["cilium", "bind"], LIMIT).as_deref(), Some("cilium exited with 101"));
+    }
+
+    /// Issue 12, "a verdict that counts too little": a run whose status line never
+    /// arrived (lost with a dying guest, or never written) must fail the boot, not pass
+    /// because every line that did arrive says 0.
+    #[test]
+    fn a_verdict_that_counts_too_little_fails_a_planned_binary_without_status() {
+        let lost = ended(vec![finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&lost, &["cilium", "bind"], LIMIT).expect("a missing status fails the boot");
+        assert!(text.contains("bind left no status line"), "{text}");
+        let twice = ended(vec![finished("cilium", 0), finished("cilium", 0), Status::Done], false, &[]);
+        let text = verdict(&twice, &["cilium"], LIMIT).expect("two statuses for one run fail the boot");
+        assert!(text.contains("cilium") && text.contains("2 status"), "{text}");
+        let unplanned = ended(vec![finished("cilium", 0), finished("other", 0), Status::Done], false, &[]);
+        let text = verdict(&unplanned, &["cilium"], LIMIT).expect("a run nobody planned fails the boot");
+        assert!(text.contains("other") && text.contains("not planned"), "{text}");
     }
 
     #[test]
@@ -261,21 +330,25 @@ mod tests {
             false,
             &["[ 3.1] Kernel panic - not syncing: Fatal exception"],
         );
-        assert_eq!(verdict(&panic, LIMIT).as_deref(), Some("the kernel panicked; 1 run(s) had finished"));
+        assert_eq!(
+            verdict(&panic, &["cilium"], LIMIT).as_deref(),
+            Some("the kernel panicked; 1 run(s) had finished")
+        );
         let hung = ended(vec![], true, &[]);
-        let text = verdict(&hung, LIMIT).unwrap();
+        let text = verdict(&hung, &["cilium"], LIMIT).unwrap();
         assert!(text.contains("did not finish within 600 s"), "{text}");
         let setup = ended(
             vec![Status::SetupFailed { step: "mount 9p on /host".into(), error: "ENODEV".into() }],
             false,
             &[],
         );
-        assert!(verdict(&setup, LIMIT).unwrap().contains("`mount 9p on /host`"));
+        assert!(verdict(&setup, &["cilium"], LIMIT).unwrap().contains("`mount 9p on /host`"));
     }
 
-    #[test]
-    fn tcg_command_line_shares_the_root_read_only() {
-        let boot = Boot {
+    /// A TCG boot of the test images, as the command-line tests look at it.
+    fn tcg_boot(arch: Arch, shares: &[vm_init::Share]) -> Boot<'_> {
+        Boot {
+            arch,
             image: Path::new("/c/vmlinuz"),
             initramfs: Path::new("/c/initramfs"),
             accel: Accel::Tcg,
@@ -283,8 +356,26 @@ mod tests {
             cpus: 2,
             status_file: PathBuf::from("/c/status"),
             time_limit: LIMIT,
-            shares: &[vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }],
-        };
+            shares,
+        }
+    }
+
+    #[test]
+    fn arm64_boots_virt_with_a_virtio_status_port() {
+        let boot = tcg_boot(Arch::Arm64, &[]);
+        let line = describe(&boot.command());
+        assert!(line.starts_with("qemu-system-aarch64 "), "{line}");
+        assert!(line.contains("-machine virt -accel tcg -cpu max,pauth-impdef=on"), "{line}");
+        assert!(line.contains("console=ttyAMA0"), "{line}");
+        assert!(line.contains("-serial stdio -device virtio-serial-pci"), "{line}");
+        assert!(line.contains("virtserialport,chardev=status,name=org.sockerr.status"), "{line}");
+        assert!(!line.contains("file:/c/status"), "no second UART on virt: {line}");
+    }
+
+    #[test]
+    fn tcg_command_line_shares_the_root_read_only() {
+        let shares = [vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }];
+        let boot = tcg_boot(Arch::Amd64, &shares);
         let line = describe(&boot.command());
         assert!(line.contains("-accel tcg -cpu max -smp 2 -m 1536M"), "{line}");
         assert!(line.contains("-serial stdio -serial file:/c/status"), "{line}");

@@ -5,11 +5,14 @@ use tracer_common::{
     reset::{ATTRIBUTED_CLOSE, ATTRIBUTED_SOCKET, PEEK_BYTES, REASON_NONE, RESET_SENT},
 };
 
-use super::{Exchange, ResetDirection, ResetOwner, ResetSeen};
-use crate::{event::socket_addr, record::TcpState};
+use super::sockaddr::socket_addr;
+use crate::{
+    reset::{Exchange, ResetDirection, ResetOwner, ResetSeen},
+    tcp_state::TcpState,
+};
 
 /// The reset in `event`, with the kept exchanges of `peeks` (empty slots skipped).
-pub fn seen(event: &ResetEvent, peeks: &[&PeekCopy]) -> ResetSeen {
+pub(crate) fn seen(event: &ResetEvent, peeks: &[&PeekCopy]) -> ResetSeen {
     ResetSeen {
         direction: if event.direction == RESET_SENT {
             ResetDirection::Sent
@@ -23,6 +26,7 @@ pub fn seen(event: &ResetEvent, peeks: &[&PeekCopy]) -> ResetSeen {
         },
         fd: event.fd,
         has_socket: event.sk != 0,
+        sk: event.sk,
         state: u8::try_from(event.state).ok().filter(|&s| s != 0).map(TcpState::from_kernel),
         reason: (event.reason != REASON_NONE).then_some(event.reason),
         active: event.active != 0,
@@ -58,7 +62,7 @@ mod tests {
     use tracer_common::reset::{ATTRIBUTED_NONE, RESET_RECEIVED};
 
     use super::*;
-    use crate::event::raw_sockaddr;
+    use crate::decode::raw_sockaddr;
 
     fn event() -> ResetEvent {
         ResetEvent {

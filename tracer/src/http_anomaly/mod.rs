@@ -3,4 +3,6 @@
 
 mod anomaly;
 
-pub use anomaly::{Analysis, Anomaly, AnomalyKind, MessageKind, analyze};
+#[cfg(test)]
+pub(crate) use anomaly::AnomalyKind;
+pub(crate) use anomaly::{Anomaly, MessageKind, analyze};

@@ -1,0 +1,78 @@
+//! Why the kernel side dropped or degraded data: the index of the per-CPU `LOSSES`
+//! counters. Every place a program gives up on something it was asked to report
+//! counts here, so the daemon can say what went missing and why
+//! (`sockerr_events_lost_total{reason=...}`, the `stopped:` line).
+
+/// A reason for a loss. The discriminant is the counter's index in `LOSSES`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Loss {
+    /// A record did not fit in the ring buffer (the daemon fell behind).
+    RingFull = 0,
+    /// The first half of an asynchronous connect failure was replaced by another
+    /// socket's before its second half came (two failures interleaved on one CPU).
+    AsyncHalfOverwritten = 1,
+    /// The two halves of an asynchronous connect failure named the same tuple but
+    /// arrived further apart than the pairing window.
+    AsyncHalfTooOld = 2,
+    /// A user pointer the syscall passed could not be read (the address of a
+    /// connect()/bind(), the value of a setsockopt()): the call is not reported, or
+    /// the option is reported with an unknown value.
+    UserReadFault = 3,
+    /// `FILTER_PIDS` was full: a `--comm` process's tgid was not learned, so its
+    /// renamed threads are not followed.
+    FilterMapFull = 4,
+    /// A socket's owner could not be recorded (owner or listener table full): its
+    /// reset, asynchronous failure or drops cannot be attributed.
+    OwnerTableFull = 5,
+    /// `SOCKET_DROPS` was full: a dropped packet of a traced socket was not added up.
+    DropTableFull = 6,
+}
+
+impl Loss {
+    /// Number of reasons: the size of the `LOSSES` array.
+    pub const COUNT: usize = 7;
+
+    /// Every reason, in index order.
+    pub const ALL: [Loss; Self::COUNT] = [
+        Loss::RingFull,
+        Loss::AsyncHalfOverwritten,
+        Loss::AsyncHalfTooOld,
+        Loss::UserReadFault,
+        Loss::FilterMapFull,
+        Loss::OwnerTableFull,
+        Loss::DropTableFull,
+    ];
+
+    /// The `reason` label of the metric and the name in the `stopped:` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Loss::RingFull => "ring_full",
+            Loss::AsyncHalfOverwritten => "async_half_overwritten",
+            Loss::AsyncHalfTooOld => "async_half_too_old",
+            Loss::UserReadFault => "user_read_fault",
+            Loss::FilterMapFull => "filter_map_full",
+            Loss::OwnerTableFull => "owner_table_full",
+            Loss::DropTableFull => "drop_table_full",
+        }
+    }
+
+    /// The counter index.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_follow_the_table_and_names_are_unique() {
+        for (position, loss) in Loss::ALL.iter().enumerate() {
+            assert_eq!(loss.index() as usize, position, "{loss:?}");
+            let same_name = Loss::ALL.iter().filter(|other| other.name() == loss.name()).count();
+            assert_eq!(same_name, 1, "{loss:?}");
+        }
+    }
+}

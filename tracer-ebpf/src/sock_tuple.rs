@@ -1,0 +1,48 @@
+//! A `struct sock`'s local and peer addresses, read at the BTF offsets the daemon put in
+//! `SOCK_OFFSETS` (include/net/sock.h, `struct sock_common`): for the kprobe backend's
+//! kernel origin, and for the drops of a traced socket, which arrive in softirq with
+//! nothing but the socket.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tracer_common::{
+    SockAddr,
+    sockaddr::{AF_INET, AF_INET6},
+};
+
+use crate::maps::global;
+
+/// (local, peer) of `sk`; a field that cannot be read stays zero, so the record lacks
+/// that address rather than the whole tuple.
+#[inline(always)]
+pub fn read_sock_tuple(sk: u64) -> (SockAddr, SockAddr) {
+    let base = sk as *const u8;
+    let at = |offset: u32| base.wrapping_add(offset as usize);
+    // SAFETY: bpf_probe_read_kernel faults safely; the offsets are BTF member offsets
+    // of `struct sock`, and `sk` is a socket address the kernel handed the program.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.family)).cast()).unwrap_or(0);
+        // skc_num is in host order, skc_dport in network order (include/net/sock.h).
+        let sport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.num)).cast()).unwrap_or(0);
+        let dport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.dport)).cast()).unwrap_or(0);
+        let mut local = SockAddr { family, port: sport, ..SockAddr::default() };
+        let mut peer = SockAddr { family, port: u16::from_be(dport), ..SockAddr::default() };
+        match family {
+            AF_INET => {
+                let s: [u8; 4] =
+                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.rcv_saddr)).cast()).unwrap_or_default();
+                let d: [u8; 4] =
+                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.daddr)).cast()).unwrap_or_default();
+                local.addr[..4].copy_from_slice(&s);
+                peer.addr[..4].copy_from_slice(&d);
+            }
+            AF_INET6 => {
+                local.addr =
+                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_rcv_saddr)).cast()).unwrap_or_default();
+                peer.addr =
+                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_daddr)).cast()).unwrap_or_default();
+            }
+            _ => {}
+        }
+        (local, peer)
+    }
+}

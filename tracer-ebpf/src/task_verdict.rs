@@ -1,0 +1,104 @@
+//! The filter verdict of each task, decided once and kept in task-local storage
+//! (`BPF_MAP_TYPE_TASK_STORAGE`, Linux 5.11+): it lives and dies with the task, so
+//! nothing is keyed by a reusable tid and nothing is evicted.
+//!
+//! A verdict holds while nothing it depends on changed: the filter generation (bumped
+//! when `FILTER_PIDS` learns or forgets a tgid, at exec and at a task rename, so every
+//! task decides again once) and, with `--cgroup`, the task's cgroup (a move to another
+//! cgroup decides again). aya-ebpf 0.2.1 has no task storage map type, so the map is
+//! declared here the way its BTF map types are (a `.maps` struct of type-carrying
+//! pointers, read by the loader from BTF).
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
+    helpers::{
+        bpf_get_current_cgroup_id,
+        generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    },
+    macros::map,
+    maps::Array,
+};
+
+/// A task's verdict. `generation` 0: not decided yet (fresh storage is zeroed).
+#[repr(C)]
+pub struct Verdict {
+    pub generation: u32,
+    pub selected: u32,
+    pub cgroup_id: u64,
+}
+
+/// The BTF map definition of a task storage map of [`Verdict`]s.
+#[repr(C)]
+pub struct TaskVerdicts {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const Verdict,
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader replaces with the map; never dereferenced.
+unsafe impl Sync for TaskVerdicts {}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "TASK_VERDICTS")]
+pub static TASK_VERDICTS: TaskVerdicts =
+    TaskVerdicts { r#type: ptr::null(), key: ptr::null(), value: ptr::null(), map_flags: ptr::null() };
+
+/// Bumped whenever a verdict may have changed for tasks other than the current one.
+#[map]
+static FILTER_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The current generation, 1-based so that 0 means "undecided".
+#[inline(always)]
+fn generation() -> u32 {
+    // SAFETY: a u32 array slot, read once.
+    FILTER_GENERATION.get(0).map_or(1, |g| g.wrapping_add(1) | 1)
+}
+
+/// Every cached verdict must be decided again (a tgid learned or forgotten, an exec or
+/// a rename changed a task's name).
+pub fn invalidate_all() {
+    if let Some(counter) = FILTER_GENERATION.get_ptr_mut(0) {
+        // SAFETY: array slot; a lost concurrent increment still changes the value.
+        unsafe { *counter = (*counter).wrapping_add(2) };
+    }
+}
+
+/// The current task's cached verdict, or `decide()`'s, cached. `with_cgroup`: the
+/// verdict depends on the task's cgroup.
+#[inline(always)]
+pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> bool) -> bool {
+    // SAFETY: helper calls; the task pointer is the current task's, valid for the run,
+    // and the map pointer is the map above.
+    let verdict = unsafe {
+        bpf_task_storage_get(
+            ptr::from_ref(&TASK_VERDICTS).cast_mut().cast(),
+            bpf_get_current_task_btf(),
+            ptr::null_mut(),
+            BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
+        )
+    }
+    .cast::<Verdict>();
+    // No storage (allocation failed, or the task is exiting): decide every time, as
+    // before; nothing is lost, it only costs more.
+    if verdict.is_null() {
+        return decide();
+    }
+    // SAFETY: the storage belongs to the current task; programs that run on this task
+    // at once (a softirq) only ever write a complete, equally valid verdict.
+    let verdict = unsafe { &mut *verdict };
+    // SAFETY: helper call without arguments.
+    let cgroup_id = if with_cgroup { unsafe { bpf_get_current_cgroup_id() } } else { 0 };
+    let generation = generation();
+    if verdict.generation == generation && verdict.cgroup_id == cgroup_id {
+        return verdict.selected != 0;
+    }
+    let selected = decide();
+    // decide() may have learned this tgid (a new generation): stamp the one after it.
+    verdict.generation = self::generation();
+    verdict.selected = u32::from(selected);
+    verdict.cgroup_id = cgroup_id;
+    selected
+}
