@@ -35,6 +35,7 @@ pub(crate) mod live_system;
 pub(crate) mod mark;
 pub(crate) mod output;
 pub(crate) mod pipeline;
+pub(crate) mod ports;
 pub(crate) mod proc_root;
 pub mod record;
 pub(crate) mod reset;

@@ -9,6 +9,7 @@ use crate::{
     drops::SocketDrop,
     kernel::loader::Losses,
     listen::{ListenOverflow, ListenWatch},
+    ports::Round,
     record::Record,
 };
 
@@ -48,6 +49,12 @@ pub trait Sink {
     /// After each sampling of the listeners: what the watch could not watch, by reason.
     fn listen_watch(&mut self, _watch: &ListenWatch) {}
 
+    /// After each round of port sampling: destinations that crossed the threshold, the
+    /// busiest ones, and the namespaces not sampled.
+    fn port_round(&mut self, _round: &Round) -> io::Result<()> {
+        Ok(())
+    }
+
     /// When [`Sink::flush_due`] has something to do (text folding), if ever.
     fn deadline(&self) -> Option<Instant> {
         None
@@ -86,6 +93,11 @@ impl<A: Sink, B: Sink> Sink for (A, B) {
     fn listen_watch(&mut self, watch: &ListenWatch) {
         self.0.listen_watch(watch);
         self.1.listen_watch(watch);
+    }
+
+    fn port_round(&mut self, round: &Round) -> io::Result<()> {
+        self.0.port_round(round)?;
+        self.1.port_round(round)
     }
 
     fn deadline(&self) -> Option<Instant> {

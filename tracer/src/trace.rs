@@ -31,6 +31,7 @@ use crate::{
     live_system::LiveSystem,
     output::{OutputOptions, StdoutSink},
     pipeline::{Inspect, Processor, SystemView},
+    ports,
     sink::{Sink, Totals},
 };
 
@@ -149,7 +150,7 @@ impl Tracer {
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock, attributor } = self;
-        let Loaded { events, lost, reset_reasons, backend, drops, .. } = loaded;
+        let Loaded { events, lost, reset_reasons, backend, drops, selected, .. } = loaded;
         let mut drops = drops.map(DropReader::new);
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         // Few batches in flight: a backlog waits in the ring, not here (see `reader::MAX_BATCH`).
@@ -159,6 +160,11 @@ impl Tracer {
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
         let mut listeners = listen::Watcher::new(attributor.proc_root().to_path_buf());
+        let processes = match selected {
+            Some(selected) => ports::Processes::Selected(Box::new(move || selected.read())),
+            None => ports::Processes::Node,
+        };
+        let mut ports = ports::Sampler::new(attributor.proc_root().to_path_buf(), processes);
         let system = Arc::new(LiveSystem::new(enricher, attributor));
         let mut processor = Processor::new(Arc::clone(&system), clock);
         processor.set_reset_reasons(reset_reasons);
@@ -211,6 +217,9 @@ impl Tracer {
                     sample_listeners(&mut listeners, sink).await.map_err(output)?;
                     if let Some(drops) = drops.as_mut() {
                         drops.sample(&system, sink).map_err(output)?;
+                    }
+                    if let Some(round) = ports.round_if_due(&*system).await {
+                        sink.port_round(&round).map_err(output)?;
                     }
                 }
             }

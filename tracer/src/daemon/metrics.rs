@@ -17,7 +17,7 @@ use std::{
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::Registry,
 };
 use tracer_common::Loss;
@@ -43,6 +43,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 type Counters = Family<Labels, Counter>;
+type Gauges = Family<Labels, Gauge>;
 
 /// A labelled counter that stops growing label sets at the cap.
 struct Capped {
@@ -103,6 +104,9 @@ pub struct Metrics {
     listen_overflows: Capped,
     listen_unwatched: Counters,
     socket_drops: Capped,
+    ports_in_use: Gauges,
+    ports_available: Gauges,
+    port_unsampled: Counters,
     overflow: Counters,
     events: Counter,
     events_lost: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -155,6 +159,26 @@ impl Metrics {
             "socket_drops",
             "Packets the kernel dropped on sockets of traced processes, by process name, the kernel's drop reason and pod namespace",
         );
+        let (ports_in_use, ports_available) = (Gauges::default(), Gauges::default());
+        registry.register(
+            "ephemeral_ports_in_use",
+            "Ports a new connect() to this destination could not use (connected to it from src_ip, or held by bind()), for the busiest destinations of the traced processes' network namespaces; refreshed every 5 s",
+            ports_in_use.clone(),
+        );
+        registry.register(
+            "ephemeral_ports_available",
+            "Ports connect() may choose from in that namespace (ip_local_port_range less ip_local_reserved_ports), with the same labels as sockerr_ephemeral_ports_in_use",
+            ports_available.clone(),
+        );
+        let port_unsampled = Counters::default();
+        for reason in crate::ports::Unsampled::ALL {
+            let _ = port_unsampled.get_or_create(&vec![("reason", reason.name().to_owned())]);
+        }
+        registry.register(
+            "port_namespaces_unsampled",
+            "Network namespaces of traced processes whose ports were not counted in a round, by reason",
+            port_unsampled.clone(),
+        );
         let overflow = Counters::default();
         registry.register(
             "metrics_overflow",
@@ -205,6 +229,9 @@ impl Metrics {
             listen_overflows,
             listen_unwatched,
             socket_drops,
+            ports_in_use,
+            ports_available,
+            port_unsampled,
             overflow,
             events,
             events_lost,
@@ -266,6 +293,29 @@ impl Metrics {
         let namespace = drop.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
         let labels = vec![("comm", drop.comm.clone()), ("reason", reason), ("pod_namespace", namespace)];
         self.count_by(&self.socket_drops, labels, drop.dropped);
+    }
+
+    /// Replaces the port gauges with this round's busiest destinations (a destination no
+    /// longer among them leaves /metrics), and counts the namespaces not sampled.
+    pub fn update_ports(&self, round: &crate::ports::Round) {
+        self.ports_in_use.clear();
+        self.ports_available.clear();
+        for named in &round.busiest {
+            let usage = &named.usage;
+            let namespace = named.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default();
+            let labels = vec![
+                ("netns", named.netns.to_string()),
+                ("src_ip", usage.destination.local_ip.to_string()),
+                ("dst", usage.destination.remote.to_string()),
+                ("comm", named.comm.clone().unwrap_or_default()),
+                ("pod_namespace", namespace),
+            ];
+            self.ports_in_use.get_or_create(&labels).set(i64::from(usage.in_use));
+            self.ports_available.get_or_create(&labels).set(i64::from(usage.size));
+        }
+        for reason in &round.unsampled {
+            self.port_unsampled.get_or_create(&vec![("reason", reason.name().to_owned())]).inc();
+        }
     }
 
     /// Brings the listener watch's running counts of unwatched listeners in.
@@ -384,6 +434,11 @@ impl Sink for MetricsSink {
 
     fn listen_watch(&mut self, watch: &ListenWatch) {
         self.0.update_listen_watch(watch);
+    }
+
+    fn port_round(&mut self, round: &crate::ports::Round) -> io::Result<()> {
+        self.0.update_ports(round);
+        Ok(())
     }
 
     fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {

@@ -118,6 +118,18 @@ pub struct Loaded {
     pub backend_reason: String,
     /// Per-socket drop totals (`None` when the kernel has no drop reasons).
     pub drops: Option<crate::drops::DropMaps>,
+    /// The processes the kernel filter selects (`None` when no `--pid` or `--comm`).
+    pub selected: Option<SelectedPids>,
+}
+
+/// `FILTER_PIDS`: the `--pid` values and the tgids `--comm` learned.
+pub struct SelectedPids(HashMap<MapData, u32, u8>);
+
+impl SelectedPids {
+    /// The pids now (an entry removed meanwhile is skipped: the process left).
+    pub fn read(&self) -> Vec<u32> {
+        self.0.keys().filter_map(Result::ok).collect()
+    }
 }
 
 /// What the kernel side dropped or degraded, by reason (`LOSSES`).
@@ -296,6 +308,14 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost =
         PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOSSES, source })?;
     let reset_reasons = reset_setup.map(|setup| setup.reasons).unwrap_or_default();
+    let selected = if selection.pids.is_empty() && selection.comms.is_empty() {
+        None
+    } else {
+        let pids = take_map(&mut ebpf, names::FILTER_PIDS)?;
+        let pids =
+            HashMap::try_from(pids).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
+        Some(SelectedPids(pids))
+    };
     Ok(Loaded {
         _ebpf: ebpf,
         events,
@@ -306,6 +326,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         backend,
         backend_reason,
         drops,
+        selected,
     })
 }
 

@@ -9,6 +9,7 @@ mod fold;
 mod json;
 mod listen;
 mod options;
+mod ports;
 mod reset_json;
 mod reset_text;
 mod stdout;
@@ -51,6 +52,13 @@ impl Renderer {
         match self {
             Self::Text(text) => drops::text(text, drop),
             Self::Json => drops::json(drop),
+        }
+    }
+
+    pub fn render_port_pressure(&self, pressure: &crate::ports::PortPressure) -> String {
+        match self {
+            Self::Text(text) => ports::text(text, pressure),
+            Self::Json => ports::json(pressure),
         }
     }
 

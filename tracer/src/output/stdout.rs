@@ -84,6 +84,13 @@ impl Sink for StdoutSink {
         writeln!(self.out, "{}", self.renderer.render_listen_overflow(overflow))
     }
 
+    fn port_round(&mut self, round: &crate::ports::Round) -> io::Result<()> {
+        for pressure in &round.pressures {
+            writeln!(self.out, "{}", self.renderer.render_port_pressure(pressure))?;
+        }
+        Ok(())
+    }
+
     fn socket_drop(&mut self, drop: &SocketDrop) -> io::Result<()> {
         writeln!(self.out, "{}", self.renderer.render_socket_drop(drop))
     }

@@ -42,7 +42,7 @@ use crate::{
 /// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
 /// and metrics over the same records) stay on the host.
 pub const VM_TEST_TARGETS: &[&str] =
-    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets", "listen", "drops"];
+    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets", "listen", "drops", "ports"];
 
 /// Run in the guests of another architecture than the host's, besides the e2e targets:
 /// the unit test proving the embedded eBPF object was built for that architecture (on

@@ -1,0 +1,112 @@
+//! Reading one network namespace's TCP sockets and port settings, and finding the
+//! namespaces of the traced processes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
+
+use super::count::{PortHolder, PortSpace, parse_reserved};
+use crate::{
+    enrich::{
+        EnrichError, Netns, SockDiag, port_range,
+        sock_diag::{DumpFilter, Transport},
+    },
+    tcp_state::TcpState,
+};
+
+/// One namespace's sockets and the ports connect() may use there.
+#[derive(Debug)]
+pub struct NamespaceSample {
+    pub space: PortSpace,
+    pub holders: Vec<PortHolder>,
+}
+
+/// Every TCP socket of the namespace `pid` is in, with its port range and reserved
+/// ports. Blocks: it runs a thread inside that namespace (enrich::Netns), because
+/// /proc/sys/net answers for the namespace of the reading thread.
+pub fn sample(proc_root: &Path, pid: u32) -> Result<NamespaceSample, EnrichError> {
+    let proc_root = proc_root.to_path_buf();
+    Netns::of_process(&proc_root, pid).run(move || {
+        let (low, high) = port_range::read(&proc_root)?;
+        let reserved = read_reserved(&proc_root)?;
+        let mut diag = SockDiag::open().map_err(|source| EnrichError::SockDiag { source })?;
+        let mut holders = Vec::new();
+        diag.dump_ipv4_and_ipv6(Transport::Tcp, DumpFilter::default(), &mut |socket| {
+            holders.push(PortHolder {
+                state: TcpState::from_kernel(socket.state),
+                local: socket.local,
+                remote: socket.remote,
+            });
+        })
+        .map_err(|source| EnrichError::SockDiag { source })?;
+        Ok(NamespaceSample { space: PortSpace { low, high, reserved }, holders })
+    })
+}
+
+fn read_reserved(proc_root: &Path) -> Result<BTreeSet<u16>, EnrichError> {
+    let path = proc_root.join("sys/net/ipv4/ip_local_reserved_ports");
+    let text =
+        fs::read_to_string(&path).map_err(|source| EnrichError::Proc { path: path.clone(), source })?;
+    parse_reserved(&text).ok_or(EnrichError::PortRange { path, text })
+}
+
+/// The network namespace (nsfs inode) of each of `pids`, with one pid in it (the
+/// lowest) to enter it through; processes gone or unreadable are left out.
+pub fn namespaces(proc_root: &Path, pids: impl IntoIterator<Item = u32>) -> BTreeMap<u64, u32> {
+    let mut found = BTreeMap::new();
+    for pid in pids {
+        let link = proc_root.join(pid.to_string()).join("ns/net");
+        let Some(inode) = fs::read_link(link).ok().and_then(|target| netns_inode(target.to_str()?)) else {
+            continue;
+        };
+        found.entry(inode).and_modify(|first: &mut u32| *first = (*first).min(pid)).or_insert(pid);
+    }
+    found
+}
+
+/// "net:[4026531840]" -> 4026531840
+fn netns_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Every process of the node: for a selection that names no pid or thread name.
+pub fn every_process(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn netns_links_give_their_inode() {
+        assert_eq!(netns_inode("net:[4026531840]"), Some(4_026_531_840));
+        assert_eq!(netns_inode("mnt:[4026531840]"), None);
+        assert_eq!(netns_inode("net:[x]"), None);
+    }
+
+    #[test]
+    fn our_namespace_is_sampled_with_our_own_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let proc_root = Path::new("/proc");
+        let pid = std::process::id();
+        let namespaces = namespaces(proc_root, [pid, u32::MAX]);
+        assert_eq!(namespaces.len(), 1, "{namespaces:?}");
+        let sample = sample(proc_root, pid).unwrap();
+        assert!(sample.space.low <= sample.space.high);
+        let ours = sample.holders.iter().find(|h| h.local == client.local_addr().unwrap());
+        assert_eq!(
+            ours.map(|h| (h.state, h.remote)),
+            Some((TcpState::Established, listener.local_addr().unwrap()))
+        );
+        assert!(every_process(proc_root).contains(&pid));
+    }
+}
