@@ -89,6 +89,10 @@ pub struct VmTestArgs {
     pub test_args: Vec<String>,
 }
 
+/// Boots of one kernel when the first panics before the guest is ready (see
+/// [`qemu::panicked_while_booting`]); a panic after that fails at once.
+const BOOT_ATTEMPTS: u32 = 2;
+
 pub fn run(args: &VmTestArgs) -> Result<()> {
     if !is_root()? {
         bail!(
@@ -283,7 +287,6 @@ impl Prepared {
         let accel = self.accel(&kernel, &work, &modules)?;
         let prepare = started.elapsed();
 
-        eprintln!("vm-test: booting {} ({}) with {accel}", kernel.release, kernel.image.display());
         let boot = qemu::Boot {
             arch: self.arch,
             image: &kernel.image,
@@ -295,10 +298,25 @@ impl Prepared {
             time_limit: self.time_limit,
             shares: &shares,
         };
-        let ended = qemu::boot(&boot, |line| {
-            println!("[{}] {line}", kernel.release);
-            on_line(line);
-        })?;
+        let mut ended = None;
+        for attempt in 1..=BOOT_ATTEMPTS {
+            eprintln!("vm-test: booting {} ({}) with {accel}", kernel.release, kernel.image.display());
+            let this = qemu::boot(&boot, |line| {
+                println!("[{}] {line}", kernel.release);
+                on_line(line);
+            })?;
+            let again = attempt < BOOT_ATTEMPTS && qemu::panicked_while_booting(&this);
+            ended = Some(this);
+            if !again {
+                break;
+            }
+            eprintln!(
+                "vm-test: {} panicked while booting, before its init was ready (nothing of ours ran): \
+                 booting it again",
+                kernel.release
+            );
+        }
+        let ended = ended.context("no boot was attempted")?;
         let planned: Vec<&str> = planned.iter().map(String::as_str).collect();
         let verdict = qemu::verdict(&ended, &planned, self.time_limit);
         self.results.push(KernelResult {
