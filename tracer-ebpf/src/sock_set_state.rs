@@ -8,11 +8,7 @@
 //! with the conflicting source port on the second transition.
 //! Format: /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{Loss, SockEvent, config::FILTER_EMIT_ALL, kind};
 
 use crate::{
@@ -20,8 +16,8 @@ use crate::{
     filter::current_task,
     listen,
     maps::{
-        CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
-        other_half, remember_connecting, still_waiting,
+        CONNECTS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global, other_half,
+        remember_connecting, still_waiting,
     },
     sk_error_report::report_async_failure,
     sockaddr::{TupleOffsets, read_tuple},
@@ -99,17 +95,7 @@ fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
     if let Some((src, _)) = read_tuple(ctx, &tuple_offsets()) {
         call.src = src; // port 0 unless the socket was bound
     }
-    let owner = Owner {
-        tgid: task.tgid,
-        tid: task.tid,
-        fd: call.fd,
-        _pad: 0,
-        // SAFETY: helper call without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        opts: call.opts,
-    };
-    remember_connecting(sk, &owner);
+    remember_connecting(sk, &sockets::owner_of(&task, call.fd, call.opts));
 }
 
 /// In any context: the connect on `sk` ended, in ESTABLISHED or CLOSE.

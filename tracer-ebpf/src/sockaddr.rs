@@ -66,16 +66,7 @@ fn fault<T>() -> Option<T> {
     None
 }
 
-/// Field offsets of one endpoint pair in a `sock:*` tracepoint record.
-pub struct TupleOffsets {
-    pub family: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-}
+pub use tracer_common::sockaddr::TupleOffsets;
 
 /// Source and destination of a `sock:*` record. The tracepoints store ports in host
 /// order and addresses as network-order bytes, with both v4 and v6 copies
@@ -128,8 +119,4 @@ pub fn read_tuple_into(
         }
         true
     }
-}
-
-pub fn same_endpoint(a: &SockAddr, b: &SockAddr) -> bool {
-    a.family == b.family && a.port == b.port && a.addr == b.addr
 }

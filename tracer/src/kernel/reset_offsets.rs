@@ -14,7 +14,7 @@ use tracer_common::{
 
 use super::{
     print_fmt::symbolic_table,
-    tracefs::{Format, TracefsError},
+    tracefs::{Format, SYSCALL_ARG, TracefsError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,6 @@ pub struct ResetSetup {
     pub reasons: ResetReasons,
 }
 
-/// Syscall arguments are 8-byte slots (include/trace/syscall.h).
-const ARG: u32 = 8;
-
 /// The syscalls `--http-peek` follows, with the names of their first three arguments
 /// (fd, data, length/count/flags) in their formats.
 pub const PEEK_SYSCALLS: [(&str, [&str; 3]); 8] = [
@@ -79,6 +76,7 @@ pub fn discover(
     let send = format("tcp", "tcp_send_reset")?;
     let receive = format("tcp", "tcp_receive_reset")?;
     let destroy = format("tcp", "tcp_destroy_sock")?;
+    let received = receive.tuple_fields()?;
 
     let mut offsets = ResetOffsets {
         send_skbaddr: send.offset("skbaddr", 8)?,
@@ -86,13 +84,13 @@ pub fn discover(
         send_state: send.offset("state", 4)?,
         send_reason: optional(&send, "reason", 4)?,
         recv_skaddr: receive.offset("skaddr", 8)?,
-        recv_family: receive.offset("family", 2)?,
-        recv_sport: receive.offset("sport", 2)?,
-        recv_dport: receive.offset("dport", 2)?,
-        recv_saddr: receive.offset("saddr", 4)?,
-        recv_daddr: receive.offset("daddr", 4)?,
-        recv_saddr_v6: receive.offset("saddr_v6", 16)?,
-        recv_daddr_v6: receive.offset("daddr_v6", 16)?,
+        recv_family: received.family,
+        recv_sport: received.sport,
+        recv_dport: received.dport,
+        recv_saddr: received.saddr,
+        recv_daddr: received.daddr,
+        recv_saddr_v6: received.saddr_v6,
+        recv_daddr_v6: received.daddr_v6,
         recv_cookie: optional(&receive, "sock_cookie", 8)?,
         destroy_skaddr: destroy.offset("skaddr", 8)?,
         ..Default::default()
@@ -113,7 +111,7 @@ pub fn discover(
         (offsets.peek_fd, offsets.peek_buf, offsets.peek_len) = (fd, buf, len);
         for (name, _) in PEEK_SYSCALLS {
             let exit = format!("sys_exit_{name}");
-            let ret = format("syscalls", &exit)?.offset("ret", ARG)?;
+            let ret = format("syscalls", &exit)?.offset("ret", SYSCALL_ARG)?;
             if ret != sys_exit_ret {
                 return Err(ResetOffsetsError::InconsistentArgument {
                     kernel: kernel.into(),
@@ -136,14 +134,15 @@ pub fn discover(
 
 pub(crate) fn fill_send_tuple(offsets: &mut ResetOffsets, send: &Format) -> Result<(), ResetOffsetsError> {
     if send.field("family").is_some() {
+        let sent = send.tuple_fields()?;
         offsets.send_layout = SEND_LAYOUT_FIELDS;
-        offsets.send_family = send.offset("family", 2)?;
-        offsets.send_sport = send.offset("sport", 2)?;
-        offsets.send_dport = send.offset("dport", 2)?;
-        offsets.send_saddr = send.offset("saddr", 4)?;
-        offsets.send_daddr = send.offset("daddr", 4)?;
-        offsets.send_saddr_v6 = send.offset("saddr_v6", 16)?;
-        offsets.send_daddr_v6 = send.offset("daddr_v6", 16)?;
+        offsets.send_family = sent.family;
+        offsets.send_sport = sent.sport;
+        offsets.send_dport = sent.dport;
+        offsets.send_saddr = sent.saddr;
+        offsets.send_daddr = sent.daddr;
+        offsets.send_saddr_v6 = sent.saddr_v6;
+        offsets.send_daddr_v6 = sent.daddr_v6;
         return Ok(());
     }
     // sizeof(struct sockaddr_in6)
@@ -182,11 +181,8 @@ fn same_arguments<const N: usize>(
 ) -> Result<[u32; N], ResetOffsetsError> {
     let mut first: Option<(&str, [u32; N])> = None;
     for (name, fields) in syscalls {
-        let format = Format::read(tracefs, "syscalls", &format!("sys_enter_{name}"), kernel)?;
-        let mut offsets = [0; N];
-        for (slot, field) in offsets.iter_mut().zip(fields) {
-            *slot = format.offset(field, ARG)?;
-        }
+        let offsets =
+            Format::read(tracefs, "syscalls", &format!("sys_enter_{name}"), kernel)?.syscall_args(*fields)?;
         match first {
             None => first = Some((name, offsets)),
             Some((first_name, expected)) => {
