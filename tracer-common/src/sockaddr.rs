@@ -23,7 +23,9 @@ impl SockAddr {
 }
 
 /// Field offsets of one endpoint pair in a `sock:*` or `tcp:*` tracepoint record, as
-/// the daemon finds them in tracefs and the programs read them.
+/// the daemon finds them in tracefs and the programs read them (part of the load-time
+/// globals).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TupleOffsets {
     pub family: u32,
@@ -34,6 +36,8 @@ pub struct TupleOffsets {
     pub saddr_v6: u32,
     pub daddr_v6: u32,
 }
+
+const _: () = assert!(size_of::<TupleOffsets>() == 7 * 4);
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

@@ -7,7 +7,7 @@ use tracer_common::{
     sockaddr::{AF_INET, AF_INET6, SockAddr},
 };
 
-use crate::maps::count_loss;
+use crate::maps::{count_loss, read_global};
 
 /// `struct sockaddr_in` (include/uapi/linux/in.h).
 #[repr(C)]
@@ -67,6 +67,25 @@ fn fault<T>() -> Option<T> {
 }
 
 pub use tracer_common::sockaddr::TupleOffsets;
+
+/// The tuple offsets in a load-time global (`&raw const OFFSETS.state_tuple`), each field
+/// read as `maps::read_global` reads one: the compiler cannot fold the zero initialiser.
+#[inline(always)]
+pub fn tuple_offsets(global: *const TupleOffsets) -> TupleOffsets {
+    // SAFETY: `global` points into one of the load-time statics (maps.rs), which are
+    // always mapped; the field places are only taken, then read by read_global.
+    unsafe {
+        TupleOffsets {
+            family: read_global(&raw const (*global).family),
+            sport: read_global(&raw const (*global).sport),
+            dport: read_global(&raw const (*global).dport),
+            saddr: read_global(&raw const (*global).saddr),
+            daddr: read_global(&raw const (*global).daddr),
+            saddr_v6: read_global(&raw const (*global).saddr_v6),
+            daddr_v6: read_global(&raw const (*global).daddr_v6),
+        }
+    }
+}
 
 /// Source and destination of a `sock:*` record. The tracepoints store ports in host
 /// order and addresses as network-order bytes, with both v4 and v6 copies

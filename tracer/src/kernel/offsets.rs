@@ -58,9 +58,7 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
     }
 
     let state = format("sock", "inet_sock_set_state")?;
-    let state_tuple = state.tuple_fields()?;
     let error = format("sock", "inet_sk_error_report")?;
-    let error_tuple = error.tuple_fields()?;
 
     Ok(TracepointOffsets {
         connect_fd,
@@ -80,24 +78,12 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
         state_skaddr: state.offset("skaddr", 8)?,
         state_oldstate: state.offset("oldstate", 4)?,
         state_newstate: state.offset("newstate", 4)?,
-        state_sport: state_tuple.sport,
-        state_dport: state_tuple.dport,
-        state_family: state_tuple.family,
         state_protocol: state.offset("protocol", 2)?,
-        state_saddr: state_tuple.saddr,
-        state_daddr: state_tuple.daddr,
-        state_saddr_v6: state_tuple.saddr_v6,
-        state_daddr_v6: state_tuple.daddr_v6,
+        state_tuple: state.tuple_fields()?,
 
         error_error: error.offset("error", 4)?,
-        error_sport: error_tuple.sport,
-        error_dport: error_tuple.dport,
-        error_family: error_tuple.family,
         error_protocol: error.offset("protocol", 2)?,
-        error_saddr: error_tuple.saddr,
-        error_daddr: error_tuple.daddr,
-        error_saddr_v6: error_tuple.saddr_v6,
-        error_daddr_v6: error_tuple.daddr_v6,
+        error_tuple: error.tuple_fields()?,
         _pad: 0,
     })
 }
@@ -152,8 +138,14 @@ mod tests {
         assert_eq!((offsets.connect_fd, offsets.connect_addr, offsets.connect_addrlen), (16, 24, 32));
         assert_eq!(offsets.setsockopt_optlen, 48);
         assert_eq!(offsets.sys_exit_ret, 16);
-        assert_eq!((offsets.state_skaddr, offsets.state_sport, offsets.state_saddr_v6), (8, 24, 40));
-        assert_eq!((offsets.error_error, offsets.error_sport, offsets.error_daddr_v6), (8, 12, 44));
+        assert_eq!(
+            (offsets.state_skaddr, offsets.state_tuple.sport, offsets.state_tuple.saddr_v6),
+            (8, 24, 40)
+        );
+        assert_eq!(
+            (offsets.error_error, offsets.error_tuple.sport, offsets.error_tuple.daddr_v6),
+            (8, 12, 44)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, path::Path};
 use tracer_common::{
     ResetOffsets,
     reset::{OFFSET_ABSENT, SEND_LAYOUT_FIELDS, SEND_LAYOUT_SOCKADDR},
+    sockaddr::TupleOffsets,
 };
 
 use super::{
@@ -76,7 +77,6 @@ pub fn discover(
     let send = format("tcp", "tcp_send_reset")?;
     let receive = format("tcp", "tcp_receive_reset")?;
     let destroy = format("tcp", "tcp_destroy_sock")?;
-    let received = receive.tuple_fields()?;
 
     let mut offsets = ResetOffsets {
         send_skbaddr: send.offset("skbaddr", 8)?,
@@ -84,13 +84,7 @@ pub fn discover(
         send_state: send.offset("state", 4)?,
         send_reason: optional(&send, "reason", 4)?,
         recv_skaddr: receive.offset("skaddr", 8)?,
-        recv_family: received.family,
-        recv_sport: received.sport,
-        recv_dport: received.dport,
-        recv_saddr: received.saddr,
-        recv_daddr: received.daddr,
-        recv_saddr_v6: received.saddr_v6,
-        recv_daddr_v6: received.daddr_v6,
+        recv_tuple: receive.tuple_fields()?,
         recv_cookie: optional(&receive, "sock_cookie", 8)?,
         destroy_skaddr: destroy.offset("skaddr", 8)?,
         ..Default::default()
@@ -134,32 +128,23 @@ pub fn discover(
 
 pub(crate) fn fill_send_tuple(offsets: &mut ResetOffsets, send: &Format) -> Result<(), ResetOffsetsError> {
     if send.field("family").is_some() {
-        let sent = send.tuple_fields()?;
         offsets.send_layout = SEND_LAYOUT_FIELDS;
-        offsets.send_family = sent.family;
-        offsets.send_sport = sent.sport;
-        offsets.send_dport = sent.dport;
-        offsets.send_saddr = sent.saddr;
-        offsets.send_daddr = sent.daddr;
-        offsets.send_saddr_v6 = sent.saddr_v6;
-        offsets.send_daddr_v6 = sent.daddr_v6;
+        offsets.send_tuple = send.tuple_fields()?;
         return Ok(());
     }
     // sizeof(struct sockaddr_in6)
     const SOCKADDR: u32 = 28;
     if send.field("saddr").is_some_and(|f| f.size == SOCKADDR) {
         offsets.send_layout = SEND_LAYOUT_SOCKADDR;
-        offsets.send_saddr = send.offset("saddr", SOCKADDR)?;
-        offsets.send_daddr = send.offset("daddr", SOCKADDR)?;
-        for unused in [
-            &mut offsets.send_family,
-            &mut offsets.send_sport,
-            &mut offsets.send_dport,
-            &mut offsets.send_saddr_v6,
-            &mut offsets.send_daddr_v6,
-        ] {
-            *unused = OFFSET_ABSENT;
-        }
+        offsets.send_tuple = TupleOffsets {
+            saddr: send.offset("saddr", SOCKADDR)?,
+            daddr: send.offset("daddr", SOCKADDR)?,
+            family: OFFSET_ABSENT,
+            sport: OFFSET_ABSENT,
+            dport: OFFSET_ABSENT,
+            saddr_v6: OFFSET_ABSENT,
+            daddr_v6: OFFSET_ABSENT,
+        };
         return Ok(());
     }
     Err(ResetOffsetsError::UnknownSendLayout { kernel: send.kernel.clone() })
@@ -246,9 +231,12 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         let o = setup.offsets;
         assert_eq!((o.send_skbaddr, o.send_skaddr, o.send_state, o.send_reason), (8, 16, 24, 28));
-        assert_eq!((o.send_layout, o.send_saddr, o.send_daddr), (SEND_LAYOUT_SOCKADDR, 32, 60));
-        assert_eq!((o.send_family, o.send_sport), (OFFSET_ABSENT, OFFSET_ABSENT));
-        assert_eq!((o.recv_skaddr, o.recv_sport, o.recv_saddr_v6, o.recv_cookie), (8, 16, 30, 64));
+        assert_eq!((o.send_layout, o.send_tuple.saddr, o.send_tuple.daddr), (SEND_LAYOUT_SOCKADDR, 32, 60));
+        assert_eq!((o.send_tuple.family, o.send_tuple.sport), (OFFSET_ABSENT, OFFSET_ABSENT));
+        assert_eq!(
+            (o.recv_skaddr, o.recv_tuple.sport, o.recv_tuple.saddr_v6, o.recv_cookie),
+            (8, 16, 30, 64)
+        );
         assert_eq!(o.destroy_skaddr, 8);
         assert_eq!((o.accept_fd, o.accept_addr), (16, 24));
         assert_eq!((o.peek_fd, o.peek_buf, o.peek_len), (16, 24, 32));
@@ -263,7 +251,8 @@ mod tests {
         let o = setup.offsets;
         assert_eq!(o.send_reason, OFFSET_ABSENT, "6.1 has no reason field: not an error");
         assert_eq!(o.send_layout, SEND_LAYOUT_FIELDS);
-        assert_eq!((o.send_sport, o.send_family, o.send_saddr, o.send_daddr_v6), (28, 32, 34, 58));
+        let sent = o.send_tuple;
+        assert_eq!((sent.sport, sent.family, sent.saddr, sent.daddr_v6), (28, 32, 34, 58));
         assert_eq!((o.peek_fd, o.peek_buf), (0, 0), "no --http-peek: peek offsets unread");
         assert!(setup.reasons.is_empty());
     }
