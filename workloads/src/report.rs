@@ -304,3 +304,23 @@ pub struct HttpExchange {
     /// them before rejecting the response.
     pub transfer_encoding: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run's facts are flattened: a report reads and prints with them at the top
+    /// level, in the order the scenarios always printed them.
+    #[test]
+    fn run_facts_stay_at_the_top_of_the_json() {
+        let line = concat!(
+            r#"{"scenario":"refused","ipv6":false,"netns":4026532177,"hold_ms":1500,"elapsed_ms":1561,"#,
+            r#""actors":[{"role":"proxy","pid":29945,"comm":"demo-proxy"}],"attempts":[],"holders":[],"#,
+            r#""connections":[],"ports":null,"mark":null}"#
+        );
+        let report: Report = serde_json::from_str(line).unwrap();
+        assert_eq!(report.run.elapsed_ms, 1561);
+        assert_eq!(report.actor("proxy").map(|a| a.pid), Some(29945));
+        assert_eq!(serde_json::to_string(&report).unwrap(), line);
+    }
+}
