@@ -534,7 +534,9 @@ impl RecordExt for Value {
 
 /// The actor of `role` in a report; fails the test when the scenario has none.
 pub fn actor<'r>(report: &'r Report, role: &str) -> &'r ActorFacts {
-    report.actor(role).unwrap_or_else(|| panic!("the {} report has no {role}: {report:?}", report.scenario))
+    report
+        .actor(role)
+        .unwrap_or_else(|| panic!("the {} report has no {role}: {report:?}", report.run.scenario))
 }
 
 /// `address` as sockerr prints it ("ip:port", IPv6 as "[ip]:port"), or JSON null.
@@ -567,7 +569,7 @@ pub fn assert_failure_matches(record: &Value, attempt: &Attempt, report: &Report
         (None, None) => {}
     }
     assert_eq!(record["sockopts"], serde_json::to_value(&attempt.sockopts).unwrap(), "{}", context());
-    assert_eq!(record.u64_at("/netns"), Some(report.netns), "{}", context());
+    assert_eq!(record.u64_at("/netns"), Some(report.run.netns), "{}", context());
 }
 
 /// Asserts a record's `holder` (and its presence in `holders`) against the report's.

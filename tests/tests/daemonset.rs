@@ -81,18 +81,11 @@ fn daemonset_capabilities_suffice() {
         format!("cri-containerd-{container_id}.scope"),
     ];
     let cgroup = TestCgroup::nested("daemonset-caps", &levels.iter().map(String::as_str).collect::<Vec<_>>());
-    let tracer = Tracer::start_under(
-        &["setpriv", &bounding, "--inh-caps=-all", "--"],
-        &["--cgroup", cgroup.relative(), "--output", "json"],
-        &[],
-    );
-    let report = ScenarioRun::start_in_cgroup("cilium", &[], cgroup.path()).finish();
-    let proxy = actor(&report, "proxy");
+    let tracer = trace_with_capabilities(&bounding, &cgroup);
+    let (report, is_failure) = cilium_in(&cgroup);
     let attempts = report.attempts_of("proxy");
     let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
-
-    let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "connect_error";
-    let records = tracer.wait_for_records(attempts.len(), RECORD_TIMEOUT, is_failure);
+    let records = tracer.wait_for_records(attempts.len(), RECORD_TIMEOUT, &is_failure);
     let stopped = tracer.stop();
     for (record, attempt) in records.iter().zip(&attempts) {
         assert_failure_matches(record, attempt, &report);
@@ -165,14 +158,11 @@ fn host_proc_resolves_host_pids_from_a_pid_namespace() {
         &env,
     );
     let without = Tracer::start_under(OWN_PID_NAMESPACE, &common, &env);
-    let report = ScenarioRun::start_in_cgroup("cilium", &[], cgroup.path()).finish();
-    let proxy = actor(&report, "proxy");
+    let (report, is_failure) = cilium_in(&cgroup);
     let attempts = report.attempts_of("proxy");
     let [holder] = report.holders.as_slice() else { panic!("one holder expected: {report:?}") };
-
-    let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "connect_error";
-    let records = with_host_proc.wait_for_records(attempts.len(), RECORD_TIMEOUT, is_failure);
-    let blind = without.wait_for_records(attempts.len(), RECORD_TIMEOUT, is_failure);
+    let records = with_host_proc.wait_for_records(attempts.len(), RECORD_TIMEOUT, &is_failure);
+    let blind = without.wait_for_records(attempts.len(), RECORD_TIMEOUT, &is_failure);
     stop_in_namespace(with_host_proc);
     stop_in_namespace(without);
     for (record, attempt) in records.iter().zip(&attempts) {
@@ -187,6 +177,24 @@ fn host_proc_resolves_host_pids_from_a_pid_namespace() {
         assert_eq!(record["holder"], Value::Null, "{record}");
         assert_eq!(record["pod_uid"], Value::Null, "{record}");
     }
+}
+
+/// `sockerr trace` of `cgroup` in JSON with only the capabilities of `bounding` (a
+/// setpriv --bounding-set argument).
+fn trace_with_capabilities(bounding: &str, cgroup: &TestCgroup) -> Tracer {
+    Tracer::start_under(
+        &["setpriv", bounding, "--inh-caps=-all", "--"],
+        &["--cgroup", cgroup.relative(), "--output", "json"],
+        &[],
+    )
+}
+
+/// The cilium scenario run in `cgroup`: its report, and which records are its proxy's
+/// failed connects.
+fn cilium_in(cgroup: &TestCgroup) -> (Report, impl Fn(&Value) -> bool) {
+    let report = ScenarioRun::start_in_cgroup("cilium", &[], cgroup.path()).finish();
+    let proxy = u64::from(actor(&report, "proxy").pid);
+    (report, move |r: &Value| r.pid() == Some(proxy) && r.event() == "connect_error")
 }
 
 /// The DaemonSet's capabilities without `cap`, which must be one of them.
@@ -234,15 +242,9 @@ fn without_sys_admin_sockerr_does_not_start() {
 fn without_sys_ptrace_holders_in_other_namespaces_are_not_looked_up() {
     let bounding = bounding_set(&without("SYS_PTRACE"));
     let cgroup = TestCgroup::create("no-ptrace");
-    let tracer = Tracer::start_under(
-        &["setpriv", &bounding, "--inh-caps=-all", "--"],
-        &["--cgroup", cgroup.relative(), "--output", "json"],
-        &[],
-    );
-    let report = ScenarioRun::start_in_cgroup("cilium", &[], cgroup.path()).finish();
-    let proxy = actor(&report, "proxy");
-    let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "connect_error";
-    let records = tracer.wait_for_records(1, RECORD_TIMEOUT, is_failure);
+    let tracer = trace_with_capabilities(&bounding, &cgroup);
+    let (_, is_failure) = cilium_in(&cgroup);
+    let records = tracer.wait_for_records(1, RECORD_TIMEOUT, &is_failure);
     let stopped = tracer.stop();
     let record = &records[0];
     assert_eq!(record["holder"], Value::Null, "{record}");

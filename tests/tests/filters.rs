@@ -71,7 +71,7 @@ fn cgroup_filter_selects_the_subtree() {
     let mine = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "bind_error";
     inside_tracer.wait_for_records(1, RECORD_TIMEOUT, mine);
     let inside_records = inside_tracer.stop().records();
-    let actors: Vec<u64> = report.actors.iter().map(|a| u64::from(a.pid)).collect();
+    let actors: Vec<u64> = report.run.actors.iter().map(|a| u64::from(a.pid)).collect();
     for record in &inside_records {
         assert!(record.pid().is_some_and(|pid| actors.contains(&pid)), "not from the cgroup: {record}");
     }

@@ -24,7 +24,7 @@ fn is_reset(record: &Value) -> bool {
 
 /// Waits for the 4 resets of the run and returns every record of its actors.
 fn resets_of(tracer: Tracer, report: &ResetReport) -> (Vec<Value>, Vec<String>) {
-    let pids: Vec<u64> = report.actors.iter().map(|a| u64::from(a.pid)).collect();
+    let pids: Vec<u64> = report.run.actors.iter().map(|a| u64::from(a.pid)).collect();
     let ours = |r: &Value| r.pid().is_some_and(|pid| pids.contains(&pid));
     tracer.wait_for_records(report.resets.len(), RECORD_TIMEOUT, |r| ours(r) && is_reset(r));
     let stopped = tracer.stop();
@@ -45,7 +45,7 @@ fn record_of<'r>(records: &'r [Value], facts: &ResetFacts, report: &ResetReport)
     assert_eq!(record.str_at("/comm"), Some(facts.comm.as_str()), "{}", context());
     assert_eq!(record["src"], addr_json(Some(facts.src)), "{}", context());
     assert_eq!(record["dst"], addr_json(Some(facts.dst)), "{}", context());
-    assert_eq!(record.u64_at("/netns"), Some(report.netns), "{}", context());
+    assert_eq!(record.u64_at("/netns"), Some(report.run.netns), "{}", context());
     assert_eq!(record.str_at("/rst/direction"), Some(facts.direction.as_str()), "{}", context());
     assert_eq!(record["rst"]["socket"], Value::Bool(true), "{}", context());
     assert_eq!(record["errno"], Value::Null, "{}", context());
@@ -115,7 +115,7 @@ fn proxy_reset_with_http_peek_shows_the_duplicate_transfer_encoding() {
 fn ipv6_resets_keep_their_tuples_and_anomaly() {
     let tracer = tracer(&["--http-peek", "--output", "json"]);
     let report = run_reset_scenario(&["--ipv6"]);
-    assert!(report.ipv6);
+    assert!(report.run.ipv6);
     let (records, _) = resets_of(tracer, &report);
     for facts in &report.resets {
         let record = record_of(&records, facts, &report);

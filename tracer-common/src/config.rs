@@ -1,5 +1,7 @@
 //! Globals the daemon writes into the eBPF object before loading it.
 
+use crate::sockaddr::TupleOffsets;
+
 /// Byte offsets of tracepoint fields, read from tracefs `format` files at start-up,
 /// so no kernel layout is compiled into the programs.
 ///
@@ -27,25 +29,13 @@ pub struct TracepointOffsets {
     pub state_skaddr: u32,
     pub state_oldstate: u32,
     pub state_newstate: u32,
-    pub state_sport: u32,
-    pub state_dport: u32,
-    pub state_family: u32,
     pub state_protocol: u32,
-    pub state_saddr: u32,
-    pub state_daddr: u32,
-    pub state_saddr_v6: u32,
-    pub state_daddr_v6: u32,
+    pub state_tuple: TupleOffsets,
 
     // sock:inet_sk_error_report
     pub error_error: u32,
-    pub error_sport: u32,
-    pub error_dport: u32,
-    pub error_family: u32,
     pub error_protocol: u32,
-    pub error_saddr: u32,
-    pub error_daddr: u32,
-    pub error_saddr_v6: u32,
-    pub error_daddr_v6: u32,
+    pub error_tuple: TupleOffsets,
     pub _pad: u32,
 }
 

@@ -1,7 +1,7 @@
 //! TCP resets: what `tcp:tcp_send_reset` / `tcp:tcp_receive_reset` saw, who owns the
 //! socket, and (with `--http-peek`) the first bytes of the socket's last exchange.
 
-use crate::SockAddr;
+use crate::{SockAddr, sockaddr::TupleOffsets};
 
 /// [`ResetEvent::direction`]: this host sent the RST.
 pub const RESET_SENT: u32 = 1;
@@ -125,22 +125,12 @@ pub struct ResetOffsets {
     pub send_state: u32,
     pub send_reason: u32,
     pub send_layout: u32,
-    pub send_family: u32,
-    pub send_sport: u32,
-    pub send_dport: u32,
-    pub send_saddr: u32,
-    pub send_daddr: u32,
-    pub send_saddr_v6: u32,
-    pub send_daddr_v6: u32,
+    /// With [`SEND_LAYOUT_SOCKADDR`], `saddr` and `daddr` are the two sockaddr_in6 fields
+    /// and the rest [`OFFSET_ABSENT`].
+    pub send_tuple: TupleOffsets,
     // tcp:tcp_receive_reset
     pub recv_skaddr: u32,
-    pub recv_family: u32,
-    pub recv_sport: u32,
-    pub recv_dport: u32,
-    pub recv_saddr: u32,
-    pub recv_daddr: u32,
-    pub recv_saddr_v6: u32,
-    pub recv_daddr_v6: u32,
+    pub recv_tuple: TupleOffsets,
     pub recv_cookie: u32,
     // tcp:tcp_destroy_sock
     pub destroy_skaddr: u32,

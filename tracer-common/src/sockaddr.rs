@@ -12,7 +12,48 @@ pub struct SockAddr {
     pub addr: [u8; 16],
 }
 
+impl SockAddr {
+    /// Same family, port and address. The scope id is not compared: the `sock:*`
+    /// tracepoint records, which the halves of an asynchronous failure come from, do
+    /// not carry it.
+    #[inline]
+    pub fn same_endpoint(&self, other: &Self) -> bool {
+        self.family == other.family && self.port == other.port && self.addr == other.addr
+    }
+}
+
+/// Field offsets of one endpoint pair in a `sock:*` or `tcp:*` tracepoint record, as
+/// the daemon finds them in tracefs and the programs read them (part of the load-time
+/// globals).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TupleOffsets {
+    pub family: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+const _: () = assert!(size_of::<TupleOffsets>() == 7 * 4);
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
 const _: () = assert!(size_of::<SockAddr>() == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_family_port_and_address() {
+        let a = SockAddr { family: AF_INET6, port: 80, scope_id: 0, addr: [1; 16] };
+        assert!(a.same_endpoint(&SockAddr { scope_id: 3, ..a }));
+        assert!(!a.same_endpoint(&SockAddr { port: 81, ..a }));
+        assert!(!a.same_endpoint(&SockAddr { family: AF_INET, ..a }));
+        assert!(!a.same_endpoint(&SockAddr { addr: [2; 16], ..a }));
+    }
+}

@@ -53,8 +53,10 @@ pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }
         && ret >= 0
     {
-        untrack(&current_task(), ret as i32, CLOSE_REASON_FD_REUSED);
-        crate::sockets::fd_reused(ret as i32);
+        let task = current_task();
+        untrack(&task, ret as i32, CLOSE_REASON_FD_REUSED);
+        // Whatever the fd named before is gone.
+        crate::peek::fd_closed(task.tgid, ret as i32);
     }
     0
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    DropKey, DropOffsets, DropTotal, Loss,
+    DropKey, DropOffsets, DropTotal, Loss, SockAddr,
     drops::{DROP_ROLE_CONNECTION, DROP_ROLE_LISTENER},
     limits::DROP_TABLE_ENTRIES,
     reset::OFFSET_ABSENT,
@@ -24,7 +24,7 @@ use tracer_common::{
 
 use crate::{
     listen::LISTENERS,
-    maps::{count_loss, read_global},
+    maps::{Owner, count_loss, read_global},
     sock_tuple::read_sock_tuple,
     sockets::SOCK_OWNERS,
 };
@@ -111,28 +111,23 @@ fn traced_owner(sk: u64) -> Option<DropTotal> {
     // SAFETY: copied out at once.
     if let Some(owner) = unsafe { SOCK_OWNERS.get(sk) }.copied() {
         let (local, peer) = read_sock_tuple(sk);
-        return Some(DropTotal {
-            tgid: owner.tgid,
-            tid: owner.tid,
-            fd: owner.fd,
-            role: DROP_ROLE_CONNECTION,
-            cgroup_id: owner.cgroup_id,
-            comm: owner.comm,
-            local,
-            peer,
-            ..DropTotal::default()
-        });
+        return Some(no_drops_yet(&owner, DROP_ROLE_CONNECTION, local, peer));
     }
     // SAFETY: as above.
     let listener = unsafe { LISTENERS.get(sk) }.copied()?;
-    Some(DropTotal {
-        tgid: listener.tgid,
-        tid: listener.tid,
-        fd: listener.fd,
-        role: DROP_ROLE_LISTENER,
-        cgroup_id: listener.cgroup_id,
-        comm: listener.comm,
-        local: listener.local,
+    Some(no_drops_yet(&listener.owner, DROP_ROLE_LISTENER, listener.local, SockAddr::default()))
+}
+
+fn no_drops_yet(owner: &Owner, role: u32, local: SockAddr, peer: SockAddr) -> DropTotal {
+    DropTotal {
+        tgid: owner.tgid,
+        tid: owner.tid,
+        fd: owner.fd,
+        role,
+        cgroup_id: owner.cgroup_id,
+        comm: owner.comm,
+        local,
+        peer,
         ..DropTotal::default()
-    })
+    }
 }

@@ -15,12 +15,15 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
-use tracer_common::{ListenEvent, ListenOffsets, Loss, SockAddr, kind, limits::LISTENER_TABLE_ENTRIES};
+use tracer_common::{
+    ListenEvent, ListenOffsets, Loss, SockAddr, SockOpts, kind, limits::LISTENER_TABLE_ENTRIES,
+};
 
 use crate::{
-    emit::{current_header, emit},
+    emit::{emit, owner_header},
     filter::{current_task, selected},
-    maps::{count_loss, read_global},
+    maps::{Owner, count_loss, read_global},
+    sockets,
 };
 
 /// Set by the daemon before load: where fd and backlog are in sys_enter_listen.
@@ -32,12 +35,8 @@ pub static LISTEN_OFFSETS: ListenOffsets = unsafe { core::mem::zeroed() };
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Listener {
-    pub tgid: u32,
-    pub tid: u32,
-    pub fd: i32,
-    pub _pad: u32,
-    pub cgroup_id: u64,
-    pub comm: [u8; 16],
+    /// The task that called listen(), as the owner of the listening fd.
+    pub owner: Owner,
     pub local: SockAddr,
 }
 
@@ -94,21 +93,13 @@ pub fn entered_listen(sk: u64, local: &SockAddr) {
         return;
     };
     let local = *local;
-    let header = current_header(0, &task);
+    let owner = sockets::owner_of(&task, call.fd, SockOpts::default());
+    let header = owner_header(0, &owner);
     emit::<ListenEvent, { kind::LISTENING }>(|r| {
         r.header = header;
         r.payload = ListenEvent { fd: call.fd, backlog: call.backlog, sk, local };
     });
-    let listener = Listener {
-        tgid: task.tgid,
-        tid: task.tid,
-        fd: call.fd,
-        _pad: 0,
-        cgroup_id: header.cgroup_id,
-        comm: header.comm,
-        local,
-    };
-    if LISTENERS.insert(sk, listener, 0).is_err() {
+    if LISTENERS.insert(sk, Listener { owner, local }, 0).is_err() {
         count_loss(Loss::OwnerTableFull);
     }
 }

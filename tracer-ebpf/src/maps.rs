@@ -10,8 +10,6 @@ use tracer_common::{
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
 };
 
-use crate::sockaddr::same_endpoint;
-
 /// Set by the daemon before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
 // SAFETY: plain integers, for which all zeroes is a valid value.
@@ -196,7 +194,7 @@ pub fn other_half(
     now: u64,
     seen: (&SockAddr, &SockAddr),
 ) -> bool {
-    if ts_ns == 0 || !same_endpoint(pending.0, seen.0) || !same_endpoint(pending.1, seen.1) {
+    if ts_ns == 0 || !pending.0.same_endpoint(seen.0) || !pending.1.same_endpoint(seen.1) {
         return false;
     }
     if now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS {

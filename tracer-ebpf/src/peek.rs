@@ -4,7 +4,7 @@
 //! its response, whichever side speaks first); the next data in the direction that
 //! opened it starts a new one. Per socket, keyed like `TRACKED`, the first PEEK_BYTES
 //! sent and received in the exchange are kept, for a later reset to carry. Only fds
-//! in `sockets::FD_SOCKS` (TCP sockets a traced process connected or accepted) are
+//! in `FD_SOCKS` (TCP sockets a traced process connected or accepted) are
 //! copied: never a file. The programs are attached only with `--http-peek`; the daemon
 //! sizes `PEEKS` to one entry otherwise.
 
@@ -16,14 +16,28 @@ use aya_ebpf::{
 };
 use tracer_common::{
     SockAddr,
+    config::FILTER_HTTP_PEEK,
     reset::{PEEK_BYTES, PEEK_RECEIVED, PEEK_SENT},
 };
 
 use crate::{
     filter::current_task,
     maps::{fd_key, global},
-    sockets::FD_SOCKS,
 };
+
+/// A traced TCP socket as its fd names it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockRef {
+    pub sk: u64,
+    pub local: SockAddr,
+    pub peer: SockAddr,
+}
+
+/// The TCP sockets traced processes connected or accepted, by `tgid << 32 | fd`;
+/// removed at close() and fd reuse.
+#[map]
+pub static FD_SOCKS: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(65536, 0);
 
 /// How a syscall passes its data.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,9 +124,28 @@ struct Iovec {
 const MSGHDR_IOV: u64 = 16;
 const MSGHDR_IOVLEN: u64 = 24;
 
-/// The fd's old exchange belongs to another socket.
-pub fn forget(key: u64) {
+/// `tgid`'s `fd` now names the TCP socket `sk`, with this tuple: its bytes may be
+/// copied, and what the fd carried before belongs to another socket.
+pub fn fd_names_socket(tgid: u32, fd: i32, sk: u64, local: &SockAddr, peer: &SockAddr) {
+    if !peeking() {
+        return;
+    }
+    let key = fd_key(tgid, fd);
+    let _ = FD_SOCKS.insert(key, SockRef { sk, local: *local, peer: *peer }, 0);
     let _ = PEEKS.remove(key);
+}
+
+/// `tgid`'s `fd` no longer names the socket (close(), or the number handed out again).
+pub fn fd_closed(tgid: u32, fd: i32) {
+    if peeking() {
+        let _ = FD_SOCKS.remove(fd_key(tgid, fd));
+    }
+}
+
+/// `FD_SOCKS` only serves `--http-peek`: without it no hook touches the map.
+#[inline(always)]
+fn peeking() -> bool {
+    global!(FILTERS.flags) & FILTER_HTTP_PEEK != 0
 }
 
 /// Syscall entry: remember where the data is, for TCP sockets of traced processes.

@@ -11,9 +11,9 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::global,
+    maps::{RESET_OFFSETS, global},
     reset_report::{report, seen_slot},
-    sockaddr::{TupleOffsets, read_tuple_into},
+    sockaddr::{read_tuple_into, tuple_offsets},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
@@ -22,15 +22,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.recv_skaddr) as usize) }) else {
         return 0;
     };
-    let offsets = TupleOffsets {
-        family: global!(RESET_OFFSETS.recv_family),
-        sport: global!(RESET_OFFSETS.recv_sport),
-        dport: global!(RESET_OFFSETS.recv_dport),
-        saddr: global!(RESET_OFFSETS.recv_saddr),
-        daddr: global!(RESET_OFFSETS.recv_daddr),
-        saddr_v6: global!(RESET_OFFSETS.recv_saddr_v6),
-        daddr_v6: global!(RESET_OFFSETS.recv_daddr_v6),
-    };
+    let offsets = tuple_offsets(&raw const RESET_OFFSETS.recv_tuple);
     let cookie_at = global!(RESET_OFFSETS.recv_cookie);
     let cookie = if cookie_at == OFFSET_ABSENT {
         0

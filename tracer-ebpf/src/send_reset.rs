@@ -22,9 +22,9 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::global,
+    maps::{RESET_OFFSETS, global},
     reset_report::{report, seen_slot},
-    sockaddr::{TupleOffsets, read_tuple_into},
+    sockaddr::{read_tuple_into, tuple_offsets},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -50,23 +50,13 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let Some(seen) = seen_slot() else {
         return 0;
     };
+    let offsets = tuple_offsets(&raw const RESET_OFFSETS.send_tuple);
     if global!(RESET_OFFSETS.send_layout) == SEND_LAYOUT_SOCKADDR {
-        seen.local = record_sockaddr(&ctx, global!(RESET_OFFSETS.send_saddr));
-        seen.peer = record_sockaddr(&ctx, global!(RESET_OFFSETS.send_daddr));
-    } else {
-        let offsets = TupleOffsets {
-            family: global!(RESET_OFFSETS.send_family),
-            sport: global!(RESET_OFFSETS.send_sport),
-            dport: global!(RESET_OFFSETS.send_dport),
-            saddr: global!(RESET_OFFSETS.send_saddr),
-            daddr: global!(RESET_OFFSETS.send_daddr),
-            saddr_v6: global!(RESET_OFFSETS.send_saddr_v6),
-            daddr_v6: global!(RESET_OFFSETS.send_daddr_v6),
-        };
-        if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
-            seen.local = SockAddr::default();
-            seen.peer = SockAddr::default();
-        }
+        seen.local = record_sockaddr(&ctx, offsets.saddr);
+        seen.peer = record_sockaddr(&ctx, offsets.daddr);
+    } else if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
+        seen.local = SockAddr::default();
+        seen.peer = SockAddr::default();
     }
     seen.direction = RESET_SENT;
     seen.sk = sk;

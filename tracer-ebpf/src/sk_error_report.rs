@@ -13,8 +13,8 @@ use tracer_common::{SockAddr, SockEvent, kind};
 
 use crate::{
     emit::{emit, owner_header},
-    maps::{CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingError, global, other_half},
-    sockaddr::{TupleOffsets, read_tuple},
+    maps::{CONNECTS, OFFSETS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingError, global, other_half},
+    sockaddr::{read_tuple, tuple_offsets},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -34,15 +34,7 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     if protocol != IPPROTO_TCP || error == 0 {
         return 0;
     }
-    let offsets = TupleOffsets {
-        family: global!(OFFSETS.error_family),
-        sport: global!(OFFSETS.error_sport),
-        dport: global!(OFFSETS.error_dport),
-        saddr: global!(OFFSETS.error_saddr),
-        daddr: global!(OFFSETS.error_daddr),
-        saddr_v6: global!(OFFSETS.error_saddr_v6),
-        daddr_v6: global!(OFFSETS.error_daddr_v6),
-    };
+    let offsets = tuple_offsets(&raw const OFFSETS.error_tuple);
     let Some((src, dst)) = read_tuple(&ctx, &offsets) else {
         return 0;
     };

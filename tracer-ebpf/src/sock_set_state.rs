@@ -8,11 +8,7 @@
 //! with the conflicting source port on the second transition.
 //! Format: /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{Loss, SockEvent, config::FILTER_EMIT_ALL, kind};
 
 use crate::{
@@ -20,11 +16,11 @@ use crate::{
     filter::current_task,
     listen,
     maps::{
-        CONNECTS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
+        CONNECTS, OFFSETS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
         other_half, remember_connecting, still_waiting,
     },
     sk_error_report::report_async_failure,
-    sockaddr::{TupleOffsets, read_tuple},
+    sockaddr::{TupleOffsets, read_tuple, tuple_offsets},
     sockets,
 };
 
@@ -35,16 +31,8 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
-fn tuple_offsets() -> TupleOffsets {
-    TupleOffsets {
-        family: global!(OFFSETS.state_family),
-        sport: global!(OFFSETS.state_sport),
-        dport: global!(OFFSETS.state_dport),
-        saddr: global!(OFFSETS.state_saddr),
-        daddr: global!(OFFSETS.state_daddr),
-        saddr_v6: global!(OFFSETS.state_saddr_v6),
-        daddr_v6: global!(OFFSETS.state_daddr_v6),
-    }
+fn state_tuple() -> TupleOffsets {
+    tuple_offsets(&raw const OFFSETS.state_tuple)
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -70,11 +58,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         left_syn_sent(&ctx, sk, new);
     } else if old == TCP_SYN_RECV
         && new == TCP_ESTABLISHED
-        && let Some((local, peer)) = read_tuple(&ctx, &tuple_offsets())
+        && let Some((local, peer)) = read_tuple(&ctx, &state_tuple())
     {
         sockets::passive_established(sk, &local, &peer);
     } else if new == TCP_LISTEN
-        && let Some((local, _)) = read_tuple(&ctx, &tuple_offsets())
+        && let Some((local, _)) = read_tuple(&ctx, &state_tuple())
     {
         listen::entered_listen(sk, &local);
     }
@@ -96,20 +84,10 @@ fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
     // SAFETY: the in-flight entry belongs to this thread.
     let call = unsafe { &mut *call };
     call.sk = sk;
-    if let Some((src, _)) = read_tuple(ctx, &tuple_offsets()) {
+    if let Some((src, _)) = read_tuple(ctx, &state_tuple()) {
         call.src = src; // port 0 unless the socket was bound
     }
-    let owner = Owner {
-        tgid: task.tgid,
-        tid: task.tid,
-        fd: call.fd,
-        _pad: 0,
-        // SAFETY: helper call without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        opts: call.opts,
-    };
-    remember_connecting(sk, &owner);
+    remember_connecting(sk, &sockets::owner_of(&task, call.fd, call.opts));
 }
 
 /// In any context: the connect on `sk` ended, in ESTABLISHED or CLOSE.
@@ -119,7 +97,7 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
         return;
     };
     let _ = SK_OWNERS.remove(sk);
-    let Some((src, dst)) = read_tuple(ctx, &tuple_offsets()) else {
+    let Some((src, dst)) = read_tuple(ctx, &state_tuple()) else {
         return;
     };
     if let Some(call) = CONNECTS.get_ptr_mut(owner.tid) {

@@ -7,7 +7,7 @@ use tracer_common::{
     sockaddr::{AF_INET, AF_INET6, SockAddr},
 };
 
-use crate::maps::count_loss;
+use crate::maps::{count_loss, read_global};
 
 /// `struct sockaddr_in` (include/uapi/linux/in.h).
 #[repr(C)]
@@ -66,15 +66,25 @@ fn fault<T>() -> Option<T> {
     None
 }
 
-/// Field offsets of one endpoint pair in a `sock:*` tracepoint record.
-pub struct TupleOffsets {
-    pub family: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
+pub use tracer_common::sockaddr::TupleOffsets;
+
+/// The tuple offsets in a load-time global (`&raw const OFFSETS.state_tuple`), each field
+/// read as `maps::read_global` reads one: the compiler cannot fold the zero initialiser.
+#[inline(always)]
+pub fn tuple_offsets(global: *const TupleOffsets) -> TupleOffsets {
+    // SAFETY: `global` points into one of the load-time statics (maps.rs), which are
+    // always mapped; the field places are only taken, then read by read_global.
+    unsafe {
+        TupleOffsets {
+            family: read_global(&raw const (*global).family),
+            sport: read_global(&raw const (*global).sport),
+            dport: read_global(&raw const (*global).dport),
+            saddr: read_global(&raw const (*global).saddr),
+            daddr: read_global(&raw const (*global).daddr),
+            saddr_v6: read_global(&raw const (*global).saddr_v6),
+            daddr_v6: read_global(&raw const (*global).daddr_v6),
+        }
+    }
 }
 
 /// Source and destination of a `sock:*` record. The tracepoints store ports in host
@@ -128,8 +138,4 @@ pub fn read_tuple_into(
         }
         true
     }
-}
-
-pub fn same_endpoint(a: &SockAddr, b: &SockAddr) -> bool {
-    a.family == b.family && a.port == b.port && a.addr == b.addr
 }

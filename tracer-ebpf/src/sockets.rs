@@ -1,23 +1,23 @@
-//! The TCP sockets of traced processes, by `struct sock` and by (tgid, fd).
+//! The TCP sockets of traced processes and their owners, by `struct sock`.
 //!
 //! Resets are mostly seen in softirq context, where the current task is whoever the
 //! interrupt hit: the owner must come from a map filled in process context. Connected
 //! sockets are recorded when `sock_set_state` sees them reach ESTABLISHED (the owner
 //! is known from the traced connect()); accepted sockets when accept() returns them
 //! (`accept`), matched by the peer address with the SYN_RECV -> ESTABLISHED transition
-//! that carried the `struct sock`. The (tgid, fd) side tells `--http-peek` which fds
-//! are TCP sockets worth copying, so file reads are never copied.
+//! that carried the `struct sock`. The (tgid, fd) side is `peek::FD_SOCKS`, which tells
+//! `--http-peek` which fds are TCP sockets worth copying, so file reads are never copied.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
     maps::{HashMap, LruHashMap},
 };
-use tracer_common::{Loss, SockAddr, config::FILTER_HTTP_PEEK, limits::OWNER_TABLE_ENTRIES};
+use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{Owner, TRACKED, count_loss, fd_key, global},
+    maps::{Owner, TRACKED, count_loss, fd_key},
     peek,
 };
 
@@ -27,19 +27,6 @@ use crate::{
 /// counts) a new owner instead of evicting an old one unseen.
 #[map]
 pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
-
-/// A traced TCP socket as its fd names it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockRef {
-    pub sk: u64,
-    pub local: SockAddr,
-    pub peer: SockAddr,
-}
-
-/// The same sockets by `tgid << 32 | fd`; removed at close() and fd reuse.
-#[map]
-pub static FD_SOCKS: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(65536, 0);
 
 /// An accepted socket between its handshake and accept().
 #[repr(C)]
@@ -79,13 +66,7 @@ pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
     if SOCK_OWNERS.insert(sk, owner, 0).is_err() {
         count_loss(Loss::OwnerTableFull);
     }
-    if !peeking() {
-        return;
-    }
-    let key = fd_key(owner.tgid, owner.fd);
-    let _ = FD_SOCKS.insert(key, SockRef { sk, local: *local, peer: *peer }, 0);
-    // What the fd carried before belongs to another socket.
-    peek::forget(key);
+    peek::fd_names_socket(owner.tgid, owner.fd, sk, local, peer);
 }
 
 /// SYN_RECV -> ESTABLISHED (softirq): remember the socket until accept() claims it.
@@ -97,9 +78,7 @@ pub fn passive_established(sk: u64, local: &SockAddr, peer: &SockAddr) {
 /// reset sent inside this call belongs to the caller.
 /// The caller checked that `task` is selected.
 pub fn close_started(task: &Task, fd: i32) {
-    if peeking() {
-        let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
-    }
+    peek::fd_closed(task.tgid, fd);
     let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0 }, 0);
 }
 
@@ -131,7 +110,15 @@ pub fn closing_owner(sk: u64) -> Option<Owner> {
     Some(current_owner(&task, closing.fd))
 }
 
+/// `task` as the owner of its `fd`, with the options it set on the socket.
 pub fn current_owner(task: &Task, fd: i32) -> Owner {
+    // SAFETY: copied out at once.
+    let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();
+    owner_of(task, fd, opts)
+}
+
+/// `task` (the current one) as the owner of `fd`, whose options are `opts`.
+pub fn owner_of(task: &Task, fd: i32, opts: SockOpts) -> Owner {
     Owner {
         tgid: task.tgid,
         tid: task.tid,
@@ -140,21 +127,6 @@ pub fn current_owner(task: &Task, fd: i32) -> Owner {
         // SAFETY: helper call without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),
-        // SAFETY: copied out at once.
-        opts: unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default(),
+        opts,
     }
-}
-
-/// socket()/accept() handed out `fd` again: whatever it named before is gone.
-pub fn fd_reused(fd: i32) {
-    if peeking() {
-        let task = current_task();
-        let _ = FD_SOCKS.remove(fd_key(task.tgid, fd));
-    }
-}
-
-/// `FD_SOCKS` only serves `--http-peek`: without it no hook touches the map.
-#[inline(always)]
-fn peeking() -> bool {
-    global!(FILTERS.flags) & FILTER_HTTP_PEEK != 0
 }

@@ -1,6 +1,6 @@
 //! Command line (clap derive).
 
-use std::path::PathBuf;
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -117,6 +117,55 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9966";
 /// Where the socket table (/v1/*) is served without authentication by default.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9967";
 
+/// Where /v1/* is served without authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    /// A loopback address: reachable from this network namespace only (in a pod: the pod
+    /// itself, `kubectl port-forward`).
+    Tcp(SocketAddr),
+    /// A unix socket: mode 0600 and served to this process's user only (SO_PEERCRED).
+    Unix(PathBuf),
+    Off,
+}
+
+impl FromStr for ApiListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "none" {
+            return Ok(Self::Off);
+        }
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a path, e.g. unix:/run/sockerr/api.sock".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            format!("`{text}` is neither ADDR:PORT (e.g. 127.0.0.1:9967), unix:PATH nor none")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not a loopback address: --api-listen serves the socket table without \
+                 authentication, so only 127.0.0.1, ::1 or unix:PATH; to serve it on a reachable \
+                 address use --expose-api, which serves it on --listen to permitted Kubernetes tokens"
+            ));
+        }
+        Ok(Self::Tcp(addr))
+    }
+}
+
+impl fmt::Display for ApiListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Off => f.write_str("none"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
     #[command(flatten)]
@@ -129,7 +178,7 @@ pub struct DaemonArgs {
     /// traced process) is served without authentication: a loopback address, a unix socket
     /// (unix:PATH, mode 0600, served to this user only), or `none`.
     #[arg(long, value_name = "ADDR|unix:PATH|none", default_value = DEFAULT_API_LISTEN)]
-    pub api_listen: crate::daemon::listeners::ApiListen,
+    pub api_listen: ApiListen,
     /// Also serve /v1/* on --listen, to requests whose bearer token the Kubernetes API
     /// server authenticates (TokenReview) and allows `get` on the path as a non-resource
     /// URL (SubjectAccessReview), as kube-rbac-proxy does. Uses the in-cluster service
@@ -200,6 +249,19 @@ mod tests {
         let trace = command.find_subcommand_mut("trace").unwrap();
         let help = trace.render_help().to_string();
         assert!(help.contains("TCP resets"), "{help}");
+    }
+
+    #[test]
+    fn api_listen_parses_loopback_unix_and_none_only() {
+        assert_eq!("127.0.0.1:9967".parse(), Ok(ApiListen::Tcp("127.0.0.1:9967".parse().unwrap())));
+        assert_eq!("[::1]:0".parse(), Ok(ApiListen::Tcp("[::1]:0".parse().unwrap())));
+        assert_eq!("unix:/run/s.sock".parse(), Ok(ApiListen::Unix("/run/s.sock".into())));
+        assert_eq!("none".parse(), Ok(ApiListen::Off));
+        let exposed = "0.0.0.0:9967".parse::<ApiListen>().unwrap_err();
+        assert!(exposed.contains("not a loopback address") && exposed.contains("--expose-api"), "{exposed}");
+        assert!("10.1.2.3:9967".parse::<ApiListen>().is_err());
+        assert!("unix:".parse::<ApiListen>().unwrap_err().contains("needs a path"));
+        assert!("localhost".parse::<ApiListen>().unwrap_err().contains("unix:PATH"));
     }
 
     #[test]

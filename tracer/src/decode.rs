@@ -15,7 +15,7 @@ use tracer_common::{
 #[cfg(test)]
 pub(crate) use self::sockaddr::raw_sockaddr;
 pub(crate) use self::sockaddr::socket_addr;
-use crate::event::{Header, KernelEvent, Origin, Payload};
+use crate::event::{Header, KernelEvent, Listening, Origin, Payload};
 
 mod origin;
 mod reset;
@@ -98,7 +98,12 @@ pub fn decode(mut record: &[u8]) -> Result<KernelEvent, DecodeError> {
         AnyPayload::ResetPeekEvent(e) => {
             Payload::Reset(Box::new(reset::seen(&e.reset, &[&e.own, &e.related])))
         }
-        AnyPayload::ListenEvent(e) => Payload::Listening(crate::listen::Listening::decode(&e)),
+        AnyPayload::ListenEvent(e) => Payload::Listening(Listening {
+            fd: e.fd,
+            backlog: e.backlog,
+            sk: e.sk,
+            local: socket_addr(&e.local),
+        }),
     };
     Ok(KernelEvent { header, payload })
 }

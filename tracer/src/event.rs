@@ -73,7 +73,17 @@ pub enum Payload {
     Reset(Box<crate::reset::ResetSeen>),
     /// A traced task's listen() made a listening socket (the run loop's listener watch
     /// takes it; it makes no record of its own).
-    Listening(crate::listen::Listening),
+    Listening(Listening),
+}
+
+/// A listener a traced task created, as the kernel reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub fd: i32,
+    /// The backlog listen() was given (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
+    pub sk: u64,
+    pub local: Option<SocketAddr>,
 }
 
 /// The kernel function that refused a bind()/connect(), and its `struct sock` then, as

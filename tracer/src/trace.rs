@@ -19,11 +19,12 @@ use tracer_common::Loss;
 use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
-    drops::{DropFold, DropMaps},
+    drops::DropFold,
     enrich::Enricher,
     event::{KernelEvent, Payload},
     k8s::Attributor,
     kernel::{
+        drop_totals::DropMaps,
         loader::{self, LoadError, Loaded, Losses, LostCounter, Selection},
         reader::Reader,
     },

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::procnet::{self, TIME_WAIT, TcpEntry};
-use super::report::{Connection, HolderFacts, Report};
-use super::runner::{self, Plan};
-use super::{Addrs, CommonArgs, Error, netns};
+use super::report::{HolderFacts, Report};
+use super::runner::{self, ClientConnection, Plan};
+use super::{Addrs, CommonArgs, Error};
 
 const CLIENT_PORT: u16 = 40313;
 /// Loopback delivers the last FIN/ACK within microseconds; this only bounds a broken run.
@@ -23,16 +23,10 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
     let started = Instant::now();
     let ipv6 = common.ipv6;
     let addrs = Addrs { ipv6 };
-    let netns = netns::enter_new()?;
-
-    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
-
-    let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
+    let (netns, [mut upstream, mut client, mut proxy]) = runner::upstream_client_proxy(common)?;
     let client_addr = SocketAddr::new(addrs.client_ip(), CLIENT_PORT);
-    let (client_fd, _) = client.socket(ipv6, false)?;
-    client.bind_ok(client_fd, client_addr)?;
-    client.connect_ok(client_fd, addrs.upstream())?;
-    let accepted = upstream.accept(listener, Duration::from_secs(2))?;
+    let connection = ClientConnection::open(&mut upstream, &mut client, &addrs, client_addr, &[])?;
+    let (client_fd, accepted) = (connection.fd, &connection.accepted);
 
     // Active close by the client (FIN_WAIT1 -> FIN_WAIT2); the upstream sees EOF and closes
     // too, and the client's ACK of that FIN puts the client's side into TIME_WAIT. Without
@@ -54,35 +48,25 @@ pub fn run(common: &CommonArgs) -> Result<Report, Error> {
         .iter()
         .find(|entry| is_time_wait(entry, client_addr, addrs.upstream()))
         .or(time_wait.as_ref());
-    let holders = held
-        .map(|entry| HolderFacts {
-            // Read before the failing bind: a tracer looks after the failure, so it must
-            // see at most this much left, however the scheduler orders its lookup and the
-            // read above (under load the tracer may look first).
-            timer_ms: time_wait.as_ref().and_then(|before| before.timer_ms).or(entry.timer_ms),
-            ..HolderFacts::from_tcp_entry(entry, None)
-        })
-        .into_iter()
-        .collect();
-
+    let holder = held.map(|entry| HolderFacts {
+        // Read before the failing bind: a tracer looks after the failure, so it must see
+        // at most this much left, however the scheduler orders its lookup and the read
+        // above (under load the tracer may look first).
+        timer_ms: time_wait.as_ref().and_then(|before| before.timer_ms).or(entry.timer_ms),
+        ..HolderFacts::from_tcp_entry(entry, None)
+    });
     let report = Report {
         attempts,
-        holders,
-        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
+        holders: holder.into_iter().collect(),
+        connections: vec![connection.facts(&client)],
         ..Report::new("bind-time-wait", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()])
     };
     let reproduced = time_wait.is_some()
         && report.attempts.len() == 1
         && report.attempts[0].errno == Errno::EADDRINUSE as i32
         && report.holders.len() == 1;
-    if !reproduced {
-        return Err(super::not_reproduced(
-            "expected the client's side in TIME_WAIT and the proxy's bind() to fail with EADDRINUSE",
-            &report,
-        ));
-    }
-    runner::hold_and_finish(common, vec![proxy, client, upstream])?;
-    Ok(Report { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+    let expected = "expected the client's side in TIME_WAIT and the proxy's bind() to fail with EADDRINUSE";
+    runner::finish(common, started, vec![proxy, client, upstream], report, reproduced, expected)
 }
 
 fn is_time_wait(entry: &TcpEntry, local: SocketAddr, remote: SocketAddr) -> bool {

@@ -181,13 +181,9 @@ pub fn run(args: &BusyNodeArgs) -> Result<(), Error> {
     let started = Instant::now();
     let (mut failures, mut other) = (0, 0);
     for attempt in 0..args.failures {
-        if started.elapsed() > timeout {
-            return Err(side(format!(
-                "{attempt} of {} failures after {} s",
-                args.failures, args.timeout_secs
-            )));
-        }
-        pace(started, attempt, args.rate);
+        pace(started, attempt, args.rate, timeout, || {
+            format!("{attempt} of {} failures after {} s", args.failures, args.timeout_secs)
+        })?;
         let target = targets[(attempt * args.holders / args.failures) as usize];
         let (ip, port) = client_address(target);
         match cilium_attempt(ip, port, upstream_port(target))? {
@@ -328,13 +324,12 @@ pub fn run_holder(args: &BusyHolderArgs) -> Result<(), Error> {
     let mut fds = Vec::new();
     let mut queued = 0;
     for offset in 0..args.count {
-        if started.elapsed() > timeout {
-            return Err(side(format!(
+        pace(started, offset, args.setup_rate, timeout, || {
+            format!(
                 "{offset} of {} connections after {} s (--timeout-secs): the machine is too slow or too busy",
                 args.count, args.timeout_secs
-            )));
-        }
-        pace(started, offset, args.setup_rate);
+            )
+        })?;
         let index = args.first + offset;
         let (ip, port) = client_address(index);
         let client = marked_socket()?;
@@ -420,16 +415,27 @@ fn cilium_attempt(ip: Ipv4Addr, port: u16, upstream_port: u16) -> Result<Result<
     Ok(connect(socket.0, UPSTREAM, upstream_port))
 }
 
-/// Sleeps until the `index`-th event of a run paced at `rate` per second is due.
-fn pace(start: Instant, index: u64, rate: u64) {
+/// Waits for step `index`'s turn at `rate` steps a second (0: at once) from `start`; once
+/// `timeout` has passed, an error saying how far the loop got.
+fn pace(
+    start: Instant,
+    index: u64,
+    rate: u64,
+    timeout: Duration,
+    how_far: impl FnOnce() -> String,
+) -> Result<(), Error> {
+    if start.elapsed() > timeout {
+        return Err(side(how_far()));
+    }
     if rate == 0 {
-        return;
+        return Ok(());
     }
     let due = start + Duration::from_secs_f64(index as f64 / rate as f64);
     let now = Instant::now();
     if due > now {
         std::thread::sleep(due - now);
     }
+    Ok(())
 }
 
 fn side(what: String) -> Error {

@@ -29,9 +29,9 @@ use nix::errno::Errno;
 
 use super::procnet::{self, ESTABLISHED};
 use super::protocol::SockOpt;
-use super::report::{CiliumMark, Connection, HolderFacts, Report};
-use super::runner::{self, Plan};
-use super::{Addrs, CiliumArgs, Error, netns};
+use super::report::{CiliumMark, HolderFacts, Report};
+use super::runner::{self, ClientConnection, Plan};
+use super::{Addrs, CiliumArgs, Error};
 
 /// The client pod's source port in the incident's capture.
 const CLIENT_PORT: u16 = 40312;
@@ -57,19 +57,13 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let common = &args.common;
     let ipv6 = common.ipv6;
     let addrs = Addrs { ipv6 };
-    let netns = netns::enter_new()?;
-
-    let [mut upstream, mut client, mut proxy] = runner::upstream_client_proxy(common, netns)?;
-
-    let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
+    let (netns, [mut upstream, mut client, mut proxy]) = runner::upstream_client_proxy(common)?;
 
     // The pod's own connection, alive for the whole scenario.
     let client_addr = SocketAddr::new(addrs.client_ip(), CLIENT_PORT);
-    let (client_fd, client_inode) = client.socket(ipv6, false)?;
-    client.set_opt(client_fd, SockOpt::ReuseAddr)?;
-    client.bind_ok(client_fd, client_addr)?;
-    client.connect_ok(client_fd, addrs.upstream())?;
-    let accepted = upstream.accept(listener, Duration::from_secs(2))?;
+    let connection =
+        ClientConnection::open(&mut upstream, &mut client, &addrs, client_addr, &[SockOpt::ReuseAddr])?;
+    let (client_fd, client_inode, accepted) = (connection.fd, connection.inode, &connection.accepted);
     if accepted.peer != client_addr {
         return Err(Error::Actor {
             comm: upstream.comm.clone(),
@@ -106,15 +100,11 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     // The kernel's view of the holder while the proxy failed (the client is still there).
     let sockets = procnet::tcp_sockets(ipv6)?;
     let held = sockets.iter().find(|entry| entry.inode == client_inode);
-    let holders = held
-        .map(|entry| HolderFacts::from_tcp_entry(entry, Some((&client, client_fd))))
-        .into_iter()
-        .collect();
-
+    let holder = held.map(|entry| HolderFacts::from_tcp_entry(entry, Some((&client.facts(), client_fd))));
     let report = Report {
         attempts,
-        holders,
-        connections: vec![Connection::of(&client, client_fd, client_addr, accepted.local)],
+        holders: holder.into_iter().collect(),
+        connections: vec![connection.facts(&client)],
         mark: Some(CiliumMark {
             value: format!("{mark:#010x}"),
             magic: format!("{MAGIC_EGRESS:#06x}"),
@@ -126,14 +116,8 @@ pub fn run(args: &CiliumArgs) -> Result<Report, Error> {
     let reproduced = report.attempts.len() == args.attempts as usize
         && report.attempts.iter().all(|a| a.errno == Errno::EADDRNOTAVAIL as i32 && !a.is_async)
         && held.is_some_and(|entry| entry.state == ESTABLISHED && entry.remote == addrs.upstream());
-    if !reproduced {
-        return Err(super::not_reproduced(
-            "expected every proxy connect() to fail with EADDRNOTAVAIL while the client's connection is ESTABLISHED",
-            &report,
-        ));
-    }
-    runner::hold_and_finish(common, vec![proxy, client, upstream])?;
-    Ok(Report { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+    let expected = "expected every proxy connect() to fail with EADDRNOTAVAIL while the client's connection is ESTABLISHED";
+    runner::finish(common, started, vec![proxy, client, upstream], report, reproduced, expected)
 }
 
 #[cfg(test)]

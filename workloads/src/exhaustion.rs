@@ -56,7 +56,7 @@ pub fn run(args: &ExhaustionArgs) -> Result<Report, Error> {
             pid: proxy.pid,
             what: format!("connected fd {} has no local address", opened.fd),
         })?;
-        connections.push(Connection::of(&proxy, opened.fd, src, addrs.upstream()));
+        connections.push(Connection::of(&proxy.facts(), opened.fd, src, addrs.upstream()));
     }
     for _ in &connections {
         upstream.accept(listener, Duration::from_secs(2))?;
@@ -82,14 +82,8 @@ pub fn run(args: &ExhaustionArgs) -> Result<Report, Error> {
         && report.attempts[0].errno == Errno::EADDRNOTAVAIL as i32
         && report.connections.len() == size
         && in_use == size;
-    if !reproduced {
-        return Err(super::not_reproduced(
-            "expected exactly one connection per port of the range, then EADDRNOTAVAIL",
-            &report,
-        ));
-    }
-    runner::hold_and_finish(common, vec![proxy, upstream])?;
-    Ok(Report { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+    let expected = "expected exactly one connection per port of the range, then EADDRNOTAVAIL";
+    runner::finish(common, started, vec![proxy, upstream], report, reproduced, expected)
 }
 
 fn parse_range(text: &str) -> Option<[u16; 2]> {

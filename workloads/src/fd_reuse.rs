@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::report::{FdReuseReport, ResetFacts};
+use super::report::{FdReuseReport, ResetFacts, RunFacts};
 use super::runner::{self, Actor, Plan};
 use super::{Addrs, CommonArgs, Error, netns};
 
@@ -79,12 +79,7 @@ pub fn run(common: &CommonArgs) -> Result<FdReuseReport, Error> {
     client.close(client_fd)?;
     let (_, error) = proxy.recv_until(accepted.fd, "never sent", WAIT)?;
     let report = FdReuseReport {
-        scenario: "fd-reuse".into(),
-        ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
+        run: RunFacts::new("fd-reuse", common, netns, vec![proxy.facts(), client.facts(), upstream.facts()]),
         reset: ResetFacts {
             direction: "received".into(),
             role: proxy.role.into(),
@@ -98,12 +93,7 @@ pub fn run(common: &CommonArgs) -> Result<FdReuseReport, Error> {
         },
         attempt,
     };
-    if report.reset.error.as_deref() != Some("ECONNRESET") {
-        return Err(super::not_reproduced_as(
-            "expected the proxy's read on the accepted socket to fail with ECONNRESET",
-            &report,
-        ));
-    }
-    runner::hold_and_finish(common, vec![proxy, client, upstream])?;
-    Ok(FdReuseReport { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+    let reproduced = report.reset.error.as_deref() == Some("ECONNRESET");
+    let expected = "expected the proxy's read on the accepted socket to fail with ECONNRESET";
+    runner::finish(common, started, vec![proxy, client, upstream], report, reproduced, expected)
 }

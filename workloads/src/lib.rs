@@ -276,11 +276,7 @@ pub fn run(args: ScenarioArgs) -> Result<(), Error> {
     runner::print_line(&report)
 }
 
-fn not_reproduced(what: &str, report: &Report) -> Error {
-    not_reproduced_as(what, report)
-}
-
-fn not_reproduced_as(what: &str, report: &impl serde::Serialize) -> Error {
+fn not_reproduced(what: &str, report: &impl serde::Serialize) -> Error {
     Error::NotReproduced {
         what: what.into(),
         report: serde_json::to_string(report).unwrap_or_else(|e| format!("(unprintable: {e})")),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::report::{HttpExchange, ResetFacts, ResetReport};
+use super::report::{HttpExchange, ResetFacts, ResetReport, RunFacts};
 use super::runner::{self, Actor};
 use super::{Error, ProxyResetArgs, netns};
 
@@ -113,26 +113,21 @@ pub fn run(args: &ProxyResetArgs) -> Result<ResetReport, Error> {
         ),
     ];
     let report = ResetReport {
-        scenario: "proxy-reset".into(),
-        ipv6: common.ipv6,
-        netns,
-        hold_ms: common.hold_ms,
-        elapsed_ms: 0,
-        actors: vec![proxy.facts(), client.facts(), upstream.facts()],
+        run: RunFacts::new(
+            "proxy-reset",
+            common,
+            netns,
+            vec![proxy.facts(), client.facts(), upstream.facts()],
+        ),
         resets,
         exchange: HttpExchange { request, response, upstream: upstream_addr, transfer_encoding },
         anonymous_accept: args.anonymous_accept,
     };
     let reset_seen =
         |role: &str| report.resets.iter().any(|r| r.role == role && r.error.as_deref() == Some("ECONNRESET"));
-    if !reset_seen("client") || !reset_seen("upstream") {
-        return Err(super::not_reproduced_as(
-            "expected the client's and the upstream's next read to fail with ECONNRESET",
-            &report,
-        ));
-    }
-    runner::hold_and_finish(common, vec![proxy, client, upstream])?;
-    Ok(ResetReport { elapsed_ms: started.elapsed().as_millis() as u64, ..report })
+    let reproduced = reset_seen("client") && reset_seen("upstream");
+    let expected = "expected the client's and the upstream's next read to fail with ECONNRESET";
+    runner::finish(common, started, vec![proxy, client, upstream], report, reproduced, expected)
 }
 
 /// The Transfer-Encoding values of a response head, parsed with httparse.

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::CommonArgs;
 use crate::procnet::{TIME_WAIT, TcpEntry};
-use crate::runner::Actor;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+/// What every scenario's report begins with: which run, in which namespace, by whom.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFacts {
     /// Scenario name as on the command line, e.g. "cilium".
     pub scenario: String,
     pub ipv6: bool,
@@ -22,6 +22,36 @@ pub struct Report {
     /// Wall time of the whole run, hold included.
     pub elapsed_ms: u64,
     pub actors: Vec<ActorFacts>,
+}
+
+impl RunFacts {
+    /// A run of `scenario` before anything failed: its actors, no time yet.
+    pub(crate) fn new(scenario: &str, common: &CommonArgs, netns: u64, actors: Vec<ActorFacts>) -> Self {
+        Self {
+            scenario: scenario.into(),
+            ipv6: common.ipv6,
+            netns,
+            hold_ms: common.hold_ms,
+            elapsed_ms: 0,
+            actors,
+        }
+    }
+
+    pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
+        self.actors.iter().find(|actor| actor.role == role)
+    }
+}
+
+/// A report `runner::finish` can close: it sets the run's wall time last.
+pub trait ScenarioReport: Serialize {
+    fn elapsed_ms_mut(&mut self) -> &mut u64;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Flattened: the JSON keeps these fields at the top level.
+    #[serde(flatten)]
+    pub run: RunFacts,
     /// Every failing call, in the order they happened.
     pub attempts: Vec<Attempt>,
     /// Sockets that held what the failing calls wanted, as the kernel listed them while
@@ -40,12 +70,7 @@ impl Report {
     /// The report of `scenario` before anything failed: its actors, nothing else yet.
     pub(crate) fn new(scenario: &str, common: &CommonArgs, netns: u64, actors: Vec<ActorFacts>) -> Self {
         Self {
-            scenario: scenario.into(),
-            ipv6: common.ipv6,
-            netns,
-            hold_ms: common.hold_ms,
-            elapsed_ms: 0,
-            actors,
+            run: RunFacts::new(scenario, common, netns, actors),
             attempts: Vec::new(),
             holders: Vec::new(),
             connections: Vec::new(),
@@ -55,7 +80,7 @@ impl Report {
     }
 
     pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
-        self.actors.iter().find(|actor| actor.role == role)
+        self.run.actor(role)
     }
 
     /// The attempts made by the actor playing `role`.
@@ -135,7 +160,7 @@ pub struct HolderFacts {
 impl HolderFacts {
     /// The holder as /proc/net/tcp lists it, owned by `owner`'s fd (None: no process, as
     /// for TIME_WAIT). A listener has no peer; only TIME_WAIT reports its timer.
-    pub(crate) fn from_tcp_entry(entry: &TcpEntry, owner: Option<(&Actor, i32)>) -> Self {
+    pub(crate) fn from_tcp_entry(entry: &TcpEntry, owner: Option<(&ActorFacts, i32)>) -> Self {
         let listening = entry.remote.port() == 0 && entry.remote.ip().is_unspecified();
         Self {
             pid: owner.map(|(actor, _)| actor.pid),
@@ -161,7 +186,7 @@ pub struct Connection {
 
 impl Connection {
     /// `actor`'s connection on `fd` from `src` to `dst`.
-    pub(crate) fn of(actor: &Actor, fd: i32, src: SocketAddr, dst: SocketAddr) -> Self {
+    pub(crate) fn of(actor: &ActorFacts, fd: i32, src: SocketAddr, dst: SocketAddr) -> Self {
         Self { pid: actor.pid, comm: actor.comm.clone(), fd, src, dst }
     }
 }
@@ -201,12 +226,8 @@ pub struct GateActors {
 /// made the proxy do it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResetReport {
-    pub scenario: String,
-    pub ipv6: bool,
-    pub netns: u64,
-    pub hold_ms: u64,
-    pub elapsed_ms: u64,
-    pub actors: Vec<ActorFacts>,
+    #[serde(flatten)]
+    pub run: RunFacts,
     /// Every RST of the run, as the actors saw their sockets: sent ones by the proxy in
     /// the order it closed them, then the received ones.
     pub resets: Vec<ResetFacts>,
@@ -217,7 +238,7 @@ pub struct ResetReport {
 
 impl ResetReport {
     pub fn actor(&self, role: &str) -> Option<&ActorFacts> {
-        self.actors.iter().find(|actor| actor.role == role)
+        self.run.actor(role)
     }
 
     /// The reset of `direction` ("sent" or "received") on `role`'s socket to `peer_role`.
@@ -230,16 +251,30 @@ impl ResetReport {
 /// received on the accepted socket that got the same fd number.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FdReuseReport {
-    pub scenario: String,
-    pub ipv6: bool,
-    pub netns: u64,
-    pub hold_ms: u64,
-    pub elapsed_ms: u64,
-    pub actors: Vec<ActorFacts>,
+    #[serde(flatten)]
+    pub run: RunFacts,
     /// The failed connect (EADDRNOTAVAIL) on the fd, closed right after.
     pub attempt: Attempt,
     /// The reset the proxy received on the accepted socket that reused the fd number.
     pub reset: ResetFacts,
+}
+
+impl ScenarioReport for Report {
+    fn elapsed_ms_mut(&mut self) -> &mut u64 {
+        &mut self.run.elapsed_ms
+    }
+}
+
+impl ScenarioReport for ResetReport {
+    fn elapsed_ms_mut(&mut self) -> &mut u64 {
+        &mut self.run.elapsed_ms
+    }
+}
+
+impl ScenarioReport for FdReuseReport {
+    fn elapsed_ms_mut(&mut self) -> &mut u64 {
+        &mut self.run.elapsed_ms
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,4 +303,24 @@ pub struct HttpExchange {
     /// Values of the response's Transfer-Encoding fields, in order, as the proxy found
     /// them before rejecting the response.
     pub transfer_encoding: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run's facts are flattened: a report reads and prints with them at the top
+    /// level, in the order the scenarios always printed them.
+    #[test]
+    fn run_facts_stay_at_the_top_of_the_json() {
+        let line = concat!(
+            r#"{"scenario":"refused","ipv6":false,"netns":4026532177,"hold_ms":1500,"elapsed_ms":1561,"#,
+            r#""actors":[{"role":"proxy","pid":29945,"comm":"demo-proxy"}],"attempts":[],"holders":[],"#,
+            r#""connections":[],"ports":null,"mark":null}"#
+        );
+        let report: Report = serde_json::from_str(line).unwrap();
+        assert_eq!(report.run.elapsed_ms, 1561);
+        assert_eq!(report.actor("proxy").map(|a| a.pid), Some(29945));
+        assert_eq!(serde_json::to_string(&report).unwrap(), line);
+    }
 }

@@ -13,8 +13,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
 
 use super::protocol::{Reply, Request, SockOpt};
-use super::report::{ActorFacts, Attempt, Call, Gate, GateActors};
-use super::{CommonArgs, Error};
+use super::report::{ActorFacts, Attempt, Call, Connection, Gate, GateActors, ScenarioReport};
+use super::{Addrs, CommonArgs, Error, netns};
 
 /// Margin on top of what a request may block for: pipe round trip and scheduling.
 const REPLY_MARGIN: Duration = Duration::from_secs(5);
@@ -475,13 +475,49 @@ pub fn print_line(value: &impl Serialize) -> Result<(), Error> {
 }
 
 /// The upstream, client and proxy of the scenarios with a client connection, started
-/// in that order and gated.
-pub fn upstream_client_proxy(common: &CommonArgs, netns: u64) -> Result<[Actor; 3], Error> {
+/// in that order in a new network namespace (its inode first), and gated.
+pub fn upstream_client_proxy(common: &CommonArgs) -> Result<(u64, [Actor; 3]), Error> {
+    let netns = netns::enter_new()?;
     let upstream = Actor::spawn("upstream", "demo-upstream")?;
     let client = Actor::spawn("client", "demo-client")?;
     let proxy = Actor::spawn("proxy", "demo-proxy")?;
     gate(common, netns, &[&upstream, &client, &proxy])?;
-    Ok([upstream, client, proxy])
+    Ok((netns, [upstream, client, proxy]))
+}
+
+/// The client's connection to the upstream, made from `local` with `opts` set before
+/// bind(), and the upstream's end of it.
+pub struct ClientConnection {
+    pub fd: i32,
+    pub inode: u64,
+    pub local: SocketAddr,
+    pub accepted: Accepted,
+}
+
+impl ClientConnection {
+    /// The upstream listens on its address and `client` connects to it from `local`.
+    pub fn open(
+        upstream: &mut Actor,
+        client: &mut Actor,
+        addrs: &Addrs,
+        local: SocketAddr,
+        opts: &[SockOpt],
+    ) -> Result<Self, Error> {
+        let (listener, _) = upstream.listen_on(addrs.upstream(), 16)?;
+        let (fd, inode) = client.socket(addrs.ipv6, false)?;
+        for &opt in opts {
+            client.set_opt(fd, opt)?;
+        }
+        client.bind_ok(fd, local)?;
+        client.connect_ok(fd, addrs.upstream())?;
+        let accepted = upstream.accept(listener, Duration::from_secs(2))?;
+        Ok(Self { fd, inode, local, accepted })
+    }
+
+    /// For the report: `client`'s connection as the upstream accepted it.
+    pub fn facts(&self, client: &Actor) -> Connection {
+        Connection::of(&client.facts(), self.fd, self.local, self.accepted.local)
+    }
 }
 
 /// `--gate`: tell the caller who the actors are, then wait for its go.
@@ -519,9 +555,27 @@ pub fn wait_for_line(timeout: Duration) -> Result<(), Error> {
     }
 }
 
-/// Keeps everything alive for `--hold-ms` (a tracer looks the holders up meanwhile),
-/// then lets every actor exit.
-pub fn hold_and_finish(common: &CommonArgs, actors: Vec<Actor>) -> Result<(), Error> {
+/// The end of every scenario. Unless the kernel did what the scenario exists to show
+/// (`expected` says what that is), a `NotReproduced` error carrying the report; else
+/// everything stays alive for `--hold-ms` (a tracer looks the holders up meanwhile),
+/// every actor exits, and the report gets the run's wall time.
+pub fn finish<R: ScenarioReport>(
+    common: &CommonArgs,
+    started: Instant,
+    actors: Vec<Actor>,
+    mut report: R,
+    reproduced: bool,
+    expected: &str,
+) -> Result<R, Error> {
+    if !reproduced {
+        return Err(crate::not_reproduced(expected, &report));
+    }
+    hold_and_finish(common, actors)?;
+    *report.elapsed_ms_mut() = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn hold_and_finish(common: &CommonArgs, actors: Vec<Actor>) -> Result<(), Error> {
     std::thread::sleep(Duration::from_millis(common.hold_ms));
     let mut first_error = None;
     for actor in actors {

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    bench::{daemon::listening_address, tracers::Running},
+    bench::{daemon::listening_address, running::Running},
     paths::{target_dir, workspace_root},
     process::{describe, run_inherited},
     setup_report::Report,

@@ -11,6 +11,8 @@ mod build;
 mod fuzz;
 mod image;
 mod manifests;
+#[cfg(test)]
+mod module_cycles;
 mod paths;
 mod privileges;
 mod process;

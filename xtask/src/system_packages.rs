@@ -10,6 +10,7 @@ use crate::{
     setup_report::Report,
 };
 
+#[derive(Clone, Copy)]
 pub struct RequiredCommand {
     command: &'static str,
     package: &'static str,
@@ -52,33 +53,6 @@ const REQUIRED_COMMANDS: &[RequiredCommand] = &[
         command: "python3",
         package: "python3-venv",
         needed_for: "validating deploy/kubernetes with kubernetes-validate (PyPI) in a virtualenv",
-    },
-];
-
-/// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build, for
-/// guests of `arch`.
-pub fn vm_commands(arch: crate::arch::Arch) -> Vec<RequiredCommand> {
-    let qemu = match arch {
-        crate::arch::Arch::Amd64 => {
-            RequiredCommand::new("qemu-system-x86_64", "qemu-system-x86", "booting the amd64 test kernels")
-        }
-        crate::arch::Arch::Arm64 => {
-            RequiredCommand::new("qemu-system-aarch64", "qemu-system-arm", "booting the arm64 test kernels")
-        }
-    };
-    let mut commands = vec![qemu];
-    commands.extend(
-        VM_TOOLS.iter().map(|tool| RequiredCommand::new(tool.command, tool.package, tool.needed_for)),
-    );
-    commands
-}
-
-const VM_TOOLS: &[RequiredCommand] = &[
-    RequiredCommand { command: "depmod", package: "kmod", needed_for: "indexing the test kernels' modules" },
-    RequiredCommand {
-        command: "dpkg-deb",
-        package: "dpkg",
-        needed_for: "unpacking the test kernels' packages",
     },
 ];
 
@@ -167,13 +141,13 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn required_commands_name_a_package_and_a_reason() {
-        let vm = vm_commands(crate::arch::Arch::Arm64);
-        for required in REQUIRED_COMMANDS.iter().chain(&vm).chain(PROMETHEUS_COMMANDS) {
+    /// For the lists other modules keep (image, vm): a name or an absolute path, a
+    /// package and a reason.
+    pub(crate) fn assert_well_formed(required: &[RequiredCommand]) {
+        for required in required {
             let command = required.command;
             assert!(!command.is_empty(), "a required command without a name");
             assert!(
@@ -182,6 +156,13 @@ mod tests {
             );
             assert!(!required.package.is_empty(), "{} has no package", required.command);
             assert!(!required.needed_for.is_empty(), "{} has no reason", required.command);
+        }
+    }
+
+    #[test]
+    fn required_commands_name_a_package_and_a_reason() {
+        for list in [REQUIRED_COMMANDS, PROMETHEUS_COMMANDS, BENCH_COMMANDS] {
+            assert_well_formed(list);
         }
     }
 }

@@ -3,64 +3,16 @@
 //! ever a loopback address or a unix socket.
 
 use std::{
-    fmt, io,
+    io,
     net::SocketAddr,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-/// Where /v1/* is served without authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiListen {
-    /// A loopback address: reachable from this network namespace only (in a pod: the pod
-    /// itself, `kubectl port-forward`).
-    Tcp(SocketAddr),
-    /// A unix socket: mode 0600 and served to this process's user only (SO_PEERCRED).
-    Unix(PathBuf),
-    Off,
-}
-
-impl FromStr for ApiListen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text == "none" {
-            return Ok(Self::Off);
-        }
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("`unix:` needs a path, e.g. unix:/run/sockerr/api.sock".into());
-            }
-            return Ok(Self::Unix(PathBuf::from(path)));
-        }
-        let addr: SocketAddr = text.parse().map_err(|_| {
-            format!("`{text}` is neither ADDR:PORT (e.g. 127.0.0.1:9967), unix:PATH nor none")
-        })?;
-        if !addr.ip().is_loopback() {
-            return Err(format!(
-                "{addr} is not a loopback address: --api-listen serves the socket table without \
-                 authentication, so only 127.0.0.1, ::1 or unix:PATH; to serve it on a reachable \
-                 address use --expose-api, which serves it on --listen to permitted Kubernetes tokens"
-            ));
-        }
-        Ok(Self::Tcp(addr))
-    }
-}
-
-impl fmt::Display for ApiListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-            Self::Off => f.write_str("none"),
-        }
-    }
-}
+use crate::cli::{ApiListen, DEFAULT_API_LISTEN, DEFAULT_LISTEN};
 
 #[derive(Debug, Error)]
 pub enum ListenError {
@@ -122,7 +74,7 @@ fn tcp_fix(source: &io::Error, flag: &str) -> String {
         ),
         io::ErrorKind::AddrNotAvailable => format!(
             "no interface of this host has that address: choose one it has with {flag} ADDR (default {})",
-            if flag == "--listen" { crate::cli::DEFAULT_LISTEN } else { crate::cli::DEFAULT_API_LISTEN }
+            if flag == "--listen" { DEFAULT_LISTEN } else { DEFAULT_API_LISTEN }
         ),
         io::ErrorKind::PermissionDenied => {
             format!("ports below 1024 need CAP_NET_BIND_SERVICE: choose a higher port with {flag} ADDR")
@@ -160,19 +112,6 @@ async fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_listen_parses_loopback_unix_and_none_only() {
-        assert_eq!("127.0.0.1:9967".parse(), Ok(ApiListen::Tcp("127.0.0.1:9967".parse().unwrap())));
-        assert_eq!("[::1]:0".parse(), Ok(ApiListen::Tcp("[::1]:0".parse().unwrap())));
-        assert_eq!("unix:/run/s.sock".parse(), Ok(ApiListen::Unix("/run/s.sock".into())));
-        assert_eq!("none".parse(), Ok(ApiListen::Off));
-        let exposed = "0.0.0.0:9967".parse::<ApiListen>().unwrap_err();
-        assert!(exposed.contains("not a loopback address") && exposed.contains("--expose-api"), "{exposed}");
-        assert!("10.1.2.3:9967".parse::<ApiListen>().is_err());
-        assert!("unix:".parse::<ApiListen>().unwrap_err().contains("needs a path"));
-        assert!("localhost".parse::<ApiListen>().unwrap_err().contains("unix:PATH"));
-    }
 
     #[tokio::test]
     async fn a_taken_port_names_the_address_the_flag_and_the_fix() {

@@ -179,8 +179,20 @@ impl SockDiag {
         filter: DumpFilter,
         visit: &mut dyn FnMut(DiagSocket),
     ) -> Result<(), SockDiagError> {
+        let query = Query::sockets(transport, filter);
+        self.exchange(family, &query, &mut |response, raw| visit(diag_socket(transport, response, raw)))
+    }
+
+    /// Sends one dump request and reads its answer to the end, calling `visit` for each
+    /// response with its raw inet_diag_msg.
+    fn exchange(
+        &mut self,
+        family: u8,
+        query: &Query,
+        visit: &mut dyn FnMut(&InetResponse, &[u8]),
+    ) -> Result<(), SockDiagError> {
         self.sequence = self.sequence.wrapping_add(1);
-        let request = dump_request(family, transport, filter, self.sequence);
+        let request = query.request(family, self.sequence);
         self.socket.send(&request, 0).map_err(|source| SockDiagError::Send { source })?;
 
         let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
@@ -189,7 +201,7 @@ impl SockDiag {
             let received =
                 self.socket.recv(&mut buffer, 0).map_err(|source| SockDiagError::Receive { source })?;
             let datagram = &buffer[..received.min(buffer.len())];
-            if read_datagram(datagram, self.sequence, transport, visit)? == Datagram::Done {
+            if read_responses(datagram, self.sequence, visit)? == Datagram::Done {
                 return Ok(());
             }
         }
@@ -221,44 +233,12 @@ impl SockDiag {
         local_port: u16,
         visit: &mut dyn FnMut(ListenerDiag),
     ) -> Result<(), SockDiagError> {
+        let query = Query::listeners(local_port);
         for family in [AF_INET, AF_INET6] {
-            self.sequence = self.sequence.wrapping_add(1);
-            let request = listeners_request(family, local_port, self.sequence);
-            self.socket.send(&request, 0).map_err(|source| SockDiagError::Send { source })?;
-            let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
-            loop {
-                buffer.clear();
-                let received =
-                    self.socket.recv(&mut buffer, 0).map_err(|source| SockDiagError::Receive { source })?;
-                let datagram = &buffer[..received.min(buffer.len())];
-                let mut on_response = |response: &InetResponse, _: &[u8]| visit(listener_diag(response));
-                if read_responses(datagram, self.sequence, &mut on_response)? == Datagram::Done {
-                    break;
-                }
-            }
+            self.exchange(family, &query, &mut |response, _| visit(listener_diag(response)))?;
         }
         Ok(())
     }
-}
-
-fn listeners_request(family: u8, local_port: u16, sequence: u32) -> Vec<u8> {
-    let mut socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
-    socket_id.source_port = local_port;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = sequence;
-    let request = InetRequest {
-        family,
-        protocol: IPPROTO_TCP,
-        extensions: ExtensionFlags::SKMEMINFO,
-        states: StateFlags::from_bits_retain(TCP_LISTEN_STATE),
-        socket_id,
-    };
-    let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
-    message.finalize();
-    let mut bytes = vec![0; message.buffer_len()];
-    message.serialize(&mut bytes);
-    bytes
 }
 
 fn listener_diag(response: &InetResponse) -> ListenerDiag {
@@ -277,21 +257,57 @@ fn listener_diag(response: &InetResponse) -> ListenerDiag {
     }
 }
 
-fn dump_request(family: u8, transport: Transport, filter: DumpFilter, sequence: u32) -> Vec<u8> {
-    let mut socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
-    socket_id.source_port = filter.local_port.unwrap_or(0);
-    socket_id.destination_port = filter.remote_port.unwrap_or(0);
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = sequence;
-    let request = InetRequest {
-        family,
-        protocol: transport.ipproto(),
-        extensions: ExtensionFlags::empty(),
-        states: StateFlags::from_bits_retain(ALL_STATES),
-        socket_id,
-    };
-    let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+/// What one dump asks for, in either address family.
+struct Query {
+    protocol: u8,
+    extensions: ExtensionFlags,
+    /// `1 << state` for each TCP state wanted.
+    states: u32,
+    filter: DumpFilter,
+}
+
+impl Query {
+    /// Every socket of `transport` in any state, on the filtered ports.
+    fn sockets(transport: Transport, filter: DumpFilter) -> Self {
+        Self {
+            protocol: transport.ipproto(),
+            extensions: ExtensionFlags::empty(),
+            states: ALL_STATES,
+            filter,
+        }
+    }
+
+    /// TCP listeners on `local_port`, with their memory counters (SK_MEMINFO_DROPS).
+    fn listeners(local_port: u16) -> Self {
+        let filter = DumpFilter { local_port: Some(local_port), remote_port: None };
+        Self {
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::SKMEMINFO,
+            states: TCP_LISTEN_STATE,
+            filter,
+        }
+    }
+
+    fn request(&self, family: u8, sequence: u32) -> Vec<u8> {
+        let mut socket_id = if family == AF_INET6 { SocketId::new_v6() } else { SocketId::new_v4() };
+        socket_id.source_port = self.filter.local_port.unwrap_or(0);
+        socket_id.destination_port = self.filter.remote_port.unwrap_or(0);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = sequence;
+        let request = InetRequest {
+            family,
+            protocol: self.protocol,
+            extensions: self.extensions.clone(),
+            states: StateFlags::from_bits_retain(self.states),
+            socket_id,
+        };
+        serialize(header, SockDiagMessage::InetRequest(request).into())
+    }
+}
+
+fn serialize(header: NetlinkHeader, payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
+    let mut message = NetlinkMessage::new(header, payload);
     message.finalize();
     let mut bytes = vec![0; message.buffer_len()];
     message.serialize(&mut bytes);
@@ -304,8 +320,8 @@ pub(crate) enum Datagram {
     Done,
 }
 
-/// Walks the netlink messages of one received datagram. Messages of another request
-/// (left over from a dump abandoned on error) are skipped.
+/// [`read_responses`] as a socket dump reads them: for the tests and the fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn read_datagram(
     datagram: &[u8],
     sequence: u32,
@@ -315,7 +331,9 @@ pub(crate) fn read_datagram(
     read_responses(datagram, sequence, &mut |response, raw| visit(diag_socket(transport, response, raw)))
 }
 
-/// [`read_datagram`] for any reading of the responses: each with its raw inet_diag_msg.
+/// Walks the netlink messages of one received datagram, each response with its raw
+/// inet_diag_msg. Messages of another request (left over from a dump abandoned on error)
+/// are skipped.
 fn read_responses(
     datagram: &[u8],
     sequence: u32,
@@ -438,17 +456,13 @@ mod tests {
     fn message_of_request(sequence: u32, payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         header.sequence_number = sequence;
-        let mut message = NetlinkMessage::new(header, payload);
-        message.finalize();
-        let mut bytes = vec![0; message.buffer_len()];
-        message.serialize(&mut bytes);
-        bytes
+        serialize(header, payload)
     }
 
     #[test]
     fn request_asks_for_every_state_and_the_filtered_ports() {
         let filter = DumpFilter { local_port: Some(8080), remote_port: None };
-        let bytes = dump_request(AF_INET6, Transport::Udp, filter, 9);
+        let bytes = Query::sockets(Transport::Udp, filter).request(AF_INET6, 9);
         // Requests and responses share the message type: the crate would decode this
         // as a response, so header and body are read apart.
         let header = NetlinkHeader::parse(&NetlinkBuffer::new_checked(&bytes[..]).unwrap()).unwrap();
@@ -519,7 +533,7 @@ mod tests {
         let diag = |drops| ListenerDiag { local, inode: 4242, queued: 3, backlog: 2, drops };
         assert_eq!(listener_diag(&with_memory), diag(Some(26)));
         assert_eq!(listener_diag(&listener), diag(None), "no SKMEMINFO: unknown, not 0");
-        let bytes = listeners_request(AF_INET, 8080, 1);
+        let bytes = Query::listeners(8080).request(AF_INET, 1);
         let request = InetRequest::parse(&bytes[NETLINK_HEADER_LEN..]).unwrap();
         assert_eq!(request.extensions, ExtensionFlags::SKMEMINFO);
         assert_eq!(request.states.bits(), 1 << 10, "LISTEN only");

@@ -13,7 +13,7 @@ use super::{
     tracefs::{Format, TracefsError},
 };
 
-pub const DROP_ATTACHMENT: super::loader::Attachment = ("kfree_skb", "skb", "kfree_skb");
+pub const DROP_ATTACHMENT: super::Attachment = ("kfree_skb", "skb", "kfree_skb");
 
 /// The program's offsets and this kernel's reason names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,34 +70,10 @@ mod tests {
     use super::*;
 
     /// skb:kfree_skb on Linux 6.18 (reason table shortened).
-    const FORMAT_6_18: &str = "name: kfree_skb
-ID: 2310
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
-\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
-\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
-
-print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skbaddr, REC->rx_sk, REC->protocol, REC->location, __print_symbolic(REC->reason, { 2, \"NOT_SPECIFIED\" }, { 5, \"SOCKET_FILTER\" }, { 40, \"TCP_LISTEN_OVERFLOW\" }, { 128, \"MAX\" })
-";
+    const FORMAT_6_18: &str = include_str!("testdata/kfree_skb.format");
 
     /// skb:kfree_skb on Linux 6.1: no rx_sk; reason at 28.
-    const FORMAT_6_1: &str = "name: kfree_skb
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;
-\tfield:enum skb_drop_reason reason;\toffset:28;\tsize:4;\tsigned:0;
-
-print fmt: \"skbaddr=%p protocol=%u location=%p reason: %s\", REC->skbaddr, REC->protocol, REC->location, __print_symbolic(REC->reason, { 2, \"NOT_SPECIFIED\" }, { 6, \"SOCKET_FILTER\" })
-";
+    const FORMAT_6_1: &str = include_str!("testdata/kfree_skb_6.1.format");
 
     #[test]
     fn kernel_6_18_has_rx_sk_and_its_own_reason_values() {

@@ -11,7 +11,8 @@ use aya::{Ebpf, EbpfLoader};
 use tracer_common::names;
 
 use super::{
-    loader::{self, Attachment, LoadError, Selection},
+    Attachment,
+    loader::{self, LoadError, Selection},
     offsets, privileges, resets, tracefs,
 };
 

@@ -9,7 +9,7 @@ use super::tracefs::{Format, TracefsError};
 
 /// The tracepoints the listener programs attach to, after the syscall exits as the
 /// loader's order wants.
-pub const LISTEN_ATTACHMENTS: &[super::loader::Attachment] = &[
+pub const LISTEN_ATTACHMENTS: &[super::Attachment] = &[
     ("sys_exit_listen", "syscalls", "sys_exit_listen"),
     ("sys_enter_listen", "syscalls", "sys_enter_listen"),
 ];
@@ -20,8 +20,8 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<ListenOffsets, TracefsEr
 }
 
 fn offsets_of(format: &Format) -> Result<ListenOffsets, TracefsError> {
-    // Syscall arguments are 8-byte slots whatever their C type (kernel/trace/trace_syscalls.c).
-    Ok(ListenOffsets { fd: format.offset("fd", 8)?, backlog: format.offset("backlog", 8)? })
+    let [fd, backlog] = format.syscall_args(["fd", "backlog"])?;
+    Ok(ListenOffsets { fd, backlog })
 }
 
 #[cfg(test)]
@@ -29,20 +29,7 @@ mod tests {
     use super::*;
 
     /// /sys/kernel/tracing/events/syscalls/sys_enter_listen/format on Linux 6.18.
-    const FORMAT_6_18: &str = "name: sys_enter_listen
-ID: 1453
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
-\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:int backlog;\toffset:24;\tsize:8;\tsigned:0;
-
-print fmt: \"fd: 0x%08lx, backlog: 0x%08lx\", ((unsigned long)(REC->fd)), ((unsigned long)(REC->backlog))
-";
+    const FORMAT_6_18: &str = include_str!("testdata/sys_enter_listen.format");
 
     #[test]
     fn arguments_are_read_from_the_format() {

@@ -17,8 +17,11 @@ use tracer_common::{
 };
 
 use super::{
+    Attachment,
     cgroup::{self, Cgroup, CgroupError},
-    drop_offsets, features,
+    drop_offsets,
+    drop_totals::DropMaps,
+    features,
     kprobes::{self, KprobeError},
     listen_offsets,
     offsets::{self, OffsetsError},
@@ -117,7 +120,7 @@ pub struct Loaded {
     /// Why this backend, for the start-up log.
     pub backend_reason: String,
     /// Per-socket drop totals (`None` when the kernel has no drop reasons).
-    pub drops: Option<crate::drops::DropMaps>,
+    pub drops: Option<DropMaps>,
     /// The processes the kernel filter selects (`None` when no `--pid` or `--comm`).
     pub selected: Option<SelectedPids>,
 }
@@ -174,9 +177,6 @@ fn check_filter_count(flag: &'static str, given: usize, max: u32) -> Result<(), 
     }
     Ok(())
 }
-
-/// A program and the tracepoint it goes to: (program, category, tracepoint).
-pub type Attachment = (&'static str, &'static str, &'static str);
 
 /// (program, category, tracepoint), in attach order: exits before entries so no
 /// entry records a call whose exit would be missed.
@@ -288,7 +288,10 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
             for gap in drop_offsets::gaps(&setup.offsets) {
                 tracing::info!("packet drops on kernel {kernel}: {gap}");
             }
-            Some(crate::drops::DropMaps::take(&mut ebpf, setup.reasons)?)
+            let totals = take_map(&mut ebpf, names::SOCKET_DROPS)?;
+            let maps = DropMaps::new(totals, setup.reasons)
+                .map_err(|source| LoadError::Map { name: names::SOCKET_DROPS, source })?;
+            Some(maps)
         }
         None => {
             tracing::info!(
@@ -444,7 +447,7 @@ pub(super) fn attach(
     Ok(())
 }
 
-pub(crate) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::Missing(name))
 }
 

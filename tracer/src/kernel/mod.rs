@@ -5,6 +5,7 @@ pub mod btf;
 pub mod cgroup;
 mod contract;
 pub mod drop_offsets;
+pub mod drop_totals;
 pub mod features;
 pub mod floor;
 pub mod kprobes;
@@ -19,3 +20,6 @@ pub mod reset_offsets;
 pub mod resets;
 pub mod sock_offsets;
 pub mod tracefs;
+
+/// A program and the tracepoint it goes to: (program, category, tracepoint).
+pub type Attachment = (&'static str, &'static str, &'static str);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tracer_common::TracepointOffsets;
 
-use super::tracefs::{Format, TracefsError};
+use super::tracefs::{Format, SYSCALL_ARG, TracefsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetsError {
@@ -35,18 +35,18 @@ pub const SYSCALL_TRACEPOINTS: [&str; 10] = [
 /// offsets, checking each field's size against what the programs read.
 pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, OffsetsError> {
     let format = |category: &str, name: &str| Format::read(tracefs, category, name, kernel);
-    // Syscall arguments are stored as 8-byte slots whatever their C type
-    // (include/trace/syscall.h, kernel/trace/trace_syscalls.c).
-    const ARG: u32 = 8;
+    let [connect_fd, connect_addr, connect_addrlen] =
+        format("syscalls", "sys_enter_connect")?.syscall_args(["fd", "uservaddr", "addrlen"])?;
+    let [bind_fd, bind_addr, bind_addrlen] =
+        format("syscalls", "sys_enter_bind")?.syscall_args(["fd", "umyaddr", "addrlen"])?;
+    let [setsockopt_fd, setsockopt_level, setsockopt_optname, setsockopt_optval, setsockopt_optlen] =
+        format("syscalls", "sys_enter_setsockopt")?
+            .syscall_args(["fd", "level", "optname", "optval", "optlen"])?;
+    let [close_fd] = format("syscalls", "sys_enter_close")?.syscall_args(["fd"])?;
 
-    let connect = format("syscalls", "sys_enter_connect")?;
-    let bind = format("syscalls", "sys_enter_bind")?;
-    let setsockopt = format("syscalls", "sys_enter_setsockopt")?;
-    let close = format("syscalls", "sys_enter_close")?;
-
-    let sys_exit_ret = format("syscalls", "sys_exit_connect")?.offset("ret", ARG)?;
+    let sys_exit_ret = format("syscalls", "sys_exit_connect")?.offset("ret", SYSCALL_ARG)?;
     for name in SYSCALL_TRACEPOINTS.iter().filter(|n| n.starts_with("sys_exit_")) {
-        let offset = format("syscalls", name)?.offset("ret", ARG)?;
+        let offset = format("syscalls", name)?.offset("ret", SYSCALL_ARG)?;
         if offset != sys_exit_ret {
             return Err(OffsetsError::InconsistentExitRet {
                 name: (*name).into(),
@@ -61,41 +61,29 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
     let error = format("sock", "inet_sk_error_report")?;
 
     Ok(TracepointOffsets {
-        connect_fd: connect.offset("fd", ARG)?,
-        connect_addr: connect.offset("uservaddr", ARG)?,
-        connect_addrlen: connect.offset("addrlen", ARG)?,
-        bind_fd: bind.offset("fd", ARG)?,
-        bind_addr: bind.offset("umyaddr", ARG)?,
-        bind_addrlen: bind.offset("addrlen", ARG)?,
-        setsockopt_fd: setsockopt.offset("fd", ARG)?,
-        setsockopt_level: setsockopt.offset("level", ARG)?,
-        setsockopt_optname: setsockopt.offset("optname", ARG)?,
-        setsockopt_optval: setsockopt.offset("optval", ARG)?,
-        setsockopt_optlen: setsockopt.offset("optlen", ARG)?,
-        close_fd: close.offset("fd", ARG)?,
+        connect_fd,
+        connect_addr,
+        connect_addrlen,
+        bind_fd,
+        bind_addr,
+        bind_addrlen,
+        setsockopt_fd,
+        setsockopt_level,
+        setsockopt_optname,
+        setsockopt_optval,
+        setsockopt_optlen,
+        close_fd,
         sys_exit_ret,
 
         state_skaddr: state.offset("skaddr", 8)?,
         state_oldstate: state.offset("oldstate", 4)?,
         state_newstate: state.offset("newstate", 4)?,
-        state_sport: state.offset("sport", 2)?,
-        state_dport: state.offset("dport", 2)?,
-        state_family: state.offset("family", 2)?,
         state_protocol: state.offset("protocol", 2)?,
-        state_saddr: state.offset("saddr", 4)?,
-        state_daddr: state.offset("daddr", 4)?,
-        state_saddr_v6: state.offset("saddr_v6", 16)?,
-        state_daddr_v6: state.offset("daddr_v6", 16)?,
+        state_tuple: state.tuple_fields()?,
 
         error_error: error.offset("error", 4)?,
-        error_sport: error.offset("sport", 2)?,
-        error_dport: error.offset("dport", 2)?,
-        error_family: error.offset("family", 2)?,
         error_protocol: error.offset("protocol", 2)?,
-        error_saddr: error.offset("saddr", 4)?,
-        error_daddr: error.offset("daddr", 4)?,
-        error_saddr_v6: error.offset("saddr_v6", 16)?,
-        error_daddr_v6: error.offset("daddr_v6", 16)?,
+        error_tuple: error.tuple_fields()?,
         _pad: 0,
     })
 }
@@ -150,8 +138,14 @@ mod tests {
         assert_eq!((offsets.connect_fd, offsets.connect_addr, offsets.connect_addrlen), (16, 24, 32));
         assert_eq!(offsets.setsockopt_optlen, 48);
         assert_eq!(offsets.sys_exit_ret, 16);
-        assert_eq!((offsets.state_skaddr, offsets.state_sport, offsets.state_saddr_v6), (8, 24, 40));
-        assert_eq!((offsets.error_error, offsets.error_sport, offsets.error_daddr_v6), (8, 12, 44));
+        assert_eq!(
+            (offsets.state_skaddr, offsets.state_tuple.sport, offsets.state_tuple.saddr_v6),
+            (8, 24, 40)
+        );
+        assert_eq!(
+            (offsets.error_error, offsets.error_tuple.sport, offsets.error_tuple.daddr_v6),
+            (8, 12, 44)
+        );
     }
 
     #[test]

@@ -10,11 +10,12 @@ use std::{collections::BTreeMap, path::Path};
 use tracer_common::{
     ResetOffsets,
     reset::{OFFSET_ABSENT, SEND_LAYOUT_FIELDS, SEND_LAYOUT_SOCKADDR},
+    sockaddr::TupleOffsets,
 };
 
 use super::{
     print_fmt::symbolic_table,
-    tracefs::{Format, TracefsError},
+    tracefs::{Format, SYSCALL_ARG, TracefsError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,6 @@ pub struct ResetSetup {
     pub reasons: ResetReasons,
 }
 
-/// Syscall arguments are 8-byte slots (include/trace/syscall.h).
-const ARG: u32 = 8;
-
 /// The syscalls `--http-peek` follows, with the names of their first three arguments
 /// (fd, data, length/count/flags) in their formats.
 pub const PEEK_SYSCALLS: [(&str, [&str; 3]); 8] = [
@@ -86,13 +84,7 @@ pub fn discover(
         send_state: send.offset("state", 4)?,
         send_reason: optional(&send, "reason", 4)?,
         recv_skaddr: receive.offset("skaddr", 8)?,
-        recv_family: receive.offset("family", 2)?,
-        recv_sport: receive.offset("sport", 2)?,
-        recv_dport: receive.offset("dport", 2)?,
-        recv_saddr: receive.offset("saddr", 4)?,
-        recv_daddr: receive.offset("daddr", 4)?,
-        recv_saddr_v6: receive.offset("saddr_v6", 16)?,
-        recv_daddr_v6: receive.offset("daddr_v6", 16)?,
+        recv_tuple: receive.tuple_fields()?,
         recv_cookie: optional(&receive, "sock_cookie", 8)?,
         destroy_skaddr: destroy.offset("skaddr", 8)?,
         ..Default::default()
@@ -113,7 +105,7 @@ pub fn discover(
         (offsets.peek_fd, offsets.peek_buf, offsets.peek_len) = (fd, buf, len);
         for (name, _) in PEEK_SYSCALLS {
             let exit = format!("sys_exit_{name}");
-            let ret = format("syscalls", &exit)?.offset("ret", ARG)?;
+            let ret = format("syscalls", &exit)?.offset("ret", SYSCALL_ARG)?;
             if ret != sys_exit_ret {
                 return Err(ResetOffsetsError::InconsistentArgument {
                     kernel: kernel.into(),
@@ -137,30 +129,22 @@ pub fn discover(
 pub(crate) fn fill_send_tuple(offsets: &mut ResetOffsets, send: &Format) -> Result<(), ResetOffsetsError> {
     if send.field("family").is_some() {
         offsets.send_layout = SEND_LAYOUT_FIELDS;
-        offsets.send_family = send.offset("family", 2)?;
-        offsets.send_sport = send.offset("sport", 2)?;
-        offsets.send_dport = send.offset("dport", 2)?;
-        offsets.send_saddr = send.offset("saddr", 4)?;
-        offsets.send_daddr = send.offset("daddr", 4)?;
-        offsets.send_saddr_v6 = send.offset("saddr_v6", 16)?;
-        offsets.send_daddr_v6 = send.offset("daddr_v6", 16)?;
+        offsets.send_tuple = send.tuple_fields()?;
         return Ok(());
     }
     // sizeof(struct sockaddr_in6)
     const SOCKADDR: u32 = 28;
     if send.field("saddr").is_some_and(|f| f.size == SOCKADDR) {
         offsets.send_layout = SEND_LAYOUT_SOCKADDR;
-        offsets.send_saddr = send.offset("saddr", SOCKADDR)?;
-        offsets.send_daddr = send.offset("daddr", SOCKADDR)?;
-        for unused in [
-            &mut offsets.send_family,
-            &mut offsets.send_sport,
-            &mut offsets.send_dport,
-            &mut offsets.send_saddr_v6,
-            &mut offsets.send_daddr_v6,
-        ] {
-            *unused = OFFSET_ABSENT;
-        }
+        offsets.send_tuple = TupleOffsets {
+            saddr: send.offset("saddr", SOCKADDR)?,
+            daddr: send.offset("daddr", SOCKADDR)?,
+            family: OFFSET_ABSENT,
+            sport: OFFSET_ABSENT,
+            dport: OFFSET_ABSENT,
+            saddr_v6: OFFSET_ABSENT,
+            daddr_v6: OFFSET_ABSENT,
+        };
         return Ok(());
     }
     Err(ResetOffsetsError::UnknownSendLayout { kernel: send.kernel.clone() })
@@ -182,11 +166,8 @@ fn same_arguments<const N: usize>(
 ) -> Result<[u32; N], ResetOffsetsError> {
     let mut first: Option<(&str, [u32; N])> = None;
     for (name, fields) in syscalls {
-        let format = Format::read(tracefs, "syscalls", &format!("sys_enter_{name}"), kernel)?;
-        let mut offsets = [0; N];
-        for (slot, field) in offsets.iter_mut().zip(fields) {
-            *slot = format.offset(field, ARG)?;
-        }
+        let offsets =
+            Format::read(tracefs, "syscalls", &format!("sys_enter_{name}"), kernel)?.syscall_args(*fields)?;
         match first {
             None => first = Some((name, offsets)),
             Some((first_name, expected)) => {
@@ -250,9 +231,12 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         let o = setup.offsets;
         assert_eq!((o.send_skbaddr, o.send_skaddr, o.send_state, o.send_reason), (8, 16, 24, 28));
-        assert_eq!((o.send_layout, o.send_saddr, o.send_daddr), (SEND_LAYOUT_SOCKADDR, 32, 60));
-        assert_eq!((o.send_family, o.send_sport), (OFFSET_ABSENT, OFFSET_ABSENT));
-        assert_eq!((o.recv_skaddr, o.recv_sport, o.recv_saddr_v6, o.recv_cookie), (8, 16, 30, 64));
+        assert_eq!((o.send_layout, o.send_tuple.saddr, o.send_tuple.daddr), (SEND_LAYOUT_SOCKADDR, 32, 60));
+        assert_eq!((o.send_tuple.family, o.send_tuple.sport), (OFFSET_ABSENT, OFFSET_ABSENT));
+        assert_eq!(
+            (o.recv_skaddr, o.recv_tuple.sport, o.recv_tuple.saddr_v6, o.recv_cookie),
+            (8, 16, 30, 64)
+        );
         assert_eq!(o.destroy_skaddr, 8);
         assert_eq!((o.accept_fd, o.accept_addr), (16, 24));
         assert_eq!((o.peek_fd, o.peek_buf, o.peek_len), (16, 24, 32));
@@ -267,7 +251,8 @@ mod tests {
         let o = setup.offsets;
         assert_eq!(o.send_reason, OFFSET_ABSENT, "6.1 has no reason field: not an error");
         assert_eq!(o.send_layout, SEND_LAYOUT_FIELDS);
-        assert_eq!((o.send_sport, o.send_family, o.send_saddr, o.send_daddr_v6), (28, 32, 34, 58));
+        let sent = o.send_tuple;
+        assert_eq!((sent.sport, sent.family, sent.saddr, sent.daddr_v6), (28, 32, 34, 58));
         assert_eq!((o.peek_fd, o.peek_buf), (0, 0), "no --http-peek: peek offsets unread");
         assert!(setup.reasons.is_empty());
     }

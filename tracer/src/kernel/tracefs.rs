@@ -11,6 +11,7 @@ use std::{
 };
 
 use thiserror::Error;
+use tracer_common::sockaddr::TupleOffsets;
 
 #[derive(Debug, Error)]
 pub enum TracefsError {
@@ -80,6 +81,9 @@ pub struct Format {
     pub print_fmt: String,
 }
 
+/// The size of a syscall tracepoint's argument and return value slots.
+pub const SYSCALL_ARG: u32 = 8;
+
 impl Format {
     /// Reads `events/<category>/<name>/format` under `tracefs`.
     pub fn read(tracefs: &Path, category: &str, name: &str, kernel: &str) -> Result<Self, TracefsError> {
@@ -147,6 +151,31 @@ impl Format {
             });
         }
         Ok(field.offset)
+    }
+
+    /// The offsets of a `syscalls:sys_enter_*` record's arguments `names`. Each is an
+    /// 8-byte slot whatever its C type (include/trace/syscall.h, kernel/trace/trace_syscalls.c).
+    pub fn syscall_args<const N: usize>(&self, names: [&str; N]) -> Result<[u32; N], TracefsError> {
+        let mut offsets = [0; N];
+        for (offset, name) in offsets.iter_mut().zip(names) {
+            *offset = self.offset(name, SYSCALL_ARG)?;
+        }
+        Ok(offsets)
+    }
+
+    /// Where a `sock:*` or `tcp:*` record keeps its endpoints: TP_STORE_ADDRS
+    /// (include/trace/events/sock.h and tcp.h) stores the ports in host order and both an
+    /// IPv4 and an IPv6 copy of each address.
+    pub fn tuple_fields(&self) -> Result<TupleOffsets, TracefsError> {
+        Ok(TupleOffsets {
+            family: self.offset("family", 2)?,
+            sport: self.offset("sport", 2)?,
+            dport: self.offset("dport", 2)?,
+            saddr: self.offset("saddr", 4)?,
+            daddr: self.offset("daddr", 4)?,
+            saddr_v6: self.offset("saddr_v6", 16)?,
+            daddr_v6: self.offset("daddr_v6", 16)?,
+        })
     }
 
     pub fn field(&self, name: &str) -> Option<Field> {

@@ -1,7 +1,7 @@
 //! `listen_overflow`: handshakes a traced process's listener dropped, attributed to it.
 //!
 //! The kernel program (tracer-ebpf/src/listen.rs) names each listener its owner creates
-//! ([`Listening`]); the run loop hands them to a [`ListenWatch`] and, once a second,
+//! ([`crate::event::Listening`]); the run loop hands them to a [`ListenWatch`] and, once a second,
 //! [`sample`] reads each watched listener's own drop counter and queue with sock_diag
 //! inside its network namespace. A rise of the counter is one [`ListenOverflow`]: the
 //! drops of one listener in one interval, folded by construction.
@@ -19,30 +19,12 @@ mod watcher;
 
 use std::{net::SocketAddr, time::Duration};
 
-use tracer_common::ListenEvent;
-
 pub use self::{
     sample::{sample, socket_inode},
     watch::{ListenWatch, Target, Unwatched, Watched},
     watcher::Watcher,
 };
-use crate::{decode::socket_addr, record::PodIdentity};
-
-/// A listener a traced task created, as the kernel reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listening {
-    pub fd: i32,
-    /// The backlog listen() was given (the kernel caps it at net.core.somaxconn).
-    pub backlog: u32,
-    pub sk: u64,
-    pub local: Option<SocketAddr>,
-}
-
-impl Listening {
-    pub fn decode(raw: &ListenEvent) -> Self {
-        Self { fd: raw.fd, backlog: raw.backlog, sk: raw.sk, local: socket_addr(&raw.local) }
-    }
-}
+use crate::record::PodIdentity;
 
 /// Who owns a watched listener.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,10 +3,11 @@
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
-use super::{
-    ListenOverflow, ListenWatch, ListenerOwner, Listening, Unwatched, Watched, sample, socket_inode,
+use super::{ListenOverflow, ListenWatch, ListenerOwner, Unwatched, Watched, sample, socket_inode};
+use crate::{
+    event::{Header, Listening},
+    record::PodIdentity,
 };
-use crate::{event::Header, record::PodIdentity};
 
 pub struct Watcher {
     watch: ListenWatch,

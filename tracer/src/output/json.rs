@@ -44,11 +44,8 @@ struct RecordView<'a> {
     note: Option<&'a str>,
     netns: Option<u64>,
     cgroup_id: u64,
-    pod: Option<&'a str>,
-    namespace: Option<&'a str>,
-    container: Option<&'a str>,
-    pod_uid: Option<&'a str>,
-    container_id: Option<&'a str>,
+    #[serde(flatten)]
+    pod: PodView<'a>,
     rst: Option<RstView<'a>>,
     http_anomaly: Option<AnomalyView<'a>>,
     http_anomalies: Vec<AnomalyView<'a>>,
@@ -92,11 +89,7 @@ impl<'a> RecordView<'a> {
             note: record.note.as_deref(),
             netns: record.netns,
             cgroup_id: record.cgroup_id,
-            pod: pod_field(record, |p| &p.pod),
-            namespace: pod_field(record, |p| &p.namespace),
-            container: pod_field(record, |p| &p.container),
-            pod_uid: pod_field(record, |p| &p.pod_uid),
-            container_id: pod_field(record, |p| &p.container_id),
+            pod: PodView::of(record.pod.as_ref()),
             rst: reset.map(RstView::of),
             http_anomaly: anomalies.first().cloned(),
             http_anomalies: anomalies,
@@ -107,11 +100,28 @@ impl<'a> RecordView<'a> {
     }
 }
 
-fn pod_field<'a>(
-    record: &'a Record,
-    field: impl Fn(&'a PodIdentity) -> &'a Option<String>,
-) -> Option<&'a str> {
-    record.pod.as_ref().and_then(|pod| field(pod).as_deref())
+/// The pod fields of every JSON object that names a process: null where unknown.
+#[derive(serde::Serialize)]
+pub(crate) struct PodView<'a> {
+    pod: Option<&'a str>,
+    namespace: Option<&'a str>,
+    container: Option<&'a str>,
+    pod_uid: Option<&'a str>,
+    container_id: Option<&'a str>,
+}
+
+impl<'a> PodView<'a> {
+    pub(crate) fn of(pod: Option<&'a PodIdentity>) -> Self {
+        let field =
+            |field: fn(&'a PodIdentity) -> &'a Option<String>| pod.and_then(|pod| field(pod).as_deref());
+        Self {
+            pod: field(|p| &p.pod),
+            namespace: field(|p| &p.namespace),
+            container: field(|p| &p.container),
+            pod_uid: field(|p| &p.pod_uid),
+            container_id: field(|p| &p.container_id),
+        }
+    }
 }
 
 /// The mark the record is about: the one a setsockopt(SO_MARK) set, else the socket's.
@@ -298,6 +308,35 @@ mod tests {
         let object = parsed(&refused);
         assert_eq!(object["kernel_fn"], "__inet_hash_connect");
         assert_eq!(object["backend"], "kprobe");
+    }
+
+    /// The whole line, keys in schema order: `Value` comparisons above ignore the order.
+    #[test]
+    fn the_line_keeps_the_schema_order() {
+        let pod = PodIdentity {
+            pod_uid: Some("u-1".into()),
+            container_id: Some("c-1".into()),
+            pod: Some("envoy-0".into()),
+            namespace: Some("edge".into()),
+            container: None,
+        };
+        let line = render_json(&Record { pod: Some(pod), ..cilium_incident() });
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"time":"2026-11-23T12:53:25.866123Z","event":"connect_error","pid":401,"tid":401,"#,
+                r#""comm":"envoy","thread":"envoy","fd":131,"errno":99,"error":"EADDRNOTAVAIL","async":false,"#,
+                r#""src":"10.0.1.7:40312","dst":"52.216.8.19:443","#,
+                r#""sockopts":{"SO_MARK":"0x32030b00","SO_REUSEADDR":1},"#,
+                r#""mark":{"magic":"0x0b00","magic_name":"proxy-egress","identity":12803,"cluster":0,"endpoint_id":null},"#,
+                r#""sockopt":null,"cause":"tuple_in_use","#,
+                r#""holder":{"pid":401,"comm":"envoy","fd":77,"inode":4242,"state":"ESTABLISHED","src":"10.0.1.7:40312","dst":"52.216.8.19:443","timer_ms":null},"#,
+                r#""holders":[{"pid":401,"comm":"envoy","fd":77,"inode":4242,"state":"ESTABLISHED","src":"10.0.1.7:40312","dst":"52.216.8.19:443","timer_ms":null}],"#,
+                r#""ports":null,"note":null,"netns":4026531840,"cgroup_id":1,"#,
+                r#""pod":"envoy-0","namespace":"edge","container":null,"pod_uid":"u-1","container_id":"c-1","#,
+                r#""rst":null,"http_anomaly":null,"http_anomalies":[],"payload":null,"kernel_fn":null,"backend":"tracepoint"}"#,
+            )
+        );
     }
 
     #[test]

@@ -4,14 +4,13 @@
 //! Both renderers read the same record through the same helpers (option naming in
 //! `options`, errno names, Cilium mark decoding), so they cannot disagree on the data.
 
-mod drops;
 mod fold;
 mod json;
-mod listen;
 mod options;
 mod ports;
 mod reset_json;
 mod reset_text;
+mod samples;
 mod stdout;
 mod text;
 
@@ -50,8 +49,8 @@ impl Renderer {
 
     pub fn render_socket_drop(&self, drop: &crate::drops::SocketDrop) -> String {
         match self {
-            Self::Text(text) => drops::text(text, drop),
-            Self::Json => drops::json(drop),
+            Self::Text(text) => samples::drop_text(text, drop),
+            Self::Json => samples::drop_json(drop),
         }
     }
 
@@ -64,8 +63,8 @@ impl Renderer {
 
     pub fn render_listen_overflow(&self, overflow: &crate::listen::ListenOverflow) -> String {
         match self {
-            Self::Text(text) => listen::text(text, overflow),
-            Self::Json => listen::json(overflow),
+            Self::Text(text) => samples::overflow_text(text, overflow),
+            Self::Json => samples::overflow_json(overflow),
         }
     }
 

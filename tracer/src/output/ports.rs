@@ -1,7 +1,7 @@
 //! `port_pressure` as a text line and a JSON object: a destination of a traced process's
 //! network namespace crossed 80 % of the ports connect() may use (see `ports`).
 
-use super::{TextRenderer, text::PodLabel};
+use super::{TextRenderer, json::PodView, text::PodLabel};
 use crate::ports::PortPressure;
 
 /// `12:53:25.866 PORT PRESSURE python3[412] 10.0.0.1 -> 10.0.0.2:80 ports=85/100 (85%) range=40000-40099 netns=4026532`
@@ -48,17 +48,13 @@ struct View<'a> {
     percent: u32,
     range_low: u16,
     range_high: u16,
-    pod: Option<&'a str>,
-    namespace: Option<&'a str>,
-    container: Option<&'a str>,
+    #[serde(flatten)]
+    pod: PodView<'a>,
 }
 
 pub fn json(pressure: &PortPressure) -> String {
     let named = &pressure.usage;
     let usage = &named.usage;
-    let pod = |field: fn(&crate::record::PodIdentity) -> &Option<String>| {
-        named.pod.as_ref().and_then(|pod| field(pod).as_deref())
-    };
     let view = View {
         time: format!("{:.6}", pressure.time),
         event: "port_pressure",
@@ -72,9 +68,7 @@ pub fn json(pressure: &PortPressure) -> String {
         percent: percent(usage.ratio()),
         range_low: pressure.low,
         range_high: pressure.high,
-        pod: pod(|p| &p.pod),
-        namespace: pod(|p| &p.namespace),
-        container: pod(|p| &p.container),
+        pod: PodView::of(named.pod.as_ref()),
     };
     // Strings, numbers and nulls only: serde_json cannot fail on them.
     serde_json::to_string(&view).expect("port_pressure views always serialize")
@@ -122,5 +116,6 @@ mod tests {
         assert_eq!((value["in_use"].as_u64(), value["available"].as_u64()), (Some(85), Some(100)));
         assert_eq!((value["percent"].as_u64(), value["dst"].as_str()), (Some(85), Some("10.0.0.2:80")));
         assert_eq!(percent(0.799_99), 79);
+        assert!(value["pod_uid"].is_null() && value["namespace"].is_null(), "{value}");
     }
 }

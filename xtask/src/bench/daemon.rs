@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::tracers::Running;
+use super::running::Running;
 
 pub struct Daemon {
     pub running: Running,

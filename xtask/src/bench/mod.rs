@@ -13,6 +13,7 @@ mod profile;
 mod records;
 mod report;
 mod results;
+pub mod running;
 mod soak;
 mod stats;
 mod targets;

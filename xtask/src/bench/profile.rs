@@ -125,13 +125,7 @@ fn differences(
 pub fn program_types(pid: u32) -> Result<BTreeMap<String, u64>> {
     let mut types = BTreeMap::new();
     for id in daemon::bpf_ids_of(pid, "prog_id:")? {
-        let shown: Value = serde_json::from_str(&stdout_of(Command::new("bpftool").args([
-            "prog",
-            "show",
-            "id",
-            &id.to_string(),
-            "-j",
-        ]))?)?;
+        let shown = show_program(id)?;
         let kind = shown["type"].as_str().unwrap_or("unknown").to_owned();
         *types.entry(kind).or_insert(0) += 1;
     }
@@ -142,18 +136,18 @@ pub fn program_types(pid: u32) -> Result<BTreeMap<String, u64>> {
 fn program_stats(ids: &[u64]) -> Result<BTreeMap<u64, (String, u64, u64)>> {
     let mut stats = BTreeMap::new();
     for id in ids {
-        let shown: Value = serde_json::from_str(&stdout_of(Command::new("bpftool").args([
-            "prog",
-            "show",
-            "id",
-            &id.to_string(),
-            "-j",
-        ]))?)?;
+        let shown = show_program(*id)?;
         let name = shown["name"].as_str().unwrap_or("?").to_owned();
         let count = |key: &str| shown[key].as_u64().unwrap_or(0);
         stats.insert(*id, (name, count("run_cnt"), count("run_time_ns")));
     }
     Ok(stats)
+}
+
+/// `bpftool prog show id ID -j`: the program's type, name and run statistics.
+fn show_program(id: u64) -> Result<Value> {
+    let shown = stdout_of(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "-j"]))?;
+    Ok(serde_json::from_str(&shown)?)
 }
 
 /// The markdown section of BENCHMARKS.md.

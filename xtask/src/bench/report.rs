@@ -6,9 +6,8 @@ use std::fmt::Write;
 use super::{
     FAILING_LOOPS, LOOPS, profile,
     records::failure_of,
-    results::{MicroLoops, Results},
+    results::{MicroLoops, Results, Target},
     stats::{Summary, added_cost_ratio},
-    targets::Target,
     tracers::Config,
 };
 
@@ -86,9 +85,9 @@ fn targets(md: &mut String, targets: &[Target]) {
     let _ = writeln!(md, "| target | limit | measured | verdict |\n|---|---:|---:|---|");
     for target in targets {
         let sign = match target.comparison {
-            super::targets::Comparison::AtMost => "≤",
-            super::targets::Comparison::Below => "<",
-            super::targets::Comparison::AtLeast => "≥",
+            super::results::Comparison::AtMost => "≤",
+            super::results::Comparison::Below => "<",
+            super::results::Comparison::AtLeast => "≥",
         };
         let measured = target.measured.map_or("—".into(), |m| Target::format_value(target.unit, m));
         let _ = writeln!(

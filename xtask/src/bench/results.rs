@@ -12,7 +12,6 @@ use super::{
     machine::Machine,
     profile::ProgramCost,
     soak::Soak,
-    targets::Target,
     throughput::{Startup, Throughput},
 };
 
@@ -139,6 +138,75 @@ pub fn load(path: &Path) -> Results {
 pub fn save(path: &Path, results: &Results) -> Result<()> {
     fs::write(path, serde_json::to_string_pretty(results)? + "\n")
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    AtMost,
+    Below,
+    AtLeast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// A ratio of added costs.
+    Times,
+    Percent,
+    Count,
+    MiB,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub what: String,
+    pub comparison: Comparison,
+    pub limit: f64,
+    pub unit: Unit,
+    pub measured: Option<f64>,
+    /// Why there is no measurement.
+    pub unmeasured: Option<String>,
+    pub met: Option<bool>,
+}
+
+impl Target {
+    pub(super) fn new(
+        what: String,
+        comparison: Comparison,
+        limit: f64,
+        unit: Unit,
+        measured: Result<f64, String>,
+    ) -> Self {
+        let (measured, unmeasured) = match measured {
+            Ok(value) => (Some(value), None),
+            Err(why) => (None, Some(why)),
+        };
+        let met = measured.map(|m| match comparison {
+            Comparison::AtMost => m <= limit,
+            Comparison::Below => m < limit,
+            Comparison::AtLeast => m >= limit,
+        });
+        Target { what, comparison, limit, unit, measured, unmeasured, met }
+    }
+
+    pub fn verdict(&self) -> String {
+        match (self.met, &self.unmeasured) {
+            (Some(true), _) => "met".into(),
+            (Some(false), _) => "**not met**".into(),
+            (None, Some(why)) => format!("not measured: {why}"),
+            (None, None) => "not measured".into(),
+        }
+    }
+
+    pub fn format_value(unit: Unit, value: f64) -> String {
+        match unit {
+            Unit::Times => format!("{value:.2}×"),
+            Unit::Percent => format!("{value:.1} %"),
+            Unit::Count => format!("{value:.0}"),
+            Unit::MiB => format!("{value:.1} MiB"),
+        }
+    }
 }
 
 #[cfg(test)]

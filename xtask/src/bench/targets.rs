@@ -1,11 +1,9 @@
 //! The targets of issue 11, computed from the results: each with what was measured and
 //! met or not, or why it could not be measured (never a default). Pure: unit-tested below.
 
-use serde::{Deserialize, Serialize};
-
 use super::{
     FAILING_LOOPS, LOOPS, SUCCESS_LOOP,
-    results::{MicroLoops, Results},
+    results::{Comparison, MicroLoops, Results, Target, Unit},
     stats::{Summary, added_cost_ratio},
     tracers::Config,
 };
@@ -16,75 +14,6 @@ const RATE_TARGET: f64 = 40_000.0;
 const RATE_TOLERANCE: f64 = 0.95;
 const RSS_LIMIT_MIB: f64 = 40.0;
 const BUSY_CONNECTIONS: f64 = 200_000.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Comparison {
-    AtMost,
-    Below,
-    AtLeast,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unit {
-    /// A ratio of added costs.
-    Times,
-    Percent,
-    Count,
-    MiB,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Target {
-    pub what: String,
-    pub comparison: Comparison,
-    pub limit: f64,
-    pub unit: Unit,
-    pub measured: Option<f64>,
-    /// Why there is no measurement.
-    pub unmeasured: Option<String>,
-    pub met: Option<bool>,
-}
-
-impl Target {
-    fn new(
-        what: String,
-        comparison: Comparison,
-        limit: f64,
-        unit: Unit,
-        measured: Result<f64, String>,
-    ) -> Self {
-        let (measured, unmeasured) = match measured {
-            Ok(value) => (Some(value), None),
-            Err(why) => (None, Some(why)),
-        };
-        let met = measured.map(|m| match comparison {
-            Comparison::AtMost => m <= limit,
-            Comparison::Below => m < limit,
-            Comparison::AtLeast => m >= limit,
-        });
-        Target { what, comparison, limit, unit, measured, unmeasured, met }
-    }
-
-    pub fn verdict(&self) -> String {
-        match (self.met, &self.unmeasured) {
-            (Some(true), _) => "met".into(),
-            (Some(false), _) => "**not met**".into(),
-            (None, Some(why)) => format!("not measured: {why}"),
-            (None, None) => "not measured".into(),
-        }
-    }
-
-    pub fn format_value(unit: Unit, value: f64) -> String {
-        match unit {
-            Unit::Times => format!("{value:.2}×"),
-            Unit::Percent => format!("{value:.1} %"),
-            Unit::Count => format!("{value:.0}"),
-            Unit::MiB => format!("{value:.1} MiB"),
-        }
-    }
-}
 
 fn median(loops: &MicroLoops, config: Config, loop_name: &str) -> Result<f64, String> {
     Summary::of(&loops.all(config.name(), loop_name))

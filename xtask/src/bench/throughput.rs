@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Plan, daemon, stats::Summary, tracers::Running};
+use super::{Plan, daemon, running::Running, stats::Summary};
 use crate::process::describe;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

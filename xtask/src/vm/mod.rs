@@ -33,7 +33,7 @@ use crate::{
     setup,
     setup_report::Report,
     static_build::{self, Flavour},
-    system_packages,
+    system_packages::{self, RequiredCommand},
 };
 
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
@@ -180,6 +180,27 @@ struct KernelResult {
     passed: bool,
 }
 
+/// What `cargo xtask vm-test` (and `test` without --no-vm) runs besides the build, for
+/// guests of `arch`.
+fn vm_commands(arch: Arch) -> Vec<RequiredCommand> {
+    let qemu = match arch {
+        Arch::Amd64 => {
+            RequiredCommand::new("qemu-system-x86_64", "qemu-system-x86", "booting the amd64 test kernels")
+        }
+        Arch::Arm64 => {
+            RequiredCommand::new("qemu-system-aarch64", "qemu-system-arm", "booting the arm64 test kernels")
+        }
+    };
+    let mut commands = vec![qemu];
+    commands.extend_from_slice(VM_TOOLS);
+    commands
+}
+
+const VM_TOOLS: &[RequiredCommand] = &[
+    RequiredCommand::new("depmod", "kmod", "indexing the test kernels' modules"),
+    RequiredCommand::new("dpkg-deb", "dpkg", "unpacking the test kernels' packages"),
+];
+
 impl Prepared {
     /// Installs what is missing, builds sockerr, the test binaries and vm-init.
     pub fn new(args: &VmTestArgs) -> Result<Self> {
@@ -190,7 +211,7 @@ impl Prepared {
         let started = Instant::now();
         let arch = args.arch;
         let mut report = Report::default();
-        system_packages::ensure_commands(&system_packages::vm_commands(arch), &mut report)?;
+        system_packages::ensure_commands(&vm_commands(arch), &mut report)?;
         setup::ensure()?;
         static_build::ensure_musl_toolchain(arch)?;
         // The guest runs the host's root: its own programs where it shares the host's
@@ -531,6 +552,13 @@ fn test_executables(messages: &str) -> BTreeMap<String, PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_commands_name_a_package_and_a_reason() {
+        for arch in Arch::ALL {
+            crate::system_packages::tests::assert_well_formed(&vm_commands(arch));
+        }
+    }
 
     #[test]
     fn test_executables_come_from_cargo_messages() {
