@@ -20,7 +20,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    bench::{daemon::listening_address, running::Running},
+    bench::{
+        daemon::{METRICS_ONLY, listening_address},
+        running::Running,
+    },
     paths::{target_dir, workspace_root},
     process::{describe, run_inherited},
     setup_report::Report,
@@ -88,7 +91,7 @@ fn live_check(sockerr: &Path, rules: &Path, queries: &[PanelQuery], scratch: &Pa
     let ndjson = scratch.join("daemon.ndjson");
     let out = fs::File::create(&ndjson).with_context(|| format!("creating {}", ndjson.display()))?;
     let mut command = Command::new(sockerr);
-    command.args(["daemon", "--listen", "127.0.0.1:0"]).stdout(Stdio::from(out));
+    command.args(METRICS_ONLY).stdout(Stdio::from(out));
     let mut daemon = Running::sockerr(command)?;
     let daemon_address = listening_address(daemon.pid())?;
 

@@ -23,7 +23,7 @@ use std::{
 pub use self::count::Destination;
 pub use self::count::Usage;
 use self::{count::usage, watch::PressureWatch};
-use crate::{pipeline::SystemView, record::PodIdentity};
+use crate::{enrich::EnrichError, pipeline::SystemView, record::PodIdentity};
 
 /// How often the namespaces are sampled: a full TCP dump per namespace is cheap, but
 /// not free on a node with many connections, and pressure builds over seconds.
@@ -154,6 +154,9 @@ impl Sampler {
         for (index, &(netns, pid)) in targets.iter().enumerate() {
             let sample = match samples.get(index) {
                 Some(Ok(sample)) => sample,
+                // The process left between the listing and the sample: its namespace is
+                // sampled through another process next round, if it still has one.
+                Some(Err(EnrichError::ProcessGone { .. })) => continue,
                 Some(Err(err)) => {
                     tracing::debug!(pid, netns, %err, "ports not sampled");
                     round.unsampled.push(Unsampled::SampleFailed);

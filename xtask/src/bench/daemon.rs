@@ -19,12 +19,16 @@ pub struct Daemon {
     pub address: SocketAddr,
 }
 
+/// `sockerr daemon` serving /metrics only, on a free port: the /v1 API would listen on its
+/// default 127.0.0.1:9967 too, and [`listening_address`] could not tell the two apart.
+pub const METRICS_ONLY: &[&str] = &["daemon", "--listen", "127.0.0.1:0", "--api-listen", "none"];
+
 /// `sockerr daemon` with `filter` (none: node-wide), NDJSON to `ndjson`, HTTP on a free
 /// port, on its default backend.
 pub fn start(sockerr: &Path, ndjson: &Path, filter: &[&str]) -> Result<Daemon> {
     let out = File::create(ndjson).with_context(|| format!("creating {}", ndjson.display()))?;
     let mut command = Command::new(sockerr);
-    command.args(["daemon", "--listen", "127.0.0.1:0"]).args(filter).stdout(Stdio::from(out));
+    command.args(METRICS_ONLY).args(filter).stdout(Stdio::from(out));
     let running = Running::sockerr(command)?;
     // The address is logged before `tracing started`: poll /proc for the listening port
     // would be racy, the log line is not.
@@ -46,6 +50,7 @@ pub fn listening_address(pid: u32) -> Result<SocketAddr> {
         }
     }
     let table = fs::read_to_string(format!("/proc/{pid}/net/tcp"))?;
+    let mut listening = Vec::new();
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // local_address st ... inode: state 0A is LISTEN.
@@ -53,10 +58,14 @@ pub fn listening_address(pid: u32) -> Result<SocketAddr> {
             let (ip, port) = fields[1].split_once(':').context("malformed /proc/net/tcp")?;
             let ip = u32::from_str_radix(ip, 16)?;
             let port = u16::from_str_radix(port, 16)?;
-            return Ok(SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(ip)), port)));
+            listening.push(SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(ip)), port)));
         }
     }
-    bail!("no listening TCP socket among its fds")
+    match listening.as_slice() {
+        [address] => Ok(*address),
+        [] => bail!("no listening TCP socket among its fds"),
+        many => bail!("{} listening TCP sockets ({many:?}): start it with {METRICS_ONLY:?}", many.len()),
+    }
 }
 
 /// GET /metrics. Hand-written HTTP/1.0 on a std socket rather than an HTTP client crate:
