@@ -63,7 +63,13 @@ impl Boot<'_> {
         }
         match (self.accel, self.arch) {
             // `max`: every CPU feature TCG emulates, so the kernel takes its usual paths.
-            (Accel::Tcg, Arch::Amd64) => command.args(["-accel", "tcg", "-cpu", "max"]),
+            // `thread=single`: with one host thread per vCPU (TCG's default here), a vCPU
+            // can run a stale translation of code another vCPU just patched; an x86 guest
+            // then hits the int3 that text_poke_bp() had already removed and dies
+            // ("Oops: int3" in syscall_exit_to_user_mode_prepare as the programs attach,
+            // and in sched_clock_cpu at boot: 6.12, twice in about ten runs here). One
+            // thread for both vCPUs sees every patch at once.
+            (Accel::Tcg, Arch::Amd64) => command.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
             // Pointer authentication with QEMU's own algorithm: the architected one (QARMA)
             // costs TCG several times more for every return.
             (Accel::Tcg, Arch::Arm64) => command.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
@@ -207,8 +213,8 @@ pub fn boot(boot: &Boot<'_>, mut on_line: impl FnMut(&str)) -> Result<Ended> {
 
 /// The kernel panicked before the guest's init reported itself ready: nothing of ours had
 /// run yet (the programs load after `Ready`). Under TCG a guest kernel now and then dies
-/// this way while patching its own text at boot (an int3 in sched_clock_cpu on 6.12, seen
-/// once on the 2-vCPU development machine), which says nothing about the code under test.
+/// this way while patching its own text at boot (an int3 in sched_clock_cpu on 6.12 with
+/// multi-threaded TCG; see `Boot::command`), which says nothing about the code under test.
 pub fn panicked_while_booting(ended: &Ended) -> bool {
     ended.statuses.is_empty() && ended.console_tail.iter().any(|line| line.contains("Kernel panic"))
 }
@@ -394,7 +400,7 @@ mod tests {
         let shares = [vm_init::Share { tag: "share0".into(), path: "/tmp/ci".into() }];
         let boot = tcg_boot(Arch::Amd64, &shares);
         let line = describe(&boot.command());
-        assert!(line.contains("-accel tcg -cpu max -smp 2 -m 1536M"), "{line}");
+        assert!(line.contains("-accel tcg,thread=single -cpu max -smp 2 -m 1536M"), "{line}");
         assert!(line.contains("-serial stdio -serial file:/c/status"), "{line}");
         assert!(line.contains("local,path=/,mount_tag=hostroot,security_model=none,readonly=on"), "{line}");
         assert!(
