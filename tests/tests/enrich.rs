@@ -112,11 +112,11 @@ fn bring_loopback_up() -> io::Result<()> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq we own.
     unsafe {
-        if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+        if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut request) < 0 {
             return Err(io::Error::last_os_error());
         }
         request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+        if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &request) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
