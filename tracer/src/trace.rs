@@ -165,8 +165,10 @@ impl Tracer {
             Some(selected) => ports::Processes::Selected(Box::new(move || selected.read())),
             None => ports::Processes::Node,
         };
-        let mut ports = ports::Sampler::new(attributor.proc_root().to_path_buf(), processes);
+        let sampler = ports::Sampler::new(attributor.proc_root().to_path_buf(), processes);
         let system = Arc::new(LiveSystem::new(enricher, attributor));
+        let (rounds_tx, mut rounds) = mpsc::channel::<ports::Round>(1);
+        let port_task = tokio::spawn(ports::sample_every_period(sampler, Arc::clone(&system), rounds_tx));
         let mut processor = Processor::new(Arc::clone(&system), clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -219,12 +221,11 @@ impl Tracer {
                     if let Some(drops) = drops.as_mut() {
                         drops.sample(&system, sink).map_err(output)?;
                     }
-                    if let Some(round) = ports.round_if_due(&*system).await {
-                        sink.port_round(&round).map_err(output)?;
-                    }
                 }
+                Some(round) = rounds.recv() => sink.port_round(&round).map_err(output)?,
             }
         }
+        port_task.abort();
         // Drops since the last tick, while the listeners may still be there.
         sample_listeners(&mut listeners, sink).await.map_err(output)?;
         if let Some(drops) = drops.as_mut() {

@@ -12,12 +12,7 @@ mod count;
 mod sample;
 mod watch;
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 #[cfg(test)]
 pub use self::count::Destination;
@@ -91,6 +86,25 @@ pub struct Round {
     pub unsampled: Vec<Unsampled>,
 }
 
+/// Runs `sampler` every [`PERIOD`] (the first round at once) and hands each round to the
+/// run loop. Its own task, not the loop's tick: a namespace with 200,000 sockets takes
+/// seconds to dump, and a loop waiting for it would let the ring buffer fill (the bench's
+/// busy node lost events that way). A round waits until the loop took the previous one.
+pub async fn sample_every_period(
+    mut sampler: Sampler,
+    system: Arc<impl SystemView>,
+    rounds: tokio::sync::mpsc::Sender<Round>,
+) {
+    let mut ticker = tokio::time::interval(PERIOD);
+    loop {
+        ticker.tick().await;
+        let round = sampler.round(&*system).await;
+        if rounds.send(round).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Where the traced processes are found.
 pub enum Processes {
     /// The pids the kernel filter selects (`--pid`, and those `--comm` learned).
@@ -99,32 +113,16 @@ pub enum Processes {
     Node,
 }
 
-/// The run loop's side: one round every [`PERIOD`].
+/// One round every [`PERIOD`], on a task of its own ([`sample_every_period`]).
 pub struct Sampler {
     proc_root: Arc<PathBuf>,
     processes: Processes,
     watch: PressureWatch,
-    next: Instant,
 }
 
 impl Sampler {
     pub fn new(proc_root: PathBuf, processes: Processes) -> Self {
-        Self {
-            proc_root: Arc::new(proc_root),
-            processes,
-            watch: PressureWatch::default(),
-            next: Instant::now(),
-        }
-    }
-
-    /// A round when [`PERIOD`] has passed since the last one, else `None`.
-    pub async fn round_if_due(&mut self, system: &impl SystemView) -> Option<Round> {
-        let now = Instant::now();
-        if now < self.next {
-            return None;
-        }
-        self.next = now + PERIOD;
-        Some(self.round(system).await)
+        Self { proc_root: Arc::new(proc_root), processes, watch: PressureWatch::default() }
     }
 
     async fn round(&mut self, system: &impl SystemView) -> Round {
