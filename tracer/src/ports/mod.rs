@@ -87,9 +87,10 @@ pub struct Round {
 }
 
 /// Runs `sampler` every [`PERIOD`] (the first round at once) and hands each round to the
-/// run loop. Its own task, not the loop's tick: a namespace with 200,000 sockets takes
-/// seconds to dump, and a loop waiting for it would let the ring buffer fill (the bench's
-/// busy node lost events that way). A round waits until the loop took the previous one.
+/// run loop. Its own task, not the loop's tick: dumping a namespace with 200,000 sockets
+/// takes a while, and the loop must keep draining the ring buffer meanwhile. (Moving it
+/// here did not change the bench's busy-node losses, which have another cause.) A round
+/// waits until the loop took the previous one.
 pub async fn sample_every_period(
     mut sampler: Sampler,
     system: Arc<impl SystemView>,
