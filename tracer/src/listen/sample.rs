@@ -4,16 +4,12 @@
 use std::{fs, path::Path};
 
 use super::Target;
-use crate::enrich::{EnrichError, ListenerDiag, Netns, SockDiag};
+use crate::enrich::{EnrichError, ListenerDiag, Netns, SockDiag, procfs};
 
 /// The socket inode `fd` of `pid` names (`socket:[N]`), `None` once closed or not a socket.
 pub fn socket_inode(proc_root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = fs::read_link(proc_root.join(pid.to_string()).join("fd").join(fd.to_string())).ok()?;
-    parse_socket_link(link.to_str()?)
-}
-
-fn parse_socket_link(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    procfs::socket_inode(link.as_os_str())
 }
 
 /// The TCP listeners on `target.ports` in the network namespace of `target.pid`.
@@ -37,10 +33,10 @@ mod tests {
 
     #[test]
     fn socket_links_give_their_inode() {
-        assert_eq!(parse_socket_link("socket:[4026532]"), Some(4_026_532));
-        assert_eq!(parse_socket_link("pipe:[12]"), None);
-        assert_eq!(parse_socket_link("/dev/null"), None);
-        assert_eq!(parse_socket_link("socket:[x]"), None);
+        assert_eq!(procfs::socket_inode(std::ffi::OsStr::new("socket:[4026532]")), Some(4_026_532));
+        assert_eq!(procfs::socket_inode(std::ffi::OsStr::new("pipe:[12]")), None);
+        assert_eq!(procfs::socket_inode(std::ffi::OsStr::new("/dev/null")), None);
+        assert_eq!(procfs::socket_inode(std::ffi::OsStr::new("socket:[x]")), None);
     }
 
     #[test]

@@ -132,11 +132,13 @@ impl Sampler {
             Processes::Node => sample::every_process(&self.proc_root),
         };
         let namespaces = sample::namespaces(&self.proc_root, pids);
+        // Alert state lives as long as the namespace holds a traced process, sampled this
+        // round or not: a namespace skipped once must not alert again for the same crossing.
+        let listed: BTreeSet<u64> = namespaces.keys().copied().collect();
         let mut round = Round::default();
-        let targets: Vec<(u64, u32)> = namespaces.into_iter().collect();
-        let skipped = targets.len().saturating_sub(MAX_NAMESPACES);
+        let skipped = namespaces.len().saturating_sub(MAX_NAMESPACES);
         round.unsampled.extend(std::iter::repeat_n(Unsampled::TooManyNamespaces, skipped));
-        let targets: Vec<(u64, u32)> = targets.into_iter().take(MAX_NAMESPACES).collect();
+        let targets: Vec<(u64, u32)> = namespaces.into_iter().take(MAX_NAMESPACES).collect();
         let proc_root = Arc::clone(&self.proc_root);
         let work = targets.clone();
         let samples = tokio::task::spawn_blocking(move || {
@@ -148,7 +150,6 @@ impl Sampler {
             Vec::new()
         });
         let time = jiff::Timestamp::now();
-        let mut sampled = BTreeSet::new();
         let mut all = Vec::new();
         for (index, &(netns, pid)) in targets.iter().enumerate() {
             let sample = match samples.get(index) {
@@ -166,7 +167,6 @@ impl Sampler {
                     continue;
                 }
             };
-            sampled.insert(netns);
             let usages = usage(&sample.holders, &sample.space);
             for crossed in self.watch.observe(netns, &usages) {
                 let (low, high) = (sample.space.low, sample.space.high);
@@ -175,7 +175,7 @@ impl Sampler {
             }
             all.extend(usages.into_iter().take(MAX_GAUGES).map(|usage| (netns, pid, usage)));
         }
-        self.watch.retain_namespaces(&sampled);
+        self.watch.retain_namespaces(&listed);
         all.sort_by(|a, b| b.2.ratio().total_cmp(&a.2.ratio()).then(b.2.in_use.cmp(&a.2.in_use)));
         round.busiest = all
             .into_iter()

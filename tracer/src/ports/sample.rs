@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
+    os::unix::fs::MetadataExt,
     path::Path,
 };
 
@@ -52,23 +53,18 @@ fn read_reserved(proc_root: &Path) -> Result<BTreeSet<u16>, EnrichError> {
     parse_reserved(&text).ok_or(EnrichError::PortRange { path, text })
 }
 
-/// The network namespace (nsfs inode) of each of `pids`, with one pid in it (the
-/// lowest) to enter it through; processes gone or unreadable are left out.
+/// The network namespace (nsfs inode, as `Enricher::netns_inode` reads it) of each of
+/// `pids`, with one pid in it (the lowest) to enter it through; processes gone or
+/// unreadable are left out.
 pub fn namespaces(proc_root: &Path, pids: impl IntoIterator<Item = u32>) -> BTreeMap<u64, u32> {
     let mut found = BTreeMap::new();
     for pid in pids {
-        let link = proc_root.join(pid.to_string()).join("ns/net");
-        let Some(inode) = fs::read_link(link).ok().and_then(|target| netns_inode(target.to_str()?)) else {
+        let Ok(metadata) = fs::metadata(Netns::of_process(proc_root, pid).path()) else {
             continue;
         };
-        found.entry(inode).and_modify(|first: &mut u32| *first = (*first).min(pid)).or_insert(pid);
+        found.entry(metadata.ino()).and_modify(|first: &mut u32| *first = (*first).min(pid)).or_insert(pid);
     }
     found
-}
-
-/// "net:[4026531840]" -> 4026531840
-fn netns_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Every process of the node: for a selection that names no pid or thread name.
@@ -84,13 +80,6 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
-
-    #[test]
-    fn netns_links_give_their_inode() {
-        assert_eq!(netns_inode("net:[4026531840]"), Some(4_026_531_840));
-        assert_eq!(netns_inode("mnt:[4026531840]"), None);
-        assert_eq!(netns_inode("net:[x]"), None);
-    }
 
     #[test]
     fn our_namespace_is_sampled_with_our_own_connection() {

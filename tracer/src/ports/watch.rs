@@ -41,9 +41,9 @@ impl PressureWatch {
         crossed
     }
 
-    /// Forgets the namespaces not sampled any more (gone, or no traced process left).
-    pub fn retain_namespaces(&mut self, sampled: &BTreeSet<u64>) {
-        self.alerted.retain(|(netns, _)| sampled.contains(netns));
+    /// Forgets the namespaces no traced process is in any more (or that are gone).
+    pub fn retain_namespaces(&mut self, listed: &BTreeSet<u64>) {
+        self.alerted.retain(|(netns, _)| listed.contains(netns));
     }
 }
 
