@@ -192,8 +192,16 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS in /proc/PID/status")
 }
 
+/// The daemon's fds at rest: the fewest of 10 counts 100 ms apart. The port sampler holds
+/// a netlink socket and a namespace fd for the few milliseconds of each round (every 5 s);
+/// one count can catch them, ten in a row cannot, and a leaked fd is in all ten.
 pub fn fd_count(pid: u32) -> Result<usize> {
-    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    let mut fewest = usize::MAX;
+    for _ in 0..10 {
+        fewest = fewest.min(fs::read_dir(format!("/proc/{pid}/fd"))?.count());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(fewest)
 }
 
 /// Ids of the BPF objects `pid` holds an fd of, from the `field` line of each
