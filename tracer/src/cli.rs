@@ -109,6 +109,8 @@ pub struct FilterArgs {
     pub backend: crate::backend::BackendChoice,
     #[command(flatten)]
     pub attribution: crate::k8s::AttributionArgs,
+    #[command(flatten)]
+    pub tables: crate::kernel::tables::TableArgs,
 }
 
 /// The scrape port's default address: loopback, so a node does not expose it unless
