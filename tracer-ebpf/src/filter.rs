@@ -7,7 +7,7 @@ use tracer_common::config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS};
 
 use crate::{
     maps::{FILTER_COMMS, FILTER_PIDS, global},
-    task_verdict,
+    task_verdict::{self, Decision},
 };
 
 /// The current task as the filters and events see it.
@@ -31,14 +31,6 @@ pub fn selected(task: &Task) -> bool {
         return true;
     }
     task_verdict::cached(flags & FILTER_CGROUP != 0, || decide(task, flags))
-}
-
-/// The filters' verdict on a task.
-pub struct Decision {
-    pub selected: bool,
-    /// Selected by its name, but its tgid did not fit in `FILTER_PIDS` (counted once per
-    /// task by `task_verdict::cached`: a task decides again after every exec on the node).
-    pub not_learned: bool,
 }
 
 /// The filters' verdict on the current task, from the filter maps.

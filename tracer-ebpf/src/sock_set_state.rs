@@ -181,5 +181,6 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
 fn holds_error(sk: u64) -> bool {
     let at = sk + u64::from(global!(SOCK_OFFSETS.err));
     // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_err from BTF.
-    unsafe { bpf_probe_read_kernel(at as *const i32) }.map_or(true, |err| err != 0)
+    let err = unsafe { bpf_probe_read_kernel(at as *const i32) };
+    err != Ok(0)
 }

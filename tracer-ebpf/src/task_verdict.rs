@@ -22,7 +22,15 @@ use aya_ebpf::{
 };
 use tracer_common::Loss;
 
-use crate::{filter::Decision, maps::count_loss};
+use crate::maps::count_loss;
+
+/// The filters' verdict on a task, as `filter::decide` makes it.
+pub struct Decision {
+    pub selected: bool,
+    /// Selected by its name, but its tgid did not fit in `FILTER_PIDS` (counted once per
+    /// task by [`cached`]: a task decides again after every exec on the node).
+    pub not_learned: bool,
+}
 
 /// A task's verdict. `generation` 0: not decided yet (fresh storage is zeroed).
 #[repr(C)]
