@@ -63,6 +63,11 @@ const HOST_PROGRAM_TESTS: &[&str] = &[
     "listen_overflow_of_python_http_server",
     "socket_drops_carry_the_kernels_reason_and_count",
     "port_pressure_counts_each_destination_as_connect_does",
+    // kernel_losses: each drives python3 in its own namespace (unshare, ip; ss for drops).
+    "full_owner_and_listener_tables_count_each_socket_left_out",
+    "full_drop_table_counts_every_drop_it_cannot_add_up",
+    "full_filter_table_counts_each_process_not_learned",
+    "connecting_sockets_closed_by_their_process_lose_no_half",
 ];
 
 /// Run in the guests of another architecture than the host's, besides the e2e targets:
