@@ -36,7 +36,8 @@ impl Default for TableSizes {
     }
 }
 
-/// The table flags of `trace`, `daemon` and `bench-floor`.
+/// The table flags of `trace` and `daemon` (`bench-floor` shares their filter flags and
+/// ignores these: its program keeps no tables).
 #[derive(Debug, Clone, Default, Args)]
 pub struct TableArgs {
     /// Sockets of traced processes the kernel tracks at once (connecting, connected and
