@@ -693,8 +693,14 @@ mod tests {
         let old_kernel = metrics(false, MAX_LABEL_SETS);
         old_kernel.set_capabilities(&Capabilities::new(false, false));
         for (metrics, expected) in [
-            (&switched, r#"sockerr_capability_enabled{capability="listen_overflow",off_reason="no_drop_hooks"} 0"#),
-            (&switched, r#"sockerr_capability_enabled{capability="socket_drop",off_reason="no_drop_hooks"} 0"#),
+            (
+                &switched,
+                r#"sockerr_capability_enabled{capability="listen_overflow",off_reason="no_drop_hooks"} 0"#,
+            ),
+            (
+                &switched,
+                r#"sockerr_capability_enabled{capability="socket_drop",off_reason="no_drop_hooks"} 0"#,
+            ),
             (&old_kernel, r#"sockerr_capability_enabled{capability="listen_overflow",off_reason="none"} 1"#),
             (&old_kernel, r#"sockerr_capability_enabled{capability="socket_drop",off_reason="kernel"} 0"#),
         ] {

@@ -215,8 +215,8 @@ fn slot(
         && !loops.hooks.contains_key(config.name())
     {
         let pid = traced.running.pid();
-        let program_types = profile::program_types(pid)?;
-        loops.hooks.insert(config.name().to_owned(), Hooks { attached: None, program_types });
+        let (program_types, programs) = profile::programs_of(pid)?;
+        loops.hooks.insert(config.name().to_owned(), Hooks { attached: None, program_types, programs });
     }
     let lost_before = match traced.as_ref().and_then(|t| t.metrics) {
         Some(address) => Some(daemon::lost(&daemon::metrics(address)?)?),
@@ -291,7 +291,7 @@ fn slot(
         }
     }
     slot.lost = match config {
-        Config::Daemon => match (lost_before, lost_after) {
+        Config::Daemon | Config::DaemonNoDropHooks => match (lost_before, lost_after) {
             (Some(before), Some(after)) => Some(after.since(&before).total),
             _ => None,
         },
