@@ -127,8 +127,7 @@ fn differences(
     costs
 }
 
-/// `pid`'s BPF programs: how many have each type (bpftool's `type`), and their names
-/// (as the kernel keeps them: 15 bytes).
+/// `pid`'s BPF programs: how many have each type (bpftool's `type`), and their names.
 pub fn programs_of(pid: u32) -> Result<(BTreeMap<String, u64>, BTreeSet<String>)> {
     let (mut types, mut names) = (BTreeMap::new(), BTreeSet::new());
     for id in daemon::bpf_ids_of(pid, "prog_id:")? {

@@ -275,8 +275,8 @@ fn recorded(md: &mut String, loops: &MicroLoops) {
         md,
         "Records of the loop process's failures against its iterations (warm-up included), all rounds; the \
          bench stops with an error when a configuration recorded none of a failing loop (it would have \
-         measured a tracer that traced nothing). Lost: what the tracer itself counted as lost (the daemon's \
-         `sockerr_events_lost_total`, `trace`'s `stopped:` line, bpftrace's `Lost N events`).\n"
+         measured a tracer that traced nothing). Lost: what the tracer itself counted as lost (sockerr's \
+         `stopped:` line, else the daemon's `sockerr_events_lost_total`; bpftrace's `Lost N events`).\n"
     );
     let mut failing: Vec<&str> = FAILING_LOOPS.iter().copied().filter(|l| failure_of(l).is_some()).collect();
     failing.dedup();
@@ -666,7 +666,7 @@ mod tests {
         loops.push(Config::DaemonNoDropHooks.name(), "so-mark", vec![505.0, 515.0, 525.0]);
         let programs = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
         let daemon = loops.hooks.get_mut("daemon").unwrap();
-        daemon.programs = programs(&["kfree_skb", "sys_enter_liste", "sys_exit_listen", "sys_exit_bind"]);
+        daemon.programs = programs(&["kfree_skb", "sys_enter_listen", "sys_exit_listen", "sys_exit_bind"]);
         let without = Hooks { attached: Some(9), programs: programs(&["sys_exit_bind"]), ..Hooks::default() };
         loops.hooks.insert(Config::DaemonNoDropHooks.name().into(), without);
         let md = render(&Results { micro_loops: Some(loops), ..Results::default() });
@@ -674,7 +674,7 @@ mod tests {
         assert!(md.contains("| bind | 1300 ±0% | 1200 ±0% | +100 | 1.083× | 33 % |"), "{md}");
         // so-mark: -5 ns against spreads of 5 ns each; no untraced figure, so no share.
         assert!(md.contains("| so-mark | 510 ±1% | 515 ±1% | -5 (within noise) | 0.990× | — |"), "{md}");
-        assert!(md.contains("had not (bpftool, results.json's `micro_loops.hooks`): `kfree_skb`, `sys_enter_liste`, `sys_exit_listen`;"), "{md}");
+        assert!(md.contains("had not (bpftool, results.json's `micro_loops.hooks`): `kfree_skb`, `sys_enter_listen`, `sys_exit_listen`;"), "{md}");
         assert!(md.contains("12 attachments against 9"), "{md}");
         assert!(md.contains("| refused-connect | — | — | — | — | — |"), "{md}");
     }

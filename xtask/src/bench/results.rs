@@ -99,8 +99,8 @@ pub struct Hooks {
     pub attached: Option<u64>,
     /// BPF program type -> programs of the tracer's process, from bpftool.
     pub program_types: BTreeMap<String, u64>,
-    /// The names of those programs (bpftool's `name`, 15 bytes at most); empty in the
-    /// results of a bench that did not record them.
+    /// The names of those programs (bpftool's `name`); empty in the results of a bench
+    /// that did not record them.
     #[serde(default)]
     pub programs: BTreeSet<String>,
 }
