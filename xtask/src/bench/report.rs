@@ -107,7 +107,8 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
         let _ = writeln!(
             md,
             "Median of {} rounds × {} batches of ~{} ms each (± half the interquartile range, in % of the \
-             median). Configurations run round-robin, rotated each round; the loop process is pinned to the \
+             median). Configurations run round-robin, rotated each round and reversed every other round (each runs \
+             before and after its neighbours); the loop process is pinned to the \
              last CPU, in its own network namespace, on loopback.",
             plan.rounds, plan.batches, plan.batch_ms
         );
