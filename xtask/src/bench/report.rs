@@ -161,7 +161,7 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
     );
     recorded(md, loops);
     like_for_like(md, loops);
-    hook_cost(md, loops);
+    hook_cost(md, loops, &results.program_costs);
 }
 
 /// One loop's cost of the drop and listen hooks: the daemon against the daemon without them.
@@ -205,21 +205,32 @@ impl HookCost {
 }
 
 /// The section of issue 13: what the `socket_drop` and `listen_overflow` hooks cost.
-fn hook_cost(md: &mut String, loops: &MicroLoops) {
-    let _ = writeln!(
-        md,
-        "### Cost of the drop and listen hooks
-"
-    );
+fn hook_cost(md: &mut String, loops: &MicroLoops, program_costs: &[profile::ProgramCost]) {
+    let _ = writeln!(md, "### Cost of the drop and listen hooks\n");
     let daemon = loops.hooks.get(Config::Daemon.name());
     let without = loops.hooks.get(Config::DaemonNoDropHooks.name());
-    let covered: Vec<String> = match (daemon, without) {
-        (Some(daemon), Some(without)) => {
-            daemon.programs.difference(&without.programs).map(|name| format!("`{name}`")).collect()
-        }
+    let covered: Vec<&String> = match (daemon, without) {
+        (Some(daemon), Some(without)) => daemon.programs.difference(&without.programs).collect(),
         _ => Vec::new(),
     };
-    let covered = if covered.is_empty() { "not recorded by this run".to_owned() } else { covered.join(", ") };
+    // The kernel's own account of those programs in each loop (the profile's runs).
+    let run_time = |loop_name: &str| -> String {
+        if program_costs.is_empty() || covered.is_empty() {
+            return "—".into();
+        }
+        let ns = program_costs
+            .iter()
+            .filter(|cost| cost.loop_name == loop_name && covered.contains(&&cost.program))
+            .map(profile::ProgramCost::ns_per_iteration)
+            // Not sum(): an empty f64 sum is -0, printed "-0".
+            .fold(0.0, |total, ns| total + ns);
+        format!("{ns:.0}")
+    };
+    let covered = if covered.is_empty() {
+        "not recorded by this run".to_owned()
+    } else {
+        covered.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+    };
     let attached = |hooks: Option<&super::results::Hooks>| {
         hooks.and_then(|h| h.attached).map_or("?".to_owned(), |n| n.to_string())
     };
@@ -238,32 +249,37 @@ fn hook_cost(md: &mut String, loops: &MicroLoops) {
     );
     let _ = writeln!(
         md,
-        "| loop | daemon | daemon --no-drop-hooks | hooks' cost (ns) | ratio | share of the daemon's added cost |"
+        "| loop | daemon | daemon --no-drop-hooks | hooks' cost (ns) | ratio | share of the daemon's added cost \
+         | their BPF run time (ns) |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for &loop_name in LOOPS {
         let Some(cost) = HookCost::of(loops, loop_name) else {
-            let _ = writeln!(md, "| {loop_name} | — | — | — | — | — |");
+            let _ = writeln!(md, "| {loop_name} | — | — | — | — | — | {} |", run_time(loop_name));
             continue;
         };
         let noise = if cost.within_noise() { " (within noise)" } else { "" };
         let _ = writeln!(
             md,
-            "| {loop_name} | {:.0} ±{:.0}% | {:.0} ±{:.0}% | {:+.0}{noise} | {:.3}× | {} |",
+            "| {loop_name} | {:.0} ±{:.0}% | {:.0} ±{:.0}% | {:+.0}{noise} | {:.3}× | {} | {} |",
             cost.daemon.median,
             cost.daemon.spread_percent(),
             cost.without.median,
             cost.without.spread_percent(),
             cost.difference(),
             cost.ratio(),
-            cost.share_of_added_percent().map_or("—".to_owned(), |p| format!("{p:.0} %"))
+            cost.share_of_added_percent().map_or("—".to_owned(), |p| format!("{p:.0} %")),
+            run_time(loop_name)
         );
     }
     let _ = writeln!(
         md,
         "\nratio = daemon ÷ daemon --no-drop-hooks; share = the hooks' cost ÷ (daemon − untraced); within \
          noise: the difference is no larger than the two medians' spreads (half their interquartile ranges) \
-         added up. `--no-drop-hooks` is the switch for a node where the kernel drops packets very often: there \
+         added up. Their BPF run time: what the kernel's BPF statistics counted for those programs per \
+         iteration of the loop (results.json's `program_costs`, the section \"Where the time in the kernel \
+         goes\" below; 0: none of them ran; node-wide, so the machine's other drops count too): their own \
+         work, without what attaching them costs around it. `--no-drop-hooks` is the switch for a node where the kernel drops packets very often: there \
          `skb:kfree_skb` runs once per dropped packet of the whole node, a cost these loops show only for \
          their own drops (each refused connect's SYN is one).\n"
     );
@@ -656,7 +672,7 @@ mod tests {
         assert!(md.contains("## Busy node\n\nNot run."), "{md}");
         assert!(md.contains("`sudo -E cargo xtask bench --soak`"), "{md}");
         assert!(!md.contains("written by hand"), "no hand-written section: {md}");
-        assert!(md.contains("| bind | — | — | — | — | — |"), "no daemon --no-drop-hooks figures: {md}");
+        assert!(md.contains("| bind | — | — | — | — | — | — |"), "no daemon --no-drop-hooks figures: {md}");
     }
 
     #[test]
@@ -670,14 +686,29 @@ mod tests {
         daemon.programs = programs(&["kfree_skb", "sys_enter_listen", "sys_exit_listen", "sys_exit_bind"]);
         let without = Hooks { attached: Some(9), programs: programs(&["sys_exit_bind"]), ..Hooks::default() };
         loops.hooks.insert(Config::DaemonNoDropHooks.name().into(), without);
-        let md = render(&Results { micro_loops: Some(loops), ..Results::default() });
-        // bind: 1300 - 1200 = 100 ns, 1300 / 1200, 100 / (1300 - 1000).
-        assert!(md.contains("| bind | 1300 ±0% | 1200 ±0% | +100 | 1.083× | 33 % |"), "{md}");
-        // so-mark: -5 ns against spreads of 5 ns each; no untraced figure, so no share.
-        assert!(md.contains("| so-mark | 510 ±1% | 515 ±1% | -5 (within noise) | 0.990× | — |"), "{md}");
+        let cost = |loop_name: &str, program: &str, run_time_ns| profile::ProgramCost {
+            loop_name: loop_name.into(),
+            program: program.into(),
+            runs: 10,
+            run_time_ns,
+            iterations: 10,
+        };
+        let program_costs = vec![
+            cost("bind", "kfree_skb", 300),
+            cost("bind", "sys_enter_listen", 100),
+            cost("bind", "sys_exit_bind", 5000),
+            cost("so-mark", "sys_exit_bind", 5000),
+        ];
+        let md = render(&Results { micro_loops: Some(loops), program_costs, ..Results::default() });
+        // bind: 1300 - 1200 = 100 ns, 1300 / 1200, 100 / (1300 - 1000); (300 + 100) / 10 ns
+        // of the hooks' programs per iteration (sys_exit_bind is not theirs).
+        assert!(md.contains("| bind | 1300 ±0% | 1200 ±0% | +100 | 1.083× | 33 % | 40 |"), "{md}");
+        // so-mark: -5 ns against spreads of 5 ns each; no untraced figure, so no share;
+        // none of the hooks' programs ran.
+        assert!(md.contains("| so-mark | 510 ±1% | 515 ±1% | -5 (within noise) | 0.990× | — | 0 |"), "{md}");
         assert!(md.contains("had not (bpftool, results.json's `micro_loops.hooks`): `kfree_skb`, `sys_enter_listen`, `sys_exit_listen`;"), "{md}");
         assert!(md.contains("12 attachments against 9"), "{md}");
-        assert!(md.contains("| refused-connect | — | — | — | — | — |"), "{md}");
+        assert!(md.contains("| refused-connect | — | — | — | — | — | 0 |"), "{md}");
     }
 
     #[test]
