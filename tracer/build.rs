@@ -40,15 +40,27 @@ fn record_git_sha() {
     let Some(sha) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return;
     };
-    // HEAD names the branch; the branch's ref (loose or packed) names the commit.
+    // HEAD names the branch; the branch's ref (loose or packed) names the commit. A
+    // watched path that does not exist makes cargo rerun this script (and rebuild the
+    // crate) on every build, so only existing files are watched: the loose ref when there
+    // is one (it wins over packed-refs), else packed-refs and the directory where a
+    // commit would create the loose ref.
     let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watched.push(git(&["rev-parse", "--git-path", &branch]));
-        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+        let loose = git(&["rev-parse", "--git-path", &branch]).map(|path| Path::new(manifest_dir).join(path));
+        match loose {
+            Some(loose) if loose.is_file() => watched.push(Some(loose.display().to_string())),
+            loose => {
+                watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+                watched.push(loose.and_then(|path| Some(path.parent()?.display().to_string())));
+            }
+        }
     }
     for path in watched.into_iter().flatten() {
         let path = Path::new(manifest_dir).join(path);
-        println!("cargo:rerun-if-changed={}", path.display());
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
     println!("cargo:rustc-env=SOCKERR_BUILD_GIT_SHA={sha}");
 }

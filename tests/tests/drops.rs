@@ -7,9 +7,14 @@
 //! retransmission reaching the client is dropped by tcp_filter() with reason
 //! SOCKET_FILTER; after 2 s the filter goes (SO_DETACH_FILTER), the next retransmission
 //! gets through, and the script prints the client socket's sk_drops (ss's skmem `d`).
+//!
+//! `--no-drop-hooks` leaves the hooks of `socket_drop` and `listen_overflow` unattached,
+//! checked against the kernel's own view (the programs behind the process's BPF links)
+//! and by what it then reports.
 #![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -38,6 +43,38 @@ print(json.dumps({"fd": client.fileno(), "local": "127.0.0.1:%d" % port, "peer":
 time.sleep(2.5)
 "#;
 
+/// The programs `--no-drop-hooks` leaves out, as the kernel names them (15 bytes).
+const DROP_HOOK_PROGRAMS: [&str; 3] = ["kfree_skb", "sys_enter_liste", "sys_exit_listen"];
+/// What a tracer started with it logs.
+const SWITCHED_OFF_LINE: &str = "--no-drop-hooks: skb:kfree_skb, syscalls:sys_enter_listen and \
+                                 syscalls:sys_exit_listen not attached; off: listen_overflow and socket_drop records";
+
+/// The names of the programs `pid` has attached: those its BPF link fds point to
+/// (`prog_id:` of an fdinfo with `link_id:`), named by the kernel's program list.
+fn attached_programs(pid: u32) -> BTreeSet<String> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        // An fd closed since the listing has no fdinfo any more.
+        let Ok(info) = std::fs::read_to_string(entry.expect("fdinfo entry").path()) else { continue };
+        let field = |name: &str| info.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+        if field("link_id:").is_some() {
+            ids.insert(field("prog_id:").and_then(|id| id.parse::<u32>().ok()).expect("a link's prog_id"));
+        }
+    }
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|program| (program.id(), program.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    ids.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| format!("unlisted id {id}"))).collect()
+}
+
+fn kernel_has_drop_reasons() -> bool {
+    std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
+        .is_ok_and(|format| format.contains(" reason;"))
+}
+
 fn kernel_has_rx_sk() -> bool {
     std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
         .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
@@ -49,6 +86,7 @@ fn socket_drops_carry_the_kernels_reason_and_count() {
     require_root();
     let tracer = Tracer::start(&["--comm", "python3", "--output", "json"]);
     let untraced = Tracer::start(&["--comm", "demo-client", "--output", "json"]);
+    let without_hooks = Tracer::start(&["--comm", "python3", "--output", "json", "--no-drop-hooks"]);
     let started = Instant::now();
     let mut command = Command::new("unshare");
     command
@@ -88,4 +126,58 @@ fn socket_drops_carry_the_kernels_reason_and_count() {
     let leaked: Vec<Value> =
         untraced.stop().records().into_iter().filter(|r| r["event"] == "socket_drop").collect();
     assert!(leaked.is_empty(), "a tracer of demo-client reported python3's drops: {leaked:#?}");
+    let without_hooks = without_hooks.stop();
+    let reported: Vec<Value> =
+        without_hooks.records().into_iter().filter(|r| r["event"] == "socket_drop").collect();
+    assert!(reported.is_empty(), "a tracer started with --no-drop-hooks reported drops: {reported:#?}");
+    assert!(without_hooks.stderr.contains(SWITCHED_OFF_LINE), "{}", without_hooks.stderr);
+}
+
+/// The daemon with and without `--no-drop-hooks`: the kernel lists the hooks' programs
+/// behind the default daemon's links only; the other says so in its log and /metrics.
+#[test]
+fn no_drop_hooks_leaves_the_drop_and_listen_programs_unattached() {
+    require_root();
+    let with_hooks = Daemon::start(&["--comm", "python3"]);
+    let without_hooks = Daemon::start(&["--comm", "python3", "--no-drop-hooks"]);
+    let attached = attached_programs(with_hooks.pid());
+    let attached_without = attached_programs(without_hooks.pid());
+    // A kernel without drop reasons (before 5.17) has no kfree_skb program to leave out.
+    let expected: Vec<&str> = DROP_HOOK_PROGRAMS
+        .into_iter()
+        .filter(|&name| name != "kfree_skb" || kernel_has_drop_reasons())
+        .collect();
+    for name in &expected {
+        assert!(attached.contains(*name), "the default daemon has no {name} attached: {attached:?}");
+        assert!(!attached_without.contains(*name), "--no-drop-hooks attached {name}: {attached_without:?}");
+    }
+    let left_out: BTreeSet<String> = attached.difference(&attached_without).cloned().collect();
+    let expected: BTreeSet<String> = expected.iter().map(|name| (*name).to_owned()).collect();
+    assert_eq!(
+        left_out, expected,
+        "only these are left out: with {attached:?}, without {attached_without:?}"
+    );
+    assert!(attached_without.is_subset(&attached), "{attached_without:?} against {attached:?}");
+
+    let series = |daemon: &Daemon| -> Vec<(String, f64)> {
+        daemon.metrics().into_iter().filter(|(s, _)| s.starts_with("sockerr_capability_enabled")).collect()
+    };
+    let capabilities = series(&with_hooks);
+    assert_eq!(capabilities.len(), 2, "{capabilities:?}");
+    for (series, value) in &capabilities {
+        let kernel_lacks_it = series.contains("\"socket_drop\"") && !kernel_has_drop_reasons();
+        let (reason, expected) = if kernel_lacks_it { ("kernel", 0.0) } else { ("none", 1.0) };
+        let reason = format!("off_reason=\"{reason}\"");
+        assert!(series.contains(&reason) && *value == expected, "{series} {value}");
+    }
+    let switched = "off_reason=\"no_drop_hooks\"";
+    let capabilities = series(&without_hooks);
+    assert_eq!(capabilities.len(), 2, "{capabilities:?}");
+    for (series, value) in &capabilities {
+        assert!(series.contains(switched) && *value == 0.0, "{series} {value}");
+    }
+    let stopped = without_hooks.terminate();
+    assert!(stopped.stderr.contains(SWITCHED_OFF_LINE), "{}", stopped.stderr);
+    let stopped = with_hooks.terminate();
+    assert!(!stopped.stderr.contains("--no-drop-hooks"), "{}", stopped.stderr);
 }

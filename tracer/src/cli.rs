@@ -107,6 +107,13 @@ pub struct FilterArgs {
     /// (needs CONFIG_KPROBES and BTF); `auto` takes it when the kernel has it.
     #[arg(long, value_enum, default_value_t = crate::backend::BackendChoice::Auto)]
     pub backend: crate::backend::BackendChoice,
+    /// Leave the packet-drop and listen-queue hooks unattached (skb:kfree_skb,
+    /// syscalls:sys_enter_listen and sys_exit_listen): no socket_drop and no
+    /// listen_overflow records, and none of their cost, e.g. on nodes where the kernel
+    /// drops packets very often. Logged at start-up; the daemon's
+    /// sockerr_capability_enabled says 0 for both.
+    #[arg(long)]
+    pub no_drop_hooks: bool,
     #[command(flatten)]
     pub attribution: crate::k8s::AttributionArgs,
     #[command(flatten)]
@@ -335,6 +342,37 @@ mod tests {
         assert_eq!(parse(&["sockerr", "trace", "--backend", "kprobe"]), BackendChoice::Kprobe);
         assert_eq!(parse(&["sockerr", "trace", "--backend", "tracepoint"]), BackendChoice::Tracepoint);
         assert!(Cli::try_parse_from(["sockerr", "trace", "--backend", "fentry"]).is_err());
+    }
+
+    #[test]
+    fn no_drop_hooks_parses_on_trace_daemon_and_the_floor_and_defaults_to_off() {
+        let filters = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Trace(trace) => trace.filters,
+            Command::Daemon(daemon) => daemon.filters,
+            Command::BenchFloor(floor) => floor.filters,
+            #[cfg(feature = "demo")]
+            _ => panic!("not a tracing command"),
+        };
+        assert!(!filters(&["sockerr", "trace"]).no_drop_hooks);
+        assert!(!filters(&["sockerr", "daemon"]).no_drop_hooks);
+        assert!(filters(&["sockerr", "trace", "--no-drop-hooks", "--output", "json"]).no_drop_hooks);
+        assert!(filters(&["sockerr", "daemon", "--comm", "envoy", "--no-drop-hooks"]).no_drop_hooks);
+        assert!(filters(&["sockerr", "bench-floor", "--no-drop-hooks"]).no_drop_hooks);
+        let help = Cli::command().find_subcommand_mut("daemon").unwrap().render_help().to_string();
+        assert!(help.contains("--no-drop-hooks") && help.contains("skb:kfree_skb"), "{help}");
+    }
+
+    #[test]
+    fn no_drop_hooks_takes_no_value_and_is_given_once() {
+        let err = Cli::try_parse_from(["sockerr", "trace", "--no-drop-hooks=yes"]).unwrap_err().to_string();
+        assert!(err.contains("--no-drop-hooks"), "{err}");
+        let err = Cli::try_parse_from(["sockerr", "daemon", "--no-drop-hooks", "--no-drop-hooks"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--no-drop-hooks") && err.contains("cannot be used multiple times"), "{err}");
+        // A misspelling is not taken for something else.
+        let err = Cli::try_parse_from(["sockerr", "trace", "--no-drops"]).unwrap_err().to_string();
+        assert!(err.contains("--no-drops"), "{err}");
     }
 
     #[test]

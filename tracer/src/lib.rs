@@ -10,6 +10,7 @@
 
 pub(crate) mod backend;
 pub mod bench_floor;
+pub(crate) mod capability;
 pub(crate) mod classify;
 pub mod cli;
 pub(crate) mod clock;

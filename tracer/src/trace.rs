@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracer_common::Loss;
 
 use crate::{
+    capability::Capabilities,
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
     drops::DropFold,
@@ -87,6 +88,7 @@ impl From<&FilterArgs> for Selection {
             all: filters.all,
             http_peek: filters.http_peek,
             backend: filters.backend,
+            no_drop_hooks: filters.no_drop_hooks,
             proc_root: filters.attribution.host_proc.clone(),
             tables: (&filters.tables).into(),
         }
@@ -133,7 +135,15 @@ impl Tracer {
             loaded.attached,
             describe(selection, loaded.cgroup.as_ref().map(|c| c.id))
         );
+        if let Some(line) = loaded.capabilities.switched_off_line() {
+            tracing::info!("{line}");
+        }
         Ok(Self { loaded, clock, attributor: Attributor::new(selection.proc_root.clone()) })
+    }
+
+    /// Which records this run can make (the daemon exports it).
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        self.loaded.capabilities
     }
 
     /// Attribution beyond cgroup ids (`--kubernetes`): see [`crate::k8s::attributor`].
@@ -152,7 +162,7 @@ impl Tracer {
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock, attributor } = self;
-        let Loaded { events, lost, reset_reasons, backend, drops, selected, .. } = loaded;
+        let Loaded { events, lost, reset_reasons, backend, drops, selected, capabilities, .. } = loaded;
         let mut drops = drops.map(DropReader::new);
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         // Few batches in flight: a backlog waits in the ring, not here (see `reader::MAX_BATCH`).
@@ -161,7 +171,12 @@ impl Tracer {
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
         let enricher = Enricher::new(attributor.proc_root().to_path_buf());
-        let mut listeners = listen::Watcher::new(attributor.proc_root().to_path_buf());
+        // Without the listen hooks no listener is ever named: no watch, so no
+        // sockerr_listen_unwatched series of zeros either.
+        let mut listeners = capabilities
+            .listen_overflow
+            .is_none()
+            .then(|| listen::Watcher::new(attributor.proc_root().to_path_buf()));
         let processes = match selected {
             Some(selected) => ports::Processes::Selected(Box::new(move || selected.read())),
             None => ports::Processes::Node,
@@ -189,9 +204,11 @@ impl Tracer {
                     for event in &batch.events {
                         totals.events += 1;
                         if let Payload::Listening(listening) = &event.payload {
-                            let pid = event.header.pid;
-                            let process = system.process(pid);
-                            listeners.listening(&event.header, listening, process.name, process.netns, system.pod(pid));
+                            if let Some(listeners) = listeners.as_mut() {
+                                let pid = event.header.pid;
+                                let process = system.process(pid);
+                                listeners.listening(&event.header, listening, process.name, process.netns, system.pod(pid));
+                            }
                             continue;
                         }
                         if let Some(record) = processor.process(event).await {
@@ -259,7 +276,8 @@ impl Tracer {
 }
 
 /// Hands the listeners' new drops to the sink (see `listen`).
-async fn sample_listeners(listeners: &mut listen::Watcher, sink: &mut impl Sink) -> io::Result<()> {
+async fn sample_listeners(listeners: &mut Option<listen::Watcher>, sink: &mut impl Sink) -> io::Result<()> {
+    let Some(listeners) = listeners else { return Ok(()) };
     for overflow in listeners.sample().await {
         sink.listen_overflow(&overflow)?;
     }

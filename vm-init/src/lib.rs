@@ -44,6 +44,17 @@ pub struct Plan {
     /// tmpfs of [`GUEST_TMPFS`] (a workspace under /tmp would be hidden otherwise).
     #[serde(default)]
     pub shares: Vec<Share>,
+    /// Directories bound over others once the shares are mounted, before init changes
+    /// root: an arm64 guest's /usr with Debian's arm64 programs over the amd64 host's.
+    #[serde(default)]
+    pub binds: Vec<Bind>,
+}
+
+/// A bind mount in the guest, both paths as the host root names them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub source: String,
+    pub target: String,
 }
 
 /// A host directory exported over 9p with its own tag (qemu `-virtfs`).
@@ -151,6 +162,7 @@ mod tests {
                 argv: vec!["/work/t".into(), "--test-threads=2".into()],
             }],
             shares: vec![Share { tag: "share0".into(), path: "/tmp/clone".into() }],
+            binds: vec![Bind { source: "/tmp/clone/target/usr".into(), target: "/usr".into() }],
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);

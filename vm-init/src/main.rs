@@ -3,8 +3,9 @@
 //!
 //! It loads the modules (virtio, 9p, sock_diag), mounts the host root read-only over 9p,
 //! mounts proc, sys, devtmpfs, tracefs, debugfs, bpffs, cgroup2 and tmpfs where the tests
-//! need them, changes root into the host's, brings lo up, runs the plan's programs one by
-//! one with their output on the console, reports each exit status on the status port and
+//! need them, binds the plan's directories (an arm64 guest's own /usr), changes root into
+//! the host's, brings lo up, runs the plan's programs one by one with their output on the
+//! console, reports each exit status on the status port and
 //! powers off. Modelled on aya's test-distro init; a Rust init rather than a busybox
 //! script so that every failing step is reported on the status port with its errno, and
 //! so that the VM needs nothing from a package beyond the kernel.
@@ -167,6 +168,11 @@ fn set_up() -> Result<Plan, InitError> {
         let target = host(&share.path);
         fs::create_dir_all(&target).map_err(io_step(format!("create {target}")))?;
         mount_fs(&share.tag, &target, "9p", MsFlags::MS_RDONLY, Some(NINEP_OPTIONS))?;
+    }
+    for bind in &plan.binds {
+        let (source, target) = (host(&bind.source), host(&bind.target));
+        mount(Some(source.as_str()), target.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(sys_step(format!("bind {} over {}", bind.source, bind.target)))?;
     }
     chroot(HOST_ROOT_MOUNT).map_err(sys_step("chroot into the host root"))?;
     chdir(plan.cwd.as_str()).map_err(sys_step(format!("chdir {}", plan.cwd)))?;

@@ -23,6 +23,7 @@ use prometheus_client::{
 use tracer_common::Loss;
 
 use crate::{
+    capability::{Capabilities, Off},
     drops::SocketDrop,
     errno::errno_name,
     listen::{ListenOverflow, ListenWatch},
@@ -113,6 +114,7 @@ pub struct Metrics {
     records_undecodable: Counter,
     loss_read_errors: Counter,
     table_forgotten: Counters,
+    capabilities: Gauges,
 }
 
 impl Metrics {
@@ -215,6 +217,14 @@ impl Metrics {
             "Entries the socket table dropped to stay bounded: live sockets (least recently seen; later records lack their options and last error) and generations of closed sockets (the next socket on that fd restarts at generation 0)",
             table_forgotten.clone(),
         );
+        let capabilities = Gauges::default();
+        registry.register(
+            "capability_enabled",
+            "1 when sockerr makes this kind of record (listen_overflow, socket_drop), 0 when it cannot, by \
+             off_reason (no_drop_hooks: started with --no-drop-hooks; kernel: this kernel lacks the hook); set \
+             once the programs are attached",
+            capabilities.clone(),
+        );
         let build_labels: Labels =
             vec![("version", build.version), ("git_sha", build.git_sha), ("kernel", build.kernel)];
         registry.register("build", "The sockerr build and the kernel it runs on", Info::new(build_labels));
@@ -238,6 +248,18 @@ impl Metrics {
             records_undecodable,
             loss_read_errors,
             table_forgotten,
+            capabilities,
+        }
+    }
+
+    /// What this run can report: one series per capability, set once after loading.
+    pub(crate) fn set_capabilities(&self, capabilities: &Capabilities) {
+        for (capability, off) in capabilities.each() {
+            let labels = vec![
+                ("capability", capability.name().to_owned()),
+                ("off_reason", off.map_or("none", Off::name).to_owned()),
+            ];
+            self.capabilities.get_or_create(&labels).set(i64::from(off.is_none()));
         }
     }
 
@@ -659,6 +681,30 @@ mod tests {
             r#"sockerr_listen_unwatched_total{reason="no_inode"} 1"#,
             r#"sockerr_listen_unwatched_total{reason="full"} 0"#,
         ] {
+            assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
+        }
+    }
+
+    #[test]
+    fn capabilities_say_on_or_off_and_why() {
+        let switched = metrics(false, MAX_LABEL_SETS);
+        assert!(!samples(&switched).iter().any(|s| s.starts_with("sockerr_capability")), "unset before load");
+        switched.set_capabilities(&Capabilities::new(true, true));
+        let old_kernel = metrics(false, MAX_LABEL_SETS);
+        old_kernel.set_capabilities(&Capabilities::new(false, false));
+        for (metrics, expected) in [
+            (
+                &switched,
+                r#"sockerr_capability_enabled{capability="listen_overflow",off_reason="no_drop_hooks"} 0"#,
+            ),
+            (
+                &switched,
+                r#"sockerr_capability_enabled{capability="socket_drop",off_reason="no_drop_hooks"} 0"#,
+            ),
+            (&old_kernel, r#"sockerr_capability_enabled{capability="listen_overflow",off_reason="none"} 1"#),
+            (&old_kernel, r#"sockerr_capability_enabled{capability="socket_drop",off_reason="kernel"} 0"#),
+        ] {
+            let samples = samples(metrics);
             assert!(samples.contains(&expected.to_owned()), "missing {expected} in {samples:#?}");
         }
     }

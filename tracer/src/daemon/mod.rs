@@ -155,6 +155,7 @@ pub async fn run(args: DaemonArgs) -> Result<Summary, DaemonError> {
         .await
         .map_err(DaemonError::LoaderTask)??
         .with_attributor(attributor);
+    metrics.set_capabilities(&tracer.capabilities());
     ready.store(true, Ordering::Release);
     // After the store: whoever reads this line (the end-to-end tests) finds /readyz at 200.
     tracing::info!("ready: /readyz answers 200");

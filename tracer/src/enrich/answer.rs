@@ -10,7 +10,7 @@ use super::{
     interfaces::{configured_addresses, is_local},
     matching::{MAX_HOLDERS, best_holders, holds_port, holds_tuple, uses_ephemeral_port},
     port_range,
-    sock_diag::{DiagSocket, DumpFilter, SockDiag, Transport},
+    sock_diag::{DiagSocket, DumpFilter, SockDiag, Tables, Transport},
 };
 use crate::record::PortUsage;
 
@@ -18,7 +18,11 @@ use crate::record::PortUsage;
 pub(crate) fn answer_in_namespace(proc_root: &Path, query: &Query) -> Result<Findings, EnrichError> {
     match *query {
         Query::TupleHolders { src, dst } => {
-            let filter = DumpFilter { local_port: Some(src.port()), remote_port: Some(dst.port()) };
+            let filter = DumpFilter {
+                local_port: Some(src.port()),
+                remote_port: Some(dst.port()),
+                tables: Tables::EstablishedHash,
+            };
             let mut matched = Vec::new();
             dump(&[Transport::Tcp], filter, &mut |socket| {
                 if holds_tuple(&socket, src, dst) {
@@ -31,7 +35,8 @@ pub(crate) fn answer_in_namespace(proc_root: &Path, query: &Query) -> Result<Fin
             if local.port() == 0 {
                 return Ok(Findings::default());
             }
-            let filter = DumpFilter { local_port: Some(local.port()), remote_port: None };
+            let filter =
+                DumpFilter { local_port: Some(local.port()), remote_port: None, tables: Tables::All };
             let mut matched = Vec::new();
             // Nothing says whether the failed bind() was TCP or UDP: both are listed,
             // and a UDP holder shows as such (TcpState::Other).
@@ -44,7 +49,7 @@ pub(crate) fn answer_in_namespace(proc_root: &Path, query: &Query) -> Result<Fin
         }
         Query::PortUsage { src_ip, dst } => {
             let range = port_range::read(proc_root)?;
-            let filter = DumpFilter { local_port: None, remote_port: Some(dst.port()) };
+            let filter = DumpFilter { local_port: None, remote_port: Some(dst.port()), tables: Tables::All };
             let mut in_use = 0u32;
             dump(&[Transport::Tcp], filter, &mut |socket| {
                 if uses_ephemeral_port(&socket, src_ip, dst, range) {

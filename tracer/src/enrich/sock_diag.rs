@@ -120,6 +120,32 @@ pub(crate) struct DiagSocket {
 pub(crate) struct DumpFilter {
     pub local_port: Option<u16>,
     pub remote_port: Option<u16>,
+    pub tables: Tables,
+}
+
+/// Which of the kernel's TCP socket tables a dump reads, by the states it asks for
+/// (inet_diag_dump_icsk walks the listening hash, the established hash and, Linux 6.7+,
+/// the bind hash for bound sockets in CLOSE, each only when a state of it is asked for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Tables {
+    /// All three: whatever holds a port.
+    #[default]
+    All,
+    /// The established hash only: the sockets that hold a 4-tuple. The bind hash's part
+    /// of a dump picks a socket while it is in CLOSE and reads its state and addresses
+    /// later, without the lock: another connect() of the same tuple caught half-way
+    /// there shows as SYN_SENT with that tuple although it never entered the
+    /// established hash (it fails next with EADDRNOTAVAIL itself).
+    EstablishedHash,
+}
+
+impl Tables {
+    fn states(self) -> u32 {
+        match self {
+            Tables::All => ALL_STATES,
+            Tables::EstablishedHash => ESTABLISHED_HASH_STATES,
+        }
+    }
 }
 
 /// TCP_ESTABLISHED (1) through TCP_BOUND_INACTIVE (13), include/net/tcp_states.h.
@@ -128,6 +154,10 @@ pub(crate) struct DumpFilter {
 /// that are bound but neither listening nor connected: they hold ports too. Older
 /// kernels ignore bits they do not know.
 const ALL_STATES: u32 = ((1 << 14) - 1) & !1;
+
+/// [`ALL_STATES`] but LISTEN (10), CLOSE (7) and BOUND_INACTIVE (13): no socket in the
+/// established hash is in those, and asking for none of them skips the other tables.
+const ESTABLISHED_HASH_STATES: u32 = ALL_STATES & !(1 << 10 | 1 << 7 | 1 << 13);
 
 /// Bounds a dump that would otherwise wait forever on a kernel that never answers.
 const RECEIVE_TIMEOUT_SECS: i64 = 2;
@@ -272,14 +302,14 @@ impl Query {
         Self {
             protocol: transport.ipproto(),
             extensions: ExtensionFlags::empty(),
-            states: ALL_STATES,
+            states: filter.tables.states(),
             filter,
         }
     }
 
     /// TCP listeners on `local_port`, with their memory counters (SK_MEMINFO_DROPS).
     fn listeners(local_port: u16) -> Self {
-        let filter = DumpFilter { local_port: Some(local_port), remote_port: None };
+        let filter = DumpFilter { local_port: Some(local_port), remote_port: None, tables: Tables::All };
         Self {
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::SKMEMINFO,
@@ -461,7 +491,7 @@ mod tests {
 
     #[test]
     fn request_asks_for_every_state_and_the_filtered_ports() {
-        let filter = DumpFilter { local_port: Some(8080), remote_port: None };
+        let filter = DumpFilter { local_port: Some(8080), remote_port: None, tables: Tables::All };
         let bytes = Query::sockets(Transport::Udp, filter).request(AF_INET6, 9);
         // Requests and responses share the message type: the crate would decode this
         // as a response, so header and body are read apart.
@@ -478,6 +508,21 @@ mod tests {
         assert_eq!(u32::from_ne_bytes(states.try_into().unwrap()), 0x3ffe, "ESTABLISHED..=BOUND_INACTIVE");
         assert_eq!(request.socket_id.source_port, 8080);
         assert_eq!(request.socket_id.destination_port, 0);
+    }
+
+    #[test]
+    fn tuple_dumps_ask_for_the_established_hash_only() {
+        let filter =
+            DumpFilter { local_port: Some(40312), remote_port: Some(443), tables: Tables::EstablishedHash };
+        let bytes = Query::sockets(Transport::Tcp, filter).request(AF_INET, 1);
+        let states = &bytes[NETLINK_HEADER_LEN + 4..NETLINK_HEADER_LEN + 8];
+        let states = u32::from_ne_bytes(states.try_into().unwrap());
+        // ESTABLISHED, SYN_SENT, SYN_RECV (and NEW_SYN_RECV with it), the closing states
+        // and TIME_WAIT; not LISTEN, CLOSE or BOUND_INACTIVE.
+        assert_eq!(states, 0b0001_1011_0111_1110, "{states:#b}");
+        for absent in [7, 10, 13] {
+            assert_eq!(states & 1 << absent, 0, "state {absent} asked for");
+        }
     }
 
     #[test]

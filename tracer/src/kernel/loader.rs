@@ -10,7 +10,7 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, Loss,
+    Filters, ListenOffsets, Loss,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_HTTP_PEEK, FILTER_LEARN_PIDS, FILTER_PROCESS},
     limits::MAX_FILTER_COMMS,
     names,
@@ -32,7 +32,10 @@ use super::{
     tables::TableSizes,
     tracefs::{self, TracefsError},
 };
-use crate::backend::{self, Backend, BackendChoice, BackendError};
+use crate::{
+    backend::{self, Backend, BackendChoice, BackendError},
+    capability::{Capabilities, Off},
+};
 
 /// The object tracer-ebpf's `tracer` binary compiles to (see build.rs).
 pub(super) static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -49,6 +52,8 @@ pub struct Selection {
     pub http_peek: bool,
     /// Which hooks to use (`--backend`).
     pub backend: BackendChoice,
+    /// `--no-drop-hooks`: leave `skb:kfree_skb` and the listen() tracepoints unattached.
+    pub no_drop_hooks: bool,
     /// The host's procfs, where `--comm` processes are looked for.
     pub proc_root: crate::proc_root::ProcRoot,
     /// Entries of the kernel's tables (`--owner-table-entries` and the like).
@@ -122,8 +127,10 @@ pub struct Loaded {
     pub backend: Backend,
     /// Why this backend, for the start-up log.
     pub backend_reason: String,
-    /// Per-socket drop totals (`None` when the kernel has no drop reasons).
+    /// Per-socket drop totals (`None` when switched off or the kernel has no drop reasons).
     pub drops: Option<DropMaps>,
+    /// Which records the hooks left out (or the kernel's lack) make impossible.
+    pub capabilities: Capabilities,
     /// The processes the kernel filter selects (`None` when no `--pid` or `--comm`).
     pub selected: Option<SelectedPids>,
 }
@@ -212,7 +219,9 @@ const COMM_ATTACHMENTS: &[Attachment] = &[
 pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
     let comm: &[Attachment] = if selection.comms.is_empty() { &[] } else { COMM_ATTACHMENTS };
     let mut plan: Vec<Attachment> = ATTACHMENTS.iter().chain(comm).copied().collect();
-    plan.extend_from_slice(listen_offsets::LISTEN_ATTACHMENTS);
+    if !selection.no_drop_hooks {
+        plan.extend_from_slice(listen_offsets::LISTEN_ATTACHMENTS);
+    }
     if resets {
         plan.extend_from_slice(resets::RESET_ATTACHMENTS);
     }
@@ -231,8 +240,17 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
-    let listen_offsets = listen_offsets::discover(&tracefs, &kernel)?;
-    let drop_setup = drop_offsets::discover(&tracefs, &kernel, vmlinux_btf().as_ref())?;
+    // Switched off: nothing of these hooks is looked for (their globals stay zero, and no
+    // program reads them).
+    let (listen_offsets, drop_setup) = if selection.no_drop_hooks {
+        (ListenOffsets::default(), None)
+    } else {
+        (
+            listen_offsets::discover(&tracefs, &kernel)?,
+            drop_offsets::discover(&tracefs, &kernel, vmlinux_btf().as_ref())?,
+        )
+    };
+    let capabilities = Capabilities::new(selection.no_drop_hooks, drop_setup.is_some());
     if selection.http_peek
         && selection.pids.is_empty()
         && selection.comms.is_empty()
@@ -304,9 +322,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
             Some(maps)
         }
         None => {
-            tracing::info!(
-                "kernel {kernel} has no skb:kfree_skb with a reason (5.17+): packet drops are not reported"
-            );
+            if capabilities.socket_drop == Some(Off::Kernel) {
+                tracing::info!(
+                    "kernel {kernel} has no skb:kfree_skb with a reason (5.17+): packet drops are not reported"
+                );
+            }
             None
         }
     };
@@ -339,6 +359,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         backend,
         backend_reason,
         drops,
+        capabilities,
         selected,
     })
 }
@@ -534,6 +555,20 @@ mod tests {
         assert_eq!(plan.len(), expected);
         assert!(plan.contains(&("sched_process_exec", "sched", "sched_process_exec")));
         assert_eq!(plan.last(), resets::PEEK_ATTACHMENTS.last());
+    }
+
+    #[test]
+    fn no_drop_hooks_leaves_the_listen_tracepoints_out() {
+        let plan = attachment_plan(&Selection::default(), true);
+        let without = attachment_plan(&Selection { no_drop_hooks: true, ..Default::default() }, true);
+        assert_eq!(without.len() + listen_offsets::LISTEN_ATTACHMENTS.len(), plan.len());
+        for listen in listen_offsets::LISTEN_ATTACHMENTS {
+            assert!(plan.contains(listen) && !without.contains(listen), "{listen:?}");
+        }
+        // Everything else stays, in the same order.
+        let others: Vec<_> =
+            plan.iter().filter(|a| !listen_offsets::LISTEN_ATTACHMENTS.contains(a)).copied().collect();
+        assert_eq!(without, others);
     }
 
     #[test]

@@ -183,9 +183,8 @@ fn micro_loops(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<MicroLoops
     let mut loops = MicroLoops::default();
     let configs = Config::ALL;
     for round in 0..plan.rounds {
-        // Rotated each round, so that no configuration always follows the same one.
-        for offset in 0..configs.len() {
-            let config = configs[(offset + round as usize) % configs.len()];
+        for index in slot_order(configs.len(), round) {
+            let config = configs[index];
             let started = Instant::now();
             slot(sockerr, scratch, plan, config, round, &mut loops)?;
             eprintln!(
@@ -198,6 +197,18 @@ fn micro_loops(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<MicroLoops
         }
     }
     Ok(loops)
+}
+
+/// The configurations' order in `round`: rotated each round, so that each runs first in
+/// one of the first `count` rounds, and reversed every other round, so that none always follows the same one (a
+/// tracer's exit, detaching its programs, must not weigh on one neighbour only: `daemon`
+/// and `daemon --no-drop-hooks`, compared with each other, run in both orders).
+fn slot_order(count: usize, round: u32) -> Vec<usize> {
+    let first = round as usize % count;
+    let step = |offset: usize| {
+        if round.is_multiple_of(2) { (first + offset) % count } else { (first + count - offset) % count }
+    };
+    (0..count).map(step).collect()
 }
 
 /// One configuration in one round: start its tracer, run every loop (and the canary of an
@@ -215,8 +226,8 @@ fn slot(
         && !loops.hooks.contains_key(config.name())
     {
         let pid = traced.running.pid();
-        let program_types = profile::program_types(pid)?;
-        loops.hooks.insert(config.name().to_owned(), Hooks { attached: None, program_types });
+        let (program_types, programs) = profile::programs_of(pid)?;
+        loops.hooks.insert(config.name().to_owned(), Hooks { attached: None, program_types, programs });
     }
     let lost_before = match traced.as_ref().and_then(|t| t.metrics) {
         Some(address) => Some(daemon::lost(&daemon::metrics(address)?)?),
@@ -291,10 +302,15 @@ fn slot(
         }
     }
     slot.lost = match config {
-        Config::Daemon => match (lost_before, lost_after) {
-            (Some(before), Some(after)) => Some(after.since(&before).total),
-            _ => None,
-        },
+        // The daemon lives for this slot only: its `stopped:` line counts every loss of it,
+        // those of the last second too, which /metrics (updated once a second) may not
+        // show yet when it is read after the loops.
+        Config::Daemon | Config::DaemonNoDropHooks => {
+            records::stopped_lost(&log).or(match (lost_before, lost_after) {
+                (Some(before), Some(after)) => Some(after.since(&before).total),
+                _ => None,
+            })
+        }
         Config::TraceExcluded => records::stopped_lost(&log),
         // bpftrace prints `Lost N events` among its records (stdout) or on stderr, by version.
         Config::Bpftrace => {
@@ -371,6 +387,25 @@ fn attaching_probes(stdout: &str, stderr: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_configuration_runs_first_and_before_and_after_each_neighbour() {
+        let count = Config::ALL.len();
+        let rounds: Vec<Vec<usize>> = (0..8).map(|round| slot_order(count, round)).collect();
+        for order in &rounds {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..count).collect::<Vec<_>>(), "each once per round: {order:?}");
+        }
+        let first: std::collections::BTreeSet<usize> = rounds.iter().map(|order| order[0]).collect();
+        assert_eq!(first.len(), count.min(8), "{rounds:?}");
+        let daemon = Config::ALL.iter().position(|&c| c == Config::Daemon).unwrap();
+        let without = Config::ALL.iter().position(|&c| c == Config::DaemonNoDropHooks).unwrap();
+        let follows = |a: usize, b: usize| {
+            rounds.iter().filter(|order| order.windows(2).any(|pair| pair == [a, b])).count()
+        };
+        assert!(follows(daemon, without) >= 3 && follows(without, daemon) >= 3, "{rounds:?}");
+    }
 
     #[test]
     fn log_lines_give_attachments_and_backend() {

@@ -5,7 +5,13 @@
 //! refuses; the statistics need nothing but the sysctl, and cost two clock reads per run
 //! while enabled (so they are on only here, never during the timed loops).
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -121,15 +127,16 @@ fn differences(
     costs
 }
 
-/// BPF program type -> how many of `pid`'s programs have it (bpftool's `type`).
-pub fn program_types(pid: u32) -> Result<BTreeMap<String, u64>> {
-    let mut types = BTreeMap::new();
+/// `pid`'s BPF programs: how many have each type (bpftool's `type`), and their names.
+pub fn programs_of(pid: u32) -> Result<(BTreeMap<String, u64>, BTreeSet<String>)> {
+    let (mut types, mut names) = (BTreeMap::new(), BTreeSet::new());
     for id in daemon::bpf_ids_of(pid, "prog_id:")? {
         let shown = show_program(id)?;
         let kind = shown["type"].as_str().unwrap_or("unknown").to_owned();
         *types.entry(kind).or_insert(0) += 1;
+        names.insert(shown["name"].as_str().unwrap_or("?").to_owned());
     }
-    Ok(types)
+    Ok((types, names))
 }
 
 /// id -> (name, run_cnt, run_time_ns) of these programs.

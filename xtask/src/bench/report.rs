@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The columns of the micro-loop table, in order.
-const COLUMNS: [Config; 7] = Config::ALL;
+const COLUMNS: [Config; 8] = Config::ALL;
 
 fn median(loops: &MicroLoops, config: Config, loop_name: &str) -> Option<Summary> {
     Summary::of(&loops.all(config.name(), loop_name))
@@ -107,7 +107,8 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
         let _ = writeln!(
             md,
             "Median of {} rounds × {} batches of ~{} ms each (± half the interquartile range, in % of the \
-             median). Configurations run round-robin, rotated each round; the loop process is pinned to the \
+             median). Configurations run round-robin, rotated each round and reversed every other round (each runs \
+             before and after its neighbours); the loop process is pinned to the \
              last CPU, in its own network namespace, on loopback.",
             plan.rounds, plan.batches, plan.batch_ms
         );
@@ -121,7 +122,8 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
          listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one setsockopt on a held socket.\n\n\
          Configurations: floor = `sockerr bench-floor` (the hooks the tracer attaches for the same \
          selection, each with a program that returns at once); daemon = `sockerr daemon` node-wide, no \
-         filter, NDJSON to a file; trace --comm other = `sockerr trace --comm {canary}`, which excludes \
+         filter, NDJSON to a file; daemon --no-drop-hooks = the same daemon without the packet-drop and \
+         listen-queue hooks (see the cost of those hooks below); trace --comm other = `sockerr trace --comm {canary}`, which excludes \
          the loop process (a short run under the name `{canary}` proves it was tracing), NDJSON to a file; \
          floor --comm other = the floor with the same filter; bpftrace = the script in \
          `xtask/src/bench/tracers.rs`, lines to a file; strace = `strace -f -e trace=connect,bind,setsockopt \
@@ -159,6 +161,128 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
     );
     recorded(md, loops);
     like_for_like(md, loops);
+    hook_cost(md, loops, &results.program_costs);
+}
+
+/// One loop's cost of the drop and listen hooks: the daemon against the daemon without them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HookCost {
+    pub daemon: Summary,
+    pub without: Summary,
+    pub untraced: Option<f64>,
+}
+
+impl HookCost {
+    fn of(loops: &MicroLoops, loop_name: &str) -> Option<HookCost> {
+        Some(HookCost {
+            daemon: median(loops, Config::Daemon, loop_name)?,
+            without: median(loops, Config::DaemonNoDropHooks, loop_name)?,
+            untraced: median(loops, Config::Untraced, loop_name).map(|s| s.median),
+        })
+    }
+
+    /// ns per iteration the hooks add.
+    pub fn difference(&self) -> f64 {
+        self.daemon.median - self.without.median
+    }
+
+    /// The daemon's time over the daemon's without the hooks.
+    pub fn ratio(&self) -> f64 {
+        self.daemon.median / self.without.median
+    }
+
+    /// The difference in % of what the daemon adds over untraced (None when it adds nothing).
+    pub fn share_of_added_percent(&self) -> Option<f64> {
+        let added = self.daemon.median - self.untraced?;
+        (added > 0.0).then(|| self.difference() / added * 100.0)
+    }
+
+    /// Whether the difference is within the two medians' spreads (half their IQRs, summed).
+    pub fn within_noise(&self) -> bool {
+        let noise = (self.daemon.p75 - self.daemon.p25 + self.without.p75 - self.without.p25) / 2.0;
+        self.difference().abs() <= noise
+    }
+}
+
+/// The section of issue 13: what the `socket_drop` and `listen_overflow` hooks cost.
+fn hook_cost(md: &mut String, loops: &MicroLoops, program_costs: &[profile::ProgramCost]) {
+    let _ = writeln!(md, "### Cost of the drop and listen hooks\n");
+    let daemon = loops.hooks.get(Config::Daemon.name());
+    let without = loops.hooks.get(Config::DaemonNoDropHooks.name());
+    let covered: Vec<&String> = match (daemon, without) {
+        (Some(daemon), Some(without)) => daemon.programs.difference(&without.programs).collect(),
+        _ => Vec::new(),
+    };
+    // The kernel's own account of those programs in each loop (the profile's runs).
+    let run_time = |loop_name: &str| -> String {
+        if program_costs.is_empty() || covered.is_empty() {
+            return "—".into();
+        }
+        let ns = program_costs
+            .iter()
+            .filter(|cost| cost.loop_name == loop_name && covered.contains(&&cost.program))
+            .map(profile::ProgramCost::ns_per_iteration)
+            // Not sum(): an empty f64 sum is -0, printed "-0".
+            .fold(0.0, |total, ns| total + ns);
+        format!("{ns:.0}")
+    };
+    let covered = if covered.is_empty() {
+        "not recorded by this run".to_owned()
+    } else {
+        covered.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+    };
+    let attached = |hooks: Option<&super::results::Hooks>| {
+        hooks.and_then(|h| h.attached).map_or("?".to_owned(), |n| n.to_string())
+    };
+    let _ = writeln!(
+        md,
+        "What the hooks of the `socket_drop` and `listen_overflow` records add to each loop: `daemon` less \
+         `daemon --no-drop-hooks`, both node-wide and measured in the same rotated rounds (the medians of the \
+         table above; the samples are results.json's `micro_loops.cells`). The difference covers the programs \
+         the daemon had loaded and `daemon --no-drop-hooks` had not (bpftool, results.json's \
+         `micro_loops.hooks`): {covered}; that is `skb:kfree_skb` (packets the kernel dropped, looked up \
+         against the traced sockets and listeners) and `syscalls:sys_enter_listen` / `sys_exit_listen` (who \
+         owns each listener); {} attachments against {}. Not in it: `sock:inet_sock_set_state`, attached \
+         either way, still looks for a listen() in progress when a socket enters LISTEN (one map lookup).\n",
+        attached(daemon),
+        attached(without)
+    );
+    let _ = writeln!(
+        md,
+        "| loop | daemon | daemon --no-drop-hooks | hooks' cost (ns) | ratio | share of the daemon's added cost \
+         | their BPF run time (ns) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for &loop_name in LOOPS {
+        let Some(cost) = HookCost::of(loops, loop_name) else {
+            let _ = writeln!(md, "| {loop_name} | — | — | — | — | — | {} |", run_time(loop_name));
+            continue;
+        };
+        let noise = if cost.within_noise() { " (within noise)" } else { "" };
+        let _ = writeln!(
+            md,
+            "| {loop_name} | {:.0} ±{:.0}% | {:.0} ±{:.0}% | {:+.0}{noise} | {:.3}× | {} | {} |",
+            cost.daemon.median,
+            cost.daemon.spread_percent(),
+            cost.without.median,
+            cost.without.spread_percent(),
+            cost.difference(),
+            cost.ratio(),
+            cost.share_of_added_percent().map_or("—".to_owned(), |p| format!("{p:.0} %")),
+            run_time(loop_name)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nratio = daemon ÷ daemon --no-drop-hooks; share = the hooks' cost ÷ (daemon − untraced); within \
+         noise: the difference is no larger than the two medians' spreads (half their interquartile ranges) \
+         added up. Their BPF run time: what the kernel's BPF statistics counted for those programs per \
+         iteration of the loop (results.json's `program_costs`, the section \"Where the time in the kernel \
+         goes\" below; 0: none of them ran; node-wide, so the machine's other drops count too): their own \
+         work, without what attaching them costs around it. `--no-drop-hooks` is the switch for a node where the kernel drops packets very often: there \
+         `skb:kfree_skb` runs once per dropped packet of the whole node, a cost these loops show only for \
+         their own drops (each refused connect's SYN is one).\n"
+    );
 }
 
 /// What each traced configuration recorded of the failing loops, over all rounds.
@@ -168,8 +292,8 @@ fn recorded(md: &mut String, loops: &MicroLoops) {
         md,
         "Records of the loop process's failures against its iterations (warm-up included), all rounds; the \
          bench stops with an error when a configuration recorded none of a failing loop (it would have \
-         measured a tracer that traced nothing). Lost: what the tracer itself counted as lost (the daemon's \
-         `sockerr_events_lost_total`, `trace`'s `stopped:` line, bpftrace's `Lost N events`).\n"
+         measured a tracer that traced nothing). Lost: what the tracer itself counted as lost (sockerr's \
+         `stopped:` line, else the daemon's `sockerr_events_lost_total`; bpftrace's `Lost N events`).\n"
     );
     let mut failing: Vec<&str> = FAILING_LOOPS.iter().copied().filter(|l| failure_of(l).is_some()).collect();
     failing.dedup();
@@ -514,6 +638,7 @@ mod tests {
         let hooks = |attached, kind: &str| Hooks {
             attached: Some(attached),
             program_types: BTreeMap::from([(kind.to_owned(), attached)]),
+            programs: Default::default(),
         };
         loops.hooks.insert("floor".into(), hooks(19, "tracepoint"));
         loops.hooks.insert("daemon".into(), hooks(12, "raw_tracepoint"));
@@ -528,7 +653,7 @@ mod tests {
         let md = render(&results);
         assert!(
             md.contains(
-                "| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | 1500 ±0% | — | 3.00× | 0.60× | — |"
+                "| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | — | 1500 ±0% | — | 3.00× | 0.60× | — |"
             ),
             "{md}"
         );
@@ -547,6 +672,43 @@ mod tests {
         assert!(md.contains("## Busy node\n\nNot run."), "{md}");
         assert!(md.contains("`sudo -E cargo xtask bench --soak`"), "{md}");
         assert!(!md.contains("written by hand"), "no hand-written section: {md}");
+        assert!(md.contains("| bind | — | — | — | — | — | — |"), "no daemon --no-drop-hooks figures: {md}");
+    }
+
+    #[test]
+    fn the_hooks_cost_is_the_daemon_less_the_daemon_without_them() {
+        let mut loops = loops();
+        loops.push(Config::DaemonNoDropHooks.name(), "bind", vec![1200.0]);
+        loops.push(Config::Daemon.name(), "so-mark", vec![500.0, 510.0, 520.0]);
+        loops.push(Config::DaemonNoDropHooks.name(), "so-mark", vec![505.0, 515.0, 525.0]);
+        let programs = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        let daemon = loops.hooks.get_mut("daemon").unwrap();
+        daemon.programs = programs(&["kfree_skb", "sys_enter_listen", "sys_exit_listen", "sys_exit_bind"]);
+        let without = Hooks { attached: Some(9), programs: programs(&["sys_exit_bind"]), ..Hooks::default() };
+        loops.hooks.insert(Config::DaemonNoDropHooks.name().into(), without);
+        let cost = |loop_name: &str, program: &str, run_time_ns| profile::ProgramCost {
+            loop_name: loop_name.into(),
+            program: program.into(),
+            runs: 10,
+            run_time_ns,
+            iterations: 10,
+        };
+        let program_costs = vec![
+            cost("bind", "kfree_skb", 300),
+            cost("bind", "sys_enter_listen", 100),
+            cost("bind", "sys_exit_bind", 5000),
+            cost("so-mark", "sys_exit_bind", 5000),
+        ];
+        let md = render(&Results { micro_loops: Some(loops), program_costs, ..Results::default() });
+        // bind: 1300 - 1200 = 100 ns, 1300 / 1200, 100 / (1300 - 1000); (300 + 100) / 10 ns
+        // of the hooks' programs per iteration (sys_exit_bind is not theirs).
+        assert!(md.contains("| bind | 1300 ±0% | 1200 ±0% | +100 | 1.083× | 33 % | 40 |"), "{md}");
+        // so-mark: -5 ns against spreads of 5 ns each; no untraced figure, so no share;
+        // none of the hooks' programs ran.
+        assert!(md.contains("| so-mark | 510 ±1% | 515 ±1% | -5 (within noise) | 0.990× | — | 0 |"), "{md}");
+        assert!(md.contains("had not (bpftool, results.json's `micro_loops.hooks`): `kfree_skb`, `sys_enter_listen`, `sys_exit_listen`;"), "{md}");
+        assert!(md.contains("12 attachments against 9"), "{md}");
+        assert!(md.contains("| refused-connect | — | — | — | — | — | 0 |"), "{md}");
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! micro-loops, throughput, the busy node, the soak), read back and rewritten by each run,
 //! so that BENCHMARKS.md is always written whole from it.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -95,6 +99,10 @@ pub struct Hooks {
     pub attached: Option<u64>,
     /// BPF program type -> programs of the tracer's process, from bpftool.
     pub program_types: BTreeMap<String, u64>,
+    /// The names of those programs (bpftool's `name`); empty in the results of a bench
+    /// that did not record them.
+    #[serde(default)]
+    pub programs: BTreeSet<String>,
 }
 
 impl MicroLoops {

@@ -17,6 +17,8 @@ use super::{daemon, running::Running};
 /// The process an excluding filter selects instead of the loops: a short bench-loop run
 /// under this name proves the filtered tracer was working.
 pub const CANARY: &str = "sockerr-canary";
+/// The switch that leaves the packet-drop and listen-queue hooks unattached.
+pub const DROP_HOOKS_OFF: &str = "--no-drop-hooks";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Config {
@@ -27,6 +29,9 @@ pub enum Config {
     FloorExcluded,
     /// `sockerr daemon`, node-wide (no filter), NDJSON to a file.
     Daemon,
+    /// The daemon with `--no-drop-hooks` (DROP_HOOKS_OFF): what the drop and listen
+    /// hooks cost is the daemon's figure less this one.
+    DaemonNoDropHooks,
     /// `sockerr trace --comm sockerr-canary`: the loop process is excluded.
     TraceExcluded,
     Bpftrace,
@@ -34,11 +39,12 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 7] = [
+    pub const ALL: [Config; 8] = [
         Config::Untraced,
         Config::Floor,
         Config::FloorExcluded,
         Config::Daemon,
+        Config::DaemonNoDropHooks,
         Config::TraceExcluded,
         Config::Bpftrace,
         Config::Strace,
@@ -50,6 +56,7 @@ impl Config {
             Config::Floor => "floor",
             Config::FloorExcluded => "floor --comm other",
             Config::Daemon => "daemon",
+            Config::DaemonNoDropHooks => "daemon --no-drop-hooks",
             Config::TraceExcluded => "trace --comm other",
             Config::Bpftrace => "bpftrace",
             Config::Strace => "strace",
@@ -63,13 +70,21 @@ impl Config {
 
     /// Whether it makes records the bench can count (the floors and untraced make none).
     pub fn records(self) -> bool {
-        matches!(self, Config::Daemon | Config::TraceExcluded | Config::Bpftrace | Config::Strace)
+        matches!(
+            self,
+            Config::Daemon
+                | Config::DaemonNoDropHooks
+                | Config::TraceExcluded
+                | Config::Bpftrace
+                | Config::Strace
+        )
     }
 
     /// Where its records go, under `scratch`.
     pub fn output(self, scratch: &Path) -> Option<PathBuf> {
         let file = match self {
             Config::Daemon => "daemon-loops.ndjson",
+            Config::DaemonNoDropHooks => "daemon-no-drop-hooks-loops.ndjson",
             Config::TraceExcluded => "trace-excluded.ndjson",
             Config::Bpftrace => "bpftrace.out",
             Config::Strace => "strace.out",
@@ -135,9 +150,10 @@ impl Traced {
             Config::Untraced | Config::Strace => return Ok(None),
             Config::Floor => plain(floor(&[])?),
             Config::FloorExcluded => plain(floor(&["--comm", CANARY])?),
-            Config::Daemon => {
+            Config::Daemon | Config::DaemonNoDropHooks => {
                 let path = output.clone().context("the daemon writes a file")?;
-                let daemon = daemon::start(sockerr, &path, &[])?;
+                let switch: &[&str] = if config == Config::Daemon { &[] } else { &[DROP_HOOKS_OFF] };
+                let daemon = daemon::start(sockerr, &path, switch)?;
                 Traced { running: daemon.running, metrics: Some(daemon.address), errors: None }
             }
             Config::TraceExcluded => {

@@ -125,7 +125,7 @@ pub fn parse_depends(output: &str, prefix: &str) -> Option<String> {
 }
 
 /// How apt names a package of `arch`: qualified when it is not the machine's own.
-fn apt_name(package: &str, arch: Arch) -> String {
+pub(super) fn apt_name(package: &str, arch: Arch) -> String {
     if arch == Arch::host() { package.to_owned() } else { format!("{package}:{arch}") }
 }
 
@@ -215,7 +215,7 @@ fn resolve(series: Series, arch: Arch) -> Result<(String, String)> {
 }
 
 /// Lets apt download packages of `arch` (`dpkg --add-architecture`, then fresh lists).
-fn ensure_foreign_architecture(arch: Arch) -> Result<()> {
+pub(super) fn ensure_foreign_architecture(arch: Arch) -> Result<()> {
     let foreign = stdout_of(Command::new("dpkg").arg("--print-foreign-architectures"))?;
     if foreign.split_whitespace().any(|known| known == arch.name()) {
         return Ok(());

@@ -5,6 +5,7 @@
 //! needs (modules.rs), pack vm-init, its plan and the modules into an initramfs
 //! (initramfs.rs), boot it with a time limit and read the exit statuses (qemu.rs).
 
+mod guest_programs;
 mod initramfs;
 pub mod kernel;
 mod modules;
@@ -39,9 +40,9 @@ use crate::{
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend
 /// comparison, and `kernel_losses` (the loss counters, whose pairing of the asynchronous
-/// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup code, which does not depend
-/// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
-/// and metrics over the same records) stay on the host.
+/// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup
+/// code, which does not depend on the tracing kernel), `errors` (argument and environment
+/// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
 pub const VM_TEST_TARGETS: &[&str] = &[
     "cilium",
     "bind",
@@ -54,20 +55,6 @@ pub const VM_TEST_TARGETS: &[&str] = &[
     "drops",
     "ports",
     "kernel_losses",
-];
-
-/// e2e tests that run Debian's programs from the host's root (python3, ss, unshare, ip):
-/// the guests share that root over 9p, so a guest of another architecture cannot execute
-/// them ("Exec format error"). Skipped there, by name, and said so.
-const HOST_PROGRAM_TESTS: &[&str] = &[
-    "listen_overflow_of_python_http_server",
-    "socket_drops_carry_the_kernels_reason_and_count",
-    "port_pressure_counts_each_destination_as_connect_does",
-    // kernel_losses: each drives python3 in its own namespace (unshare, ip; ss for drops).
-    "full_owner_and_listener_tables_count_each_socket_left_out",
-    "full_drop_table_counts_every_drop_it_cannot_add_up",
-    "full_filter_table_counts_each_process_not_learned",
-    "connecting_sockets_closed_by_their_process_lose_no_half",
 ];
 
 /// Run in the guests of another architecture than the host's, besides the e2e targets:
@@ -188,6 +175,9 @@ pub struct Prepared {
     init: PathBuf,
     /// The tracer crate's unit tests, built for a guest of another architecture.
     unit_tests: Option<PathBuf>,
+    /// For a guest of another architecture: the /usr with Debian's programs built for it
+    /// (guest_programs.rs), bound over the host's.
+    guest_usr: Option<PathBuf>,
     tests: BTreeMap<String, PathBuf>,
     sockerr: PathBuf,
     accel_choice: AccelChoice,
@@ -251,6 +241,8 @@ impl Prepared {
         let init = build_init(arch)?;
         let tests = if with_tests { build_tests(arch)? } else { BTreeMap::new() };
         let unit_tests = if with_tests && foreign { Some(build_unit_tests(arch)?) } else { None };
+        let guest_usr =
+            if foreign { Some(guest_programs::prepare(arch, &target_dir().join("vm-cache"))?) } else { None };
         for name in VM_TEST_TARGETS.iter().filter(|_| with_tests) {
             if !tests.contains_key(*name) {
                 bail!("the e2e crate has no test target `{name}` (VM_TEST_TARGETS in xtask/src/vm/mod.rs)");
@@ -261,6 +253,7 @@ impl Prepared {
             arch,
             init,
             unit_tests,
+            guest_usr,
             tests,
             sockerr,
             accel_choice: args.accel,
@@ -274,24 +267,12 @@ impl Prepared {
 
     /// Boots `spec` and runs the VM test targets in it; `on_line` sees the console.
     pub fn test_kernel(&mut self, spec: &KernelSpec, on_line: &mut dyn FnMut(&str)) -> Result<()> {
-        let foreign = self.arch != Arch::host();
-        if foreign {
-            eprintln!(
-                "vm-test: {} guests skip the tests that run the host's own programs, which they \
-                 cannot execute: {}",
-                self.arch,
-                HOST_PROGRAM_TESTS.join(", ")
-            );
-        }
         let mut runs: Vec<Run> = VM_TEST_TARGETS
             .iter()
             .map(|name| {
                 let mut argv = vec![self.tests[*name].display().to_string()];
                 argv.push(format!("--test-threads={}", self.test_threads));
                 argv.extend(self.test_args.iter().cloned());
-                for test in HOST_PROGRAM_TESTS.iter().filter(|_| foreign) {
-                    argv.extend(["--skip".to_string(), (*test).to_string()]);
-                }
                 Run { name: name.to_string(), argv }
             })
             .collect();
@@ -431,6 +412,11 @@ impl Prepared {
             env,
             runs,
             shares: shares(),
+            binds: self
+                .guest_usr
+                .iter()
+                .map(|usr| vm_init::Bind { source: usr.display().to_string(), target: "/usr".into() })
+                .collect(),
         }
     }
 
@@ -479,6 +465,7 @@ impl Prepared {
             env: Vec::new(),
             runs: Vec::new(),
             shares: Vec::new(),
+            binds: Vec::new(),
         };
         let initramfs = work.join("kvm-probe.cpio");
         initramfs::write(&initramfs, &self.init, &plan, modules)?;
@@ -613,19 +600,6 @@ mod tests {
         for name in VM_TEST_TARGETS {
             let file = workspace_root().join("tests/tests").join(format!("{name}.rs"));
             assert!(file.is_file(), "{} is missing", file.display());
-        }
-    }
-
-    #[test]
-    fn tests_skipped_in_foreign_guests_exist_by_that_name() {
-        let sources: String = VM_TEST_TARGETS
-            .iter()
-            .map(|name| {
-                fs::read_to_string(workspace_root().join("tests/tests").join(format!("{name}.rs"))).unwrap()
-            })
-            .collect();
-        for test in HOST_PROGRAM_TESTS {
-            assert!(sources.contains(&format!("fn {test}()")), "no e2e test `{test}` in the VM targets");
         }
     }
 }
