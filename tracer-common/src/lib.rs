@@ -17,6 +17,7 @@ pub mod listen;
 pub mod loss;
 pub mod options;
 pub mod origin;
+pub mod pairing;
 pub mod reset;
 pub mod sock_event;
 pub mod sockaddr;
@@ -183,8 +184,15 @@ pub mod names {
     pub const DROP_OFFSETS: &str = "DROP_OFFSETS";
     /// Per-(socket, drop reason) running totals of `skb:kfree_skb`.
     pub const SOCKET_DROPS: &str = "SOCKET_DROPS";
+    /// Owners of sockets in SYN_SENT, by `struct sock` (`--owner-table-entries`).
+    pub const SK_OWNERS: &str = "SK_OWNERS";
+    /// Owners of connected and accepted sockets, by `struct sock` (`--owner-table-entries`).
+    pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
+    /// Owners of listening sockets, by `struct sock` (`--listener-table-entries`).
+    pub const LISTENERS: &str = "LISTENERS";
     /// Every map the daemon opens by name or resizes before load.
-    pub const MAPS: [&str; 6] = [EVENTS, LOSSES, FILTER_PIDS, FILTER_COMMS, PEEKS, SOCKET_DROPS];
+    pub const MAPS: [&str; 9] =
+        [EVENTS, LOSSES, FILTER_PIDS, FILTER_COMMS, PEEKS, SOCKET_DROPS, SK_OWNERS, SOCK_OWNERS, LISTENERS];
     /// Every load-time global the daemon rewrites.
     pub const GLOBALS: [&str; 6] =
         [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS];

@@ -73,7 +73,9 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u32,
     pub v6_daddr: u32,
     pub mark: u32,
-    pub _pad: u32,
+    /// `sk_err`: whether a socket leaving SYN_SENT failed (an error report follows) or
+    /// was closed without one (`tracer_common::pairing`).
+    pub err: u32,
 }
 
 const _: () = assert!(size_of::<SockOffsets>() == 16 * 4);

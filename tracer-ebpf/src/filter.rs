@@ -3,14 +3,11 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id,
 };
-use tracer_common::{
-    Loss,
-    config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS},
-};
+use tracer_common::config::{FILTER_CGROUP, FILTER_LEARN_PIDS, FILTER_PROCESS};
 
 use crate::{
-    maps::{FILTER_COMMS, FILTER_PIDS, count_loss, global},
-    task_verdict,
+    maps::{FILTER_COMMS, FILTER_PIDS, global},
+    task_verdict::{self, Decision},
 };
 
 /// The current task as the filters and events see it.
@@ -37,37 +34,37 @@ pub fn selected(task: &Task) -> bool {
 }
 
 /// The filters' verdict on the current task, from the filter maps.
-fn decide(task: &Task, flags: u32) -> bool {
+fn decide(task: &Task, flags: u32) -> Decision {
+    let selected = |selected| Decision { selected, not_learned: false };
     if flags & FILTER_CGROUP != 0 {
         let level = global!(FILTERS.cgroup_level);
         // SAFETY: helper call without pointer arguments.
         let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if ancestor != global!(FILTERS.cgroup_id) {
-            return false;
+            return selected(false);
         }
     }
     if flags & FILTER_PROCESS == 0 {
-        return true;
+        return selected(true);
     }
     // SAFETY: the value is a u8 the map owns; only its presence is read.
     if unsafe { FILTER_PIDS.get(task.tgid) }.is_some() {
-        return true;
+        return selected(true);
     }
     let Ok(comm) = bpf_get_current_comm() else {
-        return false;
+        return selected(false);
     };
     // SAFETY: as above.
     if unsafe { FILTER_COMMS.get(comm) }.is_none() {
-        return false;
+        return selected(false);
     }
     if flags & FILTER_LEARN_PIDS != 0 {
         if FILTER_PIDS.insert(task.tgid, 1, 0).is_err() {
             // The thread is still traced by its name; renamed threads of its process are not.
-            count_loss(Loss::FilterMapFull);
-        } else {
-            // Its other threads may hold a "not selected" verdict: let them decide again.
-            task_verdict::invalidate_all();
+            return Decision { selected: true, not_learned: true };
         }
+        // Its other threads may hold a "not selected" verdict: let them decide again.
+        task_verdict::invalidate_all();
     }
-    true
+    selected(true)
 }

@@ -8,6 +8,7 @@ use aya_ebpf::{
 use tracer_common::{
     Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
+    pairing::{self, Pairing, Waiting},
 };
 
 /// Set by the daemon before load (`EbpfLoader::set_global`).
@@ -22,8 +23,9 @@ pub static FILTERS: Filters = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 // SAFETY: plain integers, for which all zeroes is a valid value.
 pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
-/// `struct sock` field offsets from BTF, set by the daemon before load (kprobe backend;
-/// zero and unused with the tracepoint backend).
+/// `struct sock` field offsets from BTF, set by the daemon before load (every backend:
+/// the kprobe programs read the refusing socket, `kfree_skb` the tuple, and
+/// `sock_set_state` `sk_err`).
 #[unsafe(no_mangle)]
 // SAFETY: plain integers, for which all zeroes is a valid value.
 pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
@@ -163,6 +165,10 @@ pub struct PendingClose {
     pub src: SockAddr,
     pub dst: SockAddr,
     pub owner: Owner,
+    /// 1 when the socket held an error (`sk_err`): an error report is due
+    /// (`tracer_common::pairing::Waiting::expects_partner`).
+    pub expects_partner: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -179,35 +185,20 @@ pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entr
 #[map]
 pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
 
-/// How long the first half of an asynchronous failure waits for the second: both run
-/// back to back in one softirq, so anything much older belongs to another socket (the
-/// halves must also name the same tuple). 1 ms was too short on a slow CPU: under qemu's
-/// TCG, 6.12 lost the record of 2 in 10 refused non-blocking connects (0 in 10 with 20 ms).
-const PENDING_MAX_AGE_NS: u64 = 20_000_000;
-
-/// Whether a half recorded at `ts_ns` for `pending` (src, dst) is the other half of the
-/// failure seen `now` on `seen`. A half for the same tuple that waited longer than the
-/// window is counted as [`Loss::AsyncHalfTooOld`].
-pub fn other_half(
-    ts_ns: u64,
-    pending: (&SockAddr, &SockAddr),
-    now: u64,
-    seen: (&SockAddr, &SockAddr),
-) -> bool {
-    if ts_ns == 0 || !pending.0.same_endpoint(seen.0) || !pending.1.same_endpoint(seen.1) {
-        return false;
+/// Whether the half waiting in a slot (`waiting`) is the other half of the failure seen
+/// `now` on (`src`, `dst`); one that waited too long for a partner that was due counts
+/// as [`Loss::AsyncHalfTooOld`] (the decision: `tracer_common::pairing::pair`).
+pub fn other_half(waiting: &Waiting<'_>, now: u64, src: &SockAddr, dst: &SockAddr) -> bool {
+    match pairing::pair(waiting, now, src, dst) {
+        Pairing::Partner => true,
+        Pairing::TooOld { lost } => {
+            if lost {
+                count_loss(Loss::AsyncHalfTooOld);
+            }
+            false
+        }
+        Pairing::Unrelated => false,
     }
-    if now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS {
-        return true;
-    }
-    count_loss(Loss::AsyncHalfTooOld);
-    false
-}
-
-/// Whether the half recorded at `ts_ns` is still waiting for its partner `now`: then
-/// replacing it loses it.
-pub fn still_waiting(ts_ns: u64, now: u64) -> bool {
-    ts_ns != 0 && now.wrapping_sub(ts_ns) < PENDING_MAX_AGE_NS
 }
 
 /// The `struct sock *` a probed function was called with, keyed by thread id: a

@@ -9,7 +9,7 @@
 //! Format: /sys/kernel/tracing/events/sock/inet_sk_error_report/format.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{SockAddr, SockEvent, kind};
+use tracer_common::{SockAddr, SockEvent, kind, pairing::Waiting};
 
 use crate::{
     emit::{emit, owner_header},
@@ -43,7 +43,13 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     if let Some(pending) = PENDING_CLOSE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot (see sock_set_state).
         let pending = unsafe { &mut *pending };
-        if other_half(pending.ts_ns, (&pending.src, &pending.dst), now, (&src, &dst)) {
+        let waiting = Waiting {
+            ts_ns: pending.ts_ns,
+            src: &pending.src,
+            dst: &pending.dst,
+            expects_partner: pending.expects_partner != 0,
+        };
+        if other_half(&waiting, now, &src, &dst) {
             pending.ts_ns = 0;
             report_async_failure(&pending.owner, pending.sk, &src, &dst, error);
             return 0;

@@ -8,8 +8,17 @@
 //! with the conflicting source port on the second transition.
 //! Format: /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{Loss, SockEvent, config::FILTER_EMIT_ALL, kind};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    Loss, SockEvent,
+    config::FILTER_EMIT_ALL,
+    kind,
+    pairing::{Waiting, replacing_loses},
+};
 
 use crate::{
     emit::{emit, owner_header},
@@ -17,7 +26,7 @@ use crate::{
     listen,
     maps::{
         CONNECTS, OFFSETS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
-        other_half, remember_connecting, still_waiting,
+        other_half, remember_connecting,
     },
     sk_error_report::report_async_failure,
     sockaddr::{TupleOffsets, read_tuple, tuple_offsets},
@@ -127,20 +136,51 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
         // SAFETY: per-CPU slot; softirq and process context on one CPU do not interleave
         // inside these tracepoints (the socket lock is held).
         let pending = unsafe { &mut *pending };
-        if other_half(pending.ts_ns, (&pending.src, &pending.dst), now, (&src, &dst)) {
+        // An error report is always the half of some failure.
+        let waiting =
+            Waiting { ts_ns: pending.ts_ns, src: &pending.src, dst: &pending.dst, expects_partner: true };
+        if other_half(&waiting, now, &src, &dst) {
             pending.ts_ns = 0;
             report_async_failure(&owner, sk, &src, &dst, pending.error);
             return;
         }
     }
-    // Older kernels (and every kernel for RST) report the error after this
-    // transition: leave the socket for sk_error_report to pick up.
+    // Every kernel since 6.9 (and every kernel for RST) reports the error after this
+    // transition: leave the socket for sk_error_report to pick up. It is kept even when
+    // it holds no error (a process may read and clear sk_err with SO_ERROR meanwhile);
+    // then no report is due, and replacing it or outliving it loses nothing.
+    let expects_partner = holds_error(sk);
     if let Some(slot) = PENDING_CLOSE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, as above.
         let slot = unsafe { &mut *slot };
-        if still_waiting(slot.ts_ns, now) && slot.sk != sk {
+        let waiting = Waiting {
+            ts_ns: slot.ts_ns,
+            src: &slot.src,
+            dst: &slot.dst,
+            expects_partner: slot.expects_partner != 0,
+        };
+        if replacing_loses(&waiting, slot.sk, now, sk) {
             count_loss(Loss::AsyncHalfOverwritten);
         }
-        *slot = PendingClose { ts_ns: now, sk, src, dst, owner };
+        *slot = PendingClose {
+            ts_ns: now,
+            sk,
+            src,
+            dst,
+            owner,
+            expects_partner: u32::from(expects_partner),
+            _pad: 0,
+        };
     }
+}
+
+/// Whether `sk` holds an error (`sk_err`): the kernel sets it before moving a failed
+/// connect to CLOSE (tcp_done_with_error() since 6.9, tcp_reset(), tcp_write_err()), and a
+/// socket closed, shut down or refused inside connect() leaves SYN_SENT without one.
+/// Unreadable: assume an error, so a loss is still counted.
+fn holds_error(sk: u64) -> bool {
+    let at = sk + u64::from(global!(SOCK_OFFSETS.err));
+    // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_err from BTF.
+    let err = unsafe { bpf_probe_read_kernel(at as *const i32) };
+    err != Ok(0)
 }

@@ -20,6 +20,17 @@ use aya_ebpf::{
     macros::map,
     maps::Array,
 };
+use tracer_common::Loss;
+
+use crate::maps::count_loss;
+
+/// The filters' verdict on a task, as `filter::decide` makes it.
+pub struct Decision {
+    pub selected: bool,
+    /// Selected by its name, but its tgid did not fit in `FILTER_PIDS` (counted once per
+    /// task by [`cached`]: a task decides again after every exec on the node).
+    pub not_learned: bool,
+}
 
 /// A task's verdict. `generation` 0: not decided yet (fresh storage is zeroed).
 #[repr(C)]
@@ -27,6 +38,11 @@ pub struct Verdict {
     pub generation: u32,
     pub selected: u32,
     pub cgroup_id: u64,
+    /// 1 while the task's tgid could not be learned and that was counted: kept across
+    /// generations, so a task counts `Loss::FilterMapFull` once, not at every exec on the
+    /// node (each makes every task decide again).
+    pub not_learned: u32,
+    pub _pad: u32,
 }
 
 /// The BTF map definition of a task storage map of [`Verdict`]s.
@@ -69,7 +85,7 @@ pub fn invalidate_all() {
 /// The current task's cached verdict, or `decide()`'s, cached. `with_cgroup`: the
 /// verdict depends on the task's cgroup.
 #[inline(always)]
-pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> bool) -> bool {
+pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> Decision) -> bool {
     // SAFETY: helper calls; the task pointer is the current task's, valid for the run,
     // and the map pointer is the map above.
     let verdict = unsafe {
@@ -84,7 +100,11 @@ pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> bool) -> bool {
     // No storage (allocation failed, or the task is exiting): decide every time, as
     // before; nothing is lost, it only costs more.
     if verdict.is_null() {
-        return decide();
+        let decision = decide();
+        if decision.not_learned {
+            count_loss(Loss::FilterMapFull);
+        }
+        return decision.selected;
     }
     // SAFETY: the storage belongs to the current task; programs that run on this task
     // at once (a softirq) only ever write a complete, equally valid verdict.
@@ -95,10 +115,14 @@ pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> bool) -> bool {
     if verdict.generation == generation && verdict.cgroup_id == cgroup_id {
         return verdict.selected != 0;
     }
-    let selected = decide();
+    let decision = decide();
+    if decision.not_learned && verdict.not_learned == 0 {
+        count_loss(Loss::FilterMapFull);
+    }
     // decide() may have learned this tgid (a new generation): stamp the one after it.
     verdict.generation = self::generation();
-    verdict.selected = u32::from(selected);
+    verdict.selected = u32::from(decision.selected);
     verdict.cgroup_id = cgroup_id;
-    selected
+    verdict.not_learned = u32::from(decision.not_learned);
+    decision.selected
 }

@@ -116,6 +116,8 @@ pub struct FilterArgs {
     pub no_drop_hooks: bool,
     #[command(flatten)]
     pub attribution: crate::k8s::AttributionArgs,
+    #[command(flatten)]
+    pub tables: crate::kernel::tables::TableArgs,
 }
 
 /// The scrape port's default address: loopback, so a node does not expose it unless
@@ -390,5 +392,22 @@ mod tests {
         let err = Cli::try_parse_from(["sockerr", "trace", "--errno", "ENOTANERRNO"]).unwrap_err();
         assert!(err.to_string().contains("ENOTANERRNO"), "{err}");
         assert!(Cli::try_parse_from(["sockerr", "trace", "--output", "xml"]).is_err());
+    }
+
+    #[test]
+    fn table_sizes_parse_on_trace_and_daemon_and_refuse_zero() {
+        for subcommand in ["trace", "daemon"] {
+            let cli =
+                Cli::try_parse_from(["sockerr", subcommand, "--owner-table-entries", "131072"]).unwrap();
+            let filters = match cli.command {
+                Command::Trace(args) => args.filters,
+                Command::Daemon(args) => args.filters,
+                _ => panic!("not {subcommand}"),
+            };
+            assert_eq!(filters.tables.owner_table_entries, Some(131072));
+            let err = Cli::try_parse_from(["sockerr", subcommand, "--drop-table-entries", "0"]).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("--drop-table-entries") && err.contains("at least 1 entry"), "{err}");
+        }
     }
 }

@@ -90,6 +90,7 @@ impl From<&FilterArgs> for Selection {
             backend: filters.backend,
             no_drop_hooks: filters.no_drop_hooks,
             proc_root: filters.attribution.host_proc.clone(),
+            tables: (&filters.tables).into(),
         }
     }
 }
@@ -396,13 +397,16 @@ fn loss_consequence(reason: Loss) -> &'static str {
             "syscall arguments unreadable (user memory fault): calls not reported, or option values shown as ?"
         }
         Loss::FilterMapFull => {
-            "--comm processes not learned (pid filter map full): renamed threads not followed"
+            "--comm processes not learned (pid filter map full): renamed threads not followed; raise \
+             --filter-table-entries"
         }
         Loss::OwnerTableFull => {
-            "socket owners not recorded (owner or listener table full): resets, late failures and drops unattributed"
+            "socket owners not recorded (owner or listener table full): their resets, late connect failures \
+             and drops not reported; raise --owner-table-entries or --listener-table-entries"
         }
         Loss::DropTableFull => {
-            "packet drops of traced sockets not added up (drop table full): socket_drop counts short"
+            "packet drops of traced sockets not added up (drop table full): socket_drop counts short; raise \
+             --drop-table-entries"
         }
     }
 }

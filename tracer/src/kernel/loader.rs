@@ -12,7 +12,7 @@ use thiserror::Error;
 use tracer_common::{
     Filters, ListenOffsets, Loss,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_HTTP_PEEK, FILTER_LEARN_PIDS, FILTER_PROCESS},
-    limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS},
+    limits::MAX_FILTER_COMMS,
     names,
 };
 
@@ -29,6 +29,7 @@ use super::{
     reset_offsets::{ResetOffsetsError, ResetReasons},
     resets,
     sock_offsets::{self, SockOffsetsError},
+    tables::TableSizes,
     tracefs::{self, TracefsError},
 };
 use crate::{
@@ -55,6 +56,8 @@ pub struct Selection {
     pub no_drop_hooks: bool,
     /// The host's procfs, where `--comm` processes are looked for.
     pub proc_root: crate::proc_root::ProcRoot,
+    /// Entries of the kernel's tables (`--owner-table-entries` and the like).
+    pub tables: TableSizes,
 }
 
 #[derive(Debug, Error)]
@@ -82,8 +85,8 @@ pub enum LoadError {
     Kprobe(#[from] KprobeError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
-    #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map)")]
-    TooManyFilters { flag: &'static str, given: usize, max: u32 },
+    #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map{hint})")]
+    TooManyFilters { flag: &'static str, given: usize, max: u32, hint: &'static str },
     // Boxed: aya's errors carry verifier logs and would make every Result huge.
     #[error("the kernel rejected sockerr's eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
@@ -180,7 +183,8 @@ impl LostCounter {
 /// `given` values of `--flag` fit in a filter map of `max` entries.
 fn check_filter_count(flag: &'static str, given: usize, max: u32) -> Result<(), LoadError> {
     if given > max as usize {
-        return Err(LoadError::TooManyFilters { flag, given, max });
+        let hint = if flag == "pid" { "; raise --filter-table-entries" } else { "" };
+        return Err(LoadError::TooManyFilters { flag, given, max, hint });
     }
     Ok(())
 }
@@ -269,7 +273,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
-    check_filter_count("pid", pids.len(), MAX_FILTER_PIDS)?;
+    let tables = selection.tables;
+    check_filter_count("pid", pids.len(), tables.filter_pids)?;
     check_filter_count("comm", comms.len(), MAX_FILTER_COMMS)?;
     let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
     let filters = filters(selection, cgroup.as_ref());
@@ -282,6 +287,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .override_global(names::FILTERS, &filters, true)
         .override_global(names::RESET_OFFSETS, &reset_offsets, true)
         .map_max_entries(names::PEEKS, peek_sockets)
+        .map_max_entries(names::SK_OWNERS, tables.owners)
+        .map_max_entries(names::SOCK_OWNERS, tables.owners)
+        .map_max_entries(names::LISTENERS, tables.listeners)
+        .map_max_entries(names::SOCKET_DROPS, tables.drops)
+        .map_max_entries(names::FILTER_PIDS, tables.filter_pids)
         .override_global(names::SOCK_OFFSETS, &sock_offsets, true)
         .override_global(names::LISTEN_OFFSETS, &listen_offsets, true)
         .override_global(
@@ -483,6 +493,8 @@ pub(super) fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::limits::MAX_FILTER_PIDS;
+
     use super::*;
 
     #[test]
@@ -490,7 +502,13 @@ mod tests {
         check_filter_count("pid", MAX_FILTER_PIDS as usize, MAX_FILTER_PIDS).unwrap();
         check_filter_count("comm", MAX_FILTER_COMMS as usize, MAX_FILTER_COMMS).unwrap();
         let err = check_filter_count("pid", 4097, MAX_FILTER_PIDS).unwrap_err().to_string();
-        assert_eq!(err, "too many --pid values: 4097, at most 4096 (the size of the kernel's filter map)");
+        assert_eq!(
+            err,
+            "too many --pid values: 4097, at most 4096 (the size of the kernel's filter map; raise \
+             --filter-table-entries)"
+        );
+        let err = check_filter_count("pid", 3, 2).unwrap_err().to_string();
+        assert!(err.contains("--pid values: 3, at most 2"), "a smaller --filter-table-entries: {err}");
         let err = check_filter_count("comm", 65, MAX_FILTER_COMMS).unwrap_err().to_string();
         assert!(err.starts_with("too many --comm values: 65, at most 64"), "{err}");
     }

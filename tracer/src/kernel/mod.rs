@@ -19,6 +19,7 @@ pub mod reader;
 pub mod reset_offsets;
 pub mod resets;
 pub mod sock_offsets;
+pub mod tables;
 pub mod tracefs;
 
 /// A program and the tracepoint it goes to: (program, category, tracepoint).

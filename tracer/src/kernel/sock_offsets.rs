@@ -82,7 +82,7 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<SockOffsets, SockOffsetsError
         v6_rcv_saddr: byte("__sk_common.skc_v6_rcv_saddr")?,
         v6_daddr: byte("__sk_common.skc_v6_daddr")?,
         mark: byte("sk_mark")?,
-        _pad: 0,
+        err: byte("sk_err")?,
     })
 }
 
@@ -94,7 +94,7 @@ mod tests {
     /// The shape of Linux 6.x `struct sock` around the fields read (offsets as in 6.12's
     /// x86-64 build: skc_daddr 0, skc_rcv_saddr 4, skc_dport 12, skc_num 14, skc_family 16,
     /// skc_state 18, skc_reuse:4 and skc_reuseport:1 in byte 19, skc_v6_daddr 56,
-    /// skc_v6_rcv_saddr 72, sk_mark 440).
+    /// skc_v6_rcv_saddr 72, sk_mark 440; sk_err at 380 here, only for the test).
     pub fn sock_btf() -> Vec<u8> {
         let mut b = BtfBuilder::new();
         let u8_ = b.int("unsigned char", 1);
@@ -122,7 +122,13 @@ mod tests {
                 ("skc_v6_rcv_saddr", in6, 576, 0),
             ],
         );
-        b.composite(false, "sock", 760, &[("__sk_common", common, 0, 0), ("sk_mark", u32_, 3520, 0)]);
+        let int = b.int("int", 4);
+        b.composite(
+            false,
+            "sock",
+            760,
+            &[("__sk_common", common, 0, 0), ("sk_err", int, 3040, 0), ("sk_mark", u32_, 3520, 0)],
+        );
         b.finish()
     }
 
@@ -148,7 +154,7 @@ mod tests {
                 v6_rcv_saddr: 72,
                 v6_daddr: 56,
                 mark: 440,
-                _pad: 0,
+                err: 380,
             }
         );
     }
@@ -161,6 +167,7 @@ mod tests {
         }
         let offsets = discover(path, "host").unwrap();
         assert!(offsets.mark > offsets.v6_daddr, "sk_mark lies after sock_common: {offsets:?}");
+        assert!(offsets.err > offsets.v6_daddr, "sk_err lies after sock_common: {offsets:?}");
         assert_eq!(offsets.reuse_byte, offsets.reuseport_byte, "{offsets:?}");
     }
 

@@ -39,11 +39,23 @@ use crate::{
 
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend
-/// comparison. `enrich` (netns unit-style tests of the lookup code, which does not depend
-/// on the tracing kernel), `errors` (argument and environment errors) and `daemon` (HTTP
-/// and metrics over the same records) stay on the host.
-pub const VM_TEST_TARGETS: &[&str] =
-    &["cilium", "bind", "refused", "exhaustion", "filters", "backends", "resets", "listen", "drops", "ports"];
+/// comparison, and `kernel_losses` (the loss counters, whose pairing of the asynchronous
+/// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup
+/// code, which does not depend on the tracing kernel), `errors` (argument and environment
+/// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
+pub const VM_TEST_TARGETS: &[&str] = &[
+    "cilium",
+    "bind",
+    "refused",
+    "exhaustion",
+    "filters",
+    "backends",
+    "resets",
+    "listen",
+    "drops",
+    "ports",
+    "kernel_losses",
+];
 
 /// Run in the guests of another architecture than the host's, besides the e2e targets:
 /// the unit test proving the embedded eBPF object was built for that architecture (on

@@ -1,0 +1,375 @@
+//! What the kernel side loses is counted by reason, exactly, and nothing else is: the
+//! counts are `sockerr_events_lost_total{reason}`, read here from the `stopped:` line,
+//! which prints the same counters.
+//!
+//! Full tables: sockerr runs with tables of a few entries (`--owner-table-entries` and
+//! the like), a traced program overflows them by a known amount, and the count must say
+//! exactly how much while what did fit is still reported whole.
+//!
+//! The asynchronous halves: since Linux 6.9 both halves of a failed connect come back to
+//! back from one kernel call, so no program can interleave or delay them at will (the
+//! decisions are unit-tested in tracer_common::pairing). What a program can do is leave
+//! SYN_SENT without a failure (closing a connecting socket), which once counted as a lost
+//! half: that must count nothing, while real failures still pair and are reported.
+//!
+//! The traced program is Debian's python3, in a network namespace of its own (unshare),
+//! so ports are free and nothing else on the machine shares its sockets. It waits for a
+//! line on stdin before it starts: the tracers attach to its pid first.
+#![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sockerr_e2e::*;
+
+/// How long a script may take for one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A python3 script in a network namespace of its own, driven line by line over stdin;
+/// killed and reaped when dropped (the namespace goes with it).
+struct Script {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    /// Starts `python` (a path to python3, or a link to it) on `source` in a new network
+    /// namespace with loopback up.
+    fn start(python: &str, source: &str) -> Self {
+        let mut child = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" -c \"$1\"", python, source])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare starts (util-linux)");
+        let stdin = child.stdin.take();
+        let stdout: ChildStdout = child.stdout.take().expect("piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    /// The script's pid (unshare and sh exec into python3: one process throughout).
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Sends one line: the script's next step starts.
+    fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).expect("the script reads stdin");
+    }
+
+    /// The script's next line of stdout, as JSON.
+    fn facts(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(STEP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the script printed nothing within {STEP_TIMEOUT:?}: {e}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The count of `reason` in the `stopped:` line of a tracer's stderr (absent: 0, as the
+/// line lists only the reasons that counted something). Fails when there is no such line.
+fn lost(stopped: &Stopped, reason: &str) -> u64 {
+    let line = stopped
+        .stderr
+        .lines()
+        .find(|line| line.contains("stopped:") && line.contains("lost in the kernel"))
+        .unwrap_or_else(|| panic!("no stopped: line:\n{}", stopped.stderr));
+    let key = format!("{reason}=");
+    let Some(at) = line.find(&key) else { return 0 };
+    let digits: String = line[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no count after {key}: {line}"))
+}
+
+const OWNERS_SCRIPT: &str = r#"
+import json, socket, struct, sys
+sys.stdin.readline()
+listeners = []
+for port in (18100, 18101, 18102):
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(16); listeners.append(l)
+clients = []
+for _ in range(7):
+    c = socket.socket(); c.connect(("127.0.0.1", 18100)); clients.append(c)
+served = [listeners[0].accept()[0] for _ in range(7)]
+for s in served:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
+for c in clients:
+    try:
+        c.recv(1)
+    except ConnectionResetError:
+        pass
+print(json.dumps({"fds": [c.fileno() for c in clients]}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// Three listeners, seven clients connected to the first, all accepted, then every
+/// accepted socket reset with SO_LINGER 0. One tracer has owner tables of 4 entries: the
+/// first 4 clients fit, the other 3 clients and all 7 accepted sockets do not (10 lost);
+/// the clients that fit get their `rst_received`, those that did not get none (with a
+/// --pid filter an unowned socket cannot be told from another process's). The other
+/// tracer has a listener table of 1: the second and third listeners are lost (2), and
+/// with roomy owner tables it reports all 7 received resets.
+#[test]
+fn full_owner_and_listener_tables_count_each_socket_left_out() {
+    require_root();
+    let mut script = Script::start("python3", OWNERS_SCRIPT);
+    let pid = script.pid();
+    let owners = Tracer::start(&["--pid", &pid, "--output", "json", "--owner-table-entries", "4"]);
+    let listeners = Tracer::start(&["--pid", &pid, "--output", "json", "--listener-table-entries", "1"]);
+    script.go();
+    let facts = script.facts();
+    let fds: Vec<Value> = facts["fds"].as_array().expect("fds").clone();
+    assert_eq!(fds.len(), 7, "{facts}");
+    let received = |r: &Value| r.event() == "rst_received" && fds.contains(&r["fd"]);
+    listeners.wait_for_records(7, RECORD_TIMEOUT, received);
+    owners.wait_for_records(4, RECORD_TIMEOUT, received);
+    let (owners, listeners) = (owners.stop(), listeners.stop());
+    drop(script);
+
+    let owned: Vec<Value> = owners.records().into_iter().filter(|r| received(r)).collect();
+    let owned_fds: Vec<&Value> = owned.iter().map(|r| &r["fd"]).collect();
+    assert_eq!(owned_fds, fds[..4].iter().collect::<Vec<_>>(), "the first 4 clients only: {owned:#?}");
+    for record in &owned {
+        assert_eq!(record["rst"]["socket"], Value::Bool(true), "attributed to its socket: {record}");
+    }
+    assert_eq!(lost(&owners, "owner_table_full"), 3 + 7, "{}", owners.stderr);
+    assert!(
+        owners.stderr.contains("raise --owner-table-entries"),
+        "the warning names the fix: {}",
+        owners.stderr
+    );
+    assert_eq!(lost(&owners, "ring_full"), 0, "{}", owners.stderr);
+
+    let all: Vec<Value> = listeners.records().into_iter().filter(|r| received(r)).collect();
+    assert_eq!(all.len(), 7, "{all:#?}");
+    assert_eq!(lost(&listeners, "owner_table_full"), 2, "{}", listeners.stderr);
+}
+
+const DROPS_SCRIPT: &str = r#"
+import json, re, socket, struct, ctypes, subprocess, sys, time
+SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27
+sys.stdin.readline()
+server = socket.socket(); server.bind(("127.0.0.1", 18090)); server.listen(8)
+clients = []
+for _ in range(4):
+    c = socket.socket(); c.connect(("127.0.0.1", 18090)); clients.append(c)
+peers = [server.accept()[0] for _ in clients]
+drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K 0
+program = struct.pack("HL", 1, ctypes.addressof(drop_all))
+for c in clients:
+    c.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, program)
+for p in peers:
+    p.send(b"x" * 100)
+time.sleep(0.7)
+for c in clients:
+    c.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+facts = []
+for c in clients:
+    got = c.recv(100)
+    port = c.getsockname()[1]
+    ss = subprocess.run(["ss", "-Htnm", "state", "established", "sport", "= :%d" % port],
+                        capture_output=True, text=True, check=True).stdout
+    facts.append({"local": "127.0.0.1:%d" % port, "received": len(got),
+                  "drops": int(re.search(r"skmem:\([^)]*,d(\d+)\)", ss).group(1))})
+print(json.dumps(facts), flush=True)
+sys.stdin.readline()
+"#;
+
+fn kernel_has_rx_sk() -> bool {
+    std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
+        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
+        .is_ok_and(|format| format.contains(" rx_sk;"))
+}
+
+/// Four client sockets drop everything they receive for 0.7 s (a drop-all socket
+/// filter); the drop table has 2 entries. The first two dropping sockets get an entry and
+/// their `socket_drop` totals; every drop of the other two is counted as
+/// `drop_table_full`: reported + lost is exactly the sockets' own `sk_drops`.
+#[test]
+fn full_drop_table_counts_every_drop_it_cannot_add_up() {
+    require_root();
+    let mut script = Script::start("python3", DROPS_SCRIPT);
+    let pid = script.pid();
+    let tracer = Tracer::start(&["--pid", &pid, "--output", "json", "--drop-table-entries", "2"]);
+    script.go();
+    let facts = script.facts();
+    let sockets = facts.as_array().expect("one entry per client").clone();
+    assert_eq!(sockets.len(), 4, "{facts}");
+    let mut total_drops = 0;
+    for socket in &sockets {
+        assert_eq!(socket["received"], 100, "the filter went, the data came: {socket}");
+        let drops = socket["drops"].as_u64().expect("drops");
+        assert!(drops > 0, "the filter dropped nothing? {socket}");
+        total_drops += drops;
+    }
+    // Totals are read once a second and at exit: the script stays while the tracer stops.
+    std::thread::sleep(Duration::from_millis(1200));
+    let stopped = tracer.stop();
+    drop(script);
+    let locals: Vec<&Value> = sockets.iter().map(|s| &s["local"]).collect();
+    let drops: Vec<Value> = stopped
+        .records()
+        .into_iter()
+        .filter(|r| r.event() == "socket_drop" && locals.contains(&&r["src"]))
+        .collect();
+    let lost_drops = lost(&stopped, "drop_table_full");
+    if !kernel_has_rx_sk() {
+        // Before 6.11 kfree_skb names no receiving socket: nothing is attributed or lost.
+        assert!(drops.is_empty() && lost_drops == 0, "{drops:#?}\n{}", stopped.stderr);
+        return;
+    }
+    let reported: u64 = drops.iter().map(|r| r["dropped"].as_u64().expect("dropped")).sum();
+    let mut in_table: Vec<&Value> = drops.iter().map(|r| &r["src"]).collect();
+    in_table.sort_by_key(|v| v.to_string());
+    in_table.dedup();
+    assert_eq!(in_table.len(), 2, "the table's 2 entries, one socket each: {drops:#?}");
+    let left_out: u64 = sockets
+        .iter()
+        .filter(|s| !in_table.contains(&&s["local"]))
+        .map(|s| s["drops"].as_u64().expect("drops"))
+        .sum();
+    assert_eq!(
+        lost_drops, left_out,
+        "every drop of the 2 sockets left out: {facts}\n{drops:#?}\n{}",
+        stopped.stderr
+    );
+    assert_eq!(reported + lost_drops, total_drops, "{facts}\n{drops:#?}\n{}", stopped.stderr);
+    assert!(stopped.stderr.contains("raise --drop-table-entries"), "{}", stopped.stderr);
+}
+
+/// A python3 that connects to a closed port once, says so, and waits.
+const REFUSED_SCRIPT: &str = r#"
+import errno, json, os, socket, sys
+s = socket.socket()
+print(json.dumps({"pid": os.getpid(), "errno": s.connect_ex(("127.0.0.1", 9))}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// Five processes named `lossfilter`, one after the other, with a pid filter table of 2:
+/// the first two are learned; the other three are not, counted once each, and still traced
+/// by their name (their connect errors are reported).
+#[test]
+fn full_filter_table_counts_each_process_not_learned() {
+    require_root();
+    // The task name is the basename of the path execve() was given: a link named like that.
+    let dir = std::env::temp_dir().join(format!("sockerr-filter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("lossfilter");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/usr/bin/python3", &link).expect("symlink");
+    let link = link.to_str().expect("utf-8 path").to_owned();
+    let tracer = Tracer::start(&["--comm", "lossfilter", "--output", "json", "--filter-table-entries", "2"]);
+    let mut scripts = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let script = Script::start(&link, REFUSED_SCRIPT);
+        let facts = script.facts();
+        assert_eq!(facts["errno"], 111, "ECONNREFUSED in its own namespace: {facts}");
+        pids.push(facts["pid"].as_u64().expect("pid"));
+        scripts.push(script);
+    }
+    tracer.wait_for_records(5, RECORD_TIMEOUT, |r| {
+        r.event() == "connect_error" && r.pid().is_some_and(|pid| pids.contains(&pid))
+    });
+    // Stopped before the scripts exit: an exit frees a slot, and the next would be learned.
+    let stopped = tracer.stop();
+    for script in &mut scripts {
+        script.go();
+    }
+    drop(scripts);
+    let _ = std::fs::remove_dir_all(&dir);
+    let failures: Vec<u64> =
+        stopped.records().iter().filter(|r| r.event() == "connect_error").filter_map(|r| r.pid()).collect();
+    for pid in &pids {
+        assert_eq!(failures.iter().filter(|p| *p == pid).count(), 1, "{pid} in {failures:?}");
+    }
+    assert_eq!(lost(&stopped, "filter_map_full"), 3, "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("raise --filter-table-entries"), "{}", stopped.stderr);
+}
+
+const ASYNC_SCRIPT: &str = r#"
+import json, os, socket, struct, sys, time
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # every half on one CPU's slots
+sys.stdin.readline()
+server = socket.socket(); server.bind(("127.0.0.1", 18200)); server.listen(0)
+filler = socket.socket(); filler.connect(("127.0.0.1", 18200))  # the accept queue is full
+# Closed while connecting (their SYNs dropped by the full queue): SYN_SENT -> CLOSE with no
+# error, 20 in a burst, on one CPU; all open at once, so no two share a struct sock.
+connecting = []
+for _ in range(20):
+    s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", 18200)); connecting.append(s)
+for s in connecting:
+    s.close()
+# The same, from port 18300; 50 ms later another socket on 18300 connects to the same
+# server and is reset: its error report names the closed one's tuple, past the window.
+early = socket.socket(); early.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+early.bind(("127.0.0.1", 18300)); early.setblocking(False); early.connect_ex(("127.0.0.1", 18200))
+early.close()
+time.sleep(0.05)
+server.accept()[0].close()
+late = socket.socket(); late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+late.bind(("127.0.0.1", 18300)); late.connect(("127.0.0.1", 18200))
+peer = server.accept()[0]
+peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); peer.close()
+try:
+    late.recv(1)
+except ConnectionResetError:
+    pass
+# Real asynchronous failures, as a control: refused non-blocking connects pair and report.
+refused = []
+for _ in range(10):
+    s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", 18201))
+    refused.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)); s.close()
+print(json.dumps({"refused": refused}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// Connecting sockets closed by their process (a burst of 20 on one CPU, and one whose
+/// tuple a later, reset connection reuses 50 ms on) count no asynchronous loss: no error
+/// half was due. Before sockerr read `sk_err` at the transition, this counted 19
+/// `async_half_overwritten` and 1 `async_half_too_old`. The 10 refused non-blocking
+/// connects of the same run are each reported once.
+#[test]
+fn connecting_sockets_closed_by_their_process_lose_no_half() {
+    require_root();
+    let mut script = Script::start("python3", ASYNC_SCRIPT);
+    let pid = script.pid();
+    let tracer = Tracer::start(&["--pid", &pid, "--output", "json"]);
+    script.go();
+    let facts = script.facts();
+    assert_eq!(facts["refused"], Value::from(vec![111; 10]), "ECONNREFUSED each: {facts}");
+    let refused = |r: &Value| r.event() == "connect_error" && r["dst"] == "127.0.0.1:18201";
+    tracer.wait_for_records(10, RECORD_TIMEOUT, refused);
+    let stopped = tracer.stop();
+    drop(script);
+    let reported: Vec<Value> = stopped.records().into_iter().filter(|r| refused(r)).collect();
+    assert_eq!(reported.len(), 10, "{reported:#?}");
+    for record in &reported {
+        assert_eq!(record["errno"], 111, "{record}");
+    }
+    assert_eq!(lost(&stopped, "async_half_overwritten"), 0, "{}", stopped.stderr);
+    assert_eq!(lost(&stopped, "async_half_too_old"), 0, "{}", stopped.stderr);
+}
