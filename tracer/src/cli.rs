@@ -410,4 +410,18 @@ mod tests {
             assert!(err.contains("--drop-table-entries") && err.contains("at least 1 entry"), "{err}");
         }
     }
+
+    #[test]
+    fn sizing_a_table_of_hooks_left_out_is_refused() {
+        for flag in ["--drop-table-entries", "--listener-table-entries"] {
+            let err =
+                Cli::try_parse_from(["sockerr", "daemon", "--no-drop-hooks", flag, "8192"]).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains(flag) && err.contains("--no-drop-hooks"), "{err}");
+        }
+        assert!(
+            Cli::try_parse_from(["sockerr", "daemon", "--no-drop-hooks", "--owner-table-entries", "8"])
+                .is_ok()
+        );
+    }
 }

@@ -47,11 +47,11 @@ pub struct TableArgs {
     pub owner_table_entries: Option<u32>,
     /// Listening sockets of traced processes the kernel tracks at once. Beyond it their
     /// drops go unreported, counted as lost (reason owner_table_full). Default 4096.
-    #[arg(long, value_name = "N", value_parser = parse_table_entries)]
+    #[arg(long, value_name = "N", value_parser = parse_table_entries, conflicts_with = "no_drop_hooks")]
     pub listener_table_entries: Option<u32>,
     /// (traced socket, drop reason) pairs whose dropped packets the kernel adds up at
     /// once. Beyond it drops are counted as lost (reason drop_table_full). Default 4096.
-    #[arg(long, value_name = "N", value_parser = parse_table_entries)]
+    #[arg(long, value_name = "N", value_parser = parse_table_entries, conflicts_with = "no_drop_hooks")]
     pub drop_table_entries: Option<u32>,
     /// Processes the kernel filter selects by id: --pid values plus the processes --comm
     /// finds. Beyond it a --comm process is still traced by name, but its renamed threads
