@@ -68,6 +68,16 @@ pub fn sockerr_bin() -> PathBuf {
     path
 }
 
+/// Whether this kernel's tracepoint `category:event` has `field` (a field declared as
+/// `... field;` in its format, at either tracefs mount point): what a test may expect
+/// from a record depends on the kernel's tracepoints.
+pub fn tracepoint_has_field(category: &str, event: &str, field: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].iter().any(|tracefs| {
+        std::fs::read_to_string(format!("{tracefs}/events/{category}/{event}/format"))
+            .is_ok_and(|format| format.contains(&format!(" {field};")))
+    })
+}
+
 /// These tests load eBPF programs and create network namespaces.
 pub fn require_root() {
     assert!(

@@ -70,15 +70,11 @@ fn attached_programs(pid: u32) -> BTreeSet<String> {
 }
 
 fn kernel_has_drop_reasons() -> bool {
-    std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
-        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
-        .is_ok_and(|format| format.contains(" reason;"))
+    tracepoint_has_field("skb", "kfree_skb", "reason")
 }
 
 fn kernel_has_rx_sk() -> bool {
-    std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
-        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
-        .is_ok_and(|format| format.contains(" rx_sk;"))
+    tracepoint_has_field("skb", "kfree_skb", "rx_sk")
 }
 
 #[test]

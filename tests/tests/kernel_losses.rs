@@ -199,9 +199,7 @@ sys.stdin.readline()
 "#;
 
 fn kernel_has_rx_sk() -> bool {
-    std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format")
-        .or_else(|_| std::fs::read_to_string("/sys/kernel/debug/tracing/events/skb/kfree_skb/format"))
-        .is_ok_and(|format| format.contains(" rx_sk;"))
+    tracepoint_has_field("skb", "kfree_skb", "rx_sk")
 }
 
 /// Four client sockets drop everything they receive for 0.7 s (a drop-all socket

@@ -54,8 +54,7 @@ fn record_of<'r>(records: &'r [Value], facts: &ResetFacts, report: &ResetReport)
 
 /// The kernel names the reason only from Linux 6.10 (tcp:tcp_send_reset's `reason`).
 fn kernel_has_reset_reasons() -> bool {
-    std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_send_reset/format")
-        .is_ok_and(|format| format.contains(" reason;"))
+    tracepoint_has_field("tcp", "tcp_send_reset", "reason")
 }
 
 fn assert_reason(record: &Value) {
