@@ -494,6 +494,7 @@ mod tests {
             cookie: None,
             local: addr(local),
             peer: addr(peer),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         }))
     }
