@@ -191,6 +191,7 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// The bound address is known from a successful bind() record (`--all`).
     #[test]
     fn connect_error_takes_source_from_bind_when_kernel_had_none() {
         let mut table = SocketTable::new(8);
