@@ -366,6 +366,7 @@ mod tests {
             cookie: None,
             local: addr("127.0.0.1:4000"),
             peer: addr("127.0.0.1:444"),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         };
         let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen.clone())))).await.unwrap();
@@ -441,6 +442,7 @@ mod tests {
             cookie: None,
             local: addr("127.0.0.1:8080"),
             peer: addr("127.0.0.1:50000"),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         };
         let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen)))).await.unwrap();
