@@ -11,6 +11,7 @@ pub mod floor;
 pub mod kprobes;
 pub mod listen_offsets;
 pub mod loader;
+pub mod losses;
 mod object_arch;
 pub mod offsets;
 pub mod print_fmt;
