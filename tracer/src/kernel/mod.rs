@@ -8,6 +8,7 @@ pub mod drop_offsets;
 pub mod drop_totals;
 pub mod features;
 pub mod floor;
+pub mod kernel_log;
 pub mod kprobes;
 pub mod listen_offsets;
 pub mod loader;
