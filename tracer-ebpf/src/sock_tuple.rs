@@ -9,7 +9,10 @@ use tracer_common::{
     sockaddr::{AF_INET, AF_INET6},
 };
 
-use crate::{diagnostics::btf_read_failed, maps::global};
+use crate::{
+    diagnostics::{BtfField, btf_read_failed},
+    maps::global,
+};
 
 /// (local, peer) of `sk`; a field that cannot be read stays zero, so the record lacks
 /// that address rather than the whole tuple.
@@ -24,7 +27,7 @@ pub fn read_sock_tuple(sk: u64) -> (SockAddr, SockAddr) {
         // offset, not the pointer, is wrong. The other fields sit next to it.
         let family: u16 =
             bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.family)).cast()).unwrap_or_else(|_| {
-                btf_read_failed("struct sock_common.skc_family");
+                btf_read_failed(BtfField::SockFamily);
                 0
             });
         // skc_num is in host order, skc_dport in network order (include/net/sock.h).
