@@ -10,7 +10,9 @@
 mod tests {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SectionIndex, SymbolKind};
+    use object::{
+        Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SectionIndex, SymbolKind,
+    };
 
     use crate::kernel::loader::PROGRAMS;
 
@@ -39,7 +41,8 @@ mod tests {
     /// The functions of an eBPF ELF object by name, with their stack and callees.
     fn functions(elf: &[u8]) -> BTreeMap<String, Function> {
         let file = object::File::parse(elf).expect("the embedded object is ELF");
-        let named = |symbol: &object::Symbol<'_, '_>| symbol.name().ok().filter(|n| !n.is_empty()).map(String::from);
+        let named =
+            |symbol: &object::Symbol<'_, '_>| symbol.name().ok().filter(|n| !n.is_empty()).map(String::from);
         let mut at: HashMap<(SectionIndex, u64), String> = HashMap::new();
         let mut spans = Vec::new();
         for symbol in file.symbols().filter(|s| s.kind() == SymbolKind::Text && s.size() > 0) {
@@ -84,7 +87,9 @@ mod tests {
                             at.get(&(index, slot * INSN_BYTES)).cloned()
                         }
                     };
-                    function.calls.insert(callee.unwrap_or_else(|| panic!("{name}: call at {offset} to nowhere")));
+                    function
+                        .calls
+                        .insert(callee.unwrap_or_else(|| panic!("{name}: call at {offset} to nowhere")));
                 }
                 offset += if opcode == LOAD_IMM64 { 2 * INSN_BYTES } else { INSN_BYTES };
             }
@@ -95,7 +100,11 @@ mod tests {
 
     /// The most stack a call of `name` can take, counting every frame as the verifier does,
     /// and the chain of calls that takes it.
-    fn deepest(functions: &BTreeMap<String, Function>, name: &str, path: &mut Vec<String>) -> (u32, Vec<String>) {
+    fn deepest(
+        functions: &BTreeMap<String, Function>,
+        name: &str,
+        path: &mut Vec<String>,
+    ) -> (u32, Vec<String>) {
         let function = &functions[name];
         path.push(name.to_owned());
         let mut below = (0, Vec::new());
