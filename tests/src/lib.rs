@@ -16,7 +16,7 @@ pub mod fake_api;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,26 @@ pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sockerr may take to exit after SIGINT.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READY_MARKER: &str = "tracing started";
+
+/// Set by `cargo xtask vm-test` in guests emulated for another architecture (arm64 on an
+/// amd64 host: qemu translates every instruction, several times slower than the host).
+pub const TIME_SCALE_ENV: &str = "SOCKERR_E2E_TIME_SCALE";
+
+/// `timeout` as long as this machine needs it: multiplied by $SOCKERR_E2E_TIME_SCALE (a
+/// whole number, 1 when unset). Every wait for something to happen goes through this, so
+/// a slow guest gets more time while a failing test still fails; the fixed pauses of
+/// tests that check that nothing happens are not scaled.
+pub fn patience(timeout: Duration) -> Duration {
+    static SCALE: OnceLock<u32> = OnceLock::new();
+    let scale = *SCALE.get_or_init(|| match std::env::var(TIME_SCALE_ENV) {
+        Err(std::env::VarError::NotPresent) => 1,
+        Ok(value) => value.trim().parse().ok().filter(|&n| n >= 1).unwrap_or_else(|| {
+            panic!("{TIME_SCALE_ENV}={value:?}: expected a whole number of at least 1 (unset it for 1)")
+        }),
+        Err(e) => panic!("{TIME_SCALE_ENV}: {e}"),
+    });
+    timeout * scale
+}
 
 /// The release binary under test: $SOCKERR_BIN (set by `cargo xtask test`), else
 /// `<workspace>/target/release/sockerr`.
@@ -109,8 +129,9 @@ impl Shared {
     }
 
     /// Waits until `done` holds or `timeout` passed; returns whether it holds.
+    /// `timeout` is scaled by [`patience`].
     fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Output) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         let mut output = self.lock();
         loop {
             if done(&output) {
@@ -180,7 +201,7 @@ impl Process {
         if exited {
             Ok(status)
         } else {
-            Err(format!("{} did not exit within {} s (killed)", self.what, timeout.as_secs()))
+            Err(format!("{} did not exit within {} s (killed)", self.what, patience(timeout).as_secs()))
         }
     }
 }
@@ -266,7 +287,7 @@ impl Tracer {
         assert!(
             ready && stderr.contains(READY_MARKER),
             "{what} did not report `{READY_MARKER}` within {} s: stderr:\n{stderr}",
-            READY_TIMEOUT.as_secs()
+            patience(READY_TIMEOUT).as_secs()
         );
         Self { process }
     }
@@ -310,7 +331,7 @@ impl Tracer {
             }
             panic!(
                 "{what} did not report `{READY_MARKER}` on stderr within {} s: stderr:\n{stderr}",
-                READY_TIMEOUT.as_secs()
+                patience(READY_TIMEOUT).as_secs()
             );
         }
         tracer
@@ -326,7 +347,7 @@ impl Tracer {
             arrived,
             "{}: no matching stderr line within {} s.\nstderr:\n{}",
             self.process.what,
-            timeout.as_secs(),
+            patience(timeout).as_secs(),
             output.stderr.join("\n"),
         );
         output.stderr.iter().find(|l| matches(l)).cloned().expect("just found")
@@ -358,34 +379,42 @@ impl Tracer {
         let arrived = self.process.shared.wait_until(timeout, |output| {
             parse_records(&output.stdout).iter().filter(|r| matches(r)).count() >= count
         });
-        let output = self.process.shared.lock();
-        let records = parse_records(&output.stdout);
-        assert!(
-            arrived,
-            "{}: expected {count} matching records within {} s, got {}.\nstdout:\n{}\nstderr:\n{}",
-            self.process.what,
-            timeout.as_secs(),
-            records.iter().filter(|r| matches(r)).count(),
-            output.stdout.join("\n"),
-            output.stderr.join("\n"),
-        );
-        records.into_iter().filter(|r| matches(r)).collect()
+        if !arrived {
+            let got = parse_records(&self.process.shared.lock().stdout).iter().filter(|r| matches(r)).count();
+            self.fail_after_stopping(&format!(
+                "expected {count} matching records within {} s, got {got}",
+                patience(timeout).as_secs()
+            ));
+        }
+        parse_records(&self.process.shared.lock().stdout).into_iter().filter(|r| matches(r)).collect()
     }
 
     /// Waits until a stdout line satisfies `matches` (`--output text`).
     pub fn wait_for_line(&self, timeout: Duration, matches: impl Fn(&str) -> bool) -> String {
         let arrived =
             self.process.shared.wait_until(timeout, |output| output.stdout.iter().any(|l| matches(l)));
+        if !arrived {
+            self.fail_after_stopping(&format!("no matching line within {} s", patience(timeout).as_secs()));
+        }
+        self.process.shared.lock().stdout.iter().find(|l| matches(l)).cloned().expect("just found")
+    }
+
+    /// Fails the test with `problem`, after SIGINT and a bounded wait for the exit: the
+    /// report then shows what the tracer still flushed when stopped (records held up in
+    /// its pipeline) and its `stopped:` line (events read, lost in the kernel by reason),
+    /// which tell a slow pipeline from events the kernel never produced.
+    fn fail_after_stopping(&self, problem: &str) -> ! {
+        let shown = self.process.shared.lock().stdout.len();
+        let stopped = kill(self.process.pid(), Signal::SIGINT).is_ok()
+            && self.process.shared.wait_until(STOP_TIMEOUT, |o| o.stdout_closed && o.stderr_closed);
         let output = self.process.shared.lock();
-        assert!(
-            arrived,
-            "{}: no matching line within {} s.\nstdout:\n{}\nstderr:\n{}",
+        panic!(
+            "{}: {problem}.\nstdout ({shown} lines by then{}):\n{}\nstderr:\n{}",
             self.process.what,
-            timeout.as_secs(),
+            if stopped { ", the rest flushed when stopped by SIGINT" } else { "; it did not stop in time" },
             output.stdout.join("\n"),
             output.stderr.join("\n"),
         );
-        output.stdout.iter().find(|l| matches(l)).cloned().expect("just found")
     }
 
     /// SIGINT, then a bounded wait for the exit (killed on timeout, which fails the test).

@@ -8,16 +8,33 @@ use sockerr_e2e::*;
 
 #[test]
 fn cilium_ipv4_json() {
-    cilium_json(false);
+    cilium_json(false, Successes::Default);
 }
 
 #[test]
 fn cilium_ipv6_json() {
-    cilium_json(true);
+    cilium_json(true, Successes::Default);
 }
 
-fn cilium_json(ipv6: bool) {
-    let tracer = Tracer::start(&["--comm", "demo-proxy", "--output", "json"]);
+/// With `--all` the setsockopt() calls themselves are records too.
+#[test]
+fn cilium_ipv4_json_all() {
+    cilium_json(false, Successes::All);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Successes {
+    /// No `--all`: the options travel with the failures only.
+    Default,
+    All,
+}
+
+fn cilium_json(ipv6: bool, successes: Successes) {
+    let mut args = vec!["--comm", "demo-proxy", "--output", "json"];
+    if successes == Successes::All {
+        args.push("--all");
+    }
+    let tracer = Tracer::start(&args);
     let report = run_scenario("cilium", if ipv6 { &["--ipv6"] } else { &[] });
     let proxy = actor(&report, "proxy");
     let attempts = report.attempts_of("proxy");
@@ -46,9 +63,18 @@ fn cilium_json(ipv6: bool) {
     let expected_opts = serde_json::json!({"SO_MARK": mark.value, "SO_REUSEADDR": 1, transparent: 1});
     assert_eq!(serde_json::to_value(&attempts[0].sockopts).unwrap(), expected_opts, "report: {report:?}");
 
-    // The setsockopt calls themselves: each option of each attempt, on that attempt's fd.
+    // The setsockopt calls themselves (--all): each option of each attempt, on that
+    // attempt's fd; by default none, the failures above carry the options.
     let sockopt_records: Vec<&Value> =
         records.iter().filter(|r| is_proxy(r) && r.event() == "sockopt").collect();
+    // The bind of each attempt succeeds; only --all reports it.
+    let binds = records.iter().filter(|r| is_proxy(r) && r.event() == "bind").count();
+    if successes == Successes::Default {
+        assert_eq!(sockopt_records, Vec::<&Value>::new(), "successful setsockopt() without --all");
+        assert_eq!(binds, 0, "successful bind() without --all: {records:#?}");
+        return;
+    }
+    assert_eq!(binds, attempts.len(), "one bind per attempt with --all: {records:#?}");
     let options_per_attempt = attempts[0].sockopts.len();
     assert_eq!(sockopt_records.len(), attempts.len() * options_per_attempt, "{sockopt_records:#?}");
     for (chunk, attempt) in sockopt_records.chunks(options_per_attempt).zip(&attempts) {

@@ -16,8 +16,8 @@ fn ephemeral_ports_exhausted() {
 
     let is_failure = |r: &Value| r.pid() == Some(u64::from(proxy.pid)) && r.event() == "connect_error";
     tracer.wait_for_records(1, RECORD_TIMEOUT, is_failure);
-    // The successful connections carry no option: without --all they are not reported,
-    // so the failure is the only record of the proxy.
+    // Without --all no success is reported (with options or not), so the failure is the
+    // only record of the proxy.
     let records: Vec<Value> =
         tracer.stop().records().into_iter().filter(|r| r.pid() == Some(u64::from(proxy.pid))).collect();
     let [record] = records.as_slice() else { panic!("only the failed connect expected: {records:#?}") };

@@ -78,10 +78,9 @@ impl Script {
 
     /// The script's next line of stdout, as JSON.
     fn facts(&self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(STEP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("the script printed nothing within {STEP_TIMEOUT:?}: {e}"));
+        let line = self.lines.recv_timeout(patience(STEP_TIMEOUT)).unwrap_or_else(|e| {
+            panic!("the script printed nothing within {:?}: {e}", patience(STEP_TIMEOUT))
+        });
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     }
 }

@@ -30,7 +30,7 @@ fn dropped(records: &[Value]) -> u64 {
 
 /// Waits (bounded) until the drops reported for `pid` add up to `expected`; returns them.
 fn wait_for_drops(tracer: &Tracer, pid: u32, expected: u64) -> Vec<Value> {
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + patience(SETTLE);
     loop {
         let records = overflows_of(&tracer.lines(), pid);
         if dropped(&records) >= expected || Instant::now() >= deadline {
@@ -139,13 +139,14 @@ fn listen_overflow_of_python_http_server() {
     let pid = server.0.id();
     let netns = format!("--net=/proc/{pid}/ns/net");
     // Bounded wait for the listener (python starts in well under a second).
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let limit = patience(Duration::from_secs(10));
+    let deadline = Instant::now() + limit;
     let listening = || {
         let out = Command::new("nsenter").args([netns.as_str(), "ss", "-Hltn", "sport = :18080"]).output();
         out.is_ok_and(|o| !o.stdout.is_empty())
     };
     while !listening() {
-        assert!(Instant::now() < deadline, "python3 -m http.server did not listen within 10 s");
+        assert!(Instant::now() < deadline, "python3 -m http.server did not listen within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP)

@@ -44,7 +44,8 @@ impl Drop for UntouchedPage {
 fn unreadable_option_value_is_marked_and_counted() {
     require_root();
     let me = std::process::id().to_string();
-    let tracer = Tracer::start(&["--pid", &me, "--output", "json"]);
+    // --all: the successful setsockopt() is a record of its own only then.
+    let tracer = Tracer::start(&["--pid", &me, "--output", "json", "--all"]);
 
     // A port nobody listens on: bind one, note it, close it.
     let closed_port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind").port();

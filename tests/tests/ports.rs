@@ -74,7 +74,7 @@ fn port_pressure_counts_each_destination_as_connect_does() {
     assert_eq!((busy, quiet), (18, 4), "the script did not set up what it should: {facts}");
 
     // Sampled every 5 s: within 7 s of the connections (bounded).
-    let deadline = Instant::now() + Duration::from_secs(7);
+    let deadline = Instant::now() + patience(Duration::from_secs(7));
     let (busy_gauge, quiet_gauge) = loop {
         let found = (gauges(&daemon, "dst=\"127.0.0.1:18095\""), gauges(&daemon, "dst=\"127.0.0.1:18096\""));
         if let (Some(b), Some(q)) = found {

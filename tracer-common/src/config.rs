@@ -58,7 +58,8 @@ pub struct Filters {
 pub const FILTER_PROCESS: u32 = 1 << 0;
 /// Only tasks in or below `Filters::cgroup_id` are traced.
 pub const FILTER_CGROUP: u32 = 1 << 1;
-/// Report successful bind/connect of every socket, not only of those carrying options.
+/// Report successes too (setsockopt of a recorded option, bind, connect); without it only
+/// failures and resets are, and a socket's options travel with them.
 pub const FILTER_EMIT_ALL: u32 = 1 << 2;
 /// A process whose thread name matches `FILTER_COMMS` adds its tgid to `FILTER_PIDS`,
 /// so its renamed threads (Envoy's `wrk:worker_N`) stay traced.

@@ -27,11 +27,16 @@ pub enum Loss {
     OwnerTableFull = 5,
     /// `SOCKET_DROPS` was full: a dropped packet of a traced socket was not added up.
     DropTableFull = 6,
+    /// The kernel did not run one of our programs when its hook fired: another kprobe or
+    /// tracepoint BPF program was running on that CPU (any agent's, or a bpf() map call
+    /// holding the CPU's guard). Counted by the kernel (`recursion_misses`) and read by
+    /// user space; the programs never count it, so its `LOSSES` slot stays 0.
+    ProgramSkipped = 7,
 }
 
 impl Loss {
     /// Number of reasons: the size of the `LOSSES` array.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 
     /// Every reason, in index order.
     pub const ALL: [Loss; Self::COUNT] = [
@@ -42,6 +47,7 @@ impl Loss {
         Loss::FilterMapFull,
         Loss::OwnerTableFull,
         Loss::DropTableFull,
+        Loss::ProgramSkipped,
     ];
 
     /// The `reason` label of the metric and the name in the `stopped:` line.
@@ -54,6 +60,7 @@ impl Loss {
             Loss::FilterMapFull => "filter_map_full",
             Loss::OwnerTableFull => "owner_table_full",
             Loss::DropTableFull => "drop_table_full",
+            Loss::ProgramSkipped => "program_skipped",
         }
     }
 

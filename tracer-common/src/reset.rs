@@ -44,9 +44,13 @@ pub struct ResetEvent {
     pub local: SockAddr,
     /// The other end.
     pub peer: SockAddr,
+    /// Options the owner set on the socket, as recorded when it connected, accepted or
+    /// closed it (empty when unattributed): successful setsockopt() calls are not
+    /// reported by default, so this is where a reset's options come from.
+    pub opts: crate::SockOpts,
 }
 
-const _: () = assert!(size_of::<ResetEvent>() == 88);
+const _: () = assert!(size_of::<ResetEvent>() == 96);
 
 /// Bytes of each direction kept per socket by `--http-peek`.
 pub const PEEK_BYTES: usize = 1024;

@@ -54,21 +54,16 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ret = ret as i32;
-    // SAFETY: the value is copied out at once.
-    let opts = unsafe { TRACKED.get(fd_key(task.tgid, call.fd)) }.copied();
-    let report = ret < 0 || opts.is_some() || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0;
-    if !report {
+    // A successful bind is reported only with --all, whatever options the socket carries:
+    // they travel with its later failures instead.
+    if ret >= 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
         return 0;
     }
+    // SAFETY: the value is copied out at once.
+    let opts = unsafe { TRACKED.get(fd_key(task.tgid, call.fd)) }.copied().unwrap_or_default();
     emit::<BindEvent, { kind::BIND }>(|r| {
         r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
-        r.payload = BindEvent {
-            fd: call.fd,
-            ret,
-            addr: call.addr,
-            opts: opts.unwrap_or_default(),
-            origin: call.origin,
-        };
+        r.payload = BindEvent { fd: call.fd, ret, addr: call.addr, opts, origin: call.origin };
     });
     0
 }

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    CloseEvent,
+    CloseEvent, SockOpts,
     close::{CLOSE_REASON_CLOSE, CLOSE_REASON_FD_REUSED},
     kind,
 };
@@ -16,17 +16,19 @@ use crate::{
     maps::{TRACKED, fd_key, global},
 };
 
-fn untrack(task: &Task, fd: i32, reason: u32) {
+/// Forgets the options of `fd` and reports its close; returns the options it had.
+fn untrack(task: &Task, fd: i32, reason: u32) -> SockOpts {
     let key = fd_key(task.tgid, fd);
-    // SAFETY: only presence is read.
-    if unsafe { TRACKED.get(key) }.is_none() {
-        return;
-    }
+    // SAFETY: the value is copied out at once.
+    let Some(opts) = unsafe { TRACKED.get(key) }.copied() else {
+        return SockOpts::default();
+    };
     let _ = TRACKED.remove(key);
     emit::<CloseEvent, { kind::CLOSE }>(|r| {
         r.header = current_header(0, task);
         r.payload = CloseEvent { fd, reason };
     });
+    opts
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
@@ -39,8 +41,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(global!(OFFSETS.close_fd) as usize) } {
-        untrack(&task, fd as i32, CLOSE_REASON_CLOSE);
-        crate::sockets::close_started(&task, fd as i32);
+        let opts = untrack(&task, fd as i32, CLOSE_REASON_CLOSE);
+        crate::sockets::close_started(&task, fd as i32, opts);
     }
     0
 }

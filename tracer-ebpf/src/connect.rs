@@ -2,7 +2,8 @@
 //!
 //! Entry records the destination; `sock_set_state` adds the source tuple and the
 //! `struct sock` while the call runs; exit reports the result. TCP successes are
-//! reported later, at ESTABLISHED (see `sock_set_state`), where the source is known.
+//! reported later, at ESTABLISHED (see `sock_set_state`), where the source is known;
+//! successes only with `--all`, failures always.
 //! Format: /sys/kernel/tracing/events/syscalls/sys_enter_connect/format, from
 //! SYSCALL_DEFINE3(connect, int, fd, struct sockaddr __user *, uservaddr, int, addrlen)
 //! in net/socket.c.
@@ -90,9 +91,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     }
     let failed = ret < 0 && ret != -EINPROGRESS && ret != -EALREADY && ret != -EISCONN;
     // TCP successes are reported at ESTABLISHED; other protocols (UDP) have no
-    // state change, so their success is reported here.
-    let reported_success =
-        ret == 0 && call.sk == 0 && (call.opts.flags != 0 || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0);
+    // state change, so their success is reported here. Either only with --all.
+    let reported_success = ret == 0 && call.sk == 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL != 0;
     if failed {
         forget_pending_close(call.sk);
     }

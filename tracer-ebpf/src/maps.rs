@@ -139,8 +139,8 @@ pub struct SockoptInFlight {
 #[map]
 pub static SOCKOPTS: LruHashMap<u32, SockoptInFlight> = LruHashMap::with_max_entries(16384, 0);
 
-/// Options set on a socket, keyed by `tgid << 32 | fd`. Its presence marks the socket
-/// as one whose successes are reported.
+/// Options set on a socket, keyed by `tgid << 32 | fd`: the state its failure and reset
+/// records carry (successful setsockopt() calls are no record without `--all`).
 #[map]
 pub static TRACKED: LruHashMap<u64, SockOpts> = LruHashMap::with_max_entries(65536, 0);
 

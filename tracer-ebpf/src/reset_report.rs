@@ -3,7 +3,7 @@
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use tracer_common::{
-    PeekCopy, ResetEvent, ResetPeekEvent, SockAddr,
+    PeekCopy, ResetEvent, ResetPeekEvent, SockAddr, SockOpts,
     config::{FILTER_CGROUP, FILTER_PROCESS},
     kind,
     reset::{ATTRIBUTED_CLOSE, ATTRIBUTED_NONE, ATTRIBUTED_SOCKET, PEEK_BYTES, RESET_RECEIVED, RESET_SENT},
@@ -68,7 +68,7 @@ pub fn report(seen: &Seen) {
     let Some(owner) = owner else {
         emit::<ResetEvent, { kind::RESET }>(|r| {
             r.header = kernel_header();
-            fill_event(&mut r.payload, seen, attributed, fd);
+            fill_event(&mut r.payload, seen, attributed, fd, SockOpts::default());
         });
         return;
     };
@@ -80,13 +80,13 @@ pub fn report(seen: &Seen) {
     if own.is_none() && related.is_none() {
         emit::<ResetEvent, { kind::RESET }>(|r| {
             r.header = owner_header(0, &owner);
-            fill_event(&mut r.payload, seen, attributed, fd);
+            fill_event(&mut r.payload, seen, attributed, fd, owner.opts);
         });
         return;
     }
     emit::<ResetPeekEvent, { kind::RESET_PEEK }>(|r| {
         r.header = owner_header(0, &owner);
-        fill_event(&mut r.payload.reset, seen, attributed, fd);
+        fill_event(&mut r.payload.reset, seen, attributed, fd, owner.opts);
         fill(&mut r.payload.own, owner.fd, own);
         fill(&mut r.payload.related, related_fd.unwrap_or(-1), related);
     });
@@ -94,7 +94,7 @@ pub fn report(seen: &Seen) {
 
 /// Writes the reset in place (in the ring buffer): a copy on the stack would cost the
 /// bytes 6.1's verifier does not have to spare.
-fn fill_event(dst: &mut ResetEvent, seen: &Seen, attributed: u32, fd: i32) {
+fn fill_event(dst: &mut ResetEvent, seen: &Seen, attributed: u32, fd: i32, opts: SockOpts) {
     dst.direction = seen.direction;
     dst.attributed = attributed;
     dst.fd = fd;
@@ -105,6 +105,7 @@ fn fill_event(dst: &mut ResetEvent, seen: &Seen, attributed: u32, fd: i32) {
     dst.cookie = seen.cookie;
     dst.local = seen.local;
     dst.peer = seen.peer;
+    dst.opts = opts;
 }
 
 /// Copies one socket's kept exchange into the record (an empty slot for `None`).

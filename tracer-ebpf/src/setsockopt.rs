@@ -1,10 +1,11 @@
 //! `syscalls:sys_enter_setsockopt` / `sys_exit_setsockopt`.
 //! SYSCALL_DEFINE5(setsockopt, int, fd, int, level, int, optname, char __user *, optval,
 //! int, optlen) in net/socket.c. Only the options of `tracer_common::options` are kept;
-//! every other (level, optname) returns at entry.
+//! every other (level, optname) returns at entry. A successful call updates `TRACKED`
+//! and is reported only with `--all`; a failed one is always reported.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{Loss, SockoptEvent, kind, options::option_flag};
+use tracer_common::{Loss, SockoptEvent, config::FILTER_EMIT_ALL, kind, options::option_flag};
 
 use crate::{
     emit::{current_header, emit},
@@ -88,6 +89,11 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     if ret == 0 {
         opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
         let _ = TRACKED.insert(key, opts, 0);
+        // A successful call is state, not news: the options travel with the socket's
+        // failure and reset records. Only --all reports the call itself.
+        if global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
+            return 0;
+        }
     }
     emit::<SockoptEvent, { kind::SOCKOPT }>(|r| {
         r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);

@@ -119,7 +119,9 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
     }
     if new == TCP_ESTABLISHED {
         sockets::register(&owner, sk, &src, &dst);
-        if owner.opts.flags != 0 || global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
+        // A connection that worked is news only with --all; the owner (with the
+        // options) is kept for the socket's resets either way.
+        if global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
             emit::<SockEvent, { kind::ESTABLISHED }>(|r| {
                 r.header = owner_header(0, &owner);
                 r.payload = SockEvent { fd: owner.fd, _pad: 0, src, dst, opts: owner.opts, sk };

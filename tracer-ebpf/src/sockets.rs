@@ -43,13 +43,15 @@ pub struct Passive {
 #[map]
 pub static PASSIVE: LruHashMap<SockAddr, Passive> = LruHashMap::with_max_entries(16384, 0);
 
-/// A traced task inside close(fd): the fd, and the socket the call moved to CLOSE.
+/// A traced task inside close(fd): the fd, the socket the call moved to CLOSE, and the
+/// options the fd carried (`TRACKED` forgets them when close() begins).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Closing {
     pub fd: i32,
     pub _pad: u32,
     pub sk: u64,
+    pub opts: SockOpts,
 }
 
 /// By thread id. Not removed at exit: an entry only matches a reset of the very socket
@@ -77,9 +79,9 @@ pub fn passive_established(sk: u64, local: &SockAddr, peer: &SockAddr) {
 /// sys_enter_close of `fd`: the fd no longer names the socket (no more peeking), and a
 /// reset sent inside this call belongs to the caller.
 /// The caller checked that `task` is selected.
-pub fn close_started(task: &Task, fd: i32) {
+pub fn close_started(task: &Task, fd: i32, opts: SockOpts) {
     peek::fd_closed(task.tgid, fd);
-    let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0 }, 0);
+    let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0, opts }, 0);
 }
 
 /// A socket moved to CLOSE. The first such transition inside a traced close() is the
@@ -107,10 +109,10 @@ pub fn closing_owner(sk: u64) -> Option<Owner> {
     if closing.sk != sk || sk == 0 {
         return None;
     }
-    Some(current_owner(&task, closing.fd))
+    Some(owner_of(&task, closing.fd, closing.opts))
 }
 
-/// `task` as the owner of its `fd`, with the options it set on the socket.
+/// `task` as the owner of its `fd`, with the options it set on the socket so far.
 pub fn current_owner(task: &Task, fd: i32) -> Owner {
     // SAFETY: copied out at once.
     let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();

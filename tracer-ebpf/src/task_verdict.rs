@@ -119,8 +119,11 @@ pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> Decision) -> bool {
     if decision.not_learned && verdict.not_learned == 0 {
         count_loss(Loss::FilterMapFull);
     }
-    // decide() may have learned this tgid (a new generation): stamp the one after it.
-    verdict.generation = self::generation();
+    // Stamped with the generation read before deciding: if anything changed meanwhile
+    // (another thread of this process learned its tgid, a rename on another CPU), the
+    // next call decides again instead of keeping a verdict made on the old state. When
+    // decide() itself learned the tgid, that costs one more (selected) decision.
+    verdict.generation = generation;
     verdict.selected = u32::from(decision.selected);
     verdict.cgroup_id = cgroup_id;
     verdict.not_learned = u32::from(decision.not_learned);

@@ -92,9 +92,10 @@ pub struct FilterArgs {
     /// repeatable). The daemon's metrics still count every failure.
     #[arg(long = "errno", value_name = "NAME|NUM", value_parser = crate::errno::parse_errno)]
     pub errnos: Vec<i32>,
-    /// Report successful bind/connect of every socket, not only of those carrying a
-    /// recorded option; text output then prints successes and setsockopt calls too
-    /// (by default it prints one line per failure).
+    /// Report successes too: setsockopt() of the recorded options, bind() and connect().
+    /// By default only failures and resets are reported (the options a socket carries
+    /// travel with them); text output then prints successes too (by default it prints one
+    /// line per failure).
     #[arg(long)]
     pub all: bool,
     /// Copy the first 1 KiB each way of the current exchange on the selected processes'

@@ -113,6 +113,10 @@ pub fn record(event: &KernelEvent, socket: Option<&Socket>, context: Context<'_>
             };
             record.src = seen.local;
             record.dst = seen.peer;
+            // The table knows this very socket's options only from records (all of its
+            // setsockopt() calls with --all); otherwise the kernel's, recorded when the
+            // owner connected, accepted or closed it.
+            record.sockopts = socket.map(|s| s.opts).filter(|opts| opts.flags != 0).unwrap_or(seen.opts);
             let last_error = socket.and_then(|s| s.last_error);
             record.reset = Some(Box::new(reset::details(seen, header.ts_ns, last_error, reset_reasons)));
         }
@@ -187,6 +191,7 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// The bound address is known from a successful bind() record (`--all`).
     #[test]
     fn connect_error_takes_source_from_bind_when_kernel_had_none() {
         let mut table = SocketTable::new(8);
@@ -333,6 +338,55 @@ mod tests {
         assert_eq!(r.kernel_fn, Some("inet_csk_get_port"));
         assert_eq!(r.sockopts, SockOpts::default());
         assert_eq!(r.src, addr("127.0.0.19:443"));
+    }
+
+    fn reset_of_fd_5(opts: SockOpts) -> KernelEvent {
+        use crate::reset::{ResetOwner, ResetSeen};
+        let seen = ResetSeen {
+            direction: ResetDirection::Received,
+            owner: ResetOwner::Socket,
+            fd: 5,
+            has_socket: true,
+            sk: 0xa000,
+            state: None,
+            reason: None,
+            active: false,
+            cookie: None,
+            local: addr("127.0.0.1:40000"),
+            peer: addr("127.0.0.1:80"),
+            opts,
+            exchanges: Vec::new(),
+        };
+        event(0, Payload::Reset(Box::new(seen)))
+    }
+
+    /// Without --all no setsockopt() success reaches the table: a reset's options are the
+    /// ones the kernel recorded for its owner.
+    #[test]
+    fn reset_carries_the_kernels_options_when_the_table_knows_none() {
+        let kernel = SockOpts { flags: FLAG_SO_MARK, mark: 0x0b00 };
+        let r = record(&reset_of_fd_5(kernel), None, who()).unwrap();
+        assert_eq!((r.event, r.sockopts), (EventName::RstReceived, kernel));
+
+        // With --all the table saw every call on this very socket, also those after connect().
+        let mut table = SocketTable::new(8);
+        let later = SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x0c00 };
+        let established = Payload::Established {
+            fd: 5,
+            src: addr("127.0.0.1:40000"),
+            dst: addr("127.0.0.1:80"),
+            opts: kernel,
+            sk: 0xa000,
+        };
+        table.apply(&event(0, established));
+        let set_later =
+            Payload::Sockopt { fd: 5, level: 1, optname: 2, optlen: 4, value: Some(1), ret: 0, opts: later };
+        table.apply(&event(0, set_later));
+        let reset = reset_of_fd_5(kernel);
+        let socket = table.apply(&reset).cloned();
+        assert!(socket.is_some(), "the table knows the reset's socket");
+        let r = record(&reset, socket.as_ref(), who()).unwrap();
+        assert_eq!(r.sockopts, later, "the table's later options win");
     }
 
     #[test]

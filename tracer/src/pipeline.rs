@@ -44,6 +44,8 @@ pub struct ProcessInfo {
 const PROCESS_TTL: Duration = Duration::from_secs(2);
 /// Retries of one failure (Envoy retries within milliseconds) share one lookup.
 const LOOKUP_TTL: Duration = Duration::from_millis(500);
+/// A lookup slower than this holds up the records behind it long enough to say so.
+const SLOW_LOOKUP: Duration = Duration::from_secs(1);
 const MAX_CACHED: usize = 4096;
 const TABLE_CAPACITY: usize = 65536;
 
@@ -145,9 +147,20 @@ impl<S: SystemView> Processor<S> {
         }
         let system = Arc::clone(&self.system);
         let owned = query.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || system.lookup(pid, &owned))
             .await
             .unwrap_or_else(|join| Err(format!("lookup task failed: {join}")));
+        let took = started.elapsed();
+        if took > SLOW_LOOKUP {
+            // Records are written in order: every record behind this one waited as long.
+            tracing::warn!(
+                pid,
+                ?query,
+                "a socket lookup took {} ms: the records after it waited",
+                took.as_millis()
+            );
+        }
         self.lookups.insert(key, result.clone(), now);
         result
     }
@@ -366,6 +379,7 @@ mod tests {
             cookie: None,
             local: addr("127.0.0.1:4000"),
             peer: addr("127.0.0.1:444"),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         };
         let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen.clone())))).await.unwrap();
@@ -441,6 +455,7 @@ mod tests {
             cookie: None,
             local: addr("127.0.0.1:8080"),
             peer: addr("127.0.0.1:50000"),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         };
         let r = processor.process(&event(2, 0, Payload::Reset(Box::new(seen)))).await.unwrap();

@@ -393,6 +393,7 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// With --all: the successful setsockopt() and bind() calls are records too.
     #[test]
     fn records_options_bind_and_failed_connect() {
         let mut table = SocketTable::new(16);
@@ -419,6 +420,27 @@ mod tests {
         assert_eq!(s.phase, Phase::Failed);
         assert_eq!(s.last_error, Some(LastError { operation: Operation::Connect, errno: 99, ts_ns: 4 }));
         assert_eq!((s.first_seen_ns, s.last_seen_ns), (1, 4));
+    }
+
+    /// Without --all the kernel reports no success: a socket enters the table with its
+    /// first failure, which carries its options and the source the kernel tried; the
+    /// successful bind() before it is unknown.
+    #[test]
+    fn without_all_a_socket_enters_with_its_failure() {
+        let mut table = SocketTable::new(16);
+        let opts = SockOpts { flags: FLAG_SO_MARK | FLAG_SO_REUSEADDR, mark: 0x32030b00 };
+        let connect = Payload::Connect {
+            fd: 5,
+            dst: addr("127.0.0.19:443"),
+            src: addr("127.0.0.7:40312"),
+            opts,
+            sk: 0xa000,
+            origin: None,
+        };
+        let s = table.apply(&event(7, 4, 99, connect)).unwrap();
+        assert_eq!((s.opts, s.phase, s.generation), (opts, Phase::Failed, 0));
+        assert_eq!((s.bound, s.local), (None, addr("127.0.0.7:40312")));
+        assert_eq!(s.last_error, Some(LastError { operation: Operation::Connect, errno: 99, ts_ns: 4 }));
     }
 
     #[test]
@@ -494,6 +516,7 @@ mod tests {
             cookie: None,
             local: addr(local),
             peer: addr(peer),
+            opts: SockOpts::default(),
             exchanges: Vec::new(),
         }))
     }

@@ -133,7 +133,7 @@ impl Metrics {
         let setsockopt_calls = Capped::register(
             &mut registry,
             "setsockopt_calls",
-            "setsockopt() calls of the recorded options (SO_MARK, SO_REUSEADDR, IP_TRANSPARENT, ...) by option and result",
+            "setsockopt() calls of the recorded options (SO_MARK, SO_REUSEADDR, IP_TRANSPARENT, ...) by option and result (result ok only with --all)",
         );
         let tuple_conflicts = Capped::register(
             &mut registry,

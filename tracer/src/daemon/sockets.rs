@@ -1,8 +1,10 @@
 //! `/v1/sockets?pid=N` or `?comm=NAME`: what the socket table knows about the live
 //! sockets of a process (or of every process with that name), as JSON.
 //!
-//! Only sockets sockerr saw: those the kernel programs report (options set, bind or
-//! connect of tracked sockets, every failure) and not yet closed.
+//! Only sockets sockerr saw: those the kernel programs report (every failure; with
+//! `--all` also successful setsockopt, bind and connect calls) and not yet closed. Without
+//! `--all` a socket appears with its first failure, its options as the kernel carried
+//! them, and no `bound` address (a successful bind() is no record).
 
 use serde::Serialize;
 

@@ -33,6 +33,7 @@ pub(crate) fn seen(event: &ResetEvent, peeks: &[&PeekCopy]) -> ResetSeen {
         cookie: (event.cookie != 0).then_some(event.cookie),
         local: socket_addr(&event.local),
         peer: socket_addr(&event.peer),
+        opts: event.opts,
         exchanges: peeks
             .iter()
             .enumerate()
@@ -59,7 +60,11 @@ fn exchange(peek: &PeekCopy, own: bool) -> Exchange {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::reset::{ATTRIBUTED_NONE, RESET_RECEIVED};
+    use tracer_common::{
+        SockOpts,
+        options::FLAG_SO_MARK,
+        reset::{ATTRIBUTED_NONE, RESET_RECEIVED},
+    };
 
     use super::*;
     use crate::decode::raw_sockaddr;
@@ -76,6 +81,7 @@ mod tests {
             cookie: 0,
             local: raw_sockaddr("127.0.0.1:15001".parse().unwrap()),
             peer: raw_sockaddr("127.0.0.1:38120".parse().unwrap()),
+            opts: SockOpts { flags: FLAG_SO_MARK, mark: 0x0b00 },
         }
     }
 
@@ -86,6 +92,7 @@ mod tests {
         assert_eq!((seen.state, seen.reason, seen.active), (Some(TcpState::Close), Some(14), true));
         assert_eq!((seen.cookie, seen.has_socket), (None, true));
         assert_eq!(seen.peer, Some("127.0.0.1:38120".parse().unwrap()));
+        assert_eq!(seen.opts, SockOpts { flags: FLAG_SO_MARK, mark: 0x0b00 }, "the owner's options");
         let received = ResetEvent {
             direction: RESET_RECEIVED,
             attributed: ATTRIBUTED_NONE,

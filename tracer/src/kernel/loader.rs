@@ -10,12 +10,13 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, ListenOffsets, Loss,
+    Filters, ListenOffsets,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_HTTP_PEEK, FILTER_LEARN_PIDS, FILTER_PROCESS},
     limits::MAX_FILTER_COMMS,
     names,
 };
 
+pub use super::losses::{Losses, LostCounter};
 use super::{
     Attachment,
     cgroup::{self, Cgroup, CgroupError},
@@ -147,41 +148,6 @@ impl SelectedPids {
     /// The pids now (an entry removed meanwhile is skipped: the process left).
     pub fn read(&self) -> Vec<u32> {
         self.0.keys().filter_map(Result::ok).collect()
-    }
-}
-
-/// What the kernel side dropped or degraded, by reason (`LOSSES`).
-pub struct LostCounter(PerCpuArray<MapData, u64>);
-
-/// Running totals of [`Loss`] reasons, indexed by `Loss::index`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Losses(pub [u64; Loss::COUNT]);
-
-impl Losses {
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    pub fn of(&self, reason: Loss) -> u64 {
-        self.0[reason.index() as usize]
-    }
-
-    /// Each reason with its count, in index order.
-    pub fn by_reason(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
-        Loss::ALL.into_iter().map(|reason| (reason, self.of(reason)))
-    }
-}
-
-impl LostCounter {
-    /// Sums every CPU's counters. A failed read is an error: a count of 0 would claim
-    /// nothing was lost.
-    pub fn read(&self) -> Result<Losses, aya::maps::MapError> {
-        let mut losses = Losses::default();
-        for reason in Loss::ALL {
-            let per_cpu = self.0.get(&reason.index(), 0)?;
-            losses.0[reason.index() as usize] = per_cpu.iter().sum();
-        }
-        Ok(losses)
     }
 }
 
@@ -358,11 +324,12 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
             HashMap::try_from(pids).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
         Some(SelectedPids(pids))
     };
+    let lost = LostCounter::new(lost, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
         _kernel_log: kernel_log,
         events,
-        lost: LostCounter(lost),
+        lost,
         attached,
         cgroup,
         reset_reasons,

@@ -146,6 +146,7 @@ mod tests {
             cookie: None,
             local: Some("127.0.0.1:15001".parse().unwrap()),
             peer: Some("127.0.0.1:38120".parse().unwrap()),
+            opts: tracer_common::SockOpts::default(),
             exchanges,
         }
     }

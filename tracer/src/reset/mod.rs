@@ -72,5 +72,8 @@ pub struct ResetSeen {
     pub cookie: Option<u64>,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// Options the owner set on the socket, as the kernel programs recorded them when it
+    /// connected, accepted or closed it (empty when unattributed or none were set).
+    pub opts: tracer_common::SockOpts,
     pub exchanges: Vec<Exchange>,
 }

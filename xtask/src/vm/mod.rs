@@ -43,6 +43,9 @@ use crate::{
 /// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup
 /// code, which does not depend on the tracing kernel), `errors` (argument and environment
 /// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
+/// How many times longer the e2e tests wait in a guest of another architecture.
+const EMULATED_TIME_SCALE: u32 = 3;
+
 pub const VM_TEST_TARGETS: &[&str] = &[
     "cilium",
     "bind",
@@ -404,6 +407,12 @@ impl Prepared {
         // rather than accept their absence.
         if matches!(spec, KernelSpec::Series(_)) {
             env.push(("SOCKERR_E2E_KPROBES".to_string(), "required".to_string()));
+        }
+        // qemu translates every instruction of another architecture's guest: python3 starts
+        // and sockerr loads several times slower than on the host, so the tests wait longer
+        // for what they expect (tests/src/lib.rs `patience`).
+        if self.arch != Arch::host() {
+            env.push(("SOCKERR_E2E_TIME_SCALE".to_string(), EMULATED_TIME_SCALE.to_string()));
         }
         Plan {
             modules: modules.iter().map(|(name, _)| name.clone()).collect(),

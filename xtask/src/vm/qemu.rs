@@ -70,9 +70,15 @@ impl Boot<'_> {
             // and in sched_clock_cpu at boot: 6.12, twice in about ten runs here). One
             // thread for both vCPUs sees every patch at once.
             (Accel::Tcg, Arch::Amd64) => command.args(["-accel", "tcg,thread=single", "-cpu", "max"]),
-            // Pointer authentication with QEMU's own algorithm: the architected one (QARMA)
-            // costs TCG several times more for every return.
-            (Accel::Tcg, Arch::Arm64) => command.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
+            // `thread=single` too: arm64 patches its tracepoints' static-key branches in
+            // place, and with a thread per vCPU whole tests saw no syscall records for
+            // seconds (three to four tests at once, one run in three or four) while the
+            // socket tracepoints kept reporting. Pointer authentication with QEMU's own
+            // algorithm: the architected one (QARMA) costs TCG several times more for
+            // every return.
+            (Accel::Tcg, Arch::Arm64) => {
+                command.args(["-accel", "tcg,thread=single", "-cpu", "max,pauth-impdef=on"])
+            }
             (Accel::Kvm, _) => command.args(["-accel", "kvm", "-cpu", "host"]),
         };
         // The console is the board's first UART: ttyS0 (16550) on pc, ttyAMA0 (PL011) on virt.
@@ -388,7 +394,7 @@ mod tests {
         let boot = tcg_boot(Arch::Arm64, &[]);
         let line = describe(&boot.command());
         assert!(line.starts_with("qemu-system-aarch64 "), "{line}");
-        assert!(line.contains("-machine virt -accel tcg -cpu max,pauth-impdef=on"), "{line}");
+        assert!(line.contains("-machine virt -accel tcg,thread=single -cpu max,pauth-impdef=on"), "{line}");
         assert!(line.contains("console=ttyAMA0"), "{line}");
         assert!(line.contains("-serial stdio -device virtio-serial-pci"), "{line}");
         assert!(line.contains("virtserialport,chardev=status,name=org.sockerr.status"), "{line}");

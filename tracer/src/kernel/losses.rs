@@ -1,0 +1,128 @@
+//! What the kernel side lost, by reason: the programs' own `LOSSES` counters, and the
+//! runs of our programs that the kernel itself skipped.
+//!
+//! The kernel runs at most one kprobe or tracepoint BPF program per CPU at a time
+//! (`bpf_prog_active`, kernel/trace/bpf_trace.c `trace_call_bpf()`): a program whose
+//! hook fires while another one runs on that CPU, or while a bpf() map call of any
+//! process holds the counter there, is not run, and only the program's
+//! `recursion_misses` says so (`bpf_prog_info`, Linux 5.12+). Nothing of ours runs to
+//! count it, so user space reads it from each program's `/proc/self/fdinfo` entry.
+
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::PathBuf,
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+    programs::ProgramFd,
+};
+use thiserror::Error;
+use tracer_common::Loss;
+
+#[derive(Debug, Error)]
+pub enum LossReadError {
+    #[error("cannot read the LOSSES map")]
+    Counters(#[source] aya::maps::MapError),
+    #[error("cannot read {}", path.display())]
+    ProgramInfo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} has no recursion_misses line (Linux 5.12+ writes one for every program)", path.display())]
+    NoMissCount { path: PathBuf },
+}
+
+/// Running totals of [`Loss`] reasons, indexed by `Loss::index`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses(pub [u64; Loss::COUNT]);
+
+impl Losses {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub fn of(&self, reason: Loss) -> u64 {
+        self.0[reason.index() as usize]
+    }
+
+    /// Each reason with its count, in index order.
+    pub fn by_reason(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
+        Loss::ALL.into_iter().map(|reason| (reason, self.of(reason)))
+    }
+}
+
+/// Reads [`Losses`]: `LOSSES` for the reasons our programs count, the programs'
+/// `recursion_misses` for [`Loss::ProgramSkipped`].
+pub struct LostCounter {
+    counters: PerCpuArray<MapData, u64>,
+    programs: Vec<ProgramFd>,
+}
+
+impl LostCounter {
+    /// `ebpf`'s loaded programs are the ones whose skipped runs count.
+    pub fn new(counters: PerCpuArray<MapData, u64>, ebpf: &Ebpf) -> Self {
+        let programs = ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect();
+        Self { counters, programs }
+    }
+
+    /// Sums every CPU's counters and every program's skipped runs. A failed read is an
+    /// error: a count of 0 would claim nothing was lost.
+    pub fn read(&self) -> Result<Losses, LossReadError> {
+        let mut losses = Losses::default();
+        for reason in Loss::ALL {
+            let per_cpu = self.counters.get(&reason.index(), 0).map_err(LossReadError::Counters)?;
+            losses.0[reason.index() as usize] = per_cpu.iter().sum();
+        }
+        let mut skipped = 0;
+        for program in &self.programs {
+            let path = PathBuf::from(format!("/proc/self/fdinfo/{}", program.as_fd().as_raw_fd()));
+            let info = fs::read_to_string(&path)
+                .map_err(|source| LossReadError::ProgramInfo { path: path.clone(), source })?;
+            skipped += recursion_misses(&info).ok_or(LossReadError::NoMissCount { path })?;
+        }
+        losses.0[Loss::ProgramSkipped.index() as usize] += skipped;
+        Ok(losses)
+    }
+}
+
+/// The `recursion_misses:` value of a BPF program's fdinfo (`bpf_prog_show_fdinfo()`,
+/// kernel/bpf/syscall.c: one `name:\tvalue` pair per line; no crate parses this file).
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| line.strip_prefix("recursion_misses:")?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_miss_count_of_a_program_fdinfo() {
+        // As Linux 6.1 writes it for a tracepoint program.
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t5\nprog_jited:\t1\n\
+                    prog_tag:\t5b2a3b1e5e1e8f2a\nmemlock:\t4096\nprog_id:\t42\nrun_time_ns:\t0\nrun_cnt:\t0\n\
+                    recursion_misses:\t7\nverified_insns:\t311\n";
+        assert_eq!(recursion_misses(info), Some(7));
+    }
+
+    #[test]
+    fn a_kernel_without_the_line_gives_none_not_zero() {
+        assert_eq!(recursion_misses("prog_type:\t5\nrun_cnt:\t3\n"), None);
+        assert_eq!(recursion_misses("recursion_misses:\tmany\n"), None);
+    }
+
+    #[test]
+    fn this_process_reads_a_real_fdinfo_line_format() {
+        // Any fd's fdinfo has `pos:` and `flags:`; the parser must find nothing in it
+        // rather than a number from another line.
+        let own = fs::read_to_string("/proc/self/fdinfo/0").unwrap_or_default();
+        assert_eq!(recursion_misses(&own), None, "{own}");
+    }
+}
