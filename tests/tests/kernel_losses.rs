@@ -131,7 +131,8 @@ fn assert_kernel_warned_of_each_loss(stopped: &Stopped) {
     }
 }
 
-/// tracer_common::Loss::name of every reason.
+/// tracer_common::Loss::name of every reason the programs count (`program_skipped` is
+/// the daemon's reading of the kernel's recursion misses: no program logs it).
 const LOSS_REASONS: [&str; 7] = [
     "ring_full",
     "async_half_overwritten",

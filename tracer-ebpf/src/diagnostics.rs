@@ -32,6 +32,9 @@ macro_rules! first_loss_warnings {
         pub fn first_loss(reason: Loss) {
             match reason {
                 $(Loss::$reason => $function(),)*
+                // Counted by the daemon from the kernel's recursion misses of the programs,
+                // never by a program.
+                Loss::ProgramSkipped => {}
             }
         }
 
