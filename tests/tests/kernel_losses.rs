@@ -12,6 +12,9 @@
 //! SYN_SENT without a failure (closing a connecting socket), which once counted as a lost
 //! half: that must count nothing, while real failures still pair and are reported.
 //!
+//! The kernel programs also warn, through aya-log, of the first loss of each reason on a
+//! CPU: every reason counted has such a line in the tracer's log, and no other has.
+//!
 //! The traced program is Debian's python3, in a network namespace of its own (unshare),
 //! so ports are free and nothing else on the machine shares its sockets. It waits for a
 //! line on stdin before it starts: the tracers attach to its pid first.
@@ -103,6 +106,43 @@ fn lost(stopped: &Stopped, reason: &str) -> u64 {
     digits.parse().unwrap_or_else(|_| panic!("no count after {key}: {line}"))
 }
 
+/// The kernel programs' own warning for the first loss of `reason` on a CPU (aya-log,
+/// tracer-ebpf/src/diagnostics.rs), as the tracer's log prints it.
+fn first_loss_warnings(stopped: &Stopped, reason: &str) -> usize {
+    let message = format!("kernel programs lost data: first {reason} on this CPU");
+    stopped.stderr.lines().filter(|line| line.contains(" WARN ") && line.contains(&message)).count()
+}
+
+/// Every loss reason that counted something was also logged by the kernel programs when
+/// it first happened (once per CPU at most), and no other reason was.
+fn assert_kernel_warned_of_each_loss(stopped: &Stopped) {
+    for reason in LOSS_REASONS {
+        let (count, warnings) = (lost(stopped, reason), first_loss_warnings(stopped, reason));
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if count == 0 {
+            assert_eq!(warnings, 0, "{reason}: a warning without a count:\n{}", stopped.stderr);
+        } else {
+            assert!(
+                (1..=cpus).contains(&warnings),
+                "{reason}={count}: {warnings} first-loss warnings, expected 1 to {cpus} (one per CPU):\n{}",
+                stopped.stderr
+            );
+        }
+    }
+}
+
+/// tracer_common::Loss::name of every reason the programs count (`program_skipped` is
+/// the daemon's reading of the kernel's recursion misses: no program logs it).
+const LOSS_REASONS: [&str; 7] = [
+    "ring_full",
+    "async_half_overwritten",
+    "async_half_too_old",
+    "user_read_fault",
+    "filter_map_full",
+    "owner_table_full",
+    "drop_table_full",
+];
+
 const OWNERS_SCRIPT: &str = r#"
 import json, socket, struct, sys
 sys.stdin.readline()
@@ -165,6 +205,9 @@ fn full_owner_and_listener_tables_count_each_socket_left_out() {
     let all: Vec<Value> = listeners.records().into_iter().filter(|r| received(r)).collect();
     assert_eq!(all.len(), 7, "{all:#?}");
     assert_eq!(lost(&listeners, "owner_table_full"), 2, "{}", listeners.stderr);
+    assert!(first_loss_warnings(&owners, "owner_table_full") >= 1, "{}", owners.stderr);
+    assert_kernel_warned_of_each_loss(&owners);
+    assert_kernel_warned_of_each_loss(&listeners);
 }
 
 const DROPS_SCRIPT: &str = r#"
@@ -233,6 +276,7 @@ fn full_drop_table_counts_every_drop_it_cannot_add_up() {
         .filter(|r| r.event() == "socket_drop" && locals.contains(&&r["src"]))
         .collect();
     let lost_drops = lost(&stopped, "drop_table_full");
+    assert_kernel_warned_of_each_loss(&stopped);
     if !kernel_has_rx_sk() {
         // Before 6.11 kfree_skb names no receiving socket: nothing is attributed or lost.
         assert!(drops.is_empty() && lost_drops == 0, "{drops:#?}\n{}", stopped.stderr);
@@ -304,6 +348,7 @@ fn full_filter_table_counts_each_process_not_learned() {
         assert_eq!(failures.iter().filter(|p| *p == pid).count(), 1, "{pid} in {failures:?}");
     }
     assert_eq!(lost(&stopped, "filter_map_full"), 3, "{}", stopped.stderr);
+    assert_kernel_warned_of_each_loss(&stopped);
     assert!(stopped.stderr.contains("raise --filter-table-entries"), "{}", stopped.stderr);
 }
 
@@ -369,4 +414,5 @@ fn connecting_sockets_closed_by_their_process_lose_no_half() {
     }
     assert_eq!(lost(&stopped, "async_half_overwritten"), 0, "{}", stopped.stderr);
     assert_eq!(lost(&stopped, "async_half_too_old"), 0, "{}", stopped.stderr);
+    assert_kernel_warned_of_each_loss(&stopped);
 }

@@ -196,6 +196,8 @@ pub mod names {
     /// Every load-time global the daemon rewrites.
     pub const GLOBALS: [&str; 6] =
         [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS];
+    /// The `log` target of the kernel programs' aya-log lines (`RUST_LOG=sockerr::kernel=debug`).
+    pub const KERNEL_LOG_TARGET: &str = "sockerr::kernel";
 }
 
 #[cfg(test)]

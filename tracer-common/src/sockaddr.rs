@@ -39,14 +39,35 @@ pub struct TupleOffsets {
 
 const _: () = assert!(size_of::<TupleOffsets>() == 7 * 4);
 
+pub const AF_UNSPEC: u16 = 0;
+pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const AF_NETLINK: u16 = 16;
+
+/// Families whose addresses traced programs pass to connect()/bind()/accept() all the
+/// time without being IP: a UDP disconnect (AF_UNSPEC), local sockets, and the netlink
+/// socket glibc's getaddrinfo() binds. The kernel programs skip them without a word; any
+/// other non-IP family (or a truncated IP address) is worth a debug line.
+pub const fn is_routine_non_ip(family: u16) -> bool {
+    matches!(family, AF_UNSPEC | AF_UNIX | AF_NETLINK)
+}
 
 const _: () = assert!(size_of::<SockAddr>() == 24);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unspec_unix_and_netlink_are_routine() {
+        for family in 0..=u16::from(u8::MAX) {
+            let expected = [AF_UNSPEC, AF_UNIX, AF_NETLINK].contains(&family);
+            assert_eq!(is_routine_non_ip(family), expected, "family {family}");
+        }
+        // The IP families are read, never skipped as routine: a truncated one is unexpected.
+        assert!(!is_routine_non_ip(AF_INET) && !is_routine_non_ip(AF_INET6));
+    }
 
     #[test]
     fn an_endpoint_is_family_port_and_address() {

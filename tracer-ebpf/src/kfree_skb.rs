@@ -23,6 +23,7 @@ use tracer_common::{
 };
 
 use crate::{
+    diagnostics::{BtfField, btf_read_failed},
     listen::LISTENERS,
     maps::{Owner, count_loss, read_global},
     sock_tuple::read_sock_tuple,
@@ -102,7 +103,11 @@ fn dropping_socket(ctx: &TracePointContext, offsets: &DropOffsets) -> u64 {
         return 0;
     }
     // SAFETY: bpf_probe_read_kernel faults safely; the offset is sk_buff.sk from BTF.
-    unsafe { bpf_probe_read_kernel((skb + u64::from(offsets.skb_sk)) as *const u64) }.unwrap_or(0)
+    unsafe { bpf_probe_read_kernel((skb + u64::from(offsets.skb_sk)) as *const u64) }.unwrap_or_else(|_| {
+        // The record's skb is live: a failed read means the BTF offset is wrong.
+        btf_read_failed(BtfField::SkbSock);
+        0
+    })
 }
 
 /// The owner of `sk` when a traced process connected, accepted or listens on it, as a

@@ -4,4 +4,5 @@
 
 // The programs (src/main.rs) use the dependencies; this target only stands in for them.
 use aya_ebpf as _;
+use aya_log_ebpf as _;
 use tracer_common as _;

@@ -14,6 +14,7 @@ mod bind;
 mod close;
 mod connect;
 mod destroy_sock;
+mod diagnostics;
 mod emit;
 mod filter;
 mod floor;

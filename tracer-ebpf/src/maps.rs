@@ -53,14 +53,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Loss::COUNT as u32, 0);
 
-/// Counts one loss of `reason` on this CPU.
+/// Counts one loss of `reason` on this CPU; the first one on the CPU also logs a warning
+/// naming the reason (the counter going 0 -> 1 is the only test on the counting path).
 #[inline(always)]
 pub fn count_loss(reason: Loss) {
     if let Some(counter) = LOSSES.get_ptr_mut(reason.index()) {
         // SAFETY: per-CPU slot; a program runs to completion on its CPU, and the
         // softirq that may interrupt it only ever adds (a lost increment would
         // under-count by one, never invent a loss).
-        unsafe { *counter += 1 };
+        let count = unsafe {
+            *counter += 1;
+            *counter
+        };
+        if count == 1 {
+            crate::diagnostics::first_loss(reason);
+        }
     }
 }
 

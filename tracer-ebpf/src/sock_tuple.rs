@@ -9,7 +9,10 @@ use tracer_common::{
     sockaddr::{AF_INET, AF_INET6},
 };
 
-use crate::maps::global;
+use crate::{
+    diagnostics::{BtfField, btf_read_failed},
+    maps::global,
+};
 
 /// (local, peer) of `sk`; a field that cannot be read stays zero, so the record lacks
 /// that address rather than the whole tuple.
@@ -20,7 +23,13 @@ pub fn read_sock_tuple(sk: u64) -> (SockAddr, SockAddr) {
     // SAFETY: bpf_probe_read_kernel faults safely; the offsets are BTF member offsets
     // of `struct sock`, and `sk` is a socket address the kernel handed the program.
     unsafe {
-        let family: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.family)).cast()).unwrap_or(0);
+        // `sk` is a live socket the kernel handed over: a failed read here means the
+        // offset, not the pointer, is wrong. The other fields sit next to it.
+        let family: u16 =
+            bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.family)).cast()).unwrap_or_else(|_| {
+                btf_read_failed(BtfField::SockFamily);
+                0
+            });
         // skc_num is in host order, skc_dport in network order (include/net/sock.h).
         let sport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.num)).cast()).unwrap_or(0);
         let dport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.dport)).cast()).unwrap_or(0);

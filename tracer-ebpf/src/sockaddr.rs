@@ -4,10 +4,13 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
     Loss,
-    sockaddr::{AF_INET, AF_INET6, SockAddr},
+    sockaddr::{AF_INET, AF_INET6, SockAddr, is_routine_non_ip},
 };
 
-use crate::maps::{count_loss, read_global};
+use crate::{
+    diagnostics,
+    maps::{count_loss, read_global},
+};
 
 /// `struct sockaddr_in` (include/uapi/linux/in.h).
 #[repr(C)]
@@ -30,7 +33,8 @@ struct SockaddrIn6 {
 
 /// Copies an IPv4/IPv6 sockaddr the caller passed; `None` for other families
 /// (AF_UNIX, AF_UNSPEC, ...), for lengths the kernel itself would reject, and for a
-/// buffer that cannot be read (counted as [`Loss::UserReadFault`]).
+/// buffer that cannot be read (counted as [`Loss::UserReadFault`]). A family that is
+/// neither IP nor routine, or a truncated IP address, gets a debug line.
 pub fn read_user_sockaddr(ptr: u64, len: u64) -> Option<SockAddr> {
     let ptr = ptr as *const u8;
     // SAFETY: bpf_probe_read_user faults safely on bad user pointers.
@@ -55,7 +59,12 @@ pub fn read_user_sockaddr(ptr: u64, len: u64) -> Option<SockAddr> {
             out.scope_id = sin6.scope_id;
             out.addr = sin6.addr;
         }
-        _ => return None,
+        _ => {
+            if !is_routine_non_ip(family) {
+                diagnostics::unexpected_family(family, len);
+            }
+            return None;
+        }
     }
     Some(out)
 }

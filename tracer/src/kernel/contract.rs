@@ -70,6 +70,8 @@ mod tests {
         assert_eq!(map(names::FILTER_PIDS).max_entries(), MAX_FILTER_PIDS);
         assert_eq!(map(names::FILTER_COMMS).max_entries(), MAX_FILTER_COMMS);
         assert_eq!(map(names::FILTER_COMMS).key_size(), 16);
+        // aya-log's ring, which kernel_log.rs opens by aya-log's own name.
+        assert_eq!(map("AYA_LOGS").map_type(), bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32);
     }
 
     #[test]
@@ -87,5 +89,7 @@ mod tests {
             assert_eq!(size_of_global(name), Some(size), "global {name}");
         }
         assert!(names::GLOBALS.iter().all(|name| size_of_global(name).is_some()));
+        // The loader rewrites aya-log's level with a u8 (kernel_log::load_time_level).
+        assert_eq!(size_of_global(aya_log::LEVEL), Some(size_of::<u8>()), "global {}", aya_log::LEVEL);
     }
 }

@@ -23,6 +23,7 @@ use super::{
     drop_offsets,
     drop_totals::DropMaps,
     features,
+    kernel_log::{self, KernelLog, KernelLogError},
     kprobes::{self, KprobeError},
     listen_offsets,
     offsets::{self, OffsetsError},
@@ -84,6 +85,8 @@ pub enum LoadError {
     SockOffsets(#[from] SockOffsetsError),
     #[error(transparent)]
     Kprobe(#[from] KprobeError),
+    #[error(transparent)]
+    KernelLog(#[from] KernelLogError),
     #[error("--comm {0:?} must be 1 to 15 bytes long: the kernel keeps 15 bytes of a task name")]
     CommLength(String),
     #[error("too many --{flag} values: {given}, at most {max} (the size of the kernel's filter map{hint})")]
@@ -119,6 +122,8 @@ pub enum LoadError {
 pub struct Loaded {
     /// Owns programs and links.
     _ebpf: Ebpf,
+    /// Forwards the programs' aya-log lines to this process's log while it lives.
+    _kernel_log: KernelLog,
     pub events: RingBuf<MapData>,
     pub lost: LostCounter,
     pub attached: usize,
@@ -252,6 +257,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .override_global(names::OFFSETS, &offsets, true)
         .override_global(names::FILTERS, &filters, true)
         .override_global(names::RESET_OFFSETS, &reset_offsets, true)
+        // Levels the log filter would drop are never formatted in the kernel.
+        .override_global(aya_log::LEVEL, &kernel_log::load_time_level(), true)
         .map_max_entries(names::PEEKS, peek_sockets)
         .map_max_entries(names::SK_OWNERS, tables.owners)
         .map_max_entries(names::SOCK_OWNERS, tables.owners)
@@ -267,6 +274,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         )
         .load(PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
+    // Before attaching, so the reader runs from the programs' first line on.
+    let kernel_log = kernel_log::start(&mut ebpf)?;
 
     fill_filter_maps(&mut ebpf, &pids, &comms)?;
     let plan = attachment_plan(selection, reset_setup.is_some());
@@ -318,6 +327,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost = LostCounter::new(lost, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
+        _kernel_log: kernel_log,
         events,
         lost,
         attached,

@@ -8,6 +8,7 @@ pub mod drop_offsets;
 pub mod drop_totals;
 pub mod features;
 pub mod floor;
+pub mod kernel_log;
 pub mod kprobes;
 pub mod listen_offsets;
 pub mod loader;
@@ -20,6 +21,7 @@ pub mod reader;
 pub mod reset_offsets;
 pub mod resets;
 pub mod sock_offsets;
+mod stack_budget;
 pub mod tables;
 pub mod tracefs;
 
