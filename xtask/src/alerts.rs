@@ -103,6 +103,7 @@ fn live_check(sockerr: &Path, rules: &Path, queries: &[PanelQuery], scratch: &Pa
     for (scenario, _) in FAILURES {
         run_scenario(sockerr, scenario)?;
     }
+    refused_setsockopt()?;
     let expected: Vec<&str> = FAILURES.iter().map(|(_, alert)| *alert).collect();
     let mut reset_runs = 0;
     while !prometheus.active_alerts()?.contains_key(RESETS_ALERT) {
@@ -151,6 +152,23 @@ fn run_scenario(sockerr: &Path, name: &str) -> Result<()> {
     let mut command = Command::new(sockerr);
     command.args(["scenario", name]).stdout(Stdio::null());
     run_inherited(&mut command).with_context(|| format!("scenario {name} failed"))
+}
+
+/// A setsockopt(SO_MARK) the kernel refuses (a 2-byte value: EINVAL), by Debian's
+/// python3: without `--all` the daemon counts only failed calls, so this is what gives the
+/// dashboard's setsockopt panel a series.
+fn refused_setsockopt() -> Result<()> {
+    const SCRIPT: &str = r#"
+import errno, socket
+s = socket.socket()
+try:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, b"\x01\x00")
+except OSError as e:
+    assert e.errno == errno.EINVAL, e
+else:
+    raise SystemExit("setsockopt(SO_MARK) with a 2-byte value succeeded")
+"#;
+    run_inherited(Command::new("python3").args(["-c", SCRIPT])).context("the refused setsockopt(SO_MARK)")
 }
 
 fn describe_states(states: &std::collections::BTreeMap<String, String>) -> String {

@@ -52,7 +52,8 @@ const REQUIRED_COMMANDS: &[RequiredCommand] = &[
     RequiredCommand {
         command: "python3",
         package: "python3-venv",
-        needed_for: "validating deploy/kubernetes with kubernetes-validate (PyPI) in a virtualenv",
+        needed_for: "validating deploy/kubernetes with kubernetes-validate (PyPI) in a virtualenv, and the \
+                     prometheus stage's refused setsockopt()",
     },
 ];
 
