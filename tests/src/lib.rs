@@ -35,6 +35,7 @@ pub use sockerr_workloads::report::{
     ActorFacts, Attempt, Gate, GateActors, HolderFacts, HttpExchange, ResetFacts, ResetReport,
 };
 use tokio as _;
+use tracer_common as _;
 use tracing_subscriber as _;
 
 /// How long sockerr may take to load and attach its programs (the contract: it logs a

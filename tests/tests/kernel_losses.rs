@@ -29,6 +29,7 @@ use std::{
 
 use serde_json::Value;
 use sockerr_e2e::*;
+use tracer_common::Loss;
 
 /// How long a script may take for one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -116,7 +117,7 @@ fn first_loss_warnings(stopped: &Stopped, reason: &str) -> usize {
 /// Every loss reason that counted something was also logged by the kernel programs when
 /// it first happened (once per CPU at most), and no other reason was.
 fn assert_kernel_warned_of_each_loss(stopped: &Stopped) {
-    for reason in LOSS_REASONS {
+    for reason in Loss::ALL.into_iter().filter(|reason| reason.counted_by_programs()).map(Loss::name) {
         let (count, warnings) = (lost(stopped, reason), first_loss_warnings(stopped, reason));
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         if count == 0 {
@@ -130,18 +131,6 @@ fn assert_kernel_warned_of_each_loss(stopped: &Stopped) {
         }
     }
 }
-
-/// tracer_common::Loss::name of every reason the programs count (`program_skipped` is
-/// the daemon's reading of the kernel's recursion misses: no program logs it).
-const LOSS_REASONS: [&str; 7] = [
-    "ring_full",
-    "async_half_overwritten",
-    "async_half_too_old",
-    "user_read_fault",
-    "filter_map_full",
-    "owner_table_full",
-    "drop_table_full",
-];
 
 const OWNERS_SCRIPT: &str = r#"
 import json, socket, struct, sys

@@ -64,6 +64,12 @@ impl Loss {
         }
     }
 
+    /// Whether the kernel programs count this reason themselves (and warn of its first
+    /// occurrence on a CPU); [`Loss::ProgramSkipped`] is the kernel's own count.
+    pub const fn counted_by_programs(self) -> bool {
+        !matches!(self, Loss::ProgramSkipped)
+    }
+
     /// The counter index.
     pub const fn index(self) -> u32 {
         self as u32
