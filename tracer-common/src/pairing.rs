@@ -10,11 +10,15 @@
 
 use crate::SockAddr;
 
-/// How long the first half waits for the second: both run back to back in one softirq,
-/// so anything much older belongs to another socket (the halves must also name the same
-/// tuple). 1 ms was too short on a slow CPU: under qemu's TCG, 6.12 lost the record of 2
-/// in 10 refused non-blocking connects (0 in 10 with 20 ms).
-pub const PENDING_MAX_AGE_NS: u64 = 20_000_000;
+/// How long the first half waits for the second. Both run back to back in one softirq
+/// (one call since 6.9), so the gap between them is time the CPU spent elsewhere: a vCPU
+/// the hypervisor descheduled, steal time on a busy node. The halves must also name the
+/// same tuple, which is what keeps another socket's half out; the window only bounds how
+/// long a half whose partner never comes blocks its slot. Measured under qemu's TCG:
+/// 1 ms lost 2 of 10 refused non-blocking connects on 6.12; 20 ms lost 1 of 10 when two
+/// guests shared the host's two CPUs (the second half came more than 20 ms after the
+/// first); 250 ms leaves room for a descheduled vCPU.
+pub const PENDING_MAX_AGE_NS: u64 = 250_000_000;
 
 /// A waiting half, as the slot keeps it.
 #[derive(Clone, Copy, Debug)]

@@ -39,16 +39,6 @@ pub enum Series {
 impl Series {
     pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
 
-    /// Its stage in `cargo xtask test`.
-    pub fn stage_name(self, arch: Arch) -> &'static str {
-        match (arch, self) {
-            (Arch::Amd64, Series::V6_1) => "vm-6.1",
-            (Arch::Amd64, Series::V6_12) => "vm-6.12",
-            (Arch::Arm64, Series::V6_1) => "vm-arm64-6.1",
-            (Arch::Arm64, Series::V6_12) => "vm-arm64-6.12",
-        }
-    }
-
     /// The metapackage that depends on the current kernel of the series. Generic
     /// flavour, not cloud: cloud kernels lack 9p, and virtiofs needs a virtiofsd.
     pub fn metapackage(self, arch: Arch) -> String {

@@ -16,10 +16,11 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 pub use kernel::{KernelSpec, Series};
 use qemu::Accel;
@@ -43,9 +44,6 @@ use crate::{
 /// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup
 /// code, which does not depend on the tracing kernel), `errors` (argument and environment
 /// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
-/// How many times longer the e2e tests wait in a guest of another architecture.
-const EMULATED_TIME_SCALE: u32 = 3;
-
 pub const VM_TEST_TARGETS: &[&str] = &[
     "cilium",
     "bind",
@@ -105,6 +103,10 @@ pub struct VmTestArgs {
     pub test_args: Vec<String>,
 }
 
+/// Guests booted at once: under single-threaded TCG each is one busy host thread, and
+/// the machine the suite is sized for has two CPUs.
+const CONCURRENT_GUESTS: usize = 2;
+
 /// Boots of one kernel when the first panics before the guest is ready (see
 /// [`qemu::panicked_while_booting`]); a panic after that fails at once.
 const BOOT_ATTEMPTS: u32 = 2;
@@ -117,18 +119,9 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
         );
     }
     let mut prepared = Prepared::new(args)?;
-    let mut failures = Vec::new();
-    for spec in &args.kernels {
-        if let Err(error) = prepared.test_kernel(spec, &mut |_| {}) {
-            eprintln!("vm-test {spec}: {error:#}");
-            failures.push(spec.to_string());
-        }
-    }
+    let outcome = prepared.test_kernels(&args.kernels, &|_| {});
     eprintln!("\n{}", prepared.summary());
-    if !failures.is_empty() {
-        bail!("vm-test failed on {}", failures.join(", "));
-    }
-    Ok(())
+    outcome.context("vm-test failed")
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +182,25 @@ pub struct Prepared {
     test_threads: u16,
     test_args: Vec<String>,
     results: Vec<KernelResult>,
+}
+
+/// A boot ready to start (see [`Prepared::stage_boot`]).
+struct StagedBoot {
+    kernel: kernel::Kernel,
+    work: PathBuf,
+    initramfs: PathBuf,
+    shares: Vec<vm_init::Share>,
+    planned: Vec<String>,
+    accel: Accel,
+    prepare: Duration,
+    /// A console line the boot must show (a test run by exact name passes when it is gone).
+    required_line: Option<String>,
+}
+
+/// How a boot ended.
+struct Booted {
+    ended: qemu::Ended,
+    required_seen: bool,
 }
 
 struct KernelResult {
@@ -268,8 +280,35 @@ impl Prepared {
         })
     }
 
-    /// Boots `spec` and runs the VM test targets in it; `on_line` sees the console.
-    pub fn test_kernel(&mut self, spec: &KernelSpec, on_line: &mut dyn FnMut(&str)) -> Result<()> {
+    /// Boots every kernel of `specs` and runs the VM test targets in it, up to
+    /// [`CONCURRENT_GUESTS`] at once; `on_line` sees every guest's console. Every kernel
+    /// runs even when one fails; the error names each that failed.
+    pub fn test_kernels(&mut self, specs: &[KernelSpec], on_line: &(dyn Fn(&str) + Sync)) -> Result<()> {
+        let mut failures = Vec::new();
+        for batch in specs.chunks(CONCURRENT_GUESTS) {
+            let mut staged = Vec::new();
+            for spec in batch {
+                let (runs, required_line) = self.test_runs();
+                match self.stage_boot(spec, runs, &workspace_root().join("tests"), required_line) {
+                    Ok(boot) => staged.push(boot),
+                    Err(error) => failures.push(format!("{spec}: {error:#}")),
+                }
+            }
+            let booted = self.boot_all(&staged, on_line);
+            for (boot, booted) in staged.iter().zip(booted) {
+                if let Err(error) = self.finish(boot, booted) {
+                    failures.push(format!("{error:#}"));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            bail!("{}", failures.join("\n\n"));
+        }
+        Ok(())
+    }
+
+    /// The runs of one kernel's boot, and the console line that must show up among them.
+    fn test_runs(&self) -> (Vec<Run>, Option<String>) {
         let mut runs: Vec<Run> = VM_TEST_TARGETS
             .iter()
             .map(|name| {
@@ -280,7 +319,7 @@ impl Prepared {
             })
             .collect();
         let Some(unit_tests) = &self.unit_tests else {
-            return self.boot_with(spec, runs, &workspace_root().join("tests"), on_line);
+            return (runs, None);
         };
         runs.push(Run {
             name: "object-arch".into(),
@@ -288,31 +327,27 @@ impl Prepared {
         });
         // `--exact` with a name that no longer exists runs nothing and passes: the line
         // of the test itself must show up.
-        let mut ran = false;
-        let passed_line = format!("test {OBJECT_ARCH_TEST} ... ok");
-        self.boot_with(spec, runs, &workspace_root().join("tests"), &mut |line| {
-            ran |= line.trim_end() == passed_line;
-            on_line(line)
-        })?;
-        if !ran {
-            bail!("the guest did not report `{passed_line}`: is the test still named so?");
-        }
-        Ok(())
+        (runs, Some(format!("test {OBJECT_ARCH_TEST} ... ok")))
     }
 
     /// Boots `spec` and runs one command of the host in it, from the workspace root.
     pub fn run_command(&mut self, spec: &KernelSpec, argv: Vec<String>) -> Result<()> {
         let runs = vec![Run { name: "command".into(), argv }];
-        self.boot_with(spec, runs, workspace_root(), &mut |_| {})
+        let boot = self.stage_boot(spec, runs, workspace_root(), None)?;
+        let booted =
+            self.boot_all(std::slice::from_ref(&boot), &|_| {}).pop().context("no boot was attempted")?;
+        self.finish(&boot, booted)
     }
 
-    fn boot_with(
+    /// Everything a boot needs written before qemu starts: the kernel (downloaded and
+    /// unpacked once), its modules, the plan and the initramfs.
+    fn stage_boot(
         &mut self,
         spec: &KernelSpec,
         runs: Vec<Run>,
         cwd: &Path,
-        on_line: &mut dyn FnMut(&str),
-    ) -> Result<()> {
+        required_line: Option<String>,
+    ) -> Result<StagedBoot> {
         let started = Instant::now();
         let cache = target_dir().join("vm-cache");
         let kernel =
@@ -320,32 +355,61 @@ impl Prepared {
         let work = target_dir().join("vm-run").join(&kernel.release);
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let module_files = self.module_files(&kernel)?;
-        let planned: Vec<String> = runs.iter().map(|run| run.name.clone()).collect();
-        let plan = self.plan(spec, &module_files, runs, cwd);
-        let shares = plan.shares.clone();
-        let initramfs = work.join("initramfs.cpio");
         let modules: Vec<(String, &Path)> =
             module_files.iter().map(|(name, path)| (name.clone(), path.as_path())).collect();
-        initramfs::write(&initramfs, &self.init, &plan, &modules)?;
         let accel = self.accel(&kernel, &work, &modules)?;
-        let prepare = started.elapsed();
+        let planned: Vec<String> = runs.iter().map(|run| run.name.clone()).collect();
+        let plan = self.plan(spec, &module_files, runs, cwd, accel);
+        let shares = plan.shares.clone();
+        let initramfs = work.join("initramfs.cpio");
+        initramfs::write(&initramfs, &self.init, &plan, &modules)?;
+        Ok(StagedBoot {
+            kernel,
+            work,
+            initramfs,
+            shares,
+            planned,
+            accel,
+            prepare: started.elapsed(),
+            required_line,
+        })
+    }
 
+    /// Boots the staged kernels at once, each on a thread of its own; their outcomes in
+    /// the same order.
+    fn boot_all(&self, staged: &[StagedBoot], on_line: &(dyn Fn(&str) + Sync)) -> Vec<Result<Booted>> {
+        thread::scope(|scope| {
+            let handles: Vec<_> =
+                staged.iter().map(|boot| scope.spawn(move || self.boot_staged(boot, on_line))).collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().unwrap_or_else(|_| Err(anyhow!("the thread running a guest panicked")))
+                })
+                .collect()
+        })
+    }
+
+    fn boot_staged(&self, staged: &StagedBoot, on_line: &(dyn Fn(&str) + Sync)) -> Result<Booted> {
+        let release = &staged.kernel.release;
         let boot = qemu::Boot {
             arch: self.arch,
-            image: &kernel.image,
-            initramfs: &initramfs,
-            accel,
+            image: &staged.kernel.image,
+            initramfs: &staged.initramfs,
+            accel: staged.accel,
             memory_mib: GUEST_MEMORY_MIB,
             cpus: GUEST_CPUS,
-            status_file: work.join("status"),
+            status_file: staged.work.join("status"),
             time_limit: self.time_limit,
-            shares: &shares,
+            shares: &staged.shares,
         };
+        let mut required_seen = false;
         let mut ended = None;
         for attempt in 1..=BOOT_ATTEMPTS {
-            eprintln!("vm-test: booting {} ({}) with {accel}", kernel.release, kernel.image.display());
+            eprintln!("vm-test: booting {release} ({}) with {}", staged.kernel.image.display(), staged.accel);
             let this = qemu::boot(&boot, |line| {
-                println!("[{}] {line}", kernel.release);
+                println!("[{release}] {line}");
+                required_seen |= staged.required_line.as_deref() == Some(line.trim_end());
                 on_line(line);
             })?;
             let again = attempt < BOOT_ATTEMPTS && qemu::panicked_while_booting(&this);
@@ -354,25 +418,33 @@ impl Prepared {
                 break;
             }
             eprintln!(
-                "vm-test: {} panicked while booting, before its init was ready (nothing of ours ran): \
-                 booting it again",
-                kernel.release
+                "vm-test: {release} panicked while booting, before its init was ready (nothing of ours ran): \
+                 booting it again"
             );
         }
         let ended = ended.context("no boot was attempted")?;
-        let planned: Vec<&str> = planned.iter().map(String::as_str).collect();
-        let verdict = qemu::verdict(&ended, &planned, self.time_limit);
+        Ok(Booted { ended, required_seen })
+    }
+
+    /// Records a boot's result; its verdict as an error when anything failed.
+    fn finish(&mut self, staged: &StagedBoot, booted: Result<Booted>) -> Result<()> {
+        let release = &staged.kernel.release;
+        let Booted { ended, required_seen } = booted.with_context(|| format!("booting {release}"))?;
+        let planned: Vec<&str> = staged.planned.iter().map(String::as_str).collect();
+        let verdict = qemu::verdict(&ended, &planned, self.time_limit).or_else(|| {
+            let required = staged.required_line.as_ref().filter(|_| !required_seen)?;
+            Some(format!("the guest did not report `{required}`: is the test still named so?"))
+        });
         self.results.push(KernelResult {
-            kernel: kernel.release.clone(),
-            accel,
-            prepare,
+            kernel: release.clone(),
+            accel: staged.accel,
+            prepare: staged.prepare,
             boot_and_tests: ended.elapsed,
             passed: verdict.is_none(),
         });
         if let Some(verdict) = verdict {
             bail!(
-                "{}: {verdict}\nlast {} console lines:\n{}",
-                kernel.release,
+                "{release}: {verdict}\nlast {} console lines:\n{}",
                 ended.console_tail.len(),
                 ended.console_tail.join("\n")
             );
@@ -396,7 +468,14 @@ impl Prepared {
             .collect())
     }
 
-    fn plan(&self, spec: &KernelSpec, modules: &[(String, PathBuf)], runs: Vec<Run>, cwd: &Path) -> Plan {
+    fn plan(
+        &self,
+        spec: &KernelSpec,
+        modules: &[(String, PathBuf)],
+        runs: Vec<Run>,
+        cwd: &Path,
+        accel: Accel,
+    ) -> Plan {
         let mut env = vec![
             ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
             ("HOME".to_string(), "/tmp".to_string()),
@@ -408,11 +487,9 @@ impl Prepared {
         if matches!(spec, KernelSpec::Series(_)) {
             env.push(("SOCKERR_E2E_KPROBES".to_string(), "required".to_string()));
         }
-        // qemu translates every instruction of another architecture's guest: python3 starts
-        // and sockerr loads several times slower than on the host, so the tests wait longer
-        // for what they expect (tests/src/lib.rs `patience`).
-        if self.arch != Arch::host() {
-            env.push(("SOCKERR_E2E_TIME_SCALE".to_string(), EMULATED_TIME_SCALE.to_string()));
+        let scale = time_scale(self.arch, accel);
+        if scale > 1 {
+            env.push(("SOCKERR_E2E_TIME_SCALE".to_string(), scale.to_string()));
         }
         Plan {
             modules: modules.iter().map(|(name, _)| name.clone()).collect(),
@@ -511,6 +588,21 @@ impl Prepared {
             ));
         }
         lines.join("\n")
+    }
+}
+
+/// How many times longer the e2e tests wait for what they expect in a guest (tests/src/lib.rs
+/// `patience`; the pauses of "nothing happens" checks are not scaled, so a larger scale
+/// costs nothing while the guest keeps up). Under TCG a guest shares the host's two CPUs
+/// with a second guest ([`CONCURRENT_GUESTS`]) and with qemu's 9p server, which serves
+/// every file python3 imports: `python3 -m http.server` once took more than 10 s to listen
+/// in an amd64 guest beside another. A guest of another architecture also has every
+/// instruction translated, several times slower again.
+fn time_scale(arch: Arch, accel: Accel) -> u32 {
+    match accel {
+        Accel::Kvm => 1,
+        Accel::Tcg if arch == Arch::host() => 2,
+        Accel::Tcg => 4,
     }
 }
 
