@@ -13,6 +13,7 @@
 
 use std::{
     io,
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -22,7 +23,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, RingBuf},
+    maps::{MapError, RingBuf},
 };
 use aya_log_common::Level;
 use thiserror::Error;
@@ -109,14 +110,17 @@ pub fn start(ebpf: &mut Ebpf) -> Result<KernelLog, KernelLogError> {
         .map_err(|err| KernelLogError::Watch(err.into_parts().1))?;
     let unreadable = Arc::new(AtomicU64::new(0));
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(read_lines(ring, stopped, Arc::clone(&unreadable)));
+    let task = tokio::spawn(read_lines(ring, stopped, Arc::clone(&unreadable), forward));
     Ok(KernelLog { task: Some(task), stop: Some(stop), unreadable })
 }
 
-async fn read_lines(
-    mut ring: AsyncFd<RingBuf<MapData>>,
+/// The reader task: drains `ring` whenever epoll reports it, and once more when `stop`
+/// comes; each decoded line goes to `emit`.
+async fn read_lines<R: RecordSource + AsRawFd>(
+    mut ring: AsyncFd<R>,
     mut stop: oneshot::Receiver<()>,
     unreadable: Arc<AtomicU64>,
+    mut emit: impl FnMut(&LogLine),
 ) {
     loop {
         tokio::select! {
@@ -131,7 +135,7 @@ async fn read_lines(
                         return;
                     }
                 };
-                let drained = drain(guard.get_inner_mut(), MAX_PER_DRAIN, None, &unreadable, &mut forward);
+                let drained = drain(guard.get_inner_mut(), MAX_PER_DRAIN, None, &unreadable, &mut emit);
                 // Epoll reports the ring again only after a new wake-up: keep the
                 // readiness while records are left.
                 if drained == Drained::Empty {
@@ -142,7 +146,7 @@ async fn read_lines(
             }
             _ = &mut stop => {
                 let deadline = Instant::now() + FINAL_DRAIN_TIME;
-                if drain(ring.get_mut(), MAX_PER_DRAIN, Some(deadline), &unreadable, &mut forward) != Drained::Empty {
+                if drain(ring.get_mut(), MAX_PER_DRAIN, Some(deadline), &unreadable, &mut emit) != Drained::Empty {
                     tracing::warn!(
                         "kernel programs' log lines left unread at exit: the last drain stops after \
                          {MAX_PER_DRAIN} lines or {FINAL_DRAIN_TIME:?}"
@@ -274,6 +278,50 @@ mod tests {
         assert_eq!(unreadable, 2, "each malformed record counts once");
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(lines.iter().all(|line| line.contains("first owner_table_full on this CPU")), "{lines:?}");
+    }
+
+    /// Records in memory behind an fd that never becomes readable (a pipe nobody writes
+    /// to): only the drain at stop can take them.
+    struct SilentRing {
+        records: VecDeque<Vec<u8>>,
+        fd: std::io::PipeReader,
+        _writer: std::io::PipeWriter,
+    }
+
+    impl AsRawFd for SilentRing {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.fd.as_raw_fd()
+        }
+    }
+
+    impl RecordSource for SilentRing {
+        fn take_one(&mut self, consume: &mut dyn FnMut(&[u8])) -> bool {
+            self.records.take_one(consume)
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_the_reader_drains_what_the_ring_still_holds() {
+        let (fd, writer) = std::io::pipe().expect("a pipe");
+        let records = vec![first_loss_warning(), first_loss_warning()[..10].to_vec(), first_loss_warning()];
+        let ring = SilentRing { records: records.into(), fd, _writer: writer };
+        // SAFETY: the pipe's fd lives in the SilentRing, which the AsyncFd owns.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.expect("epoll");
+        let (stop, stopped) = oneshot::channel();
+        let unreadable = Arc::new(AtomicU64::new(0));
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let emit = move |line: &LogLine| lines_tx.send(line.message.clone()).expect("the test listens");
+        let task = tokio::spawn(read_lines(ring, stopped, Arc::clone(&unreadable), emit));
+        tokio::task::yield_now().await;
+        assert!(lines.try_recv().is_err(), "nothing is read before the stop: the fd is never ready");
+        stop.send(()).expect("the reader waits");
+        tokio::time::timeout(FINAL_DRAIN_TIME * 4, task).await.expect("the reader ends").expect("no panic");
+        let mut drained = Vec::new();
+        while let Ok(line) = lines.try_recv() {
+            drained.push(line);
+        }
+        assert_eq!(drained.len(), 2, "{drained:?}");
+        assert_eq!(unreadable.load(Ordering::Relaxed), 1);
     }
 
     #[test]
