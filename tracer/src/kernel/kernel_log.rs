@@ -148,8 +148,9 @@ async fn read_lines<R: RecordSource + AsRawFd>(
                 let deadline = Instant::now() + FINAL_DRAIN_TIME;
                 if drain(ring.get_mut(), MAX_PER_DRAIN, Some(deadline), &unreadable, &mut emit) != Drained::Empty {
                     tracing::warn!(
-                        "kernel programs' log lines left unread at exit: the last drain stops after \
-                         {MAX_PER_DRAIN} lines or {FINAL_DRAIN_TIME:?}"
+                        "kernel programs' log lines may be left unread at exit: the last drain stopped \
+                         at its bound ({MAX_PER_DRAIN} lines or {FINAL_DRAIN_TIME:?}) with the programs \
+                         still logging"
                     );
                 }
                 return;
