@@ -27,6 +27,8 @@ pub struct Totals {
     pub loss_read_errors: u64,
     /// What the socket table forgot to stay bounded (see [`crate::table::Forgotten`]).
     pub table_forgotten: crate::table::Forgotten,
+    /// Records of the kernel programs' log ring that did not decode: lines lost.
+    pub kernel_log_unreadable: u64,
 }
 
 pub trait Sink {

@@ -162,7 +162,9 @@ impl Tracer {
         mut inspections: Option<mpsc::Receiver<Inspection>>,
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock, attributor } = self;
-        let Loaded { events, lost, reset_reasons, backend, drops, selected, capabilities, .. } = loaded;
+        let Loaded {
+            events, lost, reset_reasons, backend, drops, selected, capabilities, kernel_log, ..
+        } = loaded;
         let mut drops = drops.map(DropReader::new);
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
         // Few batches in flight: a backlog waits in the ring, not here (see `reader::MAX_BATCH`).
@@ -233,6 +235,7 @@ impl Tracer {
                 },
                 _ = ticker.tick() => {
                     (totals.lost, totals.loss_read_errors) = losses.check();
+                    totals.kernel_log_unreadable = kernel_log.unreadable();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
                     sample_listeners(&mut listeners, sink).await.map_err(output)?;
@@ -251,6 +254,8 @@ impl Tracer {
         }
         totals.undecodable =
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
+        // The programs' last log lines, like the event ring's last records above.
+        totals.kernel_log_unreadable = kernel_log.stop().await;
         (totals.lost, totals.loss_read_errors) = losses.check();
         sink.finish(&totals).map_err(output)?;
         let summary =
@@ -260,9 +265,13 @@ impl Tracer {
             n => format!(" (at least: {n} reads of the loss counter failed)"),
         };
         let forgotten = totals.table_forgotten;
+        let kernel_log_unreadable = match totals.kernel_log_unreadable {
+            0 => String::new(),
+            n => format!(", {n} kernel log records unreadable"),
+        };
         tracing::info!(
             "stopped: {} events, {} failures, {} lost in the kernel{}{unreadable}, {} undecodable, \
-             {} sockets and {} generations forgotten by the full socket table",
+             {} sockets and {} generations forgotten by the full socket table{kernel_log_unreadable}",
             summary.events,
             summary.failures,
             summary.lost.total(),

@@ -113,6 +113,7 @@ pub struct Metrics {
     events_lost: Family<Vec<(&'static str, &'static str)>, Counter>,
     records_undecodable: Counter,
     loss_read_errors: Counter,
+    kernel_log_unreadable: Counter,
     table_forgotten: Counters,
     capabilities: Gauges,
 }
@@ -211,6 +212,13 @@ impl Metrics {
             "Failed reads of the kernel's loss counter: sockerr_events_lost_total may be short (see the daemon's log)",
             Counter::clone(&loss_read_errors),
         );
+        let kernel_log_unreadable = Counter::default();
+        registry.register(
+            "kernel_log_records_unreadable",
+            "Records of the kernel programs' log ring (their aya-log lines) that did not decode: those lines \
+             are lost (daemon and programs disagree on the record format; see the daemon's log)",
+            Counter::clone(&kernel_log_unreadable),
+        );
         let table_forgotten = Counters::default();
         registry.register(
             "table_forgotten",
@@ -247,6 +255,7 @@ impl Metrics {
             events_lost,
             records_undecodable,
             loss_read_errors,
+            kernel_log_unreadable,
             table_forgotten,
             capabilities,
         }
@@ -354,6 +363,7 @@ impl Metrics {
             (&self.events, totals.events),
             (&self.records_undecodable, totals.undecodable),
             (&self.loss_read_errors, totals.loss_read_errors),
+            (&self.kernel_log_unreadable, totals.kernel_log_unreadable),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
@@ -628,6 +638,7 @@ mod tests {
             undecodable: 1,
             loss_read_errors: 1,
             table_forgotten: forgotten,
+            kernel_log_unreadable: 2,
         });
         let samples = samples(&metrics);
         for expected in [
@@ -637,6 +648,7 @@ mod tests {
             r#"sockerr_events_lost_total{reason="owner_table_full"} 0"#,
             "sockerr_records_undecodable_total 1",
             "sockerr_loss_counter_read_errors_total 1",
+            "sockerr_kernel_log_records_unreadable_total 2",
             r#"sockerr_table_forgotten_total{what="socket"} 3"#,
             r#"sockerr_table_forgotten_total{what="generation"} 7"#,
             r#"sockerr_build_info{version="0.1.0",git_sha="abc123",kernel="6.18.0"} 1"#,

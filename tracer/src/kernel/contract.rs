@@ -70,8 +70,11 @@ mod tests {
         assert_eq!(map(names::FILTER_PIDS).max_entries(), MAX_FILTER_PIDS);
         assert_eq!(map(names::FILTER_COMMS).max_entries(), MAX_FILTER_COMMS);
         assert_eq!(map(names::FILTER_COMMS).key_size(), 16);
-        // aya-log's ring, which kernel_log.rs opens by aya-log's own name.
-        assert_eq!(map("AYA_LOGS").map_type(), bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32);
+        // aya-log-ebpf's ring, which kernel_log.rs opens by its name.
+        assert_eq!(
+            map(crate::kernel::kernel_log::RING).map_type(),
+            bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32
+        );
     }
 
     #[test]

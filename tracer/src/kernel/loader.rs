@@ -122,8 +122,8 @@ pub enum LoadError {
 pub struct Loaded {
     /// Owns programs and links.
     _ebpf: Ebpf,
-    /// Forwards the programs' aya-log lines to this process's log while it lives.
-    _kernel_log: KernelLog,
+    /// Forwards the programs' aya-log lines to this process's log until stopped.
+    pub kernel_log: KernelLog,
     pub events: RingBuf<MapData>,
     pub lost: LostCounter,
     pub attached: usize,
@@ -327,7 +327,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let lost = LostCounter::new(lost, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
-        _kernel_log: kernel_log,
+        kernel_log,
         events,
         lost,
         attached,

@@ -12,6 +12,7 @@ pub mod kernel_log;
 pub mod kprobes;
 pub mod listen_offsets;
 pub mod loader;
+mod log_record;
 pub mod losses;
 mod object_arch;
 pub mod offsets;

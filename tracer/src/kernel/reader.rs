@@ -77,9 +77,10 @@ impl Reader {
     }
 }
 
-/// Where raw records come from: the ring, or a list in the tests. (`RingBuf::next` lends
-/// each item until the next call, which a closure cannot express.)
-trait RecordSource {
+/// Where raw records come from: a ring, or a list in the tests (the `VecDeque` below,
+/// also used by `kernel_log`'s). (`RingBuf::next` lends each item until the next call,
+/// which a closure cannot express.)
+pub(super) trait RecordSource {
     /// Passes the next record to `consume`; false when there is none.
     fn take_one(&mut self, consume: &mut dyn FnMut(&[u8])) -> bool;
 }
