@@ -17,7 +17,7 @@ use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{Owner, TRACKED, count_loss, fd_key},
+    maps::{Owner, count_loss, tracked_opts},
     peek,
 };
 
@@ -114,9 +114,7 @@ pub fn closing_owner(sk: u64) -> Option<Owner> {
 
 /// `task` as the owner of its `fd`, with the options it set on the socket so far.
 pub fn current_owner(task: &Task, fd: i32) -> Owner {
-    // SAFETY: copied out at once.
-    let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();
-    owner_of(task, fd, opts)
+    owner_of(task, fd, tracked_opts(task.tgid, fd))
 }
 
 /// `task` (the current one) as the owner of `fd`, whose options are `opts`.
