@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+    Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TaskFdOffsets,
+    TracepointOffsets,
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
     pairing::{self, Pairing, Waiting},
 };
@@ -29,6 +30,11 @@ pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 // SAFETY: plain integers, for which all zeroes is a valid value.
 pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
+/// Task -> fd table -> file -> socket -> sock offsets from BTF, set by the daemon before
+/// load: `accept` finds the accepted socket by the fd accept() returned.
+#[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
+pub static TASK_FD_OFFSETS: TaskFdOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
 macro_rules! global {

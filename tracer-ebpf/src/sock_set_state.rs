@@ -36,7 +36,6 @@ use crate::{
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
@@ -65,11 +64,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         entered_syn_sent(&ctx, sk);
     } else if old == TCP_SYN_SENT {
         left_syn_sent(&ctx, sk, new);
-    } else if old == TCP_SYN_RECV
-        && new == TCP_ESTABLISHED
-        && let Some((local, peer)) = read_tuple(&ctx, &state_tuple())
-    {
-        sockets::passive_established(sk, &local, &peer);
     } else if new == TCP_LISTEN
         && let Some((local, _)) = read_tuple(&ctx, &state_tuple())
     {

@@ -21,6 +21,7 @@ pub mod reader;
 pub mod reset_offsets;
 pub mod resets;
 pub mod sock_offsets;
+pub mod task_fd_offsets;
 mod stack_budget;
 pub mod tables;
 pub mod tracefs;
