@@ -17,6 +17,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
+
 use crate::{
     diagnostics::{BtfField, btf_read_failed},
     filter::{current_task, selected},
@@ -105,4 +106,3 @@ fn sock_of_fd(fd: u32) -> Option<u64> {
     let socket = read(file + u64::from(global!(TASK_FD_OFFSETS.file_private_data)))?;
     read(socket + u64::from(global!(TASK_FD_OFFSETS.socket_sk)))
 }
-

@@ -31,8 +31,8 @@ use super::{
     reset_offsets::{ResetOffsetsError, ResetReasons},
     resets,
     sock_offsets::{self, SockOffsetsError},
-    task_fd_offsets::{self, TaskFdOffsetsError},
     tables::TableSizes,
+    task_fd_offsets::{self, TaskFdOffsetsError},
     tracefs::{self, TracefsError},
 };
 use crate::{

@@ -21,9 +21,9 @@ pub mod reader;
 pub mod reset_offsets;
 pub mod resets;
 pub mod sock_offsets;
-pub mod task_fd_offsets;
 mod stack_budget;
 pub mod tables;
+pub mod task_fd_offsets;
 pub mod tracefs;
 
 /// A program and the tracepoint it goes to: (program, category, tracepoint).
