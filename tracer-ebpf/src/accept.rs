@@ -17,10 +17,11 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
+use tracer_common::SockAddr;
 
 use crate::{
     diagnostics::{BtfField, btf_read_failed},
-    filter::{current_task, selected},
+    filter::{Task, current_task, selected},
     maps::global,
     sock_tuple::read_sock_tuple,
     sockaddr::read_user_sockaddr,
@@ -68,15 +69,23 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let Some(peer) = read_user_sockaddr(addr, MAX_ADDR_LEN) else {
         return 0; // not an IPv4/IPv6 peer: a unix socket
     };
-    let Some(sk) = sock_of_fd(ret as u32) else {
-        return 0;
+    claim(&task, ret as i32, &peer);
+    0
+}
+
+/// Registers the socket behind `fd` as `task`'s when its peer is `peer`. A frame of its
+/// own: inlined, it and `read_user_sockaddr` below the exit pass the 512 bytes of stack
+/// 6.1 allows (`kernel::stack_budget`).
+#[inline(never)]
+fn claim(task: &Task, fd: i32, peer: &SockAddr) {
+    let Some(sk) = sock_of_fd(fd as u32) else {
+        return;
     };
     let (local, sock_peer) = read_sock_tuple(sk);
-    if !sock_peer.same_endpoint(&peer) {
-        return 0;
+    if !sock_peer.same_endpoint(peer) {
+        return;
     }
-    register(&current_owner(&task, ret as i32), sk, &local, &peer);
-    0
+    register(&current_owner(task, fd), sk, &local, peer);
 }
 
 /// The `struct sock` behind `fd` of the current task (a socket file: accept() just
