@@ -3,8 +3,12 @@
 //! table to it (`task_struct.files` -> `fdtable.fd[fd]` -> `file.private_data` ->
 //! `socket.sk`, at offsets from BTF), in process context, for selected tasks only, so a
 //! passive connection of a process nobody traces costs nothing. The peer address
-//! accept() wrote to the caller's buffer must be the socket's own peer: an fd another
-//! thread replaced in between is not recorded. A caller that passes no address buffer
+//! accept() wrote to the caller's buffer must be the socket's own peer, so a file that
+//! is not that socket is never read as one; the fd can only name something else if
+//! another thread closed the accepted socket before this exit ran, and a socket already
+//! closed has no owner left to record (a reset its close() sent is `CLOSING`'s). A
+//! failed first read (`task_struct.files`) is an offset wrong for this kernel and is
+//! warned of (`diagnostics::btf_read_failed`). A caller that passes no address buffer
 //! (accept(fd, NULL, NULL)) leaves the socket unrecorded; resets it sends from close()
 //! are still attributed (`CLOSING`).
 //! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
