@@ -58,8 +58,9 @@ pub struct Filters {
 pub const FILTER_PROCESS: u32 = 1 << 0;
 /// Only tasks in or below `Filters::cgroup_id` are traced.
 pub const FILTER_CGROUP: u32 = 1 << 1;
-/// Report successes too (setsockopt of a recorded option, bind, connect); without it only
-/// failures and resets are, and a socket's options travel with them.
+/// Report successes too (setsockopt of a recorded option, bind, connect, and the close of
+/// a socket with options); without it only failures and resets are, a socket's options
+/// travel with them, and only the close of a socket a failure was reported on is a record.
 pub const FILTER_EMIT_ALL: u32 = 1 << 2;
 /// A process whose thread name matches `FILTER_COMMS` adds its tgid to `FILTER_PIDS`,
 /// so its renamed threads (Envoy's `wrk:worker_N`) stay traced.

@@ -22,6 +22,7 @@ pub mod reset;
 pub mod sock_event;
 pub mod sockaddr;
 pub mod sockopt;
+pub mod task_fd;
 
 pub use bind::BindEvent;
 pub use close::CloseEvent;
@@ -37,6 +38,7 @@ pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
 pub use sock_event::SockEvent;
 pub use sockaddr::SockAddr;
 pub use sockopt::SockoptEvent;
+pub use task_fd::TaskFdOffsets;
 
 /// `EventHeader::kind` values.
 pub mod kind {
@@ -182,6 +184,7 @@ pub mod names {
     pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
     pub const LISTEN_OFFSETS: &str = "LISTEN_OFFSETS";
     pub const DROP_OFFSETS: &str = "DROP_OFFSETS";
+    pub const TASK_FD_OFFSETS: &str = "TASK_FD_OFFSETS";
     /// Per-(socket, drop reason) running totals of `skb:kfree_skb`.
     pub const SOCKET_DROPS: &str = "SOCKET_DROPS";
     /// Owners of sockets in SYN_SENT, by `struct sock` (`--owner-table-entries`).
@@ -194,8 +197,8 @@ pub mod names {
     pub const MAPS: [&str; 9] =
         [EVENTS, LOSSES, FILTER_PIDS, FILTER_COMMS, PEEKS, SOCKET_DROPS, SK_OWNERS, SOCK_OWNERS, LISTENERS];
     /// Every load-time global the daemon rewrites.
-    pub const GLOBALS: [&str; 6] =
-        [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS];
+    pub const GLOBALS: [&str; 7] =
+        [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS, TASK_FD_OFFSETS];
     /// The `log` target of the kernel programs' aya-log lines (`RUST_LOG=sockerr::kernel=debug`).
     pub const KERNEL_LOG_TARGET: &str = "sockerr::kernel";
 }
@@ -263,4 +266,5 @@ user_pod!(
     DropKey,
     DropTotal,
     DropOffsets,
+    TaskFdOffsets,
 );

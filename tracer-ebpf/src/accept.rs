@@ -1,19 +1,35 @@
 //! `syscalls:sys_enter_accept{,4}` / `sys_exit_accept{,4}`: the owner of an accepted
-//! socket. accept() returns an fd, not a `struct sock`; the peer address it writes to
-//! the caller's buffer finds the socket `sock_set_state` saw complete its handshake
-//! (`sockets::PASSIVE`). A caller that passes no address buffer (accept(fd, NULL, NULL))
-//! leaves the socket unrecorded; resets it sends from close() are still attributed.
+//! socket. accept() returns an fd, not a `struct sock`: the exit follows the caller's fd
+//! table to it (`task_struct.files` -> `fdtable.fd[fd]` -> `file.private_data` ->
+//! `socket.sk`, at offsets from BTF), in process context, for selected tasks only, so a
+//! passive connection of a process nobody traces costs nothing. The peer address
+//! accept() wrote to the caller's buffer must be the socket's own peer, so a file that
+//! is not that socket is never read as one; the fd can only name something else if
+//! another thread closed the accepted socket before this exit ran, and a socket already
+//! closed has no owner left to record (a reset its close() sent is `CLOSING`'s). A
+//! failed first read (`task_struct.files`) is an offset wrong for this kernel and is
+//! warned of (`diagnostics::btf_read_failed`). A caller that passes no address buffer
+//! (accept(fd, NULL, NULL)) leaves the socket unrecorded; resets it sends from close()
+//! are still attributed (`CLOSING`).
 //! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
 //! int __user *, upeer_addrlen, int, flags) and accept (the same first three) in
 //! net/socket.c; the address comes from inet_getname() (net/ipv4/af_inet.c).
 
-use aya_ebpf::{macros::map, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use tracer_common::SockAddr;
 
 use crate::{
-    filter::{current_task, selected},
+    diagnostics::{BtfField, btf_read_failed},
+    filter::{Task, current_task, selected},
     maps::global,
+    sock_tuple::read_sock_tuple,
     sockaddr::read_user_sockaddr,
-    sockets::{PASSIVE, current_owner, peer_key, register},
+    sockets::{current_owner, register},
 };
 
 /// accept() between entry and exit, by thread id: the caller's address buffer.
@@ -55,14 +71,51 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(peer) = read_user_sockaddr(addr, MAX_ADDR_LEN) else {
-        return 0;
+        return 0; // not an IPv4/IPv6 peer: a unix socket
     };
-    let key = peer_key(&peer);
-    // SAFETY: copied out before removal.
-    let Some(passive) = (unsafe { PASSIVE.get(key) }).copied() else {
-        return 0;
-    };
-    let _ = PASSIVE.remove(key);
-    register(&current_owner(&task, ret as i32), passive.sk, &passive.local, &peer);
+    claim(&task, ret as i32, &peer);
     0
+}
+
+/// Registers the socket behind `fd` as `task`'s when its peer is `peer`. A frame of its
+/// own: inlined, it and `read_user_sockaddr` below the exit pass the 512 bytes of stack
+/// 6.1 allows (`kernel::stack_budget`).
+#[inline(never)]
+fn claim(task: &Task, fd: i32, peer: &SockAddr) {
+    let Some(sk) = sock_of_fd(fd as u32) else {
+        return;
+    };
+    let (local, sock_peer) = read_sock_tuple(sk);
+    if !sock_peer.same_endpoint(peer) {
+        return;
+    }
+    register(&current_owner(task, fd), sk, &local, peer);
+}
+
+/// The `struct sock` behind `fd` of the current task (a socket file: accept() just
+/// returned it). The task and its fd table are live; a failed read of the first link
+/// means the offset is wrong for this kernel, and is warned of.
+fn sock_of_fd(fd: u32) -> Option<u64> {
+    let read = |at: u64| -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel faults safely; `at` is a kernel address built
+        // from a pointer the previous read returned and a BTF member offset.
+        unsafe { bpf_probe_read_kernel(at as *const u64) }.ok().filter(|&value| value != 0)
+    };
+    // SAFETY: helper call without arguments; the current task.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = read(task + u64::from(global!(TASK_FD_OFFSETS.task_files))) else {
+        btf_read_failed(BtfField::TaskFiles);
+        return None;
+    };
+    let fdt = read(files + u64::from(global!(TASK_FD_OFFSETS.files_fdt)))?;
+    let max_fds_at = fdt + u64::from(global!(TASK_FD_OFFSETS.fdt_max_fds));
+    // SAFETY: as in `read`.
+    let max_fds = unsafe { bpf_probe_read_kernel(max_fds_at as *const u32) }.ok()?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds = read(fdt + u64::from(global!(TASK_FD_OFFSETS.fdt_fd)))?;
+    let file = read(fds + u64::from(fd) * 8)?;
+    let socket = read(file + u64::from(global!(TASK_FD_OFFSETS.file_private_data)))?;
+    read(socket + u64::from(global!(TASK_FD_OFFSETS.socket_sk)))
 }

@@ -9,7 +9,7 @@ use tracer_common::{BindEvent, KernelOrigin, config::FILTER_EMIT_ALL, kind};
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{BINDS, BindInFlight, TRACKED, fd_key, global},
+    maps::{BINDS, BindInFlight, failure_reported, global, tracked_opts},
     sockaddr::read_user_sockaddr,
 };
 
@@ -59,8 +59,10 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     if ret >= 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
         return 0;
     }
-    // SAFETY: the value is copied out at once.
-    let opts = unsafe { TRACKED.get(fd_key(task.tgid, call.fd)) }.copied().unwrap_or_default();
+    if ret < 0 {
+        failure_reported(task.tgid, call.fd);
+    }
+    let opts = tracked_opts(task.tgid, call.fd);
     emit::<BindEvent, { kind::BIND }>(|r| {
         r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
         r.payload = BindEvent { fd: call.fd, ret, addr: call.addr, opts, origin: call.origin };

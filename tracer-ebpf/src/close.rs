@@ -1,12 +1,14 @@
 //! The end of a tracked socket's fd: `syscalls:sys_enter_close`, and fd numbers that
 //! socket()/accept() hand out again while still tracked (dup2, close_range and exec
-//! close fds without close(2)). Only fds in `TRACKED` produce events.
+//! close fds without close(2)). Only fds in `TRACKED` produce events, and without `--all`
+//! only those a failure record named: the record retires user space's table entry.
 //! SYSCALL_DEFINE1(close, unsigned int, fd) in fs/open.c.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     CloseEvent, SockOpts,
     close::{CLOSE_REASON_CLOSE, CLOSE_REASON_FD_REUSED},
+    config::FILTER_EMIT_ALL,
     kind,
 };
 
@@ -16,19 +18,25 @@ use crate::{
     maps::{TRACKED, fd_key, global},
 };
 
-/// Forgets the options of `fd` and reports its close; returns the options it had.
+/// Forgets the options of `fd` and reports its close when user space holds an entry for
+/// it (a failure was reported on it) or `--all` asks; returns the options it had.
 fn untrack(task: &Task, fd: i32, reason: u32) -> SockOpts {
     let key = fd_key(task.tgid, fd);
     // SAFETY: the value is copied out at once.
-    let Some(opts) = unsafe { TRACKED.get(key) }.copied() else {
+    let Some(tracked) = unsafe { TRACKED.get(key) }.copied() else {
         return SockOpts::default();
     };
     let _ = TRACKED.remove(key);
+    // The close of a socket nothing failed on is not news: user space has no entry to
+    // retire (its options only ever travelled inside records that were not sent).
+    if tracked.failure_reported == 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
+        return tracked.opts;
+    }
     emit::<CloseEvent, { kind::CLOSE }>(|r| {
         r.header = current_header(0, task);
         r.payload = CloseEvent { fd, reason };
     });
-    opts
+    tracked.opts
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]

@@ -14,7 +14,7 @@ use tracer_common::{ConnectEvent, KernelOrigin, SockAddr, SockEvent, config::FIL
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{CONNECTS, ConnectInFlight, PENDING_CLOSE, TRACKED, fd_key, global},
+    maps::{CONNECTS, ConnectInFlight, PENDING_CLOSE, failure_reported, global, tracked_opts},
     sockaddr::read_user_sockaddr,
 };
 
@@ -45,8 +45,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let fd = fd as i32;
-    // SAFETY: the value is copied out at once.
-    let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();
+    let opts = tracked_opts(task.tgid, fd);
     let inflight = ConnectInFlight {
         fd,
         async_errno: 0,
@@ -76,6 +75,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if ret == -EINPROGRESS && call.async_errno != 0 {
         // The connection failed before the call returned (loopback RST), yet the
         // caller was told EINPROGRESS: report it as the asynchronous failure it is.
+        failure_reported(task.tgid, call.fd);
         emit::<SockEvent, { kind::CONNECT_ASYNC_ERROR }>(|r| {
             r.header = current_header(call.async_errno, &task);
             r.payload = SockEvent {
@@ -95,6 +95,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let reported_success = ret == 0 && call.sk == 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL != 0;
     if failed {
         forget_pending_close(call.sk);
+        failure_reported(task.tgid, call.fd);
     }
     if !failed && !reported_success {
         return 0;

@@ -80,6 +80,7 @@ pub fn unexpected_family(family: u16, len: u64) {
 pub enum BtfField {
     SockFamily,
     SkbSock,
+    TaskFiles,
 }
 
 /// A read of a kernel structure at an offset BTF gave the daemon failed where the pointer
@@ -90,6 +91,7 @@ pub fn btf_read_failed(field: BtfField) {
     match field {
         BtfField::SockFamily => sock_family_read_failed(),
         BtfField::SkbSock => skb_sock_read_failed(),
+        BtfField::TaskFiles => task_files_read_failed(),
     }
 }
 
@@ -112,5 +114,16 @@ fn skb_sock_read_failed() {
         "kernel read of {} at its BTF offset failed, offset wrong for this kernel? {}",
         "struct sk_buff.sk",
         "Drops of sent packets are not attributed."
+    );
+}
+
+#[inline(never)]
+fn task_files_read_failed() {
+    warn!(
+        &(),
+        target: TARGET,
+        "kernel read of {} at its BTF offset failed, offset wrong for this kernel? {}",
+        "struct task_struct.files",
+        "Accepted sockets are not recorded: their resets lack an owner."
     );
 }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TracepointOffsets,
+    Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TaskFdOffsets,
+    TracepointOffsets,
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
     pairing::{self, Pairing, Waiting},
 };
@@ -29,6 +30,11 @@ pub static RESET_OFFSETS: ResetOffsets = unsafe { core::mem::zeroed() };
 #[unsafe(no_mangle)]
 // SAFETY: plain integers, for which all zeroes is a valid value.
 pub static SOCK_OFFSETS: SockOffsets = unsafe { core::mem::zeroed() };
+/// Task -> fd table -> file -> socket -> sock offsets from BTF, set by the daemon before
+/// load: `accept` finds the accepted socket by the fd accept() returned.
+#[unsafe(no_mangle)]
+// SAFETY: plain integers, for which all zeroes is a valid value.
+pub static TASK_FD_OFFSETS: TaskFdOffsets = unsafe { core::mem::zeroed() };
 
 /// Reads a load-time global; volatile so the compiler cannot fold the zero initialiser.
 macro_rules! global {
@@ -139,10 +145,41 @@ pub struct SockoptInFlight {
 #[map]
 pub static SOCKOPTS: LruHashMap<u32, SockoptInFlight> = LruHashMap::with_max_entries(16384, 0);
 
+/// What the programs keep of a socket with options, until its fd is closed.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Tracked {
+    pub opts: SockOpts,
+    /// 1 once a failure record named this fd: user space then holds a socket-table
+    /// entry for it, which the fd's `CLOSE` record retires. Without `--all` the close of
+    /// a socket no failure was reported on is no record (user space knows nothing of it).
+    pub failure_reported: u32,
+    pub _pad: u32,
+}
+
 /// Options set on a socket, keyed by `tgid << 32 | fd`: the state its failure and reset
 /// records carry (successful setsockopt() calls are no record without `--all`).
 #[map]
-pub static TRACKED: LruHashMap<u64, SockOpts> = LruHashMap::with_max_entries(65536, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, 0);
+
+/// The options `tgid` set on `fd` so far.
+#[inline(always)]
+pub fn tracked_opts(tgid: u32, fd: i32) -> SockOpts {
+    // SAFETY: the value is copied out at once.
+    unsafe { TRACKED.get(fd_key(tgid, fd)) }.map(|tracked| tracked.opts).unwrap_or_default()
+}
+
+/// A failure record names `fd` of `tgid`: its close must be a record too, so that user
+/// space retires the table entry the failure made. Untracked fds (no option set) have no
+/// close record at all; the table retires theirs when the fd names another socket.
+#[inline(always)]
+pub fn failure_reported(tgid: u32, fd: i32) {
+    if let Some(tracked) = TRACKED.get_ptr_mut(fd_key(tgid, fd)) {
+        // SAFETY: a plain store into the map's value; a racing writer (the same fd's
+        // setsockopt() on another thread) only rewrites the options.
+        unsafe { (*tracked).failure_reported = 1 };
+    }
+}
 
 pub const fn fd_key(tgid: u32, fd: i32) -> u64 {
     ((tgid as u64) << 32) | (fd as u32 as u64)

@@ -10,7 +10,7 @@ use tracer_common::{Loss, SockoptEvent, config::FILTER_EMIT_ALL, kind, options::
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, fd_key, global},
+    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
@@ -85,16 +85,20 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     let ret = ret as i32;
     let key = fd_key(task.tgid, call.fd);
     // SAFETY: the value is copied out at once.
-    let mut opts = unsafe { TRACKED.get(key) }.copied().unwrap_or_default();
+    let mut tracked = unsafe { TRACKED.get(key) }.copied().unwrap_or_default();
     if ret == 0 {
-        opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
-        let _ = TRACKED.insert(key, opts, 0);
+        tracked.opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
+        let _ = TRACKED.insert(key, tracked, 0);
         // A successful call is state, not news: the options travel with the socket's
         // failure and reset records. Only --all reports the call itself.
         if global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
             return 0;
         }
     }
+    if ret < 0 {
+        failure_reported(task.tgid, call.fd);
+    }
+    let opts = tracked.opts;
     emit::<SockoptEvent, { kind::SOCKOPT }>(|r| {
         r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
         r.payload = SockoptEvent {

@@ -13,7 +13,10 @@ use tracer_common::{SockAddr, SockEvent, kind, pairing::Waiting};
 
 use crate::{
     emit::{emit, owner_header},
-    maps::{CONNECTS, OFFSETS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingError, global, other_half},
+    maps::{
+        CONNECTS, OFFSETS, Owner, PENDING_CLOSE, PENDING_ERROR, PendingError, failure_reported, global,
+        other_half,
+    },
     sockaddr::{read_tuple, tuple_offsets},
 };
 
@@ -77,6 +80,7 @@ pub fn report_async_failure(owner: &Owner, sk: u64, src: &SockAddr, dst: &SockAd
             return;
         }
     }
+    failure_reported(owner.tgid, owner.fd);
     emit::<SockEvent, { kind::CONNECT_ASYNC_ERROR }>(|r| {
         r.header = owner_header(error, owner);
         r.payload = SockEvent { fd: owner.fd, _pad: 0, src: *src, dst: *dst, opts: owner.opts, sk };

@@ -3,9 +3,8 @@
 //! Resets are mostly seen in softirq context, where the current task is whoever the
 //! interrupt hit: the owner must come from a map filled in process context. Connected
 //! sockets are recorded when `sock_set_state` sees them reach ESTABLISHED (the owner
-//! is known from the traced connect()); accepted sockets when accept() returns them
-//! (`accept`), matched by the peer address with the SYN_RECV -> ESTABLISHED transition
-//! that carried the `struct sock`. The (tgid, fd) side is `peek::FD_SOCKS`, which tells
+//! is known from the traced connect()); accepted sockets when a traced accept() returns
+//! them (`accept`, through the caller's fd table). The (tgid, fd) side is `peek::FD_SOCKS`, which tells
 //! `--http-peek` which fds are TCP sockets worth copying, so file reads are never copied.
 
 use aya_ebpf::{
@@ -17,7 +16,7 @@ use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{Owner, TRACKED, count_loss, fd_key},
+    maps::{Owner, count_loss, tracked_opts},
     peek,
 };
 
@@ -27,21 +26,6 @@ use crate::{
 /// counts) a new owner instead of evicting an old one unseen.
 #[map]
 pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
-
-/// An accepted socket between its handshake and accept().
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Passive {
-    pub sk: u64,
-    pub local: SockAddr,
-}
-
-/// Sockets that completed a passive handshake, by peer address (scope id zeroed),
-/// until accept() returns them. Filled in softirq for every process (the listener is
-/// not known there); a peer ip:port completing handshakes in two network namespaces
-/// before either is accepted can be confused: the later one wins.
-#[map]
-pub static PASSIVE: LruHashMap<SockAddr, Passive> = LruHashMap::with_max_entries(16384, 0);
 
 /// A traced task inside close(fd): the fd, the socket the call moved to CLOSE, and the
 /// options the fd carried (`TRACKED` forgets them when close() begins).
@@ -59,21 +43,12 @@ pub struct Closing {
 #[map]
 pub static CLOSING: LruHashMap<u32, Closing> = LruHashMap::with_max_entries(16384, 0);
 
-pub fn peer_key(peer: &SockAddr) -> SockAddr {
-    SockAddr { scope_id: 0, ..*peer }
-}
-
 /// `owner` now holds `sk`, with this tuple.
 pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
     if SOCK_OWNERS.insert(sk, owner, 0).is_err() {
         count_loss(Loss::OwnerTableFull);
     }
     peek::fd_names_socket(owner.tgid, owner.fd, sk, local, peer);
-}
-
-/// SYN_RECV -> ESTABLISHED (softirq): remember the socket until accept() claims it.
-pub fn passive_established(sk: u64, local: &SockAddr, peer: &SockAddr) {
-    let _ = PASSIVE.insert(peer_key(peer), Passive { sk, local: *local }, 0);
 }
 
 /// sys_enter_close of `fd`: the fd no longer names the socket (no more peeking), and a
@@ -114,9 +89,7 @@ pub fn closing_owner(sk: u64) -> Option<Owner> {
 
 /// `task` as the owner of its `fd`, with the options it set on the socket so far.
 pub fn current_owner(task: &Task, fd: i32) -> Owner {
-    // SAFETY: copied out at once.
-    let opts = unsafe { TRACKED.get(fd_key(task.tgid, fd)) }.copied().unwrap_or_default();
-    owner_of(task, fd, opts)
+    owner_of(task, fd, tracked_opts(task.tgid, fd))
 }
 
 /// `task` (the current one) as the owner of `fd`, whose options are `opts`.

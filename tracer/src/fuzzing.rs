@@ -21,7 +21,7 @@ use crate::{
     event::Payload,
     http_anomaly,
     k8s::cgroup_path,
-    kernel::{btf::Btf, cgroup, print_fmt, reset_offsets, sock_offsets, tracefs::Format},
+    kernel::{btf::Btf, cgroup, print_fmt, reset_offsets, sock_offsets, task_fd_offsets, tracefs::Format},
     reset,
 };
 
@@ -73,11 +73,12 @@ pub fn http_peek(data: &[u8]) {
     }
 }
 
-/// /sys/kernel/btf/vmlinux, then the `struct sock` offsets the kprobe programs read and
-/// a few member paths of other shapes.
+/// /sys/kernel/btf/vmlinux, then the `struct sock` offsets the kprobe programs read, the
+/// fd walk's offsets and a few member paths of other shapes.
 pub fn btf(data: &[u8]) {
     let Ok(btf) = Btf::parse(data) else { return };
     let _ = sock_offsets::from_btf(&btf, "fuzz");
+    let _ = task_fd_offsets::from_btf(&btf, "fuzz");
     for (strukt, path) in
         [("sock", "__sk_common"), ("sock", "a.b.c"), ("", ""), ("sock_common", "skc_family")]
     {

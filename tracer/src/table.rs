@@ -2,7 +2,8 @@
 //! keyed by (pid, fd) with a generation that changes whenever the fd stops naming the
 //! socket it named (close, or an fd number handed out again).
 //!
-//! The kernel reports the close of tracked fds only (options set): a failed connect on an
+//! The kernel reports the close of tracked fds only (options set; without `--all` only
+//! those a failure record named, the ones with an entry here): a failed connect on an
 //! untracked fd leaves its entry behind when the fd is closed and handed out again. So an
 //! entry is also retired when an event shows that the fd names another socket (another
 //! `struct sock`, another peer, a second bind), and a reset takes the table's facts only

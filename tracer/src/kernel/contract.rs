@@ -9,7 +9,7 @@ mod tests {
     use aya_obj::{Object, ProgramSection, generated::bpf_map_type};
     use object::{Object as _, ObjectSymbol as _};
     use tracer_common::{
-        Filters, Loss, ResetOffsets, SockOffsets, TracepointOffsets,
+        Filters, Loss, ResetOffsets, SockOffsets, TaskFdOffsets, TracepointOffsets,
         limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, RING_BYTES},
         names,
     };
@@ -88,6 +88,7 @@ mod tests {
             (names::FILTERS, size_of::<Filters>()),
             (names::RESET_OFFSETS, size_of::<ResetOffsets>()),
             (names::SOCK_OFFSETS, size_of::<SockOffsets>()),
+            (names::TASK_FD_OFFSETS, size_of::<TaskFdOffsets>()),
         ] {
             assert_eq!(size_of_global(name), Some(size), "global {name}");
         }

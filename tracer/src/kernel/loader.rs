@@ -32,6 +32,7 @@ use super::{
     resets,
     sock_offsets::{self, SockOffsetsError},
     tables::TableSizes,
+    task_fd_offsets::{self, TaskFdOffsetsError},
     tracefs::{self, TracefsError},
 };
 use crate::{
@@ -83,6 +84,8 @@ pub enum LoadError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     SockOffsets(#[from] SockOffsetsError),
+    #[error(transparent)]
+    TaskFdOffsets(#[from] TaskFdOffsetsError),
     #[error(transparent)]
     Kprobe(#[from] KprobeError),
     #[error(transparent)]
@@ -240,7 +243,11 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
     // Both backends: the kprobe one reads the refusing socket's fields, and kfree_skb
     // the tuple of a traced socket's dropped packet.
-    let sock_offsets = sock_offsets::discover(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?;
+    let btf = sock_offsets::read_btf(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?;
+    let sock_offsets = sock_offsets::from_btf(&btf, &kernel)?;
+    // sys_exit_accept finds the accepted socket through the caller's fd table.
+    let task_fd_offsets = task_fd_offsets::from_btf(&btf, &kernel)?;
+    drop(btf);
 
     let comms = selection.comms.iter().map(|c| comm_key(c)).collect::<Result<Vec<_>, _>>()?;
     let pids = initial_pids(selection);
@@ -266,6 +273,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .map_max_entries(names::SOCKET_DROPS, tables.drops)
         .map_max_entries(names::FILTER_PIDS, tables.filter_pids)
         .override_global(names::SOCK_OFFSETS, &sock_offsets, true)
+        .override_global(names::TASK_FD_OFFSETS, &task_fd_offsets, true)
         .override_global(names::LISTEN_OFFSETS, &listen_offsets, true)
         .override_global(
             names::DROP_OFFSETS,

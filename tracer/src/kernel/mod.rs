@@ -24,6 +24,7 @@ pub mod resets;
 pub mod sock_offsets;
 mod stack_budget;
 pub mod tables;
+pub mod task_fd_offsets;
 pub mod tracefs;
 
 /// A program and the tracepoint it goes to: (program, category, tracepoint).

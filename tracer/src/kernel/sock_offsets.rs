@@ -32,13 +32,17 @@ pub enum SockOffsetsError {
 }
 
 pub fn discover(btf_path: &Path, kernel: &str) -> Result<SockOffsets, SockOffsetsError> {
+    from_btf(&read_btf(btf_path, kernel)?, kernel)
+}
+
+/// The kernel's BTF, parsed: the offsets of other structs come from it too.
+pub fn read_btf(btf_path: &Path, kernel: &str) -> Result<Btf, SockOffsetsError> {
     let data = std::fs::read(btf_path).map_err(|source| SockOffsetsError::Read {
         path: btf_path.display().to_string(),
         kernel: kernel.into(),
         source,
     })?;
-    let btf = Btf::parse(&data).map_err(|source| SockOffsetsError::Btf { kernel: kernel.into(), source })?;
-    from_btf(&btf, kernel)
+    Btf::parse(&data).map_err(|source| SockOffsetsError::Btf { kernel: kernel.into(), source })
 }
 
 /// The fields, by their names in include/net/sock.h (`struct sock_common`, embedded in

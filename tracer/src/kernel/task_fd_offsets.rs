@@ -1,0 +1,79 @@
+//! The offsets of the path from the current task to the socket behind one of its fds
+//! (`tracer_common::TaskFdOffsets`), from this kernel's BTF.
+
+use thiserror::Error;
+use tracer_common::TaskFdOffsets;
+
+use super::btf::{Btf, BtfError, MemberOffset};
+
+#[derive(Debug, Error)]
+#[error("kernel {kernel}: reading its BTF for the accepted sockets' fd walk")]
+pub struct TaskFdOffsetsError {
+    kernel: String,
+    #[source]
+    source: BtfError,
+}
+
+/// The fields, by their names in include/linux/sched.h, include/linux/fdtable.h,
+/// include/linux/fs.h and include/linux/net.h (6.1 to 6.18).
+pub fn from_btf(btf: &Btf, kernel: &str) -> Result<TaskFdOffsets, TaskFdOffsetsError> {
+    let byte = |strukt: &str, member: &str| {
+        btf.member_offset(strukt, member)
+            .map(MemberOffset::byte_offset)
+            .map_err(|source| TaskFdOffsetsError { kernel: kernel.into(), source })
+    };
+    Ok(TaskFdOffsets {
+        task_files: byte("task_struct", "files")?,
+        files_fdt: byte("files_struct", "fdt")?,
+        fdt_max_fds: byte("fdtable", "max_fds")?,
+        fdt_fd: byte("fdtable", "fd")?,
+        file_private_data: byte("file", "private_data")?,
+        socket_sk: byte("socket", "sk")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::build::BtfBuilder;
+
+    /// The five structs with the members read, at offsets unlike one another, and around
+    /// them members that are not read.
+    fn task_fd_btf(with_socket: bool) -> Vec<u8> {
+        let mut b = BtfBuilder::new();
+        let u32_ = b.int("unsigned int", 4);
+        let u64_ = b.int("long unsigned int", 8);
+        b.composite(false, "task_struct", 4096, &[("pid", u32_, 0, 0), ("files", u64_, 14_720, 0)]);
+        b.composite(false, "files_struct", 704, &[("count", u32_, 0, 0), ("fdt", u64_, 256, 0)]);
+        b.composite(false, "fdtable", 48, &[("max_fds", u32_, 0, 0), ("fd", u64_, 64, 0)]);
+        b.composite(false, "file", 232, &[("f_mode", u32_, 0, 0), ("private_data", u64_, 1_536, 0)]);
+        if with_socket {
+            b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn offsets_of_the_fields_the_fd_walk_reads() {
+        let btf = Btf::parse(&task_fd_btf(true)).unwrap();
+        assert_eq!(
+            from_btf(&btf, "test").unwrap(),
+            TaskFdOffsets {
+                task_files: 1_840,
+                files_fdt: 32,
+                fdt_max_fds: 0,
+                fdt_fd: 8,
+                file_private_data: 192,
+                socket_sk: 24,
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_struct_names_the_kernel_and_the_struct() {
+        let btf = Btf::parse(&task_fd_btf(false)).unwrap();
+        let error = from_btf(&btf, "6.99-test").unwrap_err();
+        let chain = format!("{error}: {}", error.source);
+        assert!(chain.contains("6.99-test") && chain.contains("socket"), "{chain}");
+    }
+}
