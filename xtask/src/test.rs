@@ -44,8 +44,8 @@ pub struct TestArgs {
     #[arg(long)]
     pub no_arm64_guests: bool,
     /// Run only these stages (repeatable), besides setup and release-build which the
-    /// others build on; e.g. `--only image --only prometheus`. A VM kernel's stage needs
-    /// its vm-build stage named too.
+    /// others build on; e.g. `--only image --only prometheus`. A guests' stage (vm-amd64,
+    /// vm-arm64) needs its vm-build stage named too (vm-build, vm-build-arm64).
     #[arg(long, value_name = "STAGE")]
     pub only: Vec<String>,
     /// Passed to the end-to-end test harness, e.g. a test name filter.
