@@ -214,15 +214,15 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel = tracefs::kernel_release();
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
+    // Parsed once: the kprobe programs and kfree_skb read `struct sock` fields, and
+    // sys_exit_accept follows the caller's fd table to the accepted socket.
+    let btf = sock_offsets::read_btf(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?;
     // Switched off: nothing of these hooks is looked for (their globals stay zero, and no
     // program reads them).
     let (listen_offsets, drop_setup) = if selection.no_drop_hooks {
         (ListenOffsets::default(), None)
     } else {
-        (
-            listen_offsets::discover(&tracefs, &kernel)?,
-            drop_offsets::discover(&tracefs, &kernel, vmlinux_btf().as_ref())?,
-        )
+        (listen_offsets::discover(&tracefs, &kernel)?, drop_offsets::discover(&tracefs, &kernel, Some(&btf))?)
     };
     let capabilities = Capabilities::new(selection.no_drop_hooks, drop_setup.is_some());
     if selection.http_peek
@@ -243,9 +243,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
     // Both backends: the kprobe one reads the refusing socket's fields, and kfree_skb
     // the tuple of a traced socket's dropped packet.
-    let btf = sock_offsets::read_btf(std::path::Path::new(sock_offsets::VMLINUX_BTF), &kernel)?;
     let sock_offsets = sock_offsets::from_btf(&btf, &kernel)?;
-    // sys_exit_accept finds the accepted socket through the caller's fd table.
     let task_fd_offsets = task_fd_offsets::from_btf(&btf, &kernel)?;
     drop(btf);
 
@@ -347,12 +345,6 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         capabilities,
         selected,
     })
-}
-
-/// This kernel's BTF, when it has one (for `struct sk_buff.sk`).
-fn vmlinux_btf() -> Option<super::btf::Btf> {
-    let data = fs::read(sock_offsets::VMLINUX_BTF).ok()?;
-    super::btf::Btf::parse(&data).ok()
 }
 
 fn filters(selection: &Selection, cgroup: Option<&Cgroup>) -> Filters {

@@ -31,11 +31,8 @@ pub enum SockOffsetsError {
     Bitfield { kernel: String, field: &'static str, bit: u32, bits: u32 },
 }
 
-pub fn discover(btf_path: &Path, kernel: &str) -> Result<SockOffsets, SockOffsetsError> {
-    from_btf(&read_btf(btf_path, kernel)?, kernel)
-}
-
-/// The kernel's BTF, parsed: the offsets of other structs come from it too.
+/// The kernel's BTF, parsed once at load: the offsets of other structs (the accept fd
+/// walk's, `sk_buff.sk` for the drop hook) come from it too.
 pub fn read_btf(btf_path: &Path, kernel: &str) -> Result<Btf, SockOffsetsError> {
     let data = std::fs::read(btf_path).map_err(|source| SockOffsetsError::Read {
         path: btf_path.display().to_string(),
@@ -169,7 +166,7 @@ mod tests {
         if !path.exists() {
             return; // kernels without CONFIG_DEBUG_INFO_BTF: covered by the error test below
         }
-        let offsets = discover(path, "host").unwrap();
+        let offsets = from_btf(&read_btf(path, "host").unwrap(), "host").unwrap();
         assert!(offsets.mark > offsets.v6_daddr, "sk_mark lies after sock_common: {offsets:?}");
         assert!(offsets.err > offsets.v6_daddr, "sk_err lies after sock_common: {offsets:?}");
         assert_eq!(offsets.reuse_byte, offsets.reuseport_byte, "{offsets:?}");
@@ -177,7 +174,9 @@ mod tests {
 
     #[test]
     fn missing_btf_names_the_kernel_option() {
-        let err = discover(Path::new("/nonexistent/vmlinux"), "6.1.0-test").unwrap_err();
+        let Err(err) = read_btf(Path::new("/nonexistent/vmlinux"), "6.1.0-test") else {
+            panic!("a missing BTF file was read");
+        };
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
         assert!(err.to_string().contains("6.1.0-test"), "{err}");
     }
