@@ -132,10 +132,7 @@ pub fn decode(item: &[u8]) -> Result<LogLine, LogRecordError> {
     {
         let (tag, value, after) = next_field(rest, "a header field")?;
         rest = after;
-        let kind = FIELD_KINDS
-            .into_iter()
-            .find(|&kind| u8::from(kind) == tag)
-            .ok_or(LogRecordError::UnknownField(tag))?;
+        let kind = tagged(FIELD_KINDS, tag).ok_or(LogRecordError::UnknownField(tag))?;
         match kind {
             RecordFieldKind::Target => set_once(&mut target, "target", text(value, "the target")?)?,
             RecordFieldKind::Level => set_once(&mut level, "level", log_level(value)?)?,
@@ -156,19 +153,11 @@ pub fn decode(item: &[u8]) -> Result<LogLine, LogRecordError> {
     for _ in 0..num_args.ok_or(LogRecordError::MissingField("num_args"))? {
         let (tag, value, after) = next_field(rest, "an argument")?;
         rest = after;
-        let kind = ARGUMENT_KINDS
-            .into_iter()
-            .find(|&kind| u8::from(kind) == tag)
-            .ok_or(LogRecordError::UnknownArgument(tag))?;
+        let kind = tagged(ARGUMENT_KINDS, tag).ok_or(LogRecordError::UnknownArgument(tag))?;
         match kind {
             ArgumentKind::DisplayHint => {
                 let [value] = fixed(value, "a display hint")?;
-                hint = Some(
-                    HINTS
-                        .into_iter()
-                        .find(|&hint| u8::from(hint) == value)
-                        .ok_or(LogRecordError::UnknownHint(value))?,
-                );
+                hint = Some(tagged(HINTS, value).ok_or(LogRecordError::UnknownHint(value))?);
             }
             // aya-log leaves a pending hint in place across a literal piece.
             ArgumentKind::Str => message.push_str(text(value, "a string argument")?),
@@ -187,6 +176,15 @@ pub fn decode(item: &[u8]) -> Result<LogLine, LogRecordError> {
 }
 
 /// `(tag, value, rest)` of the field at the start of `bytes`.
+/// The variant of aya-log-common's enum whose tag byte is `tag`, looked up rather than
+/// transmuted (a byte outside the enum's range would be undefined behaviour).
+fn tagged<T: Copy, const N: usize>(all: [T; N], tag: u8) -> Option<T>
+where
+    u8: From<T>,
+{
+    all.into_iter().find(|&variant| u8::from(variant) == tag)
+}
+
 fn next_field<'a>(bytes: &'a [u8], what: &'static str) -> Result<(u8, &'a [u8], &'a [u8]), LogRecordError> {
     let truncated = LogRecordError::Truncated { what, available: bytes.len() };
     let Some((&[tag, len_low, len_high], after_prefix)) = bytes.split_first_chunk::<3>() else {
