@@ -27,6 +27,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec, SecurityContext, Volume};
 use nix::sched::{CloneFlags, setns};
+use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use sockerr_e2e::fake_api::FakeApiServer;
@@ -356,12 +357,8 @@ const NPROC_IN_POD: u64 = 4096;
 /// The process's own soft and hard limit of `resource`, for podman's --ulimit: podman's
 /// defaults exceed this machine's hard limits, which a container without
 /// CAP_SYS_RESOURCE cannot raise.
-fn own_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the rlimit we own.
-    let result = unsafe { libc::getrlimit(resource, &mut limit) };
-    assert_eq!(result, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    (limit.rlim_cur, limit.rlim_max)
+fn own_limit(resource: Resource) -> (u64, u64) {
+    getrlimit(resource).unwrap_or_else(|e| panic!("getrlimit({resource:?}): {e}"))
 }
 
 /// GET `path` on `address`, HTTP/1.0 on a plain socket (from inside the pod's namespace).
@@ -444,12 +441,12 @@ fn the_image_runs_under_the_daemonsets_security_context() {
     let kubeconfig = sockerr_e2e::fake_api::write_kubeconfig(&podman.dir, &api.url);
     with_cluster_ca(&kubeconfig);
 
-    let (nofile_soft, nofile_hard) = own_limit(libc::RLIMIT_NOFILE);
+    let (nofile_soft, nofile_hard) = own_limit(Resource::RLIMIT_NOFILE);
     // RLIMIT_NPROC binds no process holding CAP_SYS_ADMIN (the DaemonSet's), so any value
     // serves; but runc cannot raise it above what its parent (conmon) has without
     // CAP_SYS_RESOURCE, and conmon's differs from ours (32768 here, measured, against our
     // 96365: the run failed with "error setting rlimit type 6"). 4096 is below either.
-    let (nproc_soft, nproc_hard) = own_limit(libc::RLIMIT_NPROC);
+    let (nproc_soft, nproc_hard) = own_limit(Resource::RLIMIT_NPROC);
     let (nproc_soft, nproc_hard) = (nproc_soft.min(NPROC_IN_POD), nproc_hard.min(NPROC_IN_POD));
     let name = format!("sockerr-e2e-{}", std::process::id());
     let mut run = podman.command();

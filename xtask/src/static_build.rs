@@ -32,8 +32,20 @@ pub enum Flavour {
     /// What the image ships: without default features, so the workloads (`sockerr demo`,
     /// `sockerr scenario`) stay out.
     Shipped,
-    /// With the workloads, for the end-to-end tests inside arm64 guests.
+    /// With the workloads, for the end-to-end tests (on the host and in the guests).
     WithWorkloads,
+}
+
+impl Flavour {
+    /// Where the build is kept: cargo links both flavours to the same
+    /// `target/<musl target>/release/sockerr`, so the suite, which builds one after the
+    /// other, keeps the test one under a name of its own.
+    fn binary_name(self) -> &'static str {
+        match self {
+            Self::Shipped => "sockerr",
+            Self::WithWorkloads => "sockerr-with-workloads",
+        }
+    }
 }
 
 /// Builds `target/<musl target>/release/sockerr` for the host, as the image ships it. Run
@@ -42,10 +54,10 @@ pub fn build_static() -> Result<PathBuf> {
     build_musl(Arch::host(), Flavour::Shipped)
 }
 
-/// Builds `target/<musl target of arch>/release/sockerr`, installing the target and the
-/// cross compiler when missing. aya-build compiles the eBPF object for the same
-/// architecture (its `bpf_target_arch` follows the target), so each binary embeds
-/// programs that read that architecture's registers.
+/// Builds `target/<musl target of arch>/release/sockerr` (kept as `sockerr-with-workloads`
+/// for the tests), installing the target and the cross compiler when missing. aya-build
+/// compiles the eBPF object for the same architecture (its `bpf_target_arch` follows the
+/// target), so each binary embeds programs that read that architecture's registers.
 pub fn build_musl(arch: Arch, flavour: Flavour) -> Result<PathBuf> {
     ensure_musl_toolchain(arch)?;
     let target = arch.musl_target();
@@ -54,9 +66,15 @@ pub fn build_musl(arch: Arch, flavour: Flavour) -> Result<PathBuf> {
         command.arg("--no-default-features");
     }
     run_inherited(&mut command)?;
-    let binary = target_dir().join(&target).join("release").join("sockerr");
-    if !binary.is_file() {
-        bail!("cargo built tracer for {target} but {} does not exist", binary.display());
+    let release = target_dir().join(&target).join("release");
+    let built = release.join("sockerr");
+    if !built.is_file() {
+        bail!("cargo built tracer for {target} but {} does not exist", built.display());
+    }
+    let binary = release.join(flavour.binary_name());
+    if binary != built {
+        fs::copy(&built, &binary)
+            .with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
     }
     Ok(binary)
 }

@@ -28,7 +28,6 @@ use vm_init::{Plan, Run, Status};
 
 use crate::{
     arch::Arch,
-    build::{Profile, build_sockerr},
     paths::{target_dir, workspace_root},
     privileges::is_root,
     process::{describe, run_inherited},
@@ -245,14 +244,11 @@ impl Prepared {
         system_packages::ensure_commands(&vm_commands(arch), &mut report)?;
         setup::ensure()?;
         static_build::ensure_musl_toolchain(arch)?;
-        // The guest runs the host's root: its own programs where it shares the host's
-        // architecture, static ones built for it otherwise.
+        // The guest runs the host's root: the host's own programs where it shares the
+        // host's architecture, static ones built for it otherwise. Ours are static either
+        // way (the suite's release builds all are).
         let foreign = arch != Arch::host();
-        let sockerr = if foreign {
-            static_build::build_musl(arch, Flavour::WithWorkloads)?
-        } else {
-            build_sockerr(Profile::Release)?
-        };
+        let sockerr = static_build::build_musl(arch, Flavour::WithWorkloads)?;
         let init = build_init(arch)?;
         let tests = if with_tests { build_tests(arch)? } else { BTreeMap::new() };
         let unit_tests = if with_tests && foreign { Some(build_unit_tests(arch)?) } else { None };
@@ -630,18 +626,10 @@ fn build_init(arch: Arch) -> Result<PathBuf> {
     Ok(init)
 }
 
-/// The e2e test binaries by target name (cargo's JSON messages name them): the host's
-/// build, or static ones for a guest of another architecture.
+/// The e2e test binaries by target name (cargo's JSON messages name them), static like
+/// every release build of the suite (the host's e2e stage built the same ones).
 fn build_tests(arch: Arch) -> Result<BTreeMap<String, PathBuf>> {
-    let args = ["test", "--release", "--package", "sockerr-e2e", "--no-run"];
-    let command = if arch == Arch::host() {
-        let mut command = Command::new("cargo");
-        command.current_dir(workspace_root()).args(args);
-        command
-    } else {
-        static_build::musl_cargo(arch, &args)
-    };
-    test_build(command)
+    test_build(static_build::musl_cargo(arch, &["test", "--release", "--package", "sockerr-e2e", "--no-run"]))
 }
 
 /// The tracer crate's unit-test binary, static for `arch`.
