@@ -16,9 +16,9 @@ pub const MAX_FILTER_COMMS: u32 = 64;
 /// instead of silently evicting an old one. Allocated per entry (`BPF_F_NO_PREALLOC`):
 /// at rest the bound costs only the bucket array (16 bytes an entry, 8.4 MB a table
 /// here against 7.9 MB for today's 65,536 preallocated entries), and entries cost
-/// memory as sockets are tracked. A node-wide daemon on a busy node holds both ends of
-/// every loopback connection (the busy-node bench: 400,000 sockets); 512 Ki leaves it
-/// a quarter to spare.
+/// memory as sockets are tracked (about 112 bytes each). The busy-node bench (200,000
+/// loopback connections, 400,000 sockets) records 200,000 owners; 512 Ki would hold
+/// every socket of it with a quarter to spare.
 pub const OWNER_TABLE_ENTRIES: u32 = 1 << 19;
 /// Entries of `TRACKED`: sockets with recorded options at once, by (tgid, fd). An LRU
 /// map (an exited process never closes its fds through close(2), so its entries must
