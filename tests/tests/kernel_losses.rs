@@ -199,6 +199,61 @@ fn full_owner_and_listener_tables_count_each_socket_left_out() {
     assert_kernel_warned_of_each_loss(&listeners);
 }
 
+const OPTIONS_SCRIPT: &str = r#"
+import json, socket, sys
+sys.stdin.readline()
+sockets = []
+for _ in range(20):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sockets.append(s)
+for s in sockets:
+    try:
+        s.connect(("127.0.0.1", 18111))
+    except ConnectionRefusedError:
+        pass
+print(json.dumps({"fds": [s.fileno() for s in sockets]}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// Twenty sockets with SO_REUSEADDR, all held, then each refused. One tracer keeps the
+/// options of 8 sockets at most (`--options-table-entries 8`): the LRU table evicts the
+/// rest, and exactly the refusals that come out without SO_REUSEADDR are counted as
+/// `options_evicted` (at least 12: no more than 8 fit). The other, with the default
+/// table, reports every refusal with its option and evicts nothing.
+#[test]
+fn full_options_table_counts_each_eviction() {
+    require_root();
+    let mut script = Script::start("python3", OPTIONS_SCRIPT);
+    let pid = script.pid();
+    let small = Tracer::start(&["--pid", &pid, "--output", "json", "--options-table-entries", "8"]);
+    let roomy = Tracer::start(&["--pid", &pid, "--output", "json"]);
+    script.go();
+    let facts = script.facts();
+    let fds: Vec<Value> = facts["fds"].as_array().expect("fds").clone();
+    assert_eq!(fds.len(), 20, "{facts}");
+    let refused = |r: &Value| r.event() == "connect_error" && fds.contains(&r["fd"]);
+    small.wait_for_records(20, RECORD_TIMEOUT, refused);
+    roomy.wait_for_records(20, RECORD_TIMEOUT, refused);
+    let (small, roomy) = (small.stop(), roomy.stop());
+    drop(script);
+
+    let with_option = |r: &&Value| r["sockopts"]["SO_REUSEADDR"].as_u64() == Some(1);
+    let records: Vec<Value> = small.records().into_iter().filter(|r| refused(r)).collect();
+    assert_eq!(records.len(), 20, "{records:#?}");
+    let without = records.iter().filter(|r| !with_option(r)).count() as u64;
+    assert!(without >= 12, "no more than 8 sockets' options fit: {records:#?}");
+    assert_eq!(lost(&small, "options_evicted"), without, "{}", small.stderr);
+    assert!(
+        small.stderr.contains("raise --options-table-entries"),
+        "the warning names the fix: {}",
+        small.stderr
+    );
+
+    let records: Vec<Value> = roomy.records().into_iter().filter(|r| refused(r)).collect();
+    assert_eq!(records.iter().filter(with_option).count(), 20, "{records:#?}");
+    assert_eq!(lost(&roomy, "options_evicted"), 0, "{}", roomy.stderr);
+    assert_kernel_warned_of_each_loss(&small);
+}
+
 const DROPS_SCRIPT: &str = r#"
 import json, re, socket, struct, ctypes, subprocess, sys, time
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27

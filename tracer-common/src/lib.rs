@@ -23,6 +23,7 @@ pub mod sock_event;
 pub mod sockaddr;
 pub mod sockopt;
 pub mod task_fd;
+pub mod tracked_churn;
 
 pub use bind::BindEvent;
 pub use close::CloseEvent;
@@ -193,9 +194,27 @@ pub mod names {
     pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
     /// Owners of listening sockets, by `struct sock` (`--listener-table-entries`).
     pub const LISTENERS: &str = "LISTENERS";
+    /// Options of sockets, by (tgid, fd) (`--options-table-entries`).
+    pub const TRACKED: &str = "TRACKED";
+    /// What the programs inserted into and removed from `TRACKED` (`crate::tracked_churn`).
+    pub const TRACKED_CHURN: &str = "TRACKED_CHURN";
+    /// The TCP sockets `--http-peek` copies from, by (tgid, fd): sized to 1 entry without it.
+    pub const FD_SOCKS: &str = "FD_SOCKS";
     /// Every map the daemon opens by name or resizes before load.
-    pub const MAPS: [&str; 9] =
-        [EVENTS, LOSSES, FILTER_PIDS, FILTER_COMMS, PEEKS, SOCKET_DROPS, SK_OWNERS, SOCK_OWNERS, LISTENERS];
+    pub const MAPS: [&str; 12] = [
+        EVENTS,
+        LOSSES,
+        FILTER_PIDS,
+        FILTER_COMMS,
+        PEEKS,
+        SOCKET_DROPS,
+        SK_OWNERS,
+        SOCK_OWNERS,
+        LISTENERS,
+        TRACKED,
+        TRACKED_CHURN,
+        FD_SOCKS,
+    ];
     /// Every load-time global the daemon rewrites.
     pub const GLOBALS: [&str; 7] =
         [OFFSETS, FILTERS, RESET_OFFSETS, SOCK_OFFSETS, LISTEN_OFFSETS, DROP_OFFSETS, TASK_FD_OFFSETS];

@@ -32,11 +32,17 @@ pub enum Loss {
     /// holding the CPU's guard). Counted by the kernel (`recursion_misses`) and read by
     /// user space; the programs never count it, so its `LOSSES` slot stays 0.
     ProgramSkipped = 7,
+    /// `TRACKED` was full and the kernel evicted its least recently used entry to make
+    /// room: a socket's recorded options (a live socket's failure then comes out
+    /// without them, and its close unreported) or a dead process's leftover. LRU maps
+    /// cannot tell, so user space works it out from the programs' insert and remove
+    /// counts (`TRACKED_CHURN`) and the entries left; the programs never count it.
+    OptionsEvicted = 8,
 }
 
 impl Loss {
     /// Number of reasons: the size of the `LOSSES` array.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     /// Every reason, in index order.
     pub const ALL: [Loss; Self::COUNT] = [
@@ -48,6 +54,7 @@ impl Loss {
         Loss::OwnerTableFull,
         Loss::DropTableFull,
         Loss::ProgramSkipped,
+        Loss::OptionsEvicted,
     ];
 
     /// The `reason` label of the metric and the name in the `stopped:` line.
@@ -61,13 +68,15 @@ impl Loss {
             Loss::OwnerTableFull => "owner_table_full",
             Loss::DropTableFull => "drop_table_full",
             Loss::ProgramSkipped => "program_skipped",
+            Loss::OptionsEvicted => "options_evicted",
         }
     }
 
     /// Whether the kernel programs count this reason themselves (and warn of its first
-    /// occurrence on a CPU); [`Loss::ProgramSkipped`] is the kernel's own count.
+    /// occurrence on a CPU); [`Loss::ProgramSkipped`] is the kernel's own count and
+    /// [`Loss::OptionsEvicted`] user space's reckoning.
     pub const fn counted_by_programs(self) -> bool {
-        !matches!(self, Loss::ProgramSkipped)
+        !matches!(self, Loss::ProgramSkipped | Loss::OptionsEvicted)
     }
 
     /// The counter index.

@@ -15,7 +15,7 @@ use tracer_common::{
 use crate::{
     emit::{current_header, emit},
     filter::{Task, current_task, selected},
-    maps::{TRACKED, fd_key, global},
+    maps::{TRACKED, fd_key, forget_tracked, global},
 };
 
 /// Forgets the options of `fd` and reports its close when user space holds an entry for
@@ -26,7 +26,7 @@ fn untrack(task: &Task, fd: i32, reason: u32) -> SockOpts {
     let Some(tracked) = unsafe { TRACKED.get(key) }.copied() else {
         return SockOpts::default();
     };
-    let _ = TRACKED.remove(key);
+    forget_tracked(key);
     // The close of a socket nothing failed on is not news: user space has no entry to
     // retire (its options only ever travelled inside records that were not sent).
     if tracked.failure_reported == 0 && global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {

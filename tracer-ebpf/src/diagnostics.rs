@@ -33,8 +33,8 @@ macro_rules! first_loss_warnings {
             match reason {
                 $(Loss::$reason => $function(),)*
                 // Counted by the daemon from the kernel's recursion misses of the programs,
-                // never by a program.
-                Loss::ProgramSkipped => {}
+                // and from the programs' TRACKED insert and remove counts: never by a program.
+                Loss::ProgramSkipped | Loss::OptionsEvicted => {}
             }
         }
 

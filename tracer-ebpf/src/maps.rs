@@ -8,9 +8,16 @@ use aya_ebpf::{
 use tracer_common::{
     Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TaskFdOffsets,
     TracepointOffsets,
-    limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES},
+    limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES, TRACKED_ENTRIES},
     pairing::{self, Pairing, Waiting},
+    tracked_churn,
 };
+
+/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h): a hash map that allocates each entry
+/// when it is inserted instead of all of them at creation.
+pub const NO_PREALLOC: u32 = 1;
+/// `BPF_NOEXIST`: an insert that fails when the key is already there.
+const NOEXIST: u64 = 1;
 
 /// Set by the daemon before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
@@ -160,7 +167,40 @@ pub struct Tracked {
 /// Options set on a socket, keyed by `tgid << 32 | fd`: the state its failure and reset
 /// records carry (successful setsockopt() calls are no record without `--all`).
 #[map]
-pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(TRACKED_ENTRIES, 0);
+
+/// Entries `TRACKED` gained and lost through the programs, per CPU, indexed by
+/// `tracer_common::tracked_churn`: an LRU map evicts without a word, so user space
+/// works evictions out from these and the entries left (`Loss::OptionsEvicted`).
+#[map]
+pub static TRACKED_CHURN: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracked_churn::COUNT, 0);
+
+#[inline(always)]
+fn count_churn(index: u32) {
+    if let Some(counter) = TRACKED_CHURN.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, as in `count_loss`.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Stores the options of `key`; `existed` says whether it had an entry when read.
+#[inline(always)]
+pub fn store_tracked(key: u64, tracked: &Tracked, existed: bool) {
+    if !existed && TRACKED.insert(key, tracked, NOEXIST).is_ok() {
+        count_churn(tracked_churn::INSERTED);
+        return;
+    }
+    // Already there (or another thread of the process inserted it in between).
+    let _ = TRACKED.insert(key, tracked, 0);
+}
+
+/// Removes `key` from `TRACKED`, counting it when it was there.
+#[inline(always)]
+pub fn forget_tracked(key: u64) {
+    if TRACKED.remove(key).is_ok() {
+        count_churn(tracked_churn::REMOVED);
+    }
+}
 
 /// The options `tgid` set on `fd` so far.
 #[inline(always)]
@@ -189,7 +229,7 @@ pub const fn fd_key(tgid: u32, fd: i32) -> u64 {
 /// socket leaves SYN_SENT (every socket does, to ESTABLISHED or CLOSE), so a plain hash
 /// map: a full one refuses and counts instead of evicting an owner unseen.
 #[map]
-pub static SK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
+pub static SK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, NO_PREALLOC);
 
 /// Records `owner` for `sk` in `SK_OWNERS`, counting a full table.
 pub fn remember_connecting(sk: u64, owner: &Owner) {

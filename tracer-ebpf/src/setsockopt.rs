@@ -10,7 +10,7 @@ use tracer_common::{Loss, SockoptEvent, config::FILTER_EMIT_ALL, kind, options::
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global},
+    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global, store_tracked},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
@@ -85,10 +85,11 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     let ret = ret as i32;
     let key = fd_key(task.tgid, call.fd);
     // SAFETY: the value is copied out at once.
-    let mut tracked = unsafe { TRACKED.get(key) }.copied().unwrap_or_default();
+    let known = unsafe { TRACKED.get(key) }.copied();
+    let mut tracked = known.unwrap_or_default();
     if ret == 0 {
         tracked.opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
-        let _ = TRACKED.insert(key, tracked, 0);
+        store_tracked(key, &tracked, known.is_some());
         // A successful call is state, not news: the options travel with the socket's
         // failure and reset records. Only --all reports the call itself.
         if global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {

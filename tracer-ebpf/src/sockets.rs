@@ -16,7 +16,7 @@ use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{Owner, count_loss, tracked_opts},
+    maps::{NO_PREALLOC, Owner, count_loss, tracked_opts},
     peek,
 };
 
@@ -25,7 +25,7 @@ use crate::{
 /// address never inherits an owner, and so a plain hash map: a full one refuses (and
 /// counts) a new owner instead of evicting an old one unseen.
 #[map]
-pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, 0);
+pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, NO_PREALLOC);
 
 /// A traced task inside close(fd): the fd, the socket the call moved to CLOSE, and the
 /// options the fd carried (`TRACKED` forgets them when close() begins).

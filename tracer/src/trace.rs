@@ -417,6 +417,10 @@ fn loss_consequence(reason: Loss) -> &'static str {
             "packet drops of traced sockets not added up (drop table full): socket_drop counts short; raise \
              --drop-table-entries"
         }
+        Loss::OptionsEvicted => {
+            "socket options evicted (options table full): those sockets' failures come out without their \
+             options; raise --options-table-entries"
+        }
         Loss::ProgramSkipped => {
             "hooks fired but the kernel did not run sockerr's program (another BPF program was running on \
              that CPU): whatever those runs would have seen is missing"

@@ -37,11 +37,13 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
     let offsets = offsets::discover(&tracefs, &kernel)?;
     let has_resets = resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?.is_some();
     let plan = loader::attachment_plan(selection, has_resets);
-    // The maps come with the object; only the floor program is loaded. PEEKS as small as
-    // without --http-peek: nothing reads it.
+    // The maps come with the object; only the floor program is loaded. The preallocated
+    // per-socket ones as small as they go: nothing uses them.
     let mut ebpf = EbpfLoader::new()
         .allow_unsupported_maps()
         .map_max_entries(names::PEEKS, 1)
+        .map_max_entries(names::FD_SOCKS, 1)
+        .map_max_entries(names::TRACKED, 1)
         .load(loader::PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
     for (program, category, tracepoint) in floor_plan(&plan)? {

@@ -26,6 +26,7 @@ use super::{
     kernel_log::{self, KernelLog, KernelLogError},
     kprobes::{self, KprobeError},
     listen_offsets,
+    losses::OptionsTable,
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
     reset_offsets::{ResetOffsetsError, ResetReasons},
@@ -240,6 +241,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         }
     }
     let peek_sockets = if selection.http_peek { resets::PEEK_SOCKETS } else { 1 };
+    // FD_SOCKS (an LRU map: preallocated) only tells --http-peek which fds to copy.
+    let fd_sockets = if selection.http_peek { resets::PEEK_FD_SOCKETS } else { 1 };
     let (backend, backend_reason) = backend::choose(selection.backend, &features::detect())?;
     // Both backends: the kprobe one reads the refusing socket's fields, and kfree_skb
     // the tuple of a traced socket's dropped packet.
@@ -265,6 +268,8 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         // Levels the log filter would drop are never formatted in the kernel.
         .override_global(aya_log::LEVEL, &kernel_log::load_time_level(), true)
         .map_max_entries(names::PEEKS, peek_sockets)
+        .map_max_entries(names::FD_SOCKS, fd_sockets)
+        .map_max_entries(names::TRACKED, tables.options)
         .map_max_entries(names::SK_OWNERS, tables.owners)
         .map_max_entries(names::SOCK_OWNERS, tables.owners)
         .map_max_entries(names::LISTENERS, tables.listeners)
@@ -330,7 +335,14 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
             HashMap::try_from(pids).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
         Some(SelectedPids(pids))
     };
-    let lost = LostCounter::new(lost, &ebpf);
+    let churn = take_map(&mut ebpf, names::TRACKED_CHURN)?;
+    let churn = PerCpuArray::try_from(churn)
+        .map_err(|source| LoadError::Map { name: names::TRACKED_CHURN, source })?;
+    let tracked = take_map(&mut ebpf, names::TRACKED)?;
+    let tracked =
+        HashMap::try_from(tracked).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
+    let options = OptionsTable { churn, tracked, capacity: tables.options };
+    let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
         kernel_log,

@@ -7,25 +7,34 @@
 //! process holds the counter there, is not run, and only the program's
 //! `recursion_misses` says so (`bpf_prog_info`, Linux 5.12+). Nothing of ours runs to
 //! count it, so user space reads it from each program's `/proc/self/fdinfo` entry.
+//!
+//! `TRACKED` evicts without a word (an LRU map): user space works its evictions out
+//! (`tracer_common::tracked_churn`) from the programs' insert and remove counts and,
+//! only once the map may be full, the entries left in it.
 
 use std::{
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::ProgramFd,
 };
 use thiserror::Error;
-use tracer_common::Loss;
+use tracer_common::{Loss, tracked_churn};
 
 #[derive(Debug, Error)]
 pub enum LossReadError {
     #[error("cannot read the LOSSES map")]
     Counters(#[source] aya::maps::MapError),
+    #[error("cannot read the TRACKED_CHURN map")]
+    Churn(#[source] aya::maps::MapError),
+    #[error("cannot count the entries of the TRACKED map")]
+    TrackedEntries(#[source] aya::maps::MapError),
     #[error("cannot read {}", path.display())]
     ProgramInfo {
         path: PathBuf,
@@ -55,29 +64,66 @@ impl Losses {
     }
 }
 
+/// `TRACKED` (its value is `tracer-ebpf`'s `Tracked`, 16 bytes, only counted here) and
+/// what the programs put into it and took out.
+pub struct OptionsTable {
+    pub churn: PerCpuArray<MapData, u64>,
+    pub tracked: HashMap<MapData, u64, [u8; 16]>,
+    pub capacity: u32,
+}
+
+impl OptionsTable {
+    /// Entries evicted so far; the entries are only counted once the programs' counts
+    /// say the map may be full (counting them is a bpf() call per entry, during which
+    /// the CPU runs none of our programs).
+    fn evicted(&self) -> Result<Option<u64>, LossReadError> {
+        let total = |index| -> Result<u64, LossReadError> {
+            Ok(self.churn.get(&index, 0).map_err(LossReadError::Churn)?.iter().sum())
+        };
+        let inserted = total(tracked_churn::INSERTED)?;
+        let removed = total(tracked_churn::REMOVED)?;
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
+        if !tracked_churn::may_have_evicted(inserted, removed, u64::from(self.capacity), cpus) {
+            return Ok(None);
+        }
+        // Bounded: keys removed while they are walked make the walk start over.
+        let mut present = 0u64;
+        for key in self.tracked.keys().take(2 * self.capacity as usize) {
+            key.map_err(LossReadError::TrackedEntries)?;
+            present += 1;
+        }
+        Ok(Some(tracked_churn::evicted(inserted, removed, present.min(u64::from(self.capacity)))))
+    }
+}
+
 /// Reads [`Losses`]: `LOSSES` for the reasons our programs count, the programs'
-/// `recursion_misses` for [`Loss::ProgramSkipped`].
+/// `recursion_misses` for [`Loss::ProgramSkipped`], `TRACKED`'s churn for
+/// [`Loss::OptionsEvicted`].
 pub struct LostCounter {
     counters: PerCpuArray<MapData, u64>,
+    options: OptionsTable,
+    /// The most evictions worked out so far: a later reading may come out lower (entries
+    /// removed since), never the count.
+    evicted: AtomicU64,
     programs: Vec<ProgramFd>,
 }
 
 impl LostCounter {
     /// `ebpf`'s loaded programs are the ones whose skipped runs count.
-    pub fn new(counters: PerCpuArray<MapData, u64>, ebpf: &Ebpf) -> Self {
+    pub fn new(counters: PerCpuArray<MapData, u64>, options: OptionsTable, ebpf: &Ebpf) -> Self {
         let programs = ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| fd.try_clone().ok())
             .collect();
-        Self { counters, programs }
+        Self { counters, options, evicted: AtomicU64::new(0), programs }
     }
 
     /// Sums every CPU's counters and every program's skipped runs. A failed read is an
     /// error: a count of 0 would claim nothing was lost.
     pub fn read(&self) -> Result<Losses, LossReadError> {
         let mut losses = Losses::default();
-        for reason in Loss::ALL {
+        for reason in Loss::ALL.into_iter().filter(|reason| reason.counted_by_programs()) {
             let per_cpu = self.counters.get(&reason.index(), 0).map_err(LossReadError::Counters)?;
             losses.0[reason.index() as usize] = per_cpu.iter().sum();
         }
@@ -89,6 +135,10 @@ impl LostCounter {
             skipped += recursion_misses(&info).ok_or(LossReadError::NoMissCount { path })?;
         }
         losses.0[Loss::ProgramSkipped.index() as usize] += skipped;
+        if let Some(evicted) = self.options.evicted()? {
+            self.evicted.fetch_max(evicted, Ordering::Relaxed);
+        }
+        losses.0[Loss::OptionsEvicted.index() as usize] = self.evicted.load(Ordering::Relaxed);
         Ok(losses)
     }
 }

@@ -15,6 +15,9 @@ use super::tracefs::TracefsError;
 
 /// `--http-peek` keeps this many sockets' exchanges (about 4 KiB each, LRU).
 pub const PEEK_SOCKETS: u32 = 1024;
+/// `--http-peek` knows this many fds as TCP sockets worth copying (`FD_SOCKS`, LRU:
+/// the least recently named is forgotten and no longer copied).
+pub const PEEK_FD_SOCKETS: u32 = 65536;
 
 /// (program, category, tracepoint), exits before entries as in the loader. Attached
 /// after the loader's own list: `sys_exit_new_fd` (fd reuse) must run before

@@ -1,15 +1,18 @@
 //! Sizes of the kernel tables an operator may need to change: a node with more sockets
 //! (or `--comm` processes, or dropping sockets) than the defaults hold loses the
 //! overflow, counted by reason (`sockerr_events_lost_total`); these flags give it room.
-//! The tables are preallocated hash maps, so every entry costs kernel memory up front.
+//! The owner tables allocate an entry when a socket is tracked (their bound costs the
+//! bucket array only, 16 bytes an entry); the others are preallocated hash maps, so
+//! every entry of their bound costs kernel memory up front.
 
 use clap::Args;
 use tracer_common::limits::{
-    DROP_TABLE_ENTRIES, LISTENER_TABLE_ENTRIES, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES,
+    DROP_TABLE_ENTRIES, LISTENER_TABLE_ENTRIES, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, TRACKED_ENTRIES,
 };
 
 /// The largest size any of the flags accepts: 4 Mi entries, several hundred MiB of
-/// kernel memory for the owner tables (entries of about 100 bytes, two tables).
+/// kernel memory for a full owner table (entries of about 130 bytes, two tables) or
+/// up front for the options table.
 pub const MAX_TABLE_ENTRIES: u32 = 1 << 22;
 
 /// Entries of the kernel's tables (`--owner-table-entries` and the like).
@@ -23,6 +26,8 @@ pub struct TableSizes {
     pub drops: u32,
     /// `FILTER_PIDS`: `--pid` values plus the tgids `--comm` learns.
     pub filter_pids: u32,
+    /// `TRACKED`: sockets with recorded options at once.
+    pub options: u32,
 }
 
 impl Default for TableSizes {
@@ -32,6 +37,7 @@ impl Default for TableSizes {
             listeners: LISTENER_TABLE_ENTRIES,
             drops: DROP_TABLE_ENTRIES,
             filter_pids: MAX_FILTER_PIDS,
+            options: TRACKED_ENTRIES,
         }
     }
 }
@@ -42,7 +48,8 @@ impl Default for TableSizes {
 pub struct TableArgs {
     /// Sockets of traced processes the kernel tracks at once (connecting, connected and
     /// accepted; two tables of this size). Beyond it their resets, late connect failures
-    /// and drops go unreported, counted as lost (reason owner_table_full). Default 65536.
+    /// and drops go unreported, counted as lost (reason owner_table_full). Default 524288
+    /// (kernel memory grows with the sockets tracked, not with this bound).
     #[arg(long, value_name = "N", value_parser = parse_table_entries)]
     pub owner_table_entries: Option<u32>,
     /// Listening sockets of traced processes the kernel tracks at once. Beyond it their
@@ -58,6 +65,12 @@ pub struct TableArgs {
     /// are not (counted as lost, reason filter_map_full). Default 4096.
     #[arg(long, value_name = "N", value_parser = parse_table_entries)]
     pub filter_table_entries: Option<u32>,
+    /// Sockets whose options (SO_MARK, SO_REUSEADDR, ...) the kernel keeps at once, about
+    /// 80 bytes of kernel memory each, allocated up front. Beyond it the least recently
+    /// used socket's options are evicted, counted as lost (reason options_evicted): its
+    /// failures come out without them. Default 262144.
+    #[arg(long, value_name = "N", value_parser = parse_table_entries)]
+    pub options_table_entries: Option<u32>,
 }
 
 impl From<&TableArgs> for TableSizes {
@@ -68,6 +81,7 @@ impl From<&TableArgs> for TableSizes {
             listeners: args.listener_table_entries.unwrap_or(default.listeners),
             drops: args.drop_table_entries.unwrap_or(default.drops),
             filter_pids: args.filter_table_entries.unwrap_or(default.filter_pids),
+            options: args.options_table_entries.unwrap_or(default.options),
         }
     }
 }
@@ -116,5 +130,8 @@ mod tests {
         let sizes = TableSizes::from(&args);
         assert_eq!((sizes.owners, sizes.drops), (4, 2));
         assert_eq!((sizes.listeners, sizes.filter_pids), (LISTENER_TABLE_ENTRIES, MAX_FILTER_PIDS));
+        assert_eq!(sizes.options, TRACKED_ENTRIES);
+        let sizes = TableSizes::from(&TableArgs { options_table_entries: Some(8), ..Default::default() });
+        assert_eq!((sizes.options, sizes.owners), (8, OWNER_TABLE_ENTRIES));
     }
 }

@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Run only the soak: 1,000,000 failing connects under `sockerr daemon`.
     #[arg(long)]
     pub soak: bool,
+    /// Run only the busy node (as in the full run; --quick: fewer failures), keeping the
+    /// other figures of the last run.
+    #[arg(long, conflicts_with = "soak")]
+    pub busy_node: bool,
     /// Failing connects of the soak.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub soak_count: u64,
@@ -126,6 +130,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     let plan = Plan::new(args.quick);
+    if args.busy_node {
+        return busy_node_only(&sockerr, &scratch, &plan, &json_path, &mut results);
+    }
     eprintln!("bench: micro-loops, {} rounds of {} configurations", plan.rounds, Config::ALL.len());
     let loops = micro_loops(&sockerr, &scratch, &plan)?;
     eprintln!("bench: start-up and throughput");
@@ -159,6 +166,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
     match busy_node_error {
         Some(err) => bail!("the busy-node run failed (the other figures are written): {err}"),
+        None => Ok(()),
+    }
+}
+
+/// `--busy-node`: the busy node alone, in the last run's results.
+fn busy_node_only(
+    sockerr: &Path,
+    scratch: &Path,
+    plan: &Plan,
+    json_path: &Path,
+    results: &mut Results,
+) -> Result<()> {
+    eprintln!("bench: busy node, {} connections, {} failures", plan.busy.connections, plan.busy.failures);
+    let busy_node = busy::run(sockerr, scratch, plan.busy).map_err(|err| format!("{err:#}"));
+    results.busy_node_error = busy_node.as_ref().err().cloned();
+    results.busy_node = busy_node.ok();
+    write(json_path, results)?;
+    match &results.busy_node_error {
+        Some(err) => bail!("the busy-node run failed: {err}"),
         None => Ok(()),
     }
 }

@@ -26,6 +26,18 @@ fn ratio_cell(loops: &MicroLoops, loop_name: &str, traced: Config, reference: Co
     }
 }
 
+/// A file the bench wrote, as the report names it: relative to the workspace root
+/// (the clone's own location means nothing to a reader), as it is when outside it.
+fn shown_path(path: &str) -> String {
+    relative_to(path, crate::paths::workspace_root())
+}
+
+fn relative_to(path: &str, root: &std::path::Path) -> String {
+    std::path::Path::new(path)
+        .strip_prefix(root)
+        .map_or_else(|_| path.to_owned(), |relative| relative.display().to_string())
+}
+
 pub fn render(results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# sockerr benchmarks\n");
@@ -332,7 +344,7 @@ fn recorded(md: &mut String, loops: &MicroLoops) {
             md,
             "| {} | {} | {} | {} | {} | {} |",
             config.name(),
-            slots[0].output,
+            shown_path(&slots[0].output),
             cells.join(" | "),
             sum(&|s| s.excluded_records),
             sum(&|s| s.canary_records),
@@ -502,7 +514,7 @@ fn busy_node(md: &mut String, results: &Results) {
          with SO_MARK and SO_REUSEADDR, as a Cilium-proxied one) in a network namespace of its own, set up in \
          {:.1} s; then **{}** Cilium-pattern failures at {}/s ({:.1} s) from another process re-bind the \
          tuples of {} of the held connections, spread over the set.\n",
-        busy.output,
+        shown_path(&busy.output),
         busy.connections,
         busy.holder_processes,
         busy.setup_secs,
@@ -611,6 +623,20 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn paths_under_the_workspace_are_shown_relative_to_it() {
+        let root = std::path::Path::new("/work/main");
+        assert_eq!(
+            relative_to("/work/main/target/bench/busy-node.ndjson", root),
+            "target/bench/busy-node.ndjson"
+        );
+        assert_eq!(relative_to("/tmp/elsewhere/x.out", root), "/tmp/elsewhere/x.out");
+        assert_eq!(relative_to("/work/mainline/x", root), "/work/mainline/x");
+        assert_eq!(relative_to("-", root), "-");
+        let here = crate::paths::workspace_root().join("target/bench/strace.out");
+        assert_eq!(shown_path(&here.display().to_string()), "target/bench/strace.out");
+    }
     use crate::bench::{
         results::{Hooks, Recorded, Slot},
         soak::Soak,
