@@ -20,6 +20,22 @@ use crate::SockAddr;
 /// first); 250 ms leaves room for a descheduled vCPU.
 pub const PENDING_MAX_AGE_NS: u64 = 250_000_000;
 
+/// errno values (asm-generic/errno-base.h, errno.h; the same on every architecture we
+/// build for).
+const EPIPE: i32 = 32;
+const ECONNRESET: i32 = 104;
+
+/// Whether an error report with `error` can be a half of a connect failure. tcp_reset()
+/// gives a socket in SYN_SENT ECONNREFUSED, one in CLOSE_WAIT EPIPE and any other
+/// ECONNRESET: those two come from connections that were established, whose transition
+/// to CLOSE is no connect's end, so they never pair. Kept, one would wait in its slot for
+/// a partner that cannot come, and every later connect failure on the same tuple (a
+/// proxy re-binding a held tuple fails on exactly that tuple, over and over) would find
+/// it there.
+pub fn may_end_a_connect(error: i32) -> bool {
+    error != ECONNRESET && error != EPIPE
+}
+
 /// A waiting half, as the slot keeps it.
 #[derive(Clone, Copy, Debug)]
 pub struct Waiting<'a> {
@@ -41,7 +57,8 @@ pub enum Pairing {
     /// The waiting half is this one's partner: report the failure.
     Partner,
     /// Same tuple, but it waited longer than [`PENDING_MAX_AGE_NS`]: its failure is lost
-    /// (counted when it expected a partner).
+    /// (counted when it expected a partner), and the slot is emptied, so the loss is
+    /// counted once, not again at each later half of the tuple.
     TooOld { lost: bool },
     /// Nothing to pair with (empty slot, or another tuple).
     Unrelated,
@@ -107,6 +124,17 @@ mod tests {
         assert_eq!(pair(&waiting, T0, &src, &addr(81)), Pairing::Unrelated);
         let empty = Waiting { ts_ns: 0, ..waiting };
         assert_eq!(pair(&empty, T0, &src, &dst), Pairing::Unrelated);
+    }
+
+    #[test]
+    fn resets_of_established_connections_are_no_connect_half() {
+        assert!(!may_end_a_connect(ECONNRESET));
+        assert!(!may_end_a_connect(EPIPE));
+        for connect_error in
+            [111 /* ECONNREFUSED */, 110 /* ETIMEDOUT */, 113 /* EHOSTUNREACH */]
+        {
+            assert!(may_end_a_connect(connect_error), "{connect_error}");
+        }
     }
 
     #[test]

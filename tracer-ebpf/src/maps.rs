@@ -269,16 +269,27 @@ pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entr
 #[map]
 pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether the half waiting in a slot (`waiting`) is the other half of the failure seen
-/// `now` on (`src`, `dst`); one that waited too long for a partner that was due counts
-/// as [`Loss::AsyncHalfTooOld`] (the decision: `tracer_common::pairing::pair`).
-pub fn other_half(waiting: &Waiting<'_>, now: u64, src: &SockAddr, dst: &SockAddr) -> bool {
+/// Whether the half waiting in a slot (`waiting`, stamped `slot_ts`) is the other half of
+/// the failure seen `now` on (`src`, `dst`); one that waited too long for a partner that
+/// was due counts as [`Loss::AsyncHalfTooOld`] (the decision:
+/// `tracer_common::pairing::pair`). Either way the slot is emptied.
+pub fn other_half(
+    waiting: &Waiting<'_>,
+    slot_ts: &mut u64,
+    now: u64,
+    src: &SockAddr,
+    dst: &SockAddr,
+) -> bool {
     match pairing::pair(waiting, now, src, dst) {
-        Pairing::Partner => true,
+        Pairing::Partner => {
+            *slot_ts = 0;
+            true
+        }
         Pairing::TooOld { lost } => {
             if lost {
                 count_loss(Loss::AsyncHalfTooOld);
             }
+            *slot_ts = 0;
             false
         }
         Pairing::Unrelated => false,

@@ -9,7 +9,10 @@
 //! Format: /sys/kernel/tracing/events/sock/inet_sk_error_report/format.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{SockAddr, SockEvent, kind, pairing::Waiting};
+use tracer_common::{
+    SockAddr, SockEvent, kind,
+    pairing::{self, Waiting},
+};
 
 use crate::{
     emit::{emit, owner_header},
@@ -34,7 +37,7 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
     let (Ok(protocol), Ok(error)) = fields else {
         return 0;
     };
-    if protocol != IPPROTO_TCP || error == 0 {
+    if protocol != IPPROTO_TCP || error == 0 || !pairing::may_end_a_connect(error) {
         return 0;
     }
     let offsets = tuple_offsets(&raw const OFFSETS.error_tuple);
@@ -52,8 +55,7 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
             dst: &pending.dst,
             expects_partner: pending.expects_partner != 0,
         };
-        if other_half(&waiting, now, &src, &dst) {
-            pending.ts_ns = 0;
+        if other_half(&waiting, &mut pending.ts_ns, now, &src, &dst) {
             report_async_failure(&pending.owner, pending.sk, &src, &dst, error);
             return 0;
         }

@@ -143,11 +143,10 @@ fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
         // SAFETY: per-CPU slot; softirq and process context on one CPU do not interleave
         // inside these tracepoints (the socket lock is held).
         let pending = unsafe { &mut *pending };
-        // An error report is always the half of some failure.
+        // Only errors that can end a connect wait there (`pairing::may_end_a_connect`).
         let waiting =
             Waiting { ts_ns: pending.ts_ns, src: &pending.src, dst: &pending.dst, expects_partner: true };
-        if other_half(&waiting, now, &src, &dst) {
-            pending.ts_ns = 0;
+        if other_half(&waiting, &mut pending.ts_ns, now, &src, &dst) {
             report_async_failure(&owner, sk, &src, &dst, pending.error);
             return;
         }
