@@ -22,7 +22,7 @@ pub const MAX_FILTER_COMMS: u32 = 64;
 pub const OWNER_TABLE_ENTRIES: u32 = 1 << 19;
 /// Entries of `TRACKED`: sockets with recorded options at once, by (tgid, fd). An LRU
 /// map (an exited process never closes its fds through close(2), so its entries must
-/// be reclaimable), and LRU maps are always preallocated: about 80 bytes an entry up
+/// be reclaimable), and LRU maps are always preallocated: 88 bytes an entry up
 /// front. 256 Ki covers the busy node's 200,000 option-carrying client sockets with a
 /// third to spare; an eviction is counted (`Loss::OptionsEvicted`).
 pub const TRACKED_ENTRIES: u32 = 1 << 18;

@@ -11,7 +11,7 @@ use tracer_common::limits::{
 };
 
 /// The largest size any of the flags accepts: 4 Mi entries, several hundred MiB of
-/// kernel memory for a full owner table (entries of about 130 bytes, two tables) or
+/// kernel memory for a full owner table (entries of about 112 bytes, two tables) or
 /// up front for the options table.
 pub const MAX_TABLE_ENTRIES: u32 = 1 << 22;
 
@@ -66,7 +66,7 @@ pub struct TableArgs {
     #[arg(long, value_name = "N", value_parser = parse_table_entries)]
     pub filter_table_entries: Option<u32>,
     /// Sockets whose options (SO_MARK, SO_REUSEADDR, ...) the kernel keeps at once, about
-    /// 80 bytes of kernel memory each, allocated up front. Beyond it the least recently
+    /// 88 bytes of kernel memory each, allocated up front. Beyond it the least recently
     /// used socket's options are evicted, counted as lost (reason options_evicted): its
     /// failures come out without them. Default 262144.
     #[arg(long, value_name = "N", value_parser = parse_table_entries)]

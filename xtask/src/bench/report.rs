@@ -623,6 +623,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::bench::{
+        results::{Hooks, Recorded, Slot},
+        soak::Soak,
+        targets,
+    };
 
     #[test]
     fn paths_under_the_workspace_are_shown_relative_to_it() {
@@ -637,11 +642,6 @@ mod tests {
         let here = crate::paths::workspace_root().join("target/bench/strace.out");
         assert_eq!(shown_path(&here.display().to_string()), "target/bench/strace.out");
     }
-    use crate::bench::{
-        results::{Hooks, Recorded, Slot},
-        soak::Soak,
-        targets,
-    };
 
     fn loops() -> MicroLoops {
         let mut loops = MicroLoops::default();
