@@ -234,7 +234,7 @@ impl Tracer {
                     None => inspections = None,
                 },
                 _ = ticker.tick() => {
-                    (totals.lost, totals.loss_read_errors) = losses.check();
+                    (totals.lost, totals.loss_read_errors) = losses.check(false);
                     totals.kernel_log_unreadable = kernel_log.unreadable();
                     sink.progress(&totals).map_err(output)?;
                     processor.prune();
@@ -256,7 +256,7 @@ impl Tracer {
             reader_task.await.unwrap_or(Ok(totals.undecodable)).map_err(TraceError::Reader)?;
         // The programs' last log lines, like the event ring's last records above.
         totals.kernel_log_unreadable = kernel_log.stop().await;
-        (totals.lost, totals.loss_read_errors) = losses.check();
+        (totals.lost, totals.loss_read_errors) = losses.check(true);
         sink.finish(&totals).map_err(output)?;
         let summary =
             Summary { events: totals.events, failures, lost: totals.lost, undecodable: totals.undecodable };
@@ -443,8 +443,8 @@ impl LossWatch {
     /// (losses so far by reason, failed reads of the counter so far). A failed read
     /// keeps the last totals read: they are a lower bound, and say so in the log and
     /// metrics (the daemon keeps tracing; stopping would lose more than it saves).
-    fn check(&mut self) -> (Losses, u64) {
-        match self.counter.read() {
+    fn check(&mut self, last_reading: bool) -> (Losses, u64) {
+        match self.counter.read(last_reading) {
             Ok(now) => {
                 for (reason, count) in now.by_reason() {
                     let before = self.reported.of(reason);

@@ -341,7 +341,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let tracked = take_map(&mut ebpf, names::TRACKED)?;
     let tracked =
         HashMap::try_from(tracked).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
-    let options = OptionsTable { churn, tracked, capacity: tables.options };
+    let options = OptionsTable::new(churn, tracked, tables.options);
     let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,

@@ -16,7 +16,11 @@ use std::{
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -64,19 +68,43 @@ impl Losses {
     }
 }
 
+/// How often at most the entries of a `TRACKED` that may be full are counted, except for
+/// the last reading at exit. Entries of processes that exited without close(2) stay until
+/// evicted, so on a long-running node the map can stay full: counting its entries
+/// (262,144 by default) is one bpf() call each, which the 1 s tick would pay every
+/// second.
+pub const EVICTION_COUNT_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether the entries are counted now: never counted yet, counted long enough ago, or
+/// the last reading.
+fn count_due(last: Option<Instant>, now: Instant, last_reading: bool) -> bool {
+    last_reading || last.is_none_or(|last| now.saturating_duration_since(last) >= EVICTION_COUNT_EVERY)
+}
+
 /// `TRACKED` (its value is `tracer-ebpf`'s `Tracked`, 16 bytes, only counted here) and
 /// what the programs put into it and took out.
 pub struct OptionsTable {
-    pub churn: PerCpuArray<MapData, u64>,
-    pub tracked: HashMap<MapData, u64, [u8; 16]>,
-    pub capacity: u32,
+    churn: PerCpuArray<MapData, u64>,
+    tracked: HashMap<MapData, u64, [u8; 16]>,
+    capacity: u32,
+    /// When the entries were last counted.
+    counted_at: Mutex<Option<Instant>>,
 }
 
 impl OptionsTable {
-    /// Entries evicted so far; the entries are only counted once the programs' counts
-    /// say the map may be full (counting them is a bpf() call per entry, during which
-    /// the CPU runs none of our programs).
-    fn evicted(&self) -> Result<Option<u64>, LossReadError> {
+    pub fn new(
+        churn: PerCpuArray<MapData, u64>,
+        tracked: HashMap<MapData, u64, [u8; 16]>,
+        capacity: u32,
+    ) -> Self {
+        Self { churn, tracked, capacity, counted_at: Mutex::new(None) }
+    }
+
+    /// Entries evicted so far, or None when not worked out now. The entries are only
+    /// counted once the programs' counts say the map may be full (counting them is a
+    /// bpf() call per entry, during which the CPU runs none of our programs), and then
+    /// at most every [`EVICTION_COUNT_EVERY`] until the last reading.
+    fn evicted(&self, last_reading: bool) -> Result<Option<u64>, LossReadError> {
         let total = |index| -> Result<u64, LossReadError> {
             Ok(self.churn.get(&index, 0).map_err(LossReadError::Churn)?.iter().sum())
         };
@@ -85,6 +113,14 @@ impl OptionsTable {
         let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
         if !tracked_churn::may_have_evicted(inserted, removed, u64::from(self.capacity), cpus) {
             return Ok(None);
+        }
+        let now = Instant::now();
+        {
+            let mut counted_at = self.counted_at.lock().unwrap_or_else(PoisonError::into_inner);
+            if !count_due(*counted_at, now, last_reading) {
+                return Ok(None);
+            }
+            *counted_at = Some(now);
         }
         // Bounded: keys removed while they are walked make the walk start over.
         let mut present = 0u64;
@@ -120,8 +156,9 @@ impl LostCounter {
     }
 
     /// Sums every CPU's counters and every program's skipped runs. A failed read is an
-    /// error: a count of 0 would claim nothing was lost.
-    pub fn read(&self) -> Result<Losses, LossReadError> {
+    /// error: a count of 0 would claim nothing was lost. `last_reading`: the totals at
+    /// exit, which count `TRACKED`'s entries whenever it may have evicted.
+    pub fn read(&self, last_reading: bool) -> Result<Losses, LossReadError> {
         let mut losses = Losses::default();
         for reason in Loss::ALL.into_iter().filter(|reason| reason.counted_by_programs()) {
             let per_cpu = self.counters.get(&reason.index(), 0).map_err(LossReadError::Counters)?;
@@ -135,7 +172,7 @@ impl LostCounter {
             skipped += recursion_misses(&info).ok_or(LossReadError::NoMissCount { path })?;
         }
         losses.0[Loss::ProgramSkipped.index() as usize] += skipped;
-        if let Some(evicted) = self.options.evicted()? {
+        if let Some(evicted) = self.options.evicted(last_reading)? {
             self.evicted.fetch_max(evicted, Ordering::Relaxed);
         }
         losses.0[Loss::OptionsEvicted.index() as usize] = self.evicted.load(Ordering::Relaxed);
@@ -152,6 +189,16 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_options_table_is_counted_at_most_every_interval_and_at_exit() {
+        let start = Instant::now();
+        assert!(count_due(None, start, false), "never counted yet");
+        let soon = start + EVICTION_COUNT_EVERY / 2;
+        assert!(!count_due(Some(start), soon, false));
+        assert!(count_due(Some(start), soon, true), "the last reading always counts");
+        assert!(count_due(Some(start), start + EVICTION_COUNT_EVERY, false));
+    }
 
     #[test]
     fn reads_the_miss_count_of_a_program_fdinfo() {
