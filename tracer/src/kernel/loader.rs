@@ -320,28 +320,19 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         attached += kprobes::attach_all(&mut ebpf, &kernel)?;
     }
 
-    let events = take_map(&mut ebpf, names::EVENTS)?;
-    let events =
-        RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?;
-    let lost = take_map(&mut ebpf, names::LOSSES)?;
-    let lost =
-        PerCpuArray::try_from(lost).map_err(|source| LoadError::Map { name: names::LOSSES, source })?;
+    let events: RingBuf<_> = take_typed_map(&mut ebpf, names::EVENTS)?;
+    let lost: PerCpuArray<_, u64> = take_typed_map(&mut ebpf, names::LOSSES)?;
     let reset_reasons = reset_setup.map(|setup| setup.reasons).unwrap_or_default();
     let selected = if selection.pids.is_empty() && selection.comms.is_empty() {
         None
     } else {
-        let pids = take_map(&mut ebpf, names::FILTER_PIDS)?;
-        let pids =
-            HashMap::try_from(pids).map_err(|source| LoadError::Map { name: names::FILTER_PIDS, source })?;
-        Some(SelectedPids(pids))
+        Some(SelectedPids(take_typed_map(&mut ebpf, names::FILTER_PIDS)?))
     };
-    let churn = take_map(&mut ebpf, names::TRACKED_CHURN)?;
-    let churn = PerCpuArray::try_from(churn)
-        .map_err(|source| LoadError::Map { name: names::TRACKED_CHURN, source })?;
-    let tracked = take_map(&mut ebpf, names::TRACKED)?;
-    let tracked =
-        HashMap::try_from(tracked).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
-    let options = OptionsTable::new(churn, tracked, tables.options);
+    let options = OptionsTable::new(
+        take_typed_map(&mut ebpf, names::TRACKED_CHURN)?,
+        take_typed_map(&mut ebpf, names::TRACKED)?,
+        tables.options,
+    );
     let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
@@ -469,6 +460,14 @@ pub(super) fn attach(
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::Missing(name))
+}
+
+/// [`take_map`] as the map type the programs declared it with.
+fn take_typed_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    T::try_from(take_map(ebpf, name)?).map_err(|source| LoadError::Map { name, source })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
