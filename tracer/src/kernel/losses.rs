@@ -16,10 +16,6 @@ use std::{
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
-    sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -88,7 +84,7 @@ pub struct OptionsTable {
     tracked: HashMap<MapData, u64, [u8; 16]>,
     capacity: u32,
     /// When the entries were last counted.
-    counted_at: Mutex<Option<Instant>>,
+    counted_at: Option<Instant>,
 }
 
 impl OptionsTable {
@@ -97,14 +93,14 @@ impl OptionsTable {
         tracked: HashMap<MapData, u64, [u8; 16]>,
         capacity: u32,
     ) -> Self {
-        Self { churn, tracked, capacity, counted_at: Mutex::new(None) }
+        Self { churn, tracked, capacity, counted_at: None }
     }
 
     /// Entries evicted so far, or None when not worked out now. The entries are only
     /// counted once the programs' counts say the map may be full (counting them is a
     /// bpf() call per entry, during which the CPU runs none of our programs), and then
     /// at most every [`EVICTION_COUNT_EVERY`] until the last reading.
-    fn evicted(&self, last_reading: bool) -> Result<Option<u64>, LossReadError> {
+    fn evicted(&mut self, last_reading: bool) -> Result<Option<u64>, LossReadError> {
         let total = |index| -> Result<u64, LossReadError> {
             Ok(self.churn.get(&index, 0).map_err(LossReadError::Churn)?.iter().sum())
         };
@@ -115,13 +111,10 @@ impl OptionsTable {
             return Ok(None);
         }
         let now = Instant::now();
-        {
-            let mut counted_at = self.counted_at.lock().unwrap_or_else(PoisonError::into_inner);
-            if !count_due(*counted_at, now, last_reading) {
-                return Ok(None);
-            }
-            *counted_at = Some(now);
+        if !count_due(self.counted_at, now, last_reading) {
+            return Ok(None);
         }
+        self.counted_at = Some(now);
         // Bounded: keys removed while they are walked make the walk start over.
         let mut present = 0u64;
         for key in self.tracked.keys().take(2 * self.capacity as usize) {
@@ -140,7 +133,7 @@ pub struct LostCounter {
     options: OptionsTable,
     /// The most evictions worked out so far: a later reading may come out lower (entries
     /// removed since), never the count.
-    evicted: AtomicU64,
+    evicted: u64,
     programs: Vec<ProgramFd>,
 }
 
@@ -152,13 +145,13 @@ impl LostCounter {
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| fd.try_clone().ok())
             .collect();
-        Self { counters, options, evicted: AtomicU64::new(0), programs }
+        Self { counters, options, evicted: 0, programs }
     }
 
     /// Sums every CPU's counters and every program's skipped runs. A failed read is an
     /// error: a count of 0 would claim nothing was lost. `last_reading`: the totals at
     /// exit, which count `TRACKED`'s entries whenever it may have evicted.
-    pub fn read(&self, last_reading: bool) -> Result<Losses, LossReadError> {
+    pub fn read(&mut self, last_reading: bool) -> Result<Losses, LossReadError> {
         let mut losses = Losses::default();
         for reason in Loss::ALL.into_iter().filter(|reason| reason.counted_by_programs()) {
             let per_cpu = self.counters.get(&reason.index(), 0).map_err(LossReadError::Counters)?;
@@ -173,9 +166,9 @@ impl LostCounter {
         }
         losses.0[Loss::ProgramSkipped.index() as usize] += skipped;
         if let Some(evicted) = self.options.evicted(last_reading)? {
-            self.evicted.fetch_max(evicted, Ordering::Relaxed);
+            self.evicted = self.evicted.max(evicted);
         }
-        losses.0[Loss::OptionsEvicted.index() as usize] = self.evicted.load(Ordering::Relaxed);
+        losses.0[Loss::OptionsEvicted.index() as usize] = self.evicted;
         Ok(losses)
     }
 }
