@@ -267,6 +267,7 @@ user_pod!(
     EventHeader,
     SockAddr,
     SockOpts,
+    options::Tracked,
     SockoptEvent,
     BindEvent,
     ConnectEvent,

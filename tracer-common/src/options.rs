@@ -47,6 +47,19 @@ pub const fn option_flag(level: i32, optname: i32) -> u32 {
     }
 }
 
+/// What the programs keep of a socket with options, until its fd is closed (the value of
+/// `TRACKED`, which user space also reads to count its evictions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tracked {
+    pub opts: SockOpts,
+    /// 1 once a failure record named this fd: user space then holds a socket-table
+    /// entry for it, which the fd's `CLOSE` record retires. Without `--all` the close of
+    /// a socket no failure was reported on is no record (user space knows nothing of it).
+    pub failure_reported: u32,
+    pub _pad: u32,
+}
+
 /// The options a socket carries, as far as sockerr has seen them set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

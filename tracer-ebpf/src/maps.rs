@@ -9,6 +9,7 @@ use tracer_common::{
     Filters, KernelOrigin, Loss, ResetOffsets, SockAddr, SockOffsets, SockOpts, TaskFdOffsets,
     TracepointOffsets,
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES, TRACKED_ENTRIES},
+    options::Tracked,
     pairing::{self, Pairing, Waiting},
     tracked_churn,
 };
@@ -151,18 +152,6 @@ pub struct SockoptInFlight {
 
 #[map]
 pub static SOCKOPTS: LruHashMap<u32, SockoptInFlight> = LruHashMap::with_max_entries(16384, 0);
-
-/// What the programs keep of a socket with options, until its fd is closed.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct Tracked {
-    pub opts: SockOpts,
-    /// 1 once a failure record named this fd: user space then holds a socket-table
-    /// entry for it, which the fd's `CLOSE` record retires. Without `--all` the close of
-    /// a socket no failure was reported on is no record (user space knows nothing of it).
-    pub failure_reported: u32,
-    pub _pad: u32,
-}
 
 /// Options set on a socket, keyed by `tgid << 32 | fd`: the state its failure and reset
 /// records carry (successful setsockopt() calls are no record without `--all`).

@@ -25,7 +25,7 @@ use aya::{
     programs::ProgramFd,
 };
 use thiserror::Error;
-use tracer_common::{Loss, tracked_churn};
+use tracer_common::{Loss, options::Tracked, tracked_churn};
 
 #[derive(Debug, Error)]
 pub enum LossReadError {
@@ -77,11 +77,11 @@ fn count_due(last: Option<Instant>, now: Instant, last_reading: bool) -> bool {
     last_reading || last.is_none_or(|last| now.saturating_duration_since(last) >= EVICTION_COUNT_EVERY)
 }
 
-/// `TRACKED` (its value is `tracer-ebpf`'s `Tracked`, 16 bytes, only counted here) and
-/// what the programs put into it and took out.
+/// `TRACKED` (only its entries are counted here) and what the programs put into it and
+/// took out.
 pub struct OptionsTable {
     churn: PerCpuArray<MapData, u64>,
-    tracked: HashMap<MapData, u64, [u8; 16]>,
+    tracked: HashMap<MapData, u64, Tracked>,
     capacity: u32,
     /// When the entries were last counted.
     counted_at: Option<Instant>,
@@ -90,7 +90,7 @@ pub struct OptionsTable {
 impl OptionsTable {
     pub fn new(
         churn: PerCpuArray<MapData, u64>,
-        tracked: HashMap<MapData, u64, [u8; 16]>,
+        tracked: HashMap<MapData, u64, Tracked>,
         capacity: u32,
     ) -> Self {
         Self { churn, tracked, capacity, counted_at: None }
