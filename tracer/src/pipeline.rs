@@ -161,7 +161,9 @@ impl<S: SystemView> Processor<S> {
                 took.as_millis()
             );
         }
-        self.lookups.insert(key, result.clone(), now);
+        // From when the answer is known: a lookup slower than the TTL would otherwise be
+        // stale on arrival, and every retry behind it would pay for its own.
+        self.lookups.insert(key, result.clone(), Instant::now());
         result
     }
 }
@@ -209,6 +211,8 @@ mod tests {
     #[derive(Default)]
     struct FakeSystem {
         lookups: Mutex<Vec<Query>>,
+        /// How long each lookup takes.
+        lookup_time: Duration,
     }
 
     impl SystemView for FakeSystem {
@@ -221,6 +225,7 @@ mod tests {
 
         fn lookup(&self, _pid: u32, query: &Query) -> Result<Findings, String> {
             self.lookups.lock().unwrap().push(query.clone());
+            std::thread::sleep(self.lookup_time);
             match query {
                 Query::TupleHolders { src, dst } => Ok(Findings {
                     holders: vec![Holder {
@@ -332,6 +337,25 @@ mod tests {
         assert!(failures.iter().all(|r| r.pod.as_ref().and_then(|p| p.pod.as_deref()) == Some("web-0")));
         // The fd was closed after every attempt: the table forgot each socket.
         assert!(processor.table().get(401, 131).is_none());
+    }
+
+    /// A search of /proc on a node with 400,000 sockets can outlast the TTL; the retries
+    /// behind it must still share its answer.
+    #[tokio::test]
+    async fn a_lookup_slower_than_its_ttl_still_serves_the_retries_behind_it() {
+        let lookup_time = LOOKUP_TTL + Duration::from_millis(100);
+        let system = Arc::new(FakeSystem { lookup_time, ..FakeSystem::default() });
+        let mut processor = Processor::new(Arc::clone(&system), Clock::from_offset_ns(0));
+        let mut failures = 0;
+        for (attempt, fd) in [131, 132].into_iter().enumerate() {
+            for e in cilium_attempt(fd, attempt as u64 * 10) {
+                if let Some(record) = processor.process(&e).await {
+                    failures += usize::from(record.event == EventName::ConnectError);
+                }
+            }
+        }
+        assert_eq!(failures, 2);
+        assert_eq!(system.lookups.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ use std::{
 
 use tracing::debug;
 
-use super::{EnrichError, Findings, Query, answer::answer_in_namespace, netns::Netns, procfs};
+use super::{
+    EnrichError, Findings, Query, answer::answer_in_namespace, fd_index::FdIndex, netns::Netns, procfs,
+};
 use crate::ttl_cache::TtlCache;
 
 /// A pid's namespace rarely changes; re-reading it for every process of the node on
@@ -28,6 +30,9 @@ const OWNER_SEARCH_BUDGET: Duration = Duration::from_millis(500);
 pub struct Enricher {
     proc_root: PathBuf,
     netns_inodes: Mutex<TtlCache<u32, u64>>,
+    /// One search at a time reads /proc: searches run one after the other anyway
+    /// (records are written in order), and each goes on from what the last one read.
+    fd_index: Mutex<FdIndex>,
 }
 
 impl Enricher {
@@ -35,7 +40,8 @@ impl Enricher {
     /// DaemonSet), so pids are the host's, as the kernel programs report them.
     pub fn new(proc_root: PathBuf) -> Self {
         let cache = TtlCache::new(NETNS_INODE_TTL, NETNS_INODE_CACHE_SIZE);
-        Self { proc_root, netns_inodes: Mutex::new(cache) }
+        let fd_index = Mutex::new(FdIndex::new(Instant::now()));
+        Self { proc_root, netns_inodes: Mutex::new(cache), fd_index }
     }
 
     pub fn proc_root(&self) -> &Path {
@@ -107,8 +113,19 @@ impl Enricher {
                 Err(_) => Some(false),
             },
         };
-        let deadline = Instant::now() + OWNER_SEARCH_BUDGET;
-        let scan = procfs::find_owners(&self.proc_root, netns.pid(), &wanted, &mut in_namespace, deadline);
+        let now = Instant::now();
+        let mut index = self.fd_index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.expire(now);
+        let deadline = now + OWNER_SEARCH_BUDGET;
+        let scan = procfs::find_owners(
+            &self.proc_root,
+            netns.pid(),
+            &wanted,
+            &mut in_namespace,
+            deadline,
+            &mut index,
+        );
+        drop(index);
 
         for holder in &mut findings.holders {
             holder.owner = scan.owners.get(&holder.inode).cloned();

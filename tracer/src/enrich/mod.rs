@@ -8,10 +8,12 @@
 //! Layout: [`Enricher`] answers a [`Query`]; `netns` runs `answer` on a short-lived
 //! thread that entered the namespace, where `sock_diag` dumps sockets, `matching`
 //! decides which of them hold what the call wanted, and `port_range` and `interfaces`
-//! read the namespace's settings; back outside, `procfs` names the owning processes.
+//! read the namespace's settings; back outside, `procfs` names the owning processes, with `fd_index` remembering what
+//! it read for the next search.
 
 mod answer;
 mod enricher;
+mod fd_index;
 pub(crate) mod interfaces;
 mod matching;
 mod netns;

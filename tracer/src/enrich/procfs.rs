@@ -1,10 +1,11 @@
 //! Which process holds a socket: the socket inode sock_diag reports is what
 //! /proc/PID/fd/N links to (`socket:[INODE]`, proc(5)).
 //!
-//! A node has thousands of processes; the scan starts with the failing process, then
-//! visits only processes in the same network namespace (a socket usually stays in the
-//! namespace of the process that made it), stops as soon as every inode has an owner,
-//! and gives up at a deadline.
+//! A node has thousands of processes; the scan starts where an earlier scan saw the
+//! inode, then reads the failing process, then only processes in the same network
+//! namespace (a socket usually stays in the namespace of the process that made it),
+//! stops as soon as every inode has an owner, and gives up at a deadline. Each process
+//! it reads goes into an [`FdIndex`], so a retried failure costs one readlink.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,7 +17,11 @@ use std::{
 
 use tracing::debug;
 
-use super::{EnrichError, netns::is_gone};
+use super::{
+    EnrichError,
+    fd_index::{FdIndex, FdRef},
+    netns::is_gone,
+};
 use crate::record::HolderOwner;
 
 /// What the scan found, and why it may have missed some.
@@ -27,15 +32,18 @@ pub(crate) struct OwnerScan {
     pub notes: Vec<String>,
 }
 
-/// Finds an owning (pid, fd) for each of `wanted`, looking at `first_pid` and then at
-/// the pids for which `in_namespace` says yes (`None`: cannot tell, the namespace file
-/// was denied).
+/// Finds an owning (pid, fd) for each of `wanted`: first where `index` saw it (checked
+/// against the link), then in `first_pid`, then in the pids for which `in_namespace`
+/// says yes (`None`: cannot tell, the namespace file was denied), those not read whole
+/// in this sweep of the index before those that were. Every process read goes into
+/// `index`, so a search cut short by `deadline` leaves the next one less to read.
 pub(crate) fn find_owners(
     proc_root: &Path,
     first_pid: u32,
     wanted: &HashSet<u64>,
     in_namespace: &mut dyn FnMut(u32) -> Option<bool>,
     deadline: Instant,
+    index: &mut FdIndex,
 ) -> OwnerScan {
     let mut missing = wanted.clone();
     let mut scan = OwnerScan::default();
@@ -43,25 +51,41 @@ pub(crate) fn find_owners(
     let mut denied = Denied::default();
     let mut timed_out = false;
 
-    match scan_process(proc_root, first_pid, &mut missing, &mut scan.owners) {
-        Ok(()) => {}
-        Err(failure) if failure.is_gone() => {}
-        Err(failure) => first_pid_error = Some(failure.into_error(proc_root, first_pid)),
+    for &inode in wanted {
+        let Some(at) = index.seen_at(inode) else { continue };
+        if links_to(proc_root, at, inode) {
+            let comm = read_comm(&proc_root.join(at.pid.to_string())).unwrap_or_default();
+            scan.owners.insert(inode, HolderOwner { pid: at.pid, comm, fd: at.fd });
+            missing.remove(&inode);
+            index.answered(inode);
+        } else {
+            index.forget(inode);
+        }
+    }
+
+    if !missing.is_empty() {
+        match scan_process(proc_root, first_pid, &mut missing, &mut scan.owners, index) {
+            Ok(()) => {}
+            Err(failure) if failure.is_gone() => {}
+            Err(failure) => first_pid_error = Some(failure.into_error(proc_root, first_pid)),
+        }
     }
 
     if !missing.is_empty() {
         match fs::read_dir(proc_root) {
             Ok(entries) => {
-                for pid in entries.flatten().filter_map(|entry| parse_pid(&entry.file_name())) {
+                let (unread, read): (Vec<u32>, Vec<u32>) = entries
+                    .flatten()
+                    .filter_map(|entry| parse_pid(&entry.file_name()))
+                    .filter(|&pid| pid != first_pid)
+                    .partition(|&pid| !index.was_read_whole(pid));
+                for pid in unread.into_iter().chain(read) {
                     if missing.is_empty() {
                         break;
                     }
                     if Instant::now() >= deadline {
                         timed_out = true;
                         break;
-                    }
-                    if pid == first_pid {
-                        continue;
                     }
                     match in_namespace(pid) {
                         Some(true) => {}
@@ -71,7 +95,7 @@ pub(crate) fn find_owners(
                             continue;
                         }
                     }
-                    match scan_process(proc_root, pid, &mut missing, &mut scan.owners) {
+                    match scan_process(proc_root, pid, &mut missing, &mut scan.owners, index) {
                         Ok(()) => {}
                         Err(failure) if failure.is_gone() => {}
                         Err(failure) => {
@@ -101,6 +125,12 @@ pub(crate) fn find_owners(
         }
     }
     scan
+}
+
+/// Whether fd `at` of its process still links to socket `inode`.
+fn links_to(proc_root: &Path, at: FdRef, inode: u64) -> bool {
+    let link = proc_root.join(at.pid.to_string()).join("fd").join(at.fd.to_string());
+    fs::read_link(link).is_ok_and(|target| socket_inode(target.as_os_str()) == Some(inode))
 }
 
 /// Processes of the namespace whose fds the scan could not read, by the step that was
@@ -179,17 +209,20 @@ impl ScanFailure {
     }
 }
 
-/// Records an owner for each inode of `missing` that `pid` has open. Links that cannot be
-/// read for lack of permission fail the process after the readable ones are looked at.
+/// Records an owner for each inode of `missing` that `pid` has open, and every socket
+/// fd of `pid` in `index`. Links that cannot be read for lack of permission fail the
+/// process after the readable ones are looked at.
 fn scan_process(
     proc_root: &Path,
     pid: u32,
     missing: &mut HashSet<u64>,
     owners: &mut HashMap<u64, HolderOwner>,
+    index: &mut FdIndex,
 ) -> Result<(), ScanFailure> {
     let process_dir = proc_root.join(pid.to_string());
     let mut comm = None;
     let mut denied_link = None;
+    let mut sockets = Vec::new();
     for entry in fs::read_dir(process_dir.join("fd")).map_err(ScanFailure::List)? {
         // An fd closed while listing is no owner: skip it.
         let Ok(entry) = entry else { continue };
@@ -206,14 +239,13 @@ fn scan_process(
             Err(_) => continue,
         };
         let Some(inode) = socket_inode(target.as_os_str()) else { continue };
+        sockets.push((inode, fd));
         if missing.remove(&inode) {
             let comm = comm.get_or_insert_with(|| read_comm(&process_dir).unwrap_or_default());
             owners.insert(inode, HolderOwner { pid, comm: comm.clone(), fd });
-            if missing.is_empty() {
-                break;
-            }
         }
     }
+    index.add_process(pid, &sockets, denied_link.is_none());
     match denied_link {
         Some(err) if !missing.is_empty() => Err(ScanFailure::Links(err)),
         _ => Ok(()),
@@ -282,6 +314,68 @@ mod tests {
         Instant::now() + Duration::from_secs(10)
     }
 
+    fn fresh_index() -> FdIndex {
+        FdIndex::new(Instant::now())
+    }
+
+    #[test]
+    fn the_next_search_reads_first_what_the_last_did_not() {
+        let proc = FakeProc::new("next-search");
+        proc.process(10, "envoy", &[]);
+        proc.process(20, "holder-a", &[(3, "socket:[700]")]);
+        proc.process(30, "holder-b", &[(4, "socket:[701]"), (5, "socket:[702]")]);
+        let mut index = fresh_index();
+        let wanted = HashSet::from([700, 701]);
+        let scan = find_owners(&proc.0, 10, &wanted, &mut |_| Some(true), later(), &mut index);
+        assert_eq!(scan.owners.len(), 2, "{scan:?}");
+
+        // A socket of a process not read yet: the processes read whole wait until the end.
+        proc.process(40, "holder-c", &[(6, "socket:[800]")]);
+        let mut asked = Vec::new();
+        let wanted = HashSet::from([800]);
+        let mut in_namespace = |pid| {
+            asked.push(pid);
+            Some(true)
+        };
+        let scan = find_owners(&proc.0, 10, &wanted, &mut in_namespace, later(), &mut index);
+        assert_eq!(scan.owners[&800], HolderOwner { pid: 40, comm: "holder-c".into(), fd: 6 });
+        assert_eq!(asked, [40]);
+
+        // A socket the last search read but did not look for: no process is read.
+        let mut asked = 0;
+        let scan = find_owners(
+            &proc.0,
+            10,
+            &HashSet::from([702]),
+            &mut |_| {
+                asked += 1;
+                Some(true)
+            },
+            later(),
+            &mut index,
+        );
+        assert_eq!(scan.owners[&702], HolderOwner { pid: 30, comm: "holder-b".into(), fd: 5 });
+        assert_eq!(asked, 0);
+    }
+
+    #[test]
+    fn an_index_entry_whose_fd_changed_is_not_believed() {
+        let proc = FakeProc::new("stale-entry");
+        proc.process(10, "envoy", &[]);
+        proc.process(30, "holder", &[(5, "socket:[701]")]);
+        let mut index = fresh_index();
+        let scan = find_owners(&proc.0, 10, &HashSet::from([701]), &mut |_| Some(true), later(), &mut index);
+        assert_eq!(scan.owners[&701].fd, 5);
+
+        // fd 5 now holds another socket, and 701 moved to another process.
+        let fd5 = proc.0.join("30/fd/5");
+        fs::remove_file(&fd5).unwrap();
+        symlink("socket:[999]", &fd5).unwrap();
+        proc.process(40, "new-holder", &[(9, "socket:[701]")]);
+        let scan = find_owners(&proc.0, 10, &HashSet::from([701]), &mut |_| Some(true), later(), &mut index);
+        assert_eq!(scan.owners[&701], HolderOwner { pid: 40, comm: "new-holder".into(), fd: 9 });
+    }
+
     #[test]
     fn owners_are_found_in_the_failing_process_and_its_namespace() {
         let proc = FakeProc::new("owners");
@@ -300,6 +394,7 @@ mod tests {
                 Some(pid != 20)
             },
             later(),
+            &mut FdIndex::new(Instant::now()),
         );
 
         assert_eq!(scan.owners[&500], HolderOwner { pid: 10, comm: "envoy".into(), fd: 131 });
@@ -323,6 +418,7 @@ mod tests {
                 Some(true)
             },
             later(),
+            &mut FdIndex::new(Instant::now()),
         );
         assert_eq!(scan.owners.len(), 1);
         assert_eq!(asked, 0, "no other process needed");
@@ -333,7 +429,14 @@ mod tests {
         let proc = FakeProc::new("vanished");
         // pid 10 has no directory at all: it exited before the scan.
         proc.process(30, "other", &[(5, "socket:[700]")]);
-        let scan = find_owners(&proc.0, 10, &HashSet::from([700, 800]), &mut |_| Some(true), later());
+        let scan = find_owners(
+            &proc.0,
+            10,
+            &HashSet::from([700, 800]),
+            &mut |_| Some(true),
+            later(),
+            &mut fresh_index(),
+        );
         assert_eq!(scan.owners[&700].pid, 30);
         assert!(!scan.owners.contains_key(&800));
         assert!(scan.notes.is_empty(), "not finding is no error: {:?}", scan.notes);
@@ -344,7 +447,14 @@ mod tests {
         let proc = FakeProc::new("deadline");
         proc.process(10, "envoy", &[]);
         proc.process(30, "other", &[(5, "socket:[700]")]);
-        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| Some(true), Instant::now());
+        let scan = find_owners(
+            &proc.0,
+            10,
+            &HashSet::from([700]),
+            &mut |_| Some(true),
+            Instant::now(),
+            &mut fresh_index(),
+        );
         assert!(scan.owners.is_empty());
         assert_eq!(scan.notes, ["the owner search ran out of time"]);
     }
@@ -380,7 +490,8 @@ mod tests {
         let proc = FakeProc::new("unknown-ns");
         proc.process(10, "envoy", &[]);
         proc.process(30, "other", &[(5, "socket:[700]")]);
-        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| None, later());
+        let scan =
+            find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| None, later(), &mut fresh_index());
         assert!(scan.owners.is_empty());
         let [note] = scan.notes.as_slice() else { panic!("{:?}", scan.notes) };
         assert!(note.starts_with("cannot tell the network namespace of 1 processes ("), "{note}");
