@@ -254,6 +254,69 @@ fn full_options_table_counts_each_eviction() {
     assert_kernel_warned_of_each_loss(&small);
 }
 
+const SWEEP_SCRIPT: &str = r#"
+import ctypes, json, os, socket, sys
+ctypes.CDLL(None).prctl(15, b"sockerr-sweep", 0, 0, 0)  # PR_SET_NAME
+sys.stdin.readline()
+child = os.fork()
+if child == 0:
+    held = []
+    for _ in range(600):
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); held.append(s)
+    os._exit(0)  # the kernel closes the 600 fds: no close(2) for the programs to see
+os.waitpid(child, 0)
+print(json.dumps({"child": child}), flush=True)
+sys.stdin.readline()
+sockets = []
+for _ in range(600):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sockets.append(s)
+for s in sockets:
+    try:
+        s.connect(("127.0.0.1", 18112))
+    except ConnectionRefusedError:
+        pass
+print(json.dumps({"fds": [s.fileno() for s in sockets]}), flush=True)
+sys.stdin.readline()
+"#;
+
+/// A process that exits leaves its sockets' options in `TRACKED` (the kernel closes its
+/// fds without close(2)). Once the table is half full, user space removes them; left in,
+/// the LRU table would evict them for the next sockets and count that as lost options.
+/// Here a child sets SO_REUSEADDR on 600 sockets and exits, then its parent does the same
+/// and has each refused, in a table of 1,024 entries (600 + 600 do not fit; 600 and the
+/// CPUs' free lists do): the child's 600 entries are removed, and every refusal of the
+/// parent carries its option, with no eviction counted.
+#[test]
+fn options_of_exited_processes_are_swept_not_counted_as_evicted() {
+    require_root();
+    let mut script = Script::start("python3", SWEEP_SCRIPT);
+    let tracer =
+        Tracer::start(&["--comm", "sockerr-sweep", "--output", "json", "--options-table-entries", "1024"]);
+    script.go();
+    let child = script.facts()["child"].clone();
+    // A walk is due at the first tick after the child's entries fill half the table, and
+    // then every 30 s: one that came while the child was still alive makes this wait longer.
+    tracer.wait_for_stderr(Duration::from_secs(45), |line| {
+        line.contains("removed 600 recorded-options entries of processes that exited")
+    });
+    script.go();
+    let facts = script.facts();
+    let fds: Vec<Value> = facts["fds"].as_array().expect("fds").clone();
+    assert_eq!(fds.len(), 600, "{facts}");
+    let pid = script.pid().parse::<u64>().expect("a pid");
+    let refused =
+        |r: &Value| r.event() == "connect_error" && r["pid"].as_u64() == Some(pid) && fds.contains(&r["fd"]);
+    tracer.wait_for_records(600, RECORD_TIMEOUT, refused);
+    let stopped = tracer.stop();
+    drop(script);
+
+    let records: Vec<Value> = stopped.records().into_iter().filter(|r| refused(r)).collect();
+    assert_eq!(records.len(), 600, "child {child}");
+    let without = records.iter().filter(|r| r["sockopts"]["SO_REUSEADDR"].as_u64() != Some(1)).count();
+    assert_eq!(without, 0, "{:#?}", records.first());
+    assert_eq!(lost(&stopped, "options_evicted"), 0, "{}", stopped.stderr);
+}
+
 const DROPS_SCRIPT: &str = r#"
 import json, re, socket, struct, ctypes, subprocess, sys, time
 SO_ATTACH_FILTER, SO_DETACH_FILTER = 26, 27

@@ -1,8 +1,8 @@
 //! How many entries `TRACKED` evicted. It is an LRU map (see `limits::TRACKED_ENTRIES`),
 //! and the kernel evicts from an LRU map without telling anyone; the programs count
 //! what they inserted and removed (`TRACKED_CHURN`, per CPU, indexed by the constants
-//! below), and whatever went in, did not come out through them and is not there any
-//! more was evicted.
+//! below), user space counts the entries of exited processes it removed, and whatever
+//! went in, came out neither way and is not there any more was evicted.
 
 /// Index of the count of new keys the programs inserted.
 pub const INSERTED: u32 = 0;
@@ -21,6 +21,12 @@ pub const LRU_LOCAL_FREE: u64 = 128;
 /// insert can have needed an eviction, so the entries need not be counted.
 pub fn may_have_evicted(inserted: u64, removed: u64, capacity: u64, cpus: u64) -> bool {
     inserted.saturating_sub(removed) + LRU_LOCAL_FREE * cpus >= capacity
+}
+
+/// Whether the map is half full: time to remove the entries of exited processes, well
+/// before the LRU map evicts them (or live ones) to make room.
+pub fn worth_sweeping(inserted: u64, removed: u64, capacity: u64) -> bool {
+    inserted.saturating_sub(removed) >= capacity / 2
 }
 
 /// Entries evicted so far: inserted, not removed by the programs, and not there
@@ -43,6 +49,14 @@ mod tests {
         // More removed than inserted (a removal counted before its insert's CPU total
         // was read) is no underflow.
         assert!(!may_have_evicted(5, 9, 65536, 2));
+    }
+
+    #[test]
+    fn a_half_full_map_is_worth_sweeping() {
+        assert!(!worth_sweeping(1000, 10, 262_144));
+        assert!(worth_sweeping(131_072, 0, 262_144));
+        assert!(!worth_sweeping(131_072, 1, 262_144));
+        assert!(!worth_sweeping(5, 9, 16));
     }
 
     #[test]

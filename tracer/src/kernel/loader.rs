@@ -332,6 +332,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         take_typed_map(&mut ebpf, names::TRACKED_CHURN)?,
         take_typed_map(&mut ebpf, names::TRACKED)?,
         tables.options,
+        selection.proc_root.clone(),
     );
     let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {

@@ -10,7 +10,8 @@
 //!
 //! `TRACKED` evicts without a word (an LRU map): user space works its evictions out
 //! (`tracer_common::tracked_churn`) from the programs' insert and remove counts and,
-//! only once the map may be full, the entries left in it.
+//! only once the map may be full, the entries left in it. It also removes the entries of
+//! processes that exited, which no close(2) took out.
 
 use std::{
     fs, io,
@@ -26,6 +27,9 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{Loss, options::Tracked, tracked_churn};
+use tracing::info;
+
+use crate::proc_root::ProcRoot;
 
 #[derive(Debug, Error)]
 pub enum LossReadError {
@@ -64,9 +68,8 @@ impl Losses {
     }
 }
 
-/// How often at most the entries of a `TRACKED` that may be full are counted, except for
-/// the last reading at exit. Entries of processes that exited without close(2) stay until
-/// evicted, so on a long-running node the map can stay full: counting its entries
+/// How often at most the entries of a half-full `TRACKED` are walked, except for the last
+/// reading at exit: a map of live sockets can stay that full, and walking its entries
 /// (262,144 by default) is one bpf() call each, which the 1 s tick would pay every
 /// second.
 pub const EVICTION_COUNT_EVERY: Duration = Duration::from_secs(30);
@@ -83,6 +86,10 @@ pub struct OptionsTable {
     churn: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, Tracked>,
     capacity: u32,
+    /// The host's procfs, where a key's tgid is looked for.
+    proc_root: ProcRoot,
+    /// Entries of exited processes removed here: the programs never saw their fds closed.
+    swept: u64,
     /// When the entries were last counted.
     counted_at: Option<Instant>,
 }
@@ -92,22 +99,27 @@ impl OptionsTable {
         churn: PerCpuArray<MapData, u64>,
         tracked: HashMap<MapData, u64, Tracked>,
         capacity: u32,
+        proc_root: ProcRoot,
     ) -> Self {
-        Self { churn, tracked, capacity, counted_at: None }
+        Self { churn, tracked, capacity, proc_root, swept: 0, counted_at: None }
     }
 
     /// Entries evicted so far, or None when not worked out now. The entries are only
-    /// counted once the programs' counts say the map may be full (counting them is a
-    /// bpf() call per entry, during which the CPU runs none of our programs), and then
-    /// at most every [`EVICTION_COUNT_EVERY`] until the last reading.
+    /// walked once the map is half full (a bpf() call per entry, during which the CPU
+    /// runs none of our programs), and then at most every [`EVICTION_COUNT_EVERY`] until
+    /// the last reading. Each walk first removes the entries of processes that exited
+    /// (their fds were closed without close(2)): left in, the LRU map would evict them
+    /// once full, which would count as lost options of live sockets.
     fn evicted(&mut self, last_reading: bool) -> Result<Option<u64>, LossReadError> {
         let total = |index| -> Result<u64, LossReadError> {
             Ok(self.churn.get(&index, 0).map_err(LossReadError::Churn)?.iter().sum())
         };
         let inserted = total(tracked_churn::INSERTED)?;
-        let removed = total(tracked_churn::REMOVED)?;
+        let removed = total(tracked_churn::REMOVED)?.saturating_add(self.swept);
         let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
-        if !tracked_churn::may_have_evicted(inserted, removed, u64::from(self.capacity), cpus) {
+        let capacity = u64::from(self.capacity);
+        let may_have_evicted = tracked_churn::may_have_evicted(inserted, removed, capacity, cpus);
+        if !may_have_evicted && !tracked_churn::worth_sweeping(inserted, removed, capacity) {
             return Ok(None);
         }
         let now = Instant::now();
@@ -115,14 +127,51 @@ impl OptionsTable {
             return Ok(None);
         }
         self.counted_at = Some(now);
-        // Bounded: keys removed while they are walked make the walk start over.
+        let (present, swept) = self.sweep()?;
+        self.swept = self.swept.saturating_add(swept);
+        if swept > 0 {
+            info!(
+                "removed {swept} recorded-options entries of processes that exited without closing their sockets"
+            );
+        }
+        let removed = removed.saturating_add(swept);
+        Ok(may_have_evicted.then(|| tracked_churn::evicted(inserted, removed, present.min(capacity))))
+    }
+
+    /// Walks the keys, removes those of exited processes; returns the entries left and
+    /// the entries removed.
+    fn sweep(&mut self) -> Result<(u64, u64), LossReadError> {
         let mut present = 0u64;
+        let mut keys = Vec::new();
+        // Bounded: keys removed while they are walked make the walk start over.
         for key in self.tracked.keys().take(2 * self.capacity as usize) {
-            key.map_err(LossReadError::TrackedEntries)?;
+            keys.push(key.map_err(LossReadError::TrackedEntries)?);
             present += 1;
         }
-        Ok(Some(tracked_churn::evicted(inserted, removed, present.min(u64::from(self.capacity)))))
+        let proc_root = &self.proc_root;
+        let exited = of_exited_processes(&keys, |tgid| proc_root.pid_dir(tgid).exists());
+        drop(keys);
+        let mut swept = 0u64;
+        for key in exited {
+            // Gone meanwhile (evicted, or the fd number reused and closed): not ours to count.
+            if self.tracked.remove(&key).is_ok() {
+                swept += 1;
+            }
+        }
+        Ok((present.saturating_sub(swept), swept))
     }
+}
+
+/// The keys (`tgid << 32 | fd`) whose process is gone, asking `is_alive` once per tgid.
+fn of_exited_processes(keys: &[u64], mut is_alive: impl FnMut(u32) -> bool) -> Vec<u64> {
+    let mut alive = std::collections::HashMap::new();
+    keys.iter()
+        .copied()
+        .filter(|&key| {
+            let tgid = (key >> 32) as u32;
+            !*alive.entry(tgid).or_insert_with(|| is_alive(tgid))
+        })
+        .collect()
 }
 
 /// Reads [`Losses`]: `LOSSES` for the reasons our programs count, the programs'
@@ -182,6 +231,19 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_entries_of_exited_processes_are_swept() {
+        let key = |tgid: u64, fd: u64| tgid << 32 | fd;
+        let keys = [key(10, 3), key(20, 3), key(10, 4), key(30, 9), key(20, 5)];
+        let mut asked = Vec::new();
+        let exited = of_exited_processes(&keys, |tgid| {
+            asked.push(tgid);
+            tgid == 20
+        });
+        assert_eq!(exited, [key(10, 3), key(10, 4), key(30, 9)]);
+        assert_eq!(asked, [10, 20, 30], "once per process");
+    }
 
     #[test]
     fn a_full_options_table_is_counted_at_most_every_interval_and_at_exit() {
