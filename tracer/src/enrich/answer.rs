@@ -18,6 +18,13 @@ use crate::record::PortUsage;
 pub(crate) fn answer_in_namespace(proc_root: &Path, query: &Query) -> Result<Findings, EnrichError> {
     match *query {
         Query::TupleHolders { src, dst } => {
+            let mut diag = SockDiag::open().map_err(|source| EnrichError::SockDiag { source })?;
+            let found = diag.find_tcp(src, dst).map_err(|source| EnrichError::SockDiag { source })?;
+            if let Some(socket) = found.filter(|socket| holds_tuple(socket, src, dst)) {
+                return Ok(holder_findings(vec![socket], src.ip()));
+            }
+            // Nothing found (a socket bound to a device escapes a lookup that names no
+            // interface), or not the tuple's socket (a listener on `src`): dump.
             let filter = DumpFilter {
                 local_port: Some(src.port()),
                 remote_port: Some(dst.port()),
