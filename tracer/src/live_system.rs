@@ -37,6 +37,10 @@ impl SystemView for LiveSystem {
     fn pod(&self, pid: u32) -> Option<PodIdentity> {
         self.pods.identify(pid)
     }
+
+    fn forget_stale(&self) {
+        self.enricher.forget_stale();
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

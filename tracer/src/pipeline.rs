@@ -32,6 +32,8 @@ pub trait SystemView: Send + Sync + 'static {
     fn pod(&self, _pid: u32) -> Option<PodIdentity> {
         None
     }
+    /// Drops what the system keeps for lookups past its time; called every few seconds.
+    fn forget_stale(&self) {}
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -119,6 +121,7 @@ impl<S: SystemView> Processor<S> {
         }
         self.last_prune = now;
         self.forget_exited();
+        self.system.forget_stale();
     }
 
     /// What [`Processor::prune`] does, without its rate limit.

@@ -85,6 +85,14 @@ impl Enricher {
         Ok(inode)
     }
 
+    /// Gives back the memory of an owner search index older than its sweep (kept only
+    /// while searches use it). Never waits for a search in progress.
+    pub fn forget_stale(&self) {
+        if let Ok(mut index) = self.fd_index.try_lock() {
+            index.expire(Instant::now());
+        }
+    }
+
     /// /proc/PID/comm, trimmed; `None` once the process is gone.
     pub fn process_name(&self, pid: u32) -> Option<String> {
         procfs::read_comm(&self.proc_root.join(pid.to_string()))

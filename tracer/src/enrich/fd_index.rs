@@ -16,7 +16,7 @@ use std::{
 /// sockets since. Entries that answered a search are kept across (they are checked on
 /// every use anyway).
 const SWEEP_LIFETIME: Duration = Duration::from_secs(30);
-/// About 16 bytes an entry (some 24 MiB at most, for the busiest node): a process whose
+/// About 13 bytes an entry (some 14 MiB at most, for the busiest node): a process whose
 /// sockets do not fit is not marked as read, so a search still reads it when it must.
 const MAX_SOCKETS: usize = 1 << 20;
 
@@ -27,13 +27,16 @@ pub(crate) struct FdRef {
     pub fd: i32,
 }
 
+/// Keyed by socket inode as u32: socket inodes come from get_next_ino() (an unsigned int,
+/// fs/inode.c), as sock_diag's idiag_inode (a __u32) says too. One that does not fit is
+/// not indexed, only searched for.
 #[derive(Debug)]
 pub(crate) struct FdIndex {
-    sockets: HashMap<u64, FdRef>,
+    sockets: HashMap<u32, FdRef>,
     /// Processes whose every fd link is in `sockets` (as of their reading).
     read_whole: HashSet<u32>,
     /// Inodes whose entry answered a search in this sweep.
-    answered: HashSet<u64>,
+    answered: HashSet<u32>,
     sweep_started: Instant,
     capacity: usize,
 }
@@ -60,7 +63,7 @@ impl FdIndex {
             return;
         }
         let answered = std::mem::take(&mut self.answered);
-        let kept: HashMap<u64, FdRef> = answered
+        let kept: HashMap<u32, FdRef> = answered
             .into_iter()
             .filter_map(|inode| self.sockets.get(&inode).map(|&at| (inode, at)))
             .collect();
@@ -71,18 +74,22 @@ impl FdIndex {
 
     /// Where the inode was last seen; check the link before trusting it.
     pub fn seen_at(&self, inode: u64) -> Option<FdRef> {
-        self.sockets.get(&inode).copied()
+        self.sockets.get(&u32::try_from(inode).ok()?).copied()
     }
 
     /// The entry answered a search (its link was checked): kept across sweeps.
     pub fn answered(&mut self, inode: u64) {
-        self.answered.insert(inode);
+        if let Ok(inode) = u32::try_from(inode) {
+            self.answered.insert(inode);
+        }
     }
 
     /// The entry's link no longer points at the inode.
     pub fn forget(&mut self, inode: u64) {
-        self.sockets.remove(&inode);
-        self.answered.remove(&inode);
+        if let Ok(inode) = u32::try_from(inode) {
+            self.sockets.remove(&inode);
+            self.answered.remove(&inode);
+        }
     }
 
     pub fn was_read_whole(&self, pid: u32) -> bool {
@@ -95,7 +102,8 @@ impl FdIndex {
         if self.sockets.len().saturating_add(sockets.len()) > self.capacity {
             return false;
         }
-        self.sockets.extend(sockets.iter().map(|&(inode, fd)| (inode, FdRef { pid, fd })));
+        let fitting = sockets.iter().filter_map(|&(inode, fd)| Some((u32::try_from(inode).ok()?, fd)));
+        self.sockets.extend(fitting.map(|(inode, fd)| (inode, FdRef { pid, fd })));
         if whole {
             self.read_whole.insert(pid);
         }
@@ -121,6 +129,11 @@ mod tests {
         assert!(index.was_read_whole(10));
         assert_eq!(index.seen_at(501), Some(FdRef { pid: 10, fd: 4 }));
         assert_eq!(index.seen_at(502), None);
+
+        // An inode past u32 (none is) is not indexed.
+        assert!(index.add_process(30, &[(1 << 32 | 500, 9)], true));
+        assert_eq!(index.seen_at(1 << 32 | 500), None);
+        assert_eq!(index.seen_at(500), Some(FdRef { pid: 10, fd: 3 }));
 
         // A process with an unreadable link keeps its sockets but is read again next time.
         assert!(index.add_process(20, &[(600, 7)], false));
