@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-/// How often [`release_every`] trims: a trim walks every arena under its lock, so not on
-/// every tick, but often enough that a burst's garbage does not stay for long.
+/// How often [`release_every`] trims: a trim walks every arena under its lock (1.3 to
+/// 6.5 ms each on the busy node, on a runtime worker), so not on every tick, but often
+/// enough that a burst's garbage does not stay for long.
 pub const RELEASE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Returns the free pages of every malloc arena to the kernel (glibc); nothing elsewhere.
