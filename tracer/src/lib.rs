@@ -27,6 +27,7 @@ pub mod fatal;
 /// Entry points for the fuzz targets of `fuzz/`; not part of sockerr's API.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub(crate) mod heap;
 pub(crate) mod http_anomaly;
 pub mod k8s;
 pub mod kernel;

@@ -23,6 +23,7 @@ use crate::{
     drops::DropFold,
     enrich::Enricher,
     event::{KernelEvent, Payload},
+    heap,
     k8s::Attributor,
     kernel::{
         drop_totals::DropMaps,
@@ -187,6 +188,7 @@ impl Tracer {
         let system = Arc::new(LiveSystem::new(enricher, attributor));
         let (rounds_tx, mut rounds) = mpsc::channel::<ports::Round>(1);
         let port_task = tokio::spawn(ports::sample_every_period(sampler, Arc::clone(&system), rounds_tx));
+        let heap_task = tokio::spawn(heap::release_every(heap::RELEASE_PERIOD));
         let mut processor = Processor::new(Arc::clone(&system), clock);
         processor.set_reset_reasons(reset_reasons);
         processor.set_backend(backend);
@@ -247,6 +249,7 @@ impl Tracer {
             }
         }
         port_task.abort();
+        heap_task.abort();
         // Drops since the last tick, while the listeners may still be there.
         sample_listeners(&mut listeners, sink).await.map_err(output)?;
         if let Some(drops) = drops.as_mut() {

@@ -137,6 +137,10 @@ pub(crate) enum Tables {
     /// there shows as SYN_SENT with that tuple although it never entered the
     /// established hash (it fails next with EADDRNOTAVAIL itself).
     EstablishedHash,
+    /// The listening and bind hashes: the sockets that hold a port for every destination
+    /// (LISTEN, CLOSE, BOUND_INACTIVE), what [`Tables::EstablishedHash`] leaves out. The
+    /// kernel still walks the established hash for CLOSE, but sends none of its sockets.
+    ListeningAndBind,
 }
 
 impl Tables {
@@ -144,6 +148,7 @@ impl Tables {
         match self {
             Tables::All => ALL_STATES,
             Tables::EstablishedHash => ESTABLISHED_HASH_STATES,
+            Tables::ListeningAndBind => ALL_STATES & !ESTABLISHED_HASH_STATES,
         }
     }
 }
@@ -654,6 +659,21 @@ mod tests {
         error.code = NonZeroI32::new(-libc::EINVAL);
         let refused = message_of_request(3, NetlinkPayload::Error(error));
         assert!(matches!(read_exact_answer(&refused, 3), Err(SockDiagError::Kernel { .. })));
+    }
+
+    #[test]
+    fn listening_and_bind_dumps_ask_for_what_the_established_hash_leaves_out() {
+        let states = |tables| {
+            let filter = DumpFilter { local_port: None, remote_port: None, tables };
+            let bytes = Query::sockets(Transport::Tcp, filter).request(AF_INET, 1);
+            u32::from_ne_bytes(bytes[NETLINK_HEADER_LEN + 4..NETLINK_HEADER_LEN + 8].try_into().unwrap())
+        };
+        let bound = states(Tables::ListeningAndBind);
+        assert_eq!(bound, 1 << 7 | 1 << 10 | 1 << 13, "CLOSE, LISTEN, BOUND_INACTIVE: {bound:#b}");
+        // Together the two dumps ask for every state, each once: a port sample made of
+        // both asks for what one dump of all tables did.
+        assert_eq!(bound & states(Tables::EstablishedHash), 0);
+        assert_eq!(bound | states(Tables::EstablishedHash), states(Tables::All));
     }
 
     #[test]

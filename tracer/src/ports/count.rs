@@ -73,39 +73,59 @@ impl Usage {
     }
 }
 
-/// Every destination some socket is connected to, with its usage, busiest first.
-pub fn usage(holders: &[PortHolder], space: &PortSpace) -> Vec<Usage> {
-    // bind() holds a port for every destination: listeners, and bound sockets that are
-    // neither listening nor connected (the dump lists those from Linux 6.7, as
-    // TCP_BOUND_INACTIVE; before, they are not seen and not counted).
-    let bound: BTreeSet<u16> = holders
-        .iter()
-        .filter(|holder| matches!(holder.state, TcpState::Listen | TcpState::Close | TcpState::Other(13)))
-        .map(|holder| holder.local.port())
-        .collect();
-    let mut connected: BTreeMap<Destination, BTreeSet<u16>> = BTreeMap::new();
-    for holder in holders {
-        if matches!(holder.state, TcpState::Listen | TcpState::Close | TcpState::Other(_))
+/// One namespace's TCP sockets reduced, as a dump streams them, to what
+/// [`PortTally::usages`] needs: the ports bind() holds, and per destination the ports
+/// connected to it. A node-wide daemon samples namespaces of hundreds of thousands of
+/// sockets: keeping every socket until the dump ended cost ~70 MiB of heap per round at
+/// 400,000 sockets (issue 11's busy node); this keeps at most one port per connection.
+#[derive(Debug, Default)]
+pub struct PortTally {
+    bound: BTreeSet<u16>,
+    connected: BTreeMap<Destination, BTreeSet<u16>>,
+}
+
+impl PortTally {
+    /// Counts one socket. The usages do not depend on the order; sockets that hold a port
+    /// by bind() given first (a dump of the listening and bind tables before the
+    /// established one) keep accepted connections, which use their listener's port and
+    /// are no destination, from being kept at all.
+    pub fn add(&mut self, holder: PortHolder) {
+        let port = holder.local.port();
+        // bind() holds a port for every destination: listeners, and bound sockets that
+        // are neither listening nor connected (the dump lists those from Linux 6.7, as
+        // TCP_BOUND_INACTIVE; before, they are not seen and not counted).
+        if matches!(holder.state, TcpState::Listen | TcpState::Close | TcpState::Other(13)) {
+            self.bound.insert(port);
+            return;
+        }
+        if matches!(holder.state, TcpState::Other(_))
             // An accepted connection uses its listener's port, not one connect() chose.
-            || bound.contains(&holder.local.port())
+            || self.bound.contains(&port)
         {
-            continue;
+            return;
         }
         let destination = Destination { local_ip: holder.local.ip(), remote: holder.remote };
-        connected.entry(destination).or_default().insert(holder.local.port());
+        self.connected.entry(destination).or_default().insert(port);
     }
-    let bound_in_range = bound.iter().filter(|&&port| space.offers(port)).count() as u32;
-    let size = space.size();
-    let mut usages: Vec<Usage> = connected
-        .into_iter()
-        .map(|(destination, ports)| {
-            let mine = ports.iter().filter(|&&port| space.offers(port)).count() as u32;
-            Usage { destination, in_use: mine + bound_in_range, size }
-        })
-        .filter(|usage| usage.in_use > bound_in_range)
-        .collect();
-    usages.sort_by(|a, b| b.in_use.cmp(&a.in_use).then(a.destination.cmp(&b.destination)));
-    usages
+
+    /// Every destination some socket is connected to, with its usage, busiest first.
+    pub fn usages(self, space: &PortSpace) -> Vec<Usage> {
+        let Self { bound, connected } = self;
+        let bound_in_range = bound.iter().filter(|&&port| space.offers(port)).count() as u32;
+        let size = space.size();
+        let mut usages: Vec<Usage> = connected
+            .into_iter()
+            .map(|(destination, ports)| {
+                // A port added before the listener that holds it was seen is its listener's.
+                let mine =
+                    ports.iter().filter(|&&port| space.offers(port) && !bound.contains(&port)).count() as u32;
+                Usage { destination, in_use: mine + bound_in_range, size }
+            })
+            .filter(|usage| usage.in_use > bound_in_range)
+            .collect();
+        usages.sort_by(|a, b| b.in_use.cmp(&a.in_use).then(a.destination.cmp(&b.destination)));
+        usages
+    }
 }
 
 /// `ip_local_reserved_ports`: "8080,9000-9002\n", or an empty line when none is
@@ -141,6 +161,24 @@ mod tests {
         PortSpace { low, high, reserved: BTreeSet::new() }
     }
 
+    fn usage(holders: &[PortHolder], space: &PortSpace) -> Vec<Usage> {
+        let mut tally = PortTally::default();
+        holders.iter().for_each(|&holder| tally.add(holder));
+        tally.usages(space)
+    }
+
+    /// A listener, connections accepted on its port, and connect()ed ones.
+    fn server_and_clients() -> Vec<PortHolder> {
+        vec![
+            holder(TcpState::Established, "10.0.0.1:40005", "10.0.0.9:55555"),
+            holder(TcpState::Established, "10.0.0.1:40005", "10.0.0.8:55555"),
+            holder(TcpState::Established, "10.0.0.1:40000", "10.0.0.2:80"),
+            holder(TcpState::SynSent, "10.0.0.1:40001", "10.0.0.2:80"),
+            holder(TcpState::Listen, "0.0.0.0:40005", "0.0.0.0:0"),
+            holder(TcpState::Established, "10.0.0.1:40002", "10.0.0.3:80"),
+        ]
+    }
+
     #[test]
     fn ports_count_per_destination_under_the_four_tuple_rule() {
         let holders = [
@@ -174,6 +212,34 @@ mod tests {
         let usages = usage(&holders, &space(40000, 40009));
         assert_eq!(usages.len(), 1, "{usages:?}");
         assert_eq!((usages[0].in_use, usages[0].destination.remote.port()), (3, 80));
+    }
+
+    #[test]
+    fn the_order_of_the_sockets_does_not_change_the_usages() {
+        let holders = server_and_clients();
+        let expected = usage(&holders, &space(40000, 40009));
+        // The listener's port counts for both destinations; the accepted connections
+        // are none.
+        let found: Vec<_> = expected.iter().map(|u| (u.in_use, u.destination.remote.ip())).collect();
+        assert_eq!(found, [(3, "10.0.0.2".parse().unwrap()), (2, "10.0.0.3".parse().unwrap())]);
+        let mut reversed = holders.clone();
+        reversed.reverse();
+        assert_eq!(usage(&reversed, &space(40000, 40009)), expected);
+        let mut listener_first = holders;
+        listener_first.sort_by_key(|holder| holder.state != TcpState::Listen);
+        assert_eq!(usage(&listener_first, &space(40000, 40009)), expected);
+    }
+
+    #[test]
+    fn connections_accepted_after_their_listener_was_seen_are_not_kept() {
+        let mut tally = PortTally::default();
+        let mut holders = server_and_clients();
+        holders.sort_by_key(|holder| holder.state != TcpState::Listen);
+        holders.iter().for_each(|&holder| tally.add(holder));
+        // Two destinations of connect()ed sockets; the two accepted connections would
+        // have been two more, each kept until the end of the dump.
+        assert_eq!(tally.connected.len(), 2, "{:?}", tally.connected);
+        assert_eq!(tally.bound, BTreeSet::from([40005]));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 #[cfg(test)]
 pub use self::count::Destination;
 pub use self::count::Usage;
-use self::{count::usage, watch::PressureWatch};
+use self::watch::PressureWatch;
 use crate::{enrich::EnrichError, pipeline::SystemView, record::PodIdentity};
 
 /// How often the namespaces are sampled: a full TCP dump per namespace is cheap, but
@@ -167,13 +167,12 @@ impl Sampler {
                     continue;
                 }
             };
-            let usages = usage(&sample.holders, &sample.space);
-            for crossed in self.watch.observe(netns, &usages) {
+            for crossed in self.watch.observe(netns, &sample.usages) {
                 let (low, high) = (sample.space.low, sample.space.high);
                 let usage = NamespaceUsage::named(system, netns, pid, crossed);
                 round.pressures.push(PortPressure { time, usage, low, high });
             }
-            all.extend(usages.into_iter().take(MAX_GAUGES).map(|usage| (netns, pid, usage)));
+            all.extend(sample.usages.iter().take(MAX_GAUGES).map(|&usage| (netns, pid, usage)));
         }
         self.watch.retain_namespaces(&listed);
         all.sort_by(|a, b| b.2.ratio().total_cmp(&a.2.ratio()).then(b.2.in_use.cmp(&a.2.in_use)));

@@ -8,41 +8,48 @@ use std::{
     path::Path,
 };
 
-use super::count::{PortHolder, PortSpace, parse_reserved};
+use super::count::{PortHolder, PortSpace, PortTally, Usage, parse_reserved};
 use crate::{
     enrich::{
         EnrichError, Netns, SockDiag, port_range,
-        sock_diag::{DumpFilter, Transport},
+        sock_diag::{DumpFilter, Tables, Transport},
     },
     tcp_state::TcpState,
 };
 
-/// One namespace's sockets and the ports connect() may use there.
+/// One namespace's ports connect() may use, and how much of them each destination uses.
 #[derive(Debug)]
 pub struct NamespaceSample {
     pub space: PortSpace,
-    pub holders: Vec<PortHolder>,
+    /// Busiest first.
+    pub usages: Vec<Usage>,
 }
 
-/// Every TCP socket of the namespace `pid` is in, with its port range and reserved
-/// ports. Blocks: it runs a thread inside that namespace (enrich::Netns), because
-/// /proc/sys/net answers for the namespace of the reading thread.
+/// The usages of the namespace `pid` is in, from its TCP sockets, port range and
+/// reserved ports. Blocks: it runs a thread inside that namespace (enrich::Netns),
+/// because /proc/sys/net answers for the namespace of the reading thread.
 pub fn sample(proc_root: &Path, pid: u32) -> Result<NamespaceSample, EnrichError> {
     let proc_root = proc_root.to_path_buf();
     Netns::of_process(&proc_root, pid).run(move || {
         let (low, high) = port_range::read(&proc_root)?;
         let reserved = read_reserved(&proc_root)?;
         let mut diag = SockDiag::open().map_err(|source| EnrichError::SockDiag { source })?;
-        let mut holders = Vec::new();
-        diag.dump_ipv4_and_ipv6(Transport::Tcp, DumpFilter::default(), &mut |socket| {
-            holders.push(PortHolder {
-                state: TcpState::from_kernel(socket.state),
-                local: socket.local,
-                remote: socket.remote,
-            });
-        })
-        .map_err(|source| EnrichError::SockDiag { source })?;
-        Ok(NamespaceSample { space: PortSpace { low, high, reserved }, holders })
+        let mut tally = PortTally::default();
+        // The sockets that hold a port by bind() first, so that the tally keeps nothing
+        // of the connections accepted on those ports (PortTally::add).
+        for tables in [Tables::ListeningAndBind, Tables::EstablishedHash] {
+            let filter = DumpFilter { tables, ..DumpFilter::default() };
+            diag.dump_ipv4_and_ipv6(Transport::Tcp, filter, &mut |socket| {
+                tally.add(PortHolder {
+                    state: TcpState::from_kernel(socket.state),
+                    local: socket.local,
+                    remote: socket.remote,
+                });
+            })
+            .map_err(|source| EnrichError::SockDiag { source })?;
+        }
+        let space = PortSpace { low, high, reserved };
+        Ok(NamespaceSample { usages: tally.usages(&space), space })
     })
 }
 
@@ -91,11 +98,17 @@ mod tests {
         assert_eq!(namespaces.len(), 1, "{namespaces:?}");
         let sample = sample(proc_root, pid).unwrap();
         assert!(sample.space.low <= sample.space.high);
-        let ours = sample.holders.iter().find(|h| h.local == client.local_addr().unwrap());
-        assert_eq!(
-            ours.map(|h| (h.state, h.remote)),
-            Some((TcpState::Established, listener.local_addr().unwrap()))
-        );
+        let client = client.local_addr().unwrap();
+        let ours = sample.usages.iter().find(|u| {
+            u.destination.local_ip == client.ip() && u.destination.remote == listener.local_addr().unwrap()
+        });
+        let ours = ours.unwrap_or_else(|| panic!("no usage towards our listener: {:?}", sample.usages));
+        // connect() picked our port from the range: a destination is listed only when
+        // some port of it is.
+        assert!(sample.space.offers(client.port()) && ours.in_use >= 1, "{ours:?}");
+        // The accepted end uses the listener's port: it is no destination of its own.
+        let accepted = sample.usages.iter().any(|u| u.destination.remote == client);
+        assert!(!accepted, "{:?}", sample.usages);
         assert!(every_process(proc_root).contains(&pid));
     }
 }
