@@ -51,6 +51,14 @@ impl ProcRoot {
         Ok(())
     }
 
+    /// Whether this procfs numbers processes as the kernel programs do (the initial pid
+    /// namespace): there pid 2 is always kthreadd, the kernel's thread spawner. A procfs
+    /// of a container's own pid namespace passes [`ProcRoot::check`] but not this, and
+    /// there a host pid that is absent says nothing about whether the process lives.
+    pub fn shows_host_pids(&self) -> bool {
+        std::fs::read_to_string(self.pid_dir(2).join("comm")).is_ok_and(|comm| comm == "kthreadd\n")
+    }
+
     /// `<root>/<pid>`.
     pub fn pid_dir(&self, pid: u32) -> PathBuf {
         self.0.join(pid.to_string())
@@ -110,6 +118,21 @@ mod tests {
         assert!(missing.contains("hostPath volume of /proc"), "{missing}");
         let not_proc = ProcRoot::new("/").check().unwrap_err().to_string();
         assert!(not_proc.contains("not a procfs"), "{not_proc}");
+    }
+
+    #[test]
+    fn only_a_procfs_with_kthreadd_at_pid_2_shows_host_pids() {
+        let root = std::env::temp_dir().join(format!("sockerr-proc-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("2")).unwrap();
+        let fake = ProcRoot::new(&root);
+        assert!(!fake.shows_host_pids(), "no comm");
+        std::fs::write(root.join("2/comm"), "sh\n").unwrap();
+        assert!(!fake.shows_host_pids(), "a container's pid 2");
+        std::fs::write(root.join("2/comm"), "kthreadd\n").unwrap();
+        assert!(fake.shows_host_pids());
+        std::fs::remove_dir_all(&root).unwrap();
+        // The test runs on the host, whose /proc is the initial pid namespace's.
+        assert!(ProcRoot::default().shows_host_pids());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{Loss, options::Tracked, tracked_churn};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::proc_root::ProcRoot;
 
@@ -86,8 +86,9 @@ pub struct OptionsTable {
     churn: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u64, Tracked>,
     capacity: u32,
-    /// The host's procfs, where a key's tgid is looked for.
-    proc_root: ProcRoot,
+    /// The host's procfs, where a key's tgid is looked for; `None` when it does not show
+    /// the host's pids (then no entry is removed: an absent pid proves nothing).
+    proc_root: Option<ProcRoot>,
     /// Entries of exited processes removed here: the programs never saw their fds closed.
     swept: u64,
     /// When the entries were last counted.
@@ -101,13 +102,25 @@ impl OptionsTable {
         capacity: u32,
         proc_root: ProcRoot,
     ) -> Self {
+        let proc_root = if proc_root.shows_host_pids() {
+            Some(proc_root)
+        } else {
+            warn!(
+                "{} does not show the host's pids (pid 2 is no kthreadd): the recorded options of processes \
+                 that exit are not removed, and evicted once the table is full (options_evicted); pass \
+                 --host-proc with the host's /proc",
+                proc_root.display()
+            );
+            None
+        };
         Self { churn, tracked, capacity, proc_root, swept: 0, counted_at: None }
     }
 
     /// Entries evicted so far, or None when not worked out now. The entries are only
-    /// walked once the map is half full (a bpf() call per entry, during which the CPU
-    /// runs none of our programs), and then at most every [`EVICTION_COUNT_EVERY`] until
-    /// the last reading. Each walk first removes the entries of processes that exited
+    /// walked once the map is half full (a bpf() call per entry; each removal holds the
+    /// CPU's `bpf_prog_active`, so a program of ours that fires there meanwhile is skipped
+    /// and counted), and then at most every [`EVICTION_COUNT_EVERY`] until the last
+    /// reading. Each walk first removes the entries of processes that exited
     /// (their fds were closed without close(2)): left in, the LRU map would evict them
     /// once full, which would count as lost options of live sockets.
     fn evicted(&mut self, last_reading: bool) -> Result<Option<u64>, LossReadError> {
@@ -148,7 +161,7 @@ impl OptionsTable {
             keys.push(key.map_err(LossReadError::TrackedEntries)?);
             present += 1;
         }
-        let proc_root = &self.proc_root;
+        let Some(proc_root) = &self.proc_root else { return Ok((present, 0)) };
         let exited = of_exited_processes(&keys, |tgid| proc_root.pid_dir(tgid).exists());
         drop(keys);
         let mut swept = 0u64;
