@@ -57,7 +57,6 @@ pub(crate) fn find_owners(
             let comm = read_comm(&proc_root.join(at.pid.to_string())).unwrap_or_default();
             scan.owners.insert(inode, HolderOwner { pid: at.pid, comm, fd: at.fd });
             missing.remove(&inode);
-            index.answered(inode);
         } else {
             index.forget(inode);
         }
@@ -115,6 +114,10 @@ pub(crate) fn find_owners(
         }
     }
 
+    // The owners found stay in the index across its sweeps.
+    for &inode in scan.owners.keys() {
+        index.answered(inode);
+    }
     if !missing.is_empty() {
         if let Some(err) = first_pid_error {
             scan.notes.push(err.to_string());
@@ -328,6 +331,12 @@ mod tests {
         let wanted = HashSet::from([700, 701]);
         let scan = find_owners(&proc.0, 10, &wanted, &mut |_| Some(true), later(), &mut index);
         assert_eq!(scan.owners.len(), 2, "{scan:?}");
+        // What was found outlives the index's next sweep; the rest of what was read not.
+        let mut swept = FdIndex::new(Instant::now());
+        let scan = find_owners(&proc.0, 10, &HashSet::from([700]), &mut |_| Some(true), later(), &mut swept);
+        assert_eq!(scan.owners.len(), 1);
+        swept.expire(Instant::now() + Duration::from_secs(31));
+        assert!(swept.seen_at(700).is_some() && swept.seen_at(702).is_none());
 
         // A socket of a process not read yet: the processes read whole wait until the end.
         proc.process(40, "holder-c", &[(6, "socket:[800]")]);
