@@ -25,13 +25,6 @@ pub struct TracepointOffsets {
     /// `ret` of every `syscalls:sys_exit_*` tracepoint sockerr uses.
     pub sys_exit_ret: u32,
 
-    // sock:inet_sock_set_state
-    pub state_skaddr: u32,
-    pub state_oldstate: u32,
-    pub state_newstate: u32,
-    pub state_protocol: u32,
-    pub state_tuple: TupleOffsets,
-
     // sock:inet_sk_error_report
     pub error_error: u32,
     pub error_protocol: u32,
@@ -39,7 +32,7 @@ pub struct TracepointOffsets {
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<TracepointOffsets>() == 34 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 23 * 4);
 
 /// In-kernel filters, fixed at load time.
 #[repr(C)]

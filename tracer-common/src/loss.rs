@@ -38,11 +38,19 @@ pub enum Loss {
     /// cannot tell, so user space works it out from the programs' insert and remove
     /// counts (`TRACKED_CHURN`) and the entries left; the programs never count it.
     OptionsEvicted = 8,
+    /// A traced bind() or setsockopt() could not be followed from its entry to its exit,
+    /// or a close() not remembered for a reset sent inside it: the task's local storage
+    /// (`TASK_STATE`) could not be had. The kernel allocates it
+    /// atomically on a task's first traced call and can refuse under memory pressure;
+    /// it also refuses while a program it interrupted on that CPU is inside a
+    /// task-storage call. The failed call's record, the option it set, or the reset's
+    /// owner is missing.
+    TaskStorageUnavailable = 9,
 }
 
 impl Loss {
     /// Number of reasons: the size of the `LOSSES` array.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in index order.
     pub const ALL: [Loss; Self::COUNT] = [
@@ -55,6 +63,7 @@ impl Loss {
         Loss::DropTableFull,
         Loss::ProgramSkipped,
         Loss::OptionsEvicted,
+        Loss::TaskStorageUnavailable,
     ];
 
     /// The `reason` label of the metric and the name in the `stopped:` line.
@@ -69,6 +78,7 @@ impl Loss {
             Loss::DropTableFull => "drop_table_full",
             Loss::ProgramSkipped => "program_skipped",
             Loss::OptionsEvicted => "options_evicted",
+            Loss::TaskStorageUnavailable => "task_storage_unavailable",
         }
     }
 

@@ -6,11 +6,11 @@
 //! accept() wrote to the caller's buffer must be the socket's own peer, so a file that
 //! is not that socket is never read as one; the fd can only name something else if
 //! another thread closed the accepted socket before this exit ran, and a socket already
-//! closed has no owner left to record (a reset its close() sent is `CLOSING`'s). A
-//! failed first read (`task_struct.files`) is an offset wrong for this kernel and is
-//! warned of (`diagnostics::btf_read_failed`). A caller that passes no address buffer
-//! (accept(fd, NULL, NULL)) leaves the socket unrecorded; resets it sends from close()
-//! are still attributed (`CLOSING`).
+//! closed has no owner left to record (a reset its close() sent is attributed through
+//! the task's `TASK_STATE`). A failed first read (`task_struct.files`) is an offset
+//! wrong for this kernel and is warned of (`diagnostics::btf_read_failed`). A caller
+//! that passes no address buffer (accept(fd, NULL, NULL)) leaves the socket unrecorded;
+//! resets it sends from close() are still attributed (`TASK_STATE`).
 //! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
 //! int __user *, upeer_addrlen, int, flags) and accept (the same first three) in
 //! net/socket.c; the address comes from inet_getname() (net/ipv4/af_inet.c).

@@ -9,8 +9,9 @@ use tracer_common::{BindEvent, KernelOrigin, config::FILTER_EMIT_ALL, kind};
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{BINDS, BindInFlight, failure_reported, global, tracked_opts},
+    maps::{BindInFlight, failure_reported, global, tracked_opts},
     sockaddr::read_user_sockaddr,
+    task_state,
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]
@@ -33,22 +34,22 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
     let Some(addr) = read_user_sockaddr(addr, len) else {
         return 0;
     };
-    let _ = BINDS.insert(
-        task.tid,
-        BindInFlight { fd: fd as i32, _pad: 0, addr, origin: KernelOrigin::default() },
-        0,
-    );
+    let Some(state) = task_state::for_call() else {
+        return 0;
+    };
+    state.bind = BindInFlight { fd: fd as i32, _pad: 0, addr, origin: KernelOrigin::default() };
+    state.bind_active = 1;
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let task = current_task();
-    // SAFETY: the entry is copied out before it is removed.
-    let Some(call) = (unsafe { BINDS.get(task.tid) }).map(|c| BindInFlight { ..*c }) else {
+    let Some(state) = task_state::current(false).filter(|state| state.bind_active != 0) else {
         return 0;
     };
-    let _ = BINDS.remove(task.tid);
+    state.bind_active = 0;
+    let call = BindInFlight { ..state.bind };
     // SAFETY: as in sys_enter_bind.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
         return 0;

@@ -60,6 +60,7 @@ first_loss_warnings! {
     FilterMapFull => first_filter_map_full,
     OwnerTableFull => first_owner_table_full,
     DropTableFull => first_drop_table_full,
+    TaskStorageUnavailable => first_task_storage_unavailable,
 }
 
 /// A connect()/bind()/accept() address that is neither a complete IPv4/IPv6 address

@@ -12,9 +12,16 @@ use tracer_common::KernelOrigin;
 
 use crate::{
     filter::current_task,
-    maps::{BINDS, CONNECTS, PROBED_SOCKS, global},
+    maps::{CONNECTS, PROBED_SOCKS, global},
     sock_tuple::read_sock_tuple,
+    task_state::{self, TaskState},
 };
+
+/// The current task's state while it is inside a traced bind().
+#[inline(always)]
+fn in_bind() -> Option<&'static mut TaskState> {
+    task_state::current(false).filter(|state| state.bind_active != 0)
+}
 
 /// Which in-flight syscall a probed function belongs to.
 #[derive(Clone, Copy)]
@@ -30,8 +37,7 @@ pub fn remember_sock(call: Call, sk: u64) {
     let traced = match call {
         // SAFETY: only the presence of the entry is read.
         Call::Connect => unsafe { CONNECTS.get(tid) }.is_some(),
-        // SAFETY: as above.
-        Call::Bind => unsafe { BINDS.get(tid) }.is_some(),
+        Call::Bind => in_bind().is_some(),
     };
     if traced {
         let _ = PROBED_SOCKS.insert(tid, sk, 0);
@@ -59,8 +65,7 @@ pub fn record_return(call: Call, function: u32, ret: i32, failed: bool, outermos
             // the call runs (softirq writers touch `src`/`async_errno`, never `origin`).
             unsafe { &mut (*c).origin }
         }),
-        // SAFETY: as above.
-        Call::Bind => BINDS.get_ptr_mut(tid).map(|b| unsafe { &mut (*b).origin }),
+        Call::Bind => in_bind().map(|state| &mut state.bind.origin),
     };
     let Some(origin) = slot else { return };
     if origin.function != 0 {

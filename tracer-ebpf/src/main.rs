@@ -39,6 +39,7 @@ mod sock_set_state;
 mod sock_tuple;
 mod sockaddr;
 mod sockets;
+mod task_state;
 mod task_verdict;
 
 #[cfg(not(test))]

@@ -124,7 +124,7 @@ pub struct ConnectInFlight {
 #[map]
 pub static CONNECTS: LruHashMap<u32, ConnectInFlight> = LruHashMap::with_max_entries(16384, 0);
 
-/// A bind() between its entry and exit, keyed by thread id.
+/// A bind() between its entry and exit (`task_state::TaskState::bind`).
 #[repr(C)]
 pub struct BindInFlight {
     pub fd: i32,
@@ -134,10 +134,20 @@ pub struct BindInFlight {
     pub origin: KernelOrigin,
 }
 
-#[map]
-pub static BINDS: LruHashMap<u32, BindInFlight> = LruHashMap::with_max_entries(16384, 0);
+/// A traced task inside close(fd) (`task_state::TaskState::closing`): the fd, the socket
+/// the call moved to CLOSE, and the options the fd carried (`TRACKED` forgets them when
+/// close() begins).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Closing {
+    pub fd: i32,
+    pub _pad: u32,
+    pub sk: u64,
+    pub opts: SockOpts,
+}
 
-/// A setsockopt() of a recorded option between entry and exit, keyed by thread id.
+/// A setsockopt() of a recorded option between entry and exit
+/// (`task_state::TaskState::sockopt`).
 #[repr(C)]
 pub struct SockoptInFlight {
     pub fd: i32,
@@ -149,9 +159,6 @@ pub struct SockoptInFlight {
     /// 1 when `value` could not be read from the caller's buffer.
     pub value_unread: u32,
 }
-
-#[map]
-pub static SOCKOPTS: LruHashMap<u32, SockoptInFlight> = LruHashMap::with_max_entries(16384, 0);
 
 /// Options set on a socket, keyed by `tgid << 32 | fd`: the state its failure and reset
 /// records carry (successful setsockopt() calls are no record without `--all`).

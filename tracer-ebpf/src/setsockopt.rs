@@ -10,7 +10,8 @@ use tracer_common::{Loss, SockoptEvent, config::FILTER_EMIT_ALL, kind, options::
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{SOCKOPTS, SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global, store_tracked},
+    maps::{SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global, store_tracked},
+    task_state,
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
@@ -65,19 +66,22 @@ pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
         count_loss(Loss::UserReadFault);
     }
     let value = value.unwrap_or(0);
-    let call = SockoptInFlight { fd: fd as i32, level, optname, optlen, value, flag, value_unread };
-    let _ = SOCKOPTS.insert(task.tid, call, 0);
+    let Some(state) = task_state::for_call() else {
+        return 0;
+    };
+    state.sockopt = SockoptInFlight { fd: fd as i32, level, optname, optlen, value, flag, value_unread };
+    state.sockopt_active = 1;
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
 pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     let task = current_task();
-    // SAFETY: the entry is copied out before it is removed.
-    let Some(call) = (unsafe { SOCKOPTS.get(task.tid) }).map(|c| SockoptInFlight { ..*c }) else {
+    let Some(state) = task_state::current(false).filter(|state| state.sockopt_active != 0) else {
         return 0;
     };
-    let _ = SOCKOPTS.remove(task.tid);
+    state.sockopt_active = 0;
+    let call = SockoptInFlight { ..state.sockopt };
     // SAFETY: as in sys_enter_setsockopt.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
         return 0;

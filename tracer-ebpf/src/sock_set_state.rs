@@ -1,20 +1,31 @@
-//! `sock:inet_sock_set_state` for TCP: binds a `struct sock` to the traced connect()
-//! that moved it to SYN_SENT, and sees the connect's outcome when it leaves SYN_SENT.
+//! `sock:inet_sock_set_state` for TCP, as a raw tracepoint: binds a `struct sock` to
+//! the traced connect() that moved it to SYN_SENT, and sees the connect's outcome when it
+//! leaves SYN_SENT.
 //!
 //! Emitted from inet_sk_state_store() (include/net/inet_sock.h) via tcp_set_state()
 //! in net/ipv4/tcp.c. tcp_v4_connect()/tcp_v6_connect() move the socket to SYN_SENT
 //! *before* inet_hash_connect() picks the source port, and back to CLOSE on failure,
 //! so a synchronous EADDRNOTAVAIL shows as CLOSE -> SYN_SENT -> CLOSE inside the call,
 //! with the conflicting source port on the second transition.
-//! Format: /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
+//!
+//! Raw, not a classic tracepoint: it fires about ten times per TCP connection on the
+//! whole node, and a raw one is handed the prototype's arguments as they are, where a
+//! classic one first fills a record (both addresses in v4 and v6 form) that the program
+//! then reads field by field. The tuple comes from the socket at BTF offsets instead.
+//! A raw tracepoint also guards against recursion per program, not with the per-CPU
+//! `bpf_prog_active` that every classic tracepoint and kprobe program shares, so a
+//! socket transition in a softirq that interrupts another agent's program still runs.
+//!
+//! match-proto: TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+//! (include/trace/events/sock.h, unchanged from 4.16 to 6.18).
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
-    Loss, SockEvent,
+    Loss, SockAddr, SockEvent,
     config::FILTER_EMIT_ALL,
     kind,
     pairing::{Waiting, replacing_loses},
@@ -25,11 +36,11 @@ use crate::{
     filter::current_task,
     listen,
     maps::{
-        CONNECTS, OFFSETS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global,
-        other_half, remember_connecting,
+        CONNECTS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global, other_half,
+        remember_connecting,
     },
     sk_error_report::report_async_failure,
-    sockaddr::{TupleOffsets, read_tuple, tuple_offsets},
+    sock_tuple::read_sock_tuple_into,
     sockets,
 };
 
@@ -39,33 +50,23 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
-fn state_tuple() -> TupleOffsets {
-    tuple_offsets(&raw const OFFSETS.state_tuple)
-}
-
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
-    let fields = unsafe {
-        (
-            ctx.read_at::<u16>(global!(OFFSETS.state_protocol) as usize),
-            ctx.read_at::<u64>(global!(OFFSETS.state_skaddr) as usize),
-            ctx.read_at::<i32>(global!(OFFSETS.state_oldstate) as usize),
-            ctx.read_at::<i32>(global!(OFFSETS.state_newstate) as usize),
-        )
-    };
-    let (Ok(protocol), Ok(sk), Ok(old), Ok(new)) = fields else {
-        return 0;
-    };
-    if protocol != IPPROTO_TCP {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // Half of a connection's transitions (FIN_WAIT1, CLOSE_WAIT, ...) matter to none of
+    // the branches below: they cost only this test, before any read of the socket.
+    let watched = |state| state == TCP_SYN_SENT || state == TCP_LISTEN;
+    if !(watched(old) || watched(new) || new == TCP_CLOSE) || !is_tcp(sk) {
         return 0;
     }
     if new == TCP_SYN_SENT {
-        entered_syn_sent(&ctx, sk);
+        entered_syn_sent(sk);
     } else if old == TCP_SYN_SENT {
-        left_syn_sent(&ctx, sk, new);
+        left_syn_sent(sk, new);
     } else if new == TCP_LISTEN {
-        entered_listen(&ctx, sk);
+        entered_listen(sk);
     }
     if new == TCP_CLOSE {
         sockets::entered_close(sk);
@@ -76,18 +77,44 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// (local, peer) of `sk` as the `sock:*` records give it, into zeroed places: the local
+/// port is `inet_sport`, which outlives the port's release at CLOSE
+/// (`SockOffsets::sport`). A frame of its own that writes into its caller's places:
+/// inlined, or returning the tuple, its temporaries pass the 512 bytes 6.1 allows for
+/// the deepest chain (`kernel::stack_budget`).
+#[inline(never)]
+fn read_state_tuple(sk: u64, local: &mut SockAddr, peer: &mut SockAddr) {
+    read_sock_tuple_into(sk, local, peer);
+    let at = sk + u64::from(global!(SOCK_OFFSETS.sport));
+    // SAFETY: bpf_probe_read_kernel faults safely; the offset is inet_sock.inet_sport
+    // from BTF, and a TCP `sk` is an inet_sock.
+    if let Ok(sport) = unsafe { bpf_probe_read_kernel(at as *const u16) } {
+        local.port = u16::from_be(sport);
+    }
+}
+
+/// Whether `sk` is a TCP socket (MPTCP and SCTP sockets move through these states too).
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    let at = sk + u64::from(global!(SOCK_OFFSETS.protocol));
+    // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_protocol
+    // from BTF, and `sk` is the socket the kernel passed to the tracepoint.
+    let protocol = unsafe { bpf_probe_read_kernel(at as *const u16) };
+    protocol == Ok(IPPROTO_TCP)
+}
+
 /// `sk` entered LISTEN. A frame of its own, as `left_syn_sent`.
 #[inline(never)]
-fn entered_listen(ctx: &TracePointContext, sk: u64) {
-    if let Some((local, _)) = read_tuple(ctx, &state_tuple()) {
-        listen::entered_listen(sk, &local);
-    }
+fn entered_listen(sk: u64) {
+    let (mut local, mut peer) = (SockAddr::default(), SockAddr::default());
+    read_state_tuple(sk, &mut local, &mut peer);
+    listen::entered_listen(sk, &local);
 }
 
 /// In the connecting thread: remember who owns `sk`. A frame of its own, as
 /// `left_syn_sent`.
 #[inline(never)]
-fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
+fn entered_syn_sent(sk: u64) {
     let task = current_task();
     let Some(call) = CONNECTS.get_ptr_mut(task.tid) else {
         return; // not a traced connect()
@@ -95,25 +122,24 @@ fn entered_syn_sent(ctx: &TracePointContext, sk: u64) {
     // SAFETY: the in-flight entry belongs to this thread.
     let call = unsafe { &mut *call };
     call.sk = sk;
-    if let Some((src, _)) = read_tuple(ctx, &state_tuple()) {
-        call.src = src; // port 0 unless the socket was bound
-    }
+    let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
+    read_state_tuple(sk, &mut src, &mut dst);
+    call.src = src; // port 0 unless the socket was bound
     remember_connecting(sk, &sockets::owner_of(&task, call.fd, call.opts));
 }
 
 /// In any context: the connect on `sk` ended, in ESTABLISHED or CLOSE. A frame of its
-/// own: inlined, its locals and the other branches' share one frame that, with
-/// `read_tuple_into` below it, passes the 512 bytes 6.1 allows (`kernel::stack_budget`).
+/// own: inlined, its locals and the other branches' share one frame that passes the
+/// 512 bytes 6.1 allows (`kernel::stack_budget`).
 #[inline(never)]
-fn left_syn_sent(ctx: &TracePointContext, sk: u64, new: i32) {
+fn left_syn_sent(sk: u64, new: i32) {
     // SAFETY: copied out before removal.
     let Some(owner) = (unsafe { SK_OWNERS.get(sk) }).copied() else {
         return;
     };
     let _ = SK_OWNERS.remove(sk);
-    let Some((src, dst)) = read_tuple(ctx, &state_tuple()) else {
-        return;
-    };
+    let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
+    read_state_tuple(sk, &mut src, &mut dst);
     if let Some(call) = CONNECTS.get_ptr_mut(owner.tid) {
         // SAFETY: the owner's in-flight entry; the owner is inside connect() on this
         // socket, holding its lock, so this is the only writer.

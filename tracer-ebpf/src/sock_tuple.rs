@@ -3,7 +3,7 @@
 //! kernel origin, and for the drops of a traced socket, which arrive in softirq with
 //! nothing but the socket.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tracer_common::{
     SockAddr,
     sockaddr::{AF_INET, AF_INET6},
@@ -18,6 +18,16 @@ use crate::{
 /// that address rather than the whole tuple.
 #[inline(always)]
 pub fn read_sock_tuple(sk: u64) -> (SockAddr, SockAddr) {
+    let (mut local, mut peer) = (SockAddr::default(), SockAddr::default());
+    read_sock_tuple_into(sk, &mut local, &mut peer);
+    (local, peer)
+}
+
+/// [`read_sock_tuple`] into places the caller owns, which must be zeroed: the addresses
+/// are read straight into them, with no temporaries on a stack that is short where
+/// `sock_set_state` calls this.
+#[inline(always)]
+pub fn read_sock_tuple_into(sk: u64, local: &mut SockAddr, peer: &mut SockAddr) {
     let base = sk as *const u8;
     let at = |offset: u32| base.wrapping_add(offset as usize);
     // SAFETY: bpf_probe_read_kernel faults safely; the offsets are BTF member offsets
@@ -33,25 +43,17 @@ pub fn read_sock_tuple(sk: u64) -> (SockAddr, SockAddr) {
         // skc_num is in host order, skc_dport in network order (include/net/sock.h).
         let sport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.num)).cast()).unwrap_or(0);
         let dport: u16 = bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.dport)).cast()).unwrap_or(0);
-        let mut local = SockAddr { family, port: sport, ..SockAddr::default() };
-        let mut peer = SockAddr { family, port: u16::from_be(dport), ..SockAddr::default() };
-        match family {
-            AF_INET => {
-                let s: [u8; 4] =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.rcv_saddr)).cast()).unwrap_or_default();
-                let d: [u8; 4] =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.daddr)).cast()).unwrap_or_default();
-                local.addr[..4].copy_from_slice(&s);
-                peer.addr[..4].copy_from_slice(&d);
-            }
-            AF_INET6 => {
-                local.addr =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_rcv_saddr)).cast()).unwrap_or_default();
-                peer.addr =
-                    bpf_probe_read_kernel(at(global!(SOCK_OFFSETS.v6_daddr)).cast()).unwrap_or_default();
-            }
-            _ => {}
-        }
-        (local, peer)
+        local.family = family;
+        local.port = sport;
+        peer.family = family;
+        peer.port = u16::from_be(dport);
+        // A failed read leaves that address zero (the helper clears its destination).
+        let (local_at, peer_at, len) = match family {
+            AF_INET => (global!(SOCK_OFFSETS.rcv_saddr), global!(SOCK_OFFSETS.daddr), 4),
+            AF_INET6 => (global!(SOCK_OFFSETS.v6_rcv_saddr), global!(SOCK_OFFSETS.v6_daddr), 16),
+            _ => return,
+        };
+        let _ = bpf_probe_read_kernel_buf(at(local_at), &mut local.addr[..len]);
+        let _ = bpf_probe_read_kernel_buf(at(peer_at), &mut peer.addr[..len]);
     }
 }

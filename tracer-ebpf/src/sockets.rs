@@ -10,14 +10,14 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
 };
 use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{NO_PREALLOC, Owner, count_loss, tracked_opts},
-    peek,
+    maps::{Closing, NO_PREALLOC, Owner, count_loss, tracked_opts},
+    peek, task_state,
 };
 
 /// Owner of each TCP socket a traced process connected or accepted, by `struct sock`
@@ -26,22 +26,6 @@ use crate::{
 /// counts) a new owner instead of evicting an old one unseen.
 #[map]
 pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, NO_PREALLOC);
-
-/// A traced task inside close(fd): the fd, the socket the call moved to CLOSE, and the
-/// options the fd carried (`TRACKED` forgets them when close() begins).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Closing {
-    pub fd: i32,
-    pub _pad: u32,
-    pub sk: u64,
-    pub opts: SockOpts,
-}
-
-/// By thread id. Not removed at exit: an entry only matches a reset of the very socket
-/// its close() moved to CLOSE, so a stale one is harmless.
-#[map]
-pub static CLOSING: LruHashMap<u32, Closing> = LruHashMap::with_max_entries(16384, 0);
 
 /// `owner` now holds `sk`, with this tuple.
 pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
@@ -56,7 +40,12 @@ pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
 /// The caller checked that `task` is selected.
 pub fn close_started(task: &Task, fd: i32, opts: SockOpts) {
     peek::fd_closed(task.tgid, fd);
-    let _ = CLOSING.insert(task.tid, Closing { fd, _pad: 0, sk: 0, opts }, 0);
+    if let Some(state) = task_state::for_call() {
+        // Not cleared at the exit: it only matches a reset of the very socket this
+        // close() moved to CLOSE, so a stale one is harmless.
+        state.closing = Closing { fd, _pad: 0, sk: 0, opts };
+        state.closing_set = 1;
+    }
 }
 
 /// A socket moved to CLOSE. The first such transition inside a traced close() is the
@@ -66,21 +55,18 @@ pub fn close_started(task: &Task, fd: i32, opts: SockOpts) {
 /// RST (and moves to CLOSE) before tcp_send_reset fires at the end of
 /// tcp_send_active_reset().
 pub fn entered_close(sk: u64) {
-    let task = current_task();
-    if let Some(closing) = CLOSING.get_ptr_mut(task.tid) {
-        // SAFETY: the entry belongs to this thread.
-        let closing = unsafe { &mut *closing };
-        if closing.sk == 0 {
-            closing.sk = sk;
-        }
+    if let Some(state) = task_state::current(false)
+        && state.closing_set != 0
+        && state.closing.sk == 0
+    {
+        state.closing.sk = sk;
     }
 }
 
 /// The traced task whose close() sent a reset on `sk`, when this runs inside it.
 pub fn closing_owner(sk: u64) -> Option<Owner> {
     let task = current_task();
-    // SAFETY: copied out at once.
-    let closing = unsafe { CLOSING.get(task.tid) }.copied()?;
+    let closing = task_state::current(false).filter(|state| state.closing_set != 0)?.closing;
     if closing.sk != sk || sk == 0 {
         return None;
     }

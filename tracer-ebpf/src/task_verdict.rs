@@ -1,28 +1,15 @@
-//! The filter verdict of each task, decided once and kept in task-local storage
-//! (`BPF_MAP_TYPE_TASK_STORAGE`, Linux 5.11+): it lives and dies with the task, so
-//! nothing is keyed by a reusable tid and nothing is evicted.
+//! The filter verdict of each task, decided once and kept in the task's own storage
+//! (`task_state`): nothing is keyed by a reusable tid and nothing is evicted.
 //!
 //! A verdict holds while nothing it depends on changed: the filter generation (bumped
 //! when `FILTER_PIDS` learns or forgets a tgid, at exec and at a task rename, so every
 //! task decides again once) and, with `--cgroup`, the task's cgroup (a move to another
-//! cgroup decides again). aya-ebpf 0.2.1 has no task storage map type, so the map is
-//! declared here the way its BTF map types are (a `.maps` struct of type-carrying
-//! pointers, read by the loader from BTF).
+//! cgroup decides again).
 
-use core::ptr;
-
-use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE},
-    helpers::{
-        bpf_get_current_cgroup_id,
-        generated::{bpf_get_current_task_btf, bpf_task_storage_get},
-    },
-    macros::map,
-    maps::Array,
-};
+use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::map, maps::Array};
 use tracer_common::Loss;
 
-use crate::maps::count_loss;
+use crate::{maps::count_loss, task_state};
 
 /// The filters' verdict on a task, as `filter::decide` makes it.
 pub struct Decision {
@@ -31,36 +18,6 @@ pub struct Decision {
     /// task by [`cached`]: a task decides again after every exec on the node).
     pub not_learned: bool,
 }
-
-/// A task's verdict. `generation` 0: not decided yet (fresh storage is zeroed).
-#[repr(C)]
-pub struct Verdict {
-    pub generation: u32,
-    pub selected: u32,
-    pub cgroup_id: u64,
-    /// 1 while the task's tgid could not be learned and that was counted: kept across
-    /// generations, so a task counts `Loss::FilterMapFull` once, not at every exec on the
-    /// node (each makes every task decide again).
-    pub not_learned: u32,
-    pub _pad: u32,
-}
-
-/// The BTF map definition of a task storage map of [`Verdict`]s.
-#[repr(C)]
-pub struct TaskVerdicts {
-    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const Verdict,
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: placeholder pointers the loader replaces with the map; never dereferenced.
-unsafe impl Sync for TaskVerdicts {}
-
-#[unsafe(link_section = ".maps")]
-#[unsafe(export_name = "TASK_VERDICTS")]
-pub static TASK_VERDICTS: TaskVerdicts =
-    TaskVerdicts { r#type: ptr::null(), key: ptr::null(), value: ptr::null(), map_flags: ptr::null() };
 
 /// Bumped whenever a verdict may have changed for tasks other than the current one.
 #[map]
@@ -86,29 +43,18 @@ pub fn invalidate_all() {
 /// verdict depends on the task's cgroup.
 #[inline(always)]
 pub fn cached(with_cgroup: bool, decide: impl FnOnce() -> Decision) -> bool {
-    // SAFETY: helper calls; the task pointer is the current task's, valid for the run,
-    // and the map pointer is the map above.
-    let verdict = unsafe {
-        bpf_task_storage_get(
-            ptr::from_ref(&TASK_VERDICTS).cast_mut().cast(),
-            bpf_get_current_task_btf(),
-            ptr::null_mut(),
-            BPF_LOCAL_STORAGE_GET_F_CREATE.into(),
-        )
-    }
-    .cast::<Verdict>();
     // No storage (allocation failed, or the task is exiting): decide every time, as
     // before; nothing is lost, it only costs more.
-    if verdict.is_null() {
+    let Some(state) = task_state::current(true) else {
         let decision = decide();
         if decision.not_learned {
             count_loss(Loss::FilterMapFull);
         }
         return decision.selected;
-    }
-    // SAFETY: the storage belongs to the current task; programs that run on this task
-    // at once (a softirq) only ever write a complete, equally valid verdict.
-    let verdict = unsafe { &mut *verdict };
+    };
+    // Programs that run on this task at once (a softirq) only ever write a complete,
+    // equally valid verdict.
+    let verdict = &mut state.verdict;
     // SAFETY: helper call without arguments.
     let cgroup_id = if with_cgroup { unsafe { bpf_get_current_cgroup_id() } } else { 0 };
     let generation = generation();

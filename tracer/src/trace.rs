@@ -424,6 +424,11 @@ fn loss_consequence(reason: Loss) -> &'static str {
             "socket options evicted (options table full): those sockets' failures come out without their \
              options; raise --options-table-entries"
         }
+        Loss::TaskStorageUnavailable => {
+            "traced bind(), setsockopt() and close() calls not followed (the kernel refused task-local \
+             storage, e.g. under memory pressure): their failures, recorded options or the owner of a reset \
+             sent inside close() are missing"
+        }
         Loss::ProgramSkipped => {
             "hooks fired but the kernel did not run sockerr's program (another BPF program was running on \
              that CPU): whatever those runs would have seen is missing"

@@ -27,6 +27,7 @@ mod tests {
         match object.programs.get(name).map(|program| &program.section) {
             None => "missing",
             Some(ProgramSection::TracePoint) => "tracepoint",
+            Some(ProgramSection::RawTracePoint) => "raw_tracepoint",
             Some(ProgramSection::KProbe) => "kprobe",
             Some(ProgramSection::KRetProbe) => "kretprobe",
             Some(_) => "other",
@@ -40,7 +41,9 @@ mod tests {
         let plan = loader::attachment_plan(&everything, true);
         assert!(plan.len() > 30, "the full plan: {plan:?}");
         for (program, _, _) in plan {
-            assert_eq!(program_kind(&object, program), "tracepoint", "{program}");
+            let raw = loader::RAW_TRACEPOINT_PROGRAMS.contains(&program);
+            let expected = if raw { "raw_tracepoint" } else { "tracepoint" };
+            assert_eq!(program_kind(&object, program), expected, "{program}");
         }
         for (program, function) in kprobes::ATTACHMENTS {
             let expected = if program.ends_with("_return") { "kretprobe" } else { "kprobe" };
@@ -48,6 +51,9 @@ mod tests {
         }
         for program in floor::PROGRAMS {
             assert_eq!(program_kind(&object, program), "tracepoint", "{program}");
+        }
+        for program in floor::RAW_PROGRAMS {
+            assert_eq!(program_kind(&object, program), "raw_tracepoint", "{program}");
         }
         // Checks the check: a name nothing defines is reported missing.
         assert_eq!(program_kind(&object, "no_such_program"), "missing");

@@ -1,5 +1,5 @@
 //! The benchmark's floor: sockerr's tracepoints, each running a program that returns at
-//! once (tracer-ebpf's `floor`).
+//! once (tracer-ebpf's `floor`), classic or raw as sockerr's own program there.
 //!
 //! `cargo xtask bench` compares `sockerr trace` with this. The tracepoints are the ones
 //! `loader::load` attaches for the same selection (`loader::attachment_plan`, with the reset
@@ -19,6 +19,8 @@ use super::{
 /// The floor's identical programs: the n-th program attached to one tracepoint is the
 /// n-th of these (a program attaches to a tracepoint only once).
 pub(super) const PROGRAMS: &[&str] = &["floor_0", "floor_1", "floor_2"];
+/// The same for raw tracepoints, where sockerr attaches one program each.
+pub(super) const RAW_PROGRAMS: &[&str] = &["floor_raw_0"];
 
 /// The attached floor; dropping it detaches it.
 pub struct Floor {
@@ -46,18 +48,22 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
         .map_max_entries(names::TRACKED, 1)
         .load(loader::PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
-    for (program, category, tracepoint) in floor_plan(&plan)? {
+    let raw: Vec<bool> =
+        plan.iter().map(|&(program, ..)| loader::is_raw_tracepoint(&ebpf, program)).collect();
+    for (program, category, tracepoint) in floor_plan(&plan, &raw)? {
         loader::attach(&mut ebpf, program, category, tracepoint)?;
     }
     Ok(Floor { _ebpf: ebpf, attached: plan.len() })
 }
 
-/// `plan` with each program replaced by the floor program of its rank on its tracepoint.
-fn floor_plan(plan: &[Attachment]) -> Result<Vec<Attachment>, LoadError> {
+/// `plan` with each program replaced by the floor program of its rank on its tracepoint;
+/// `raw[i]`: the i-th program of `plan` is a raw tracepoint program.
+fn floor_plan(plan: &[Attachment], raw: &[bool]) -> Result<Vec<Attachment>, LoadError> {
     let mut floor = Vec::with_capacity(plan.len());
     for (index, &(_, category, tracepoint)) in plan.iter().enumerate() {
         let rank = plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count();
-        let program = PROGRAMS
+        let copies = if raw.get(index).copied().unwrap_or(false) { RAW_PROGRAMS } else { PROGRAMS };
+        let program = copies
             .get(rank)
             .ok_or(LoadError::Missing("a floor program for each program on one tracepoint"))?;
         floor.push((*program, category, tracepoint));
@@ -73,7 +79,9 @@ mod tests {
     fn each_tracepoint_gets_as_many_floor_programs_as_sockerr_attaches() {
         let selection = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
         let plan = loader::attachment_plan(&selection, true);
-        let floor = floor_plan(&plan).unwrap();
+        let raw: Vec<bool> =
+            plan.iter().map(|(program, ..)| loader::RAW_TRACEPOINT_PROGRAMS.contains(program)).collect();
+        let floor = floor_plan(&plan, &raw).unwrap();
         assert_eq!(floor.len(), plan.len());
         for (ours, theirs) in floor.iter().zip(&plan) {
             assert_eq!((ours.1, ours.2), (theirs.1, theirs.2));
@@ -81,6 +89,9 @@ mod tests {
         let on_accept: Vec<&str> =
             floor.iter().filter(|(_, _, tp)| *tp == "sys_exit_accept").map(|(p, _, _)| *p).collect();
         assert_eq!(on_accept, ["floor_0", "floor_1"]);
+        let on_state: Vec<&str> =
+            floor.iter().filter(|(_, _, tp)| *tp == "inet_sock_set_state").map(|(p, _, _)| *p).collect();
+        assert_eq!(on_state, ["floor_raw_0"], "a raw tracepoint gets a raw floor program");
         let mut pairs: Vec<_> = floor.clone();
         pairs.sort_unstable();
         pairs.dedup();
@@ -90,6 +101,8 @@ mod tests {
     #[test]
     fn more_programs_on_one_tracepoint_than_copies_is_an_error() {
         let crowded = vec![("a", "syscalls", "sys_exit_bind"); PROGRAMS.len() + 1];
-        assert!(floor_plan(&crowded).is_err());
+        assert!(floor_plan(&crowded, &[]).is_err());
+        let crowded_raw = vec![("a", "sock", "inet_sock_set_state"); RAW_PROGRAMS.len() + 1];
+        assert!(floor_plan(&crowded_raw, &[true; RAW_PROGRAMS.len() + 1]).is_err());
     }
 }

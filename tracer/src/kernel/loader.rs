@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fs, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{Program, ProgramError},
 };
 use thiserror::Error;
 use tracer_common::{
@@ -181,6 +181,10 @@ const ATTACHMENTS: &[Attachment] = &[
     ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
 ];
 
+/// The programs of `ATTACHMENTS` that are raw tracepoint programs (attached by the
+/// tracepoint's name alone); every other is a classic tracepoint program.
+pub const RAW_TRACEPOINT_PROGRAMS: &[&str] = &["inet_sock_set_state"];
+
 /// Only needed to follow `--comm` processes across exec, exit and renames.
 const COMM_ATTACHMENTS: &[Attachment] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
@@ -259,7 +263,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let filters = filters(selection, cgroup.as_ref());
 
     let mut ebpf = EbpfLoader::new()
-        // TASK_VERDICTS (task storage): aya 0.14 creates it but has no userspace type
+        // TASK_STATE (task storage): aya 0.14 creates it but has no userspace type
         // for it, which is fine: only the programs use it.
         .allow_unsupported_maps()
         .override_global(names::OFFSETS, &offsets, true)
@@ -441,22 +445,30 @@ pub(super) fn attach(
     category: &'static str,
     tracepoint: &'static str,
 ) -> Result<(), LoadError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(LoadError::Missing(program))?
-        .try_into()
-        .map_err(|source| LoadError::Program { program, source: Box::new(source) })?;
-    // A program attached to several tracepoints is loaded once.
-    if prog.fd().is_err() {
-        prog.load().map_err(|source| LoadError::Program { program, source: Box::new(source) })?;
-    }
-    prog.attach(category, tracepoint).map_err(|source| LoadError::Attach {
-        program,
-        category,
-        tracepoint,
-        source: Box::new(source),
-    })?;
-    Ok(())
+    let failed = |source| LoadError::Program { program, source: Box::new(source) };
+    let attached = match ebpf.program_mut(program).ok_or(LoadError::Missing(program))? {
+        Program::TracePoint(prog) => {
+            // A program attached to several tracepoints is loaded once.
+            if prog.fd().is_err() {
+                prog.load().map_err(failed)?;
+            }
+            prog.attach(category, tracepoint).map(drop)
+        }
+        // The hooks that fire on every socket of the node (sock_set_state).
+        Program::RawTracePoint(prog) => {
+            if prog.fd().is_err() {
+                prog.load().map_err(failed)?;
+            }
+            prog.attach(tracepoint).map(drop)
+        }
+        _ => return Err(failed(ProgramError::UnexpectedProgramType)),
+    };
+    attached.map_err(|source| LoadError::Attach { program, category, tracepoint, source: Box::new(source) })
+}
+
+/// Whether `program` is a raw tracepoint program (its floor must be one too).
+pub(super) fn is_raw_tracepoint(ebpf: &Ebpf, program: &str) -> bool {
+    matches!(ebpf.program(program), Some(Program::RawTracePoint(_)))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

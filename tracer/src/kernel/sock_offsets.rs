@@ -84,6 +84,11 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<SockOffsets, SockOffsetsError
         v6_daddr: byte("__sk_common.skc_v6_daddr")?,
         mark: byte("sk_mark")?,
         err: byte("sk_err")?,
+        protocol: byte("sk_protocol")?,
+        sport: btf
+            .member_offset("inet_sock", "inet_sport")
+            .map(MemberOffset::byte_offset)
+            .map_err(|source| SockOffsetsError::Btf { kernel: kernel.into(), source })?,
     })
 }
 
@@ -95,7 +100,8 @@ mod tests {
     /// The shape of Linux 6.x `struct sock` around the fields read (offsets as in 6.12's
     /// x86-64 build: skc_daddr 0, skc_rcv_saddr 4, skc_dport 12, skc_num 14, skc_family 16,
     /// skc_state 18, skc_reuse:4 and skc_reuseport:1 in byte 19, skc_v6_daddr 56,
-    /// skc_v6_rcv_saddr 72, sk_mark 440; sk_err at 380 here, only for the test).
+    /// skc_v6_rcv_saddr 72, sk_mark 440; sk_err at 380, sk_protocol at 516 and
+    /// inet_sock's inet_sport at 780 here, only for the test).
     pub fn sock_btf() -> Vec<u8> {
         let mut b = BtfBuilder::new();
         let u8_ = b.int("unsigned char", 1);
@@ -124,12 +130,18 @@ mod tests {
             ],
         );
         let int = b.int("int", 4);
-        b.composite(
+        let sock = b.composite(
             false,
             "sock",
             760,
-            &[("__sk_common", common, 0, 0), ("sk_err", int, 3040, 0), ("sk_mark", u32_, 3520, 0)],
+            &[
+                ("__sk_common", common, 0, 0),
+                ("sk_err", int, 3040, 0),
+                ("sk_mark", u32_, 3520, 0),
+                ("sk_protocol", u16_, 4128, 0),
+            ],
         );
+        b.composite(false, "inet_sock", 976, &[("sk", sock, 0, 0), ("inet_sport", be16, 6240, 0)]);
         b.finish()
     }
 
@@ -156,6 +168,8 @@ mod tests {
                 v6_daddr: 56,
                 mark: 440,
                 err: 380,
+                protocol: 516,
+                sport: 780,
             }
         );
     }
@@ -169,6 +183,8 @@ mod tests {
         let offsets = from_btf(&read_btf(path, "host").unwrap(), "host").unwrap();
         assert!(offsets.mark > offsets.v6_daddr, "sk_mark lies after sock_common: {offsets:?}");
         assert!(offsets.err > offsets.v6_daddr, "sk_err lies after sock_common: {offsets:?}");
+        assert!(offsets.protocol > offsets.v6_daddr, "sk_protocol lies after sock_common: {offsets:?}");
+        assert!(offsets.sport > offsets.mark, "inet_sport lies after struct sock: {offsets:?}");
         assert_eq!(offsets.reuse_byte, offsets.reuseport_byte, "{offsets:?}");
     }
 
