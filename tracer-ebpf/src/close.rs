@@ -64,6 +64,11 @@ pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
         && ret >= 0
     {
         let task = current_task();
+        // Every socket() and accept() of every process: as in sys_enter_close, one check
+        // for the untraced ones, which have no TRACKED or FD_SOCKS entries.
+        if !selected(&task) {
+            return 0;
+        }
         untrack(&task, ret as i32, CLOSE_REASON_FD_REUSED);
         // Whatever the fd named before is gone.
         crate::peek::fd_closed(task.tgid, ret as i32);
