@@ -132,7 +132,8 @@ impl OptionsTable {
         let cpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
         let capacity = u64::from(self.capacity);
         let may_have_evicted = tracked_churn::may_have_evicted(inserted, removed, capacity, cpus);
-        if !may_have_evicted && !tracked_churn::worth_sweeping(inserted, removed, capacity) {
+        let worth_sweeping = tracked_churn::worth_sweeping(inserted, removed, capacity);
+        if !walk_needed(may_have_evicted, worth_sweeping, self.proc_root.is_some()) {
             return Ok(None);
         }
         let now = Instant::now();
@@ -173,6 +174,13 @@ impl OptionsTable {
         }
         Ok((present.saturating_sub(swept), swept))
     }
+}
+
+/// Whether `TRACKED`'s keys must be walked: to count evictions when there may be some, or
+/// to sweep a half-full map, which only a procfs that shows the host's pids (`can_sweep`)
+/// can do; without it that walk would remove nothing.
+fn walk_needed(may_have_evicted: bool, worth_sweeping: bool, can_sweep: bool) -> bool {
+    may_have_evicted || (worth_sweeping && can_sweep)
 }
 
 /// The keys (`tgid << 32 | fd`) whose process is gone, asking `is_alive` once per tgid.
@@ -256,6 +264,15 @@ mod tests {
         });
         assert_eq!(exited, [key(10, 3), key(10, 4), key(30, 9)]);
         assert_eq!(asked, [10, 20, 30], "once per process");
+    }
+
+    #[test]
+    fn the_keys_are_walked_to_count_or_to_sweep_never_for_a_sweep_that_cannot_remove() {
+        assert!(walk_needed(true, false, false), "evictions to count");
+        assert!(walk_needed(true, true, false), "evictions to count, even without host pids");
+        assert!(walk_needed(false, true, true), "a half-full map to sweep");
+        assert!(!walk_needed(false, true, false), "a sweep without host pids removes nothing");
+        assert!(!walk_needed(false, false, true), "a map far from full");
     }
 
     #[test]
