@@ -199,20 +199,39 @@ fn full_owner_and_listener_tables_count_each_socket_left_out() {
     assert_kernel_warned_of_each_loss(&listeners);
 }
 
-const OPTIONS_SCRIPT: &str = r#"
-import json, socket, sys
+/// A python script of the options tests: `$body` after two helpers, `held(n)` (n sockets
+/// with SO_REUSEADDR, kept open) and `refuse_each(sockets, port)` (each connects to a
+/// closed port, then their fds are printed as `{"fds": [...]}`).
+macro_rules! options_script {
+    ($body:literal) => {
+        concat!(
+            r#"
+import ctypes, json, os, socket, sys
+def held(n):
+    sockets = []
+    for _ in range(n):
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sockets.append(s)
+    return sockets
+def refuse_each(sockets, port):
+    for s in sockets:
+        try:
+            s.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass
+    print(json.dumps({"fds": [s.fileno() for s in sockets]}), flush=True)
+"#,
+            $body
+        )
+    };
+}
+
+const OPTIONS_SCRIPT: &str = options_script!(
+    r#"
 sys.stdin.readline()
-sockets = []
-for _ in range(20):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sockets.append(s)
-for s in sockets:
-    try:
-        s.connect(("127.0.0.1", 18111))
-    except ConnectionRefusedError:
-        pass
-print(json.dumps({"fds": [s.fileno() for s in sockets]}), flush=True)
+refuse_each(held(20), 18111)
 sys.stdin.readline()
-"#;
+"#
+);
 
 /// Twenty sockets with SO_REUSEADDR, all held, then each refused. One tracer keeps the
 /// options of 8 sockets at most (`--options-table-entries 8`): the LRU table evicts the
@@ -254,30 +273,21 @@ fn full_options_table_counts_each_eviction() {
     assert_kernel_warned_of_each_loss(&small);
 }
 
-const SWEEP_SCRIPT: &str = r#"
-import ctypes, json, os, socket, sys
+const SWEEP_SCRIPT: &str = options_script!(
+    r#"
 ctypes.CDLL(None).prctl(15, b"sockerr-sweep", 0, 0, 0)  # PR_SET_NAME
 sys.stdin.readline()
 child = os.fork()
 if child == 0:
-    held = []
-    for _ in range(600):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); held.append(s)
+    kept = held(600)
     os._exit(0)  # the kernel closes the 600 fds: no close(2) for the programs to see
 os.waitpid(child, 0)
 print(json.dumps({"child": child}), flush=True)
 sys.stdin.readline()
-sockets = []
-for _ in range(600):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); sockets.append(s)
-for s in sockets:
-    try:
-        s.connect(("127.0.0.1", 18112))
-    except ConnectionRefusedError:
-        pass
-print(json.dumps({"fds": [s.fileno() for s in sockets]}), flush=True)
+refuse_each(held(600), 18112)
 sys.stdin.readline()
-"#;
+"#
+);
 
 /// A process that exits leaves its sockets' options in `TRACKED` (the kernel closes its
 /// fds without close(2)). Once the table is half full, user space removes them; left in,
