@@ -1,7 +1,8 @@
 //! The benchmark's floor (`sockerr bench-floor`, `cargo xtask bench`): programs that
 //! return at once, attached to exactly the tracepoints `sockerr trace` attaches for the
-//! same filters, classic or raw as sockerr's own. What a tracer costs beyond the floor is what its programs do; the floor
-//! itself is what the kernel charges for running any program there at all.
+//! same filters, classic or raw as sockerr's own. What a tracer costs beyond the floor is
+//! what its programs do; the floor itself is what the kernel charges for running any
+//! program there at all.
 //!
 //! Identical copies: a program can be attached to a tracepoint only once
 //! (bpf_link_create answers EEXIST), and sockerr runs two programs on some tracepoints
