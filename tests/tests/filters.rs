@@ -92,8 +92,9 @@ const ACCEPTED_MARK: u32 = 0x5eed_0002;
 /// buffer) and the reset it receives carry its options. So does the reset the other end
 /// sends from close(): accepted without an address buffer, it is attributed by close(),
 /// and its options by what close() found (the task's `TASK_STATE`). The close of that
-/// accepted socket (options set, nothing failed) is a record only with `--all`. Both runs in one test, one after
-/// the other: the tracers follow this test process (`--pid`), whose fd numbers they share.
+/// accepted socket (options set, nothing failed) is a record only with `--all`. Both runs
+/// in one test, one after the other: the tracers follow this test process (`--pid`), whose
+/// fd numbers they share.
 #[test]
 fn successes_of_a_socket_with_options_are_records_only_with_all() {
     require_root();

@@ -42,8 +42,8 @@ pub enum Loss {
     /// or a close() not remembered for a reset sent inside it: the task's local storage
     /// (`TASK_STATE`) could not be had. The kernel allocates it atomically on a task's
     /// first traced call and can refuse under memory pressure; it also refuses while a
-    /// program it interrupted on that CPU is inside a task-storage call. The failed call's record, the option it set, or the reset's
-    /// owner is missing.
+    /// program it interrupted on that CPU is inside a task-storage call. The failed call's
+    /// record, the option it set, or the reset's owner is missing.
     TaskStorageUnavailable = 9,
 }
 

@@ -45,7 +45,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let task = current_task();
-    let Some(state) = task_state::current(false).filter(|state| state.bind_active != 0) else {
+    let Some(state) = task_state::in_bind() else {
         return 0;
     };
     state.bind_active = 0;

@@ -14,14 +14,8 @@ use crate::{
     filter::current_task,
     maps::{CONNECTS, PROBED_SOCKS, global},
     sock_tuple::read_sock_tuple,
-    task_state::{self, TaskState},
+    task_state::in_bind,
 };
-
-/// The current task's state while it is inside a traced bind().
-#[inline(always)]
-fn in_bind() -> Option<&'static mut TaskState> {
-    task_state::current(false).filter(|state| state.bind_active != 0)
-}
 
 /// Which in-flight syscall a probed function belongs to.
 #[derive(Clone, Copy)]

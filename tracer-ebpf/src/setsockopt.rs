@@ -77,7 +77,7 @@ pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
 pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
     let task = current_task();
-    let Some(state) = task_state::current(false).filter(|state| state.sockopt_active != 0) else {
+    let Some(state) = task_state::in_setsockopt() else {
         return 0;
     };
     state.sockopt_active = 0;

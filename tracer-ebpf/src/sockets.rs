@@ -55,18 +55,17 @@ pub fn close_started(task: &Task, fd: i32, opts: SockOpts) {
 /// RST (and moves to CLOSE) before tcp_send_reset fires at the end of
 /// tcp_send_active_reset().
 pub fn entered_close(sk: u64) {
-    if let Some(state) = task_state::current(false)
-        && state.closing_set != 0
-        && state.closing.sk == 0
+    if let Some(closing) = task_state::last_close()
+        && closing.sk == 0
     {
-        state.closing.sk = sk;
+        closing.sk = sk;
     }
 }
 
 /// The traced task whose close() sent a reset on `sk`, when this runs inside it.
 pub fn closing_owner(sk: u64) -> Option<Owner> {
     let task = current_task();
-    let closing = task_state::current(false).filter(|state| state.closing_set != 0)?.closing;
+    let closing = *task_state::last_close()?;
     if closing.sk != sk || sk == 0 {
         return None;
     }

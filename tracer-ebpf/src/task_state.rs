@@ -94,6 +94,24 @@ pub fn current(create: bool) -> Option<&'static mut TaskState> {
     unsafe { state.as_mut() }
 }
 
+/// The current task's state while it is inside a traced bind() (its entry recorded it).
+#[inline(always)]
+pub fn in_bind() -> Option<&'static mut TaskState> {
+    current(false).filter(|state| state.bind_active != 0)
+}
+
+/// The current task's state while it is inside a traced setsockopt().
+#[inline(always)]
+pub fn in_setsockopt() -> Option<&'static mut TaskState> {
+    current(false).filter(|state| state.sockopt_active != 0)
+}
+
+/// The current task's last traced close(), if it made one.
+#[inline(always)]
+pub fn last_close() -> Option<&'static mut Closing> {
+    current(false).filter(|state| state.closing_set != 0).map(|state| &mut state.closing)
+}
+
 /// The current task's state for a traced call's entry to record itself in; counts
 /// [`Loss::TaskStorageUnavailable`] when the kernel refuses it.
 #[inline(always)]

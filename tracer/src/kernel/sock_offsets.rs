@@ -45,10 +45,11 @@ pub fn read_btf(btf_path: &Path, kernel: &str) -> Result<Btf, SockOffsetsError> 
 /// The fields, by their names in include/net/sock.h (`struct sock_common`, embedded in
 /// `struct sock` as `__sk_common`; most sit in anonymous unions).
 pub fn from_btf(btf: &Btf, kernel: &str) -> Result<SockOffsets, SockOffsetsError> {
-    let field = |path: &str| {
-        btf.member_offset("sock", path)
+    let field_of = |strukt: &str, path: &str| {
+        btf.member_offset(strukt, path)
             .map_err(|source| SockOffsetsError::Btf { kernel: kernel.into(), source })
     };
+    let field = |path: &str| field_of("sock", path);
     let byte = |path: &str| field(path).map(MemberOffset::byte_offset);
     let bitfield = |path: &str, name: &'static str| -> Result<(u32, u32, u32), SockOffsetsError> {
         let at = field(path)?;
@@ -85,10 +86,7 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<SockOffsets, SockOffsetsError
         mark: byte("sk_mark")?,
         err: byte("sk_err")?,
         protocol: byte("sk_protocol")?,
-        sport: btf
-            .member_offset("inet_sock", "inet_sport")
-            .map(MemberOffset::byte_offset)
-            .map_err(|source| SockOffsetsError::Btf { kernel: kernel.into(), source })?,
+        sport: field_of("inet_sock", "inet_sport")?.byte_offset(),
     })
 }
 
