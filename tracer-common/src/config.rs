@@ -1,12 +1,12 @@
 //! Globals the daemon writes into the eBPF object before loading it.
 
-use crate::sockaddr::TupleOffsets;
-
 /// Byte offsets of tracepoint fields, read from tracefs `format` files at start-up,
 /// so no kernel layout is compiled into the programs.
 ///
 /// Syscall tracepoints (`syscalls:sys_enter_*`) share one argument layout per kernel,
-/// but each field is still read from its own format file and checked.
+/// but each field is still read from its own format file and checked. The `sock:*`
+/// hooks are raw tracepoints: they read the socket at BTF offsets (`SockOffsets`), no
+/// record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
@@ -24,15 +24,9 @@ pub struct TracepointOffsets {
     pub close_fd: u32,
     /// `ret` of every `syscalls:sys_exit_*` tracepoint sockerr uses.
     pub sys_exit_ret: u32,
-
-    // sock:inet_sk_error_report
-    pub error_error: u32,
-    pub error_protocol: u32,
-    pub error_tuple: TupleOffsets,
-    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<TracepointOffsets>() == 23 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 13 * 4);
 
 /// In-kernel filters, fixed at load time.
 #[repr(C)]

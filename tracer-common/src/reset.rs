@@ -136,8 +136,6 @@ pub struct ResetOffsets {
     pub recv_skaddr: u32,
     pub recv_tuple: TupleOffsets,
     pub recv_cookie: u32,
-    // tcp:tcp_destroy_sock
-    pub destroy_skaddr: u32,
     // syscalls:sys_enter_accept, sys_enter_accept4
     pub accept_fd: u32,
     pub accept_addr: u32,
@@ -146,10 +144,9 @@ pub struct ResetOffsets {
     pub peek_fd: u32,
     pub peek_buf: u32,
     pub peek_len: u32,
-    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<ResetOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<ResetOffsets>() == 26 * 4);
 
 /// `--http-peek` directions.
 pub const PEEK_SENT: u8 = 1;

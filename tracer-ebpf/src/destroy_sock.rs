@@ -1,17 +1,22 @@
-//! `tcp:tcp_destroy_sock`: the kernel frees the socket, so its address may name another
-//! socket next; forget its owner. Emitted by tcp_v4_destroy_sock() (net/ipv4/tcp_ipv4.c,
-//! also IPv6's destroy), which inet_csk_destroy_sock() calls after any reset the socket
-//! sent. Format: /sys/kernel/tracing/events/tcp/tcp_destroy_sock/format.
+//! `tcp:tcp_destroy_sock`, as a raw tracepoint: the kernel frees the socket, so its
+//! address may name another socket next; forget its owner. Emitted by
+//! tcp_v4_destroy_sock() (net/ipv4/tcp_ipv4.c, also IPv6's destroy), which
+//! inet_csk_destroy_sock() calls after any reset the socket sent.
+//!
+//! Raw, not a classic tracepoint: it fires once for every TCP socket the node frees, and
+//! the classic record (class tcp_event_sk) copies the tuple and, where it has
+//! `sock_cookie` (6.18 does), calls sock_gen_cookie(), which gives the socket a cookie
+//! nothing asked for. The program needs only the socket.
+//!
+//! match-proto: TP_PROTO(struct sock *sk) (include/trace/events/tcp.h, 4.16 to 6.18).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::{maps::global, sockets::SOCK_OWNERS};
+use crate::sockets::SOCK_OWNERS;
 
-#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.destroy_skaddr) as usize) } {
-        let _ = SOCK_OWNERS.remove(sk);
-    }
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = SOCK_OWNERS.remove(sk);
     0
 }

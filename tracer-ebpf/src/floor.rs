@@ -29,7 +29,7 @@ pub fn floor_2(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// For the raw tracepoints (`sock_set_state`).
+/// For the raw tracepoints (the `sock:*` ones).
 #[raw_tracepoint]
 pub fn floor_raw_0(_ctx: RawTracePointContext) -> u32 {
     0

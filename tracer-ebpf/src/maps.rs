@@ -236,8 +236,8 @@ pub fn remember_connecting(sk: u64, owner: &Owner) {
 
 /// The kernel reports an asynchronous connect failure with two tracepoints in a row on
 /// the same CPU, in an order that changed between kernels: `inet_sock_set_state`
-/// (SYN_SENT -> CLOSE, carries the socket) and `inet_sk_error_report` (carries the
-/// errno, but no socket). Whichever comes first waits here for the other.
+/// (SYN_SENT -> CLOSE, where the owner is known) and `inet_sk_error_report` (the
+/// errno). Whichever comes first waits here for the other.
 #[repr(C)]
 pub struct PendingClose {
     pub ts_ns: u64,
@@ -254,6 +254,8 @@ pub struct PendingClose {
 #[repr(C)]
 pub struct PendingError {
     pub ts_ns: u64,
+    /// The socket, so that its own later report replaces it without counting a loss.
+    pub sk: u64,
     pub error: i32,
     pub _pad: u32,
     pub src: SockAddr,

@@ -12,37 +12,39 @@ use tracer_common::{
 
 use crate::{
     maps::{RESET_OFFSETS, global},
-    reset_report::{report, seen_slot},
+    reset_report::{attribute, report, seen_slot},
     sockaddr::{read_tuple_into, tuple_offsets},
 };
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
     let Ok(sk) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.recv_skaddr) as usize) }) else {
         return 0;
     };
-    let offsets = tuple_offsets(&raw const RESET_OFFSETS.recv_tuple);
+    let Some(seen) = seen_slot() else {
+        return 0;
+    };
+    seen.direction = RESET_RECEIVED;
+    seen.sk = sk;
+    seen.active = false;
+    if !attribute(seen) {
+        return 0;
+    }
     let cookie_at = global!(RESET_OFFSETS.recv_cookie);
-    let cookie = if cookie_at == OFFSET_ABSENT {
+    seen.cookie = if cookie_at == OFFSET_ABSENT {
         0
     } else {
         // SAFETY: as above.
         unsafe { ctx.read_at::<u64>(cookie_at as usize) }.unwrap_or(0)
     };
-    let Some(seen) = seen_slot() else {
-        return 0;
-    };
+    let offsets = tuple_offsets(&raw const RESET_OFFSETS.recv_tuple);
     if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
         seen.local = SockAddr::default();
         seen.peer = SockAddr::default();
     }
-    seen.direction = RESET_RECEIVED;
-    seen.sk = sk;
-    seen.active = false;
     seen.state = 0;
     seen.reason = REASON_NONE;
-    seen.cookie = cookie;
     report(seen);
     0
 }

@@ -1,5 +1,7 @@
 //! What the two reset hooks share: finding the socket's owner and writing the record,
-//! with the `--http-peek` bytes when there are any.
+//! with the `--http-peek` bytes when there are any. The owner is found first
+//! (`attribute`), before the hooks read the rest of the record, so that with a filter a
+//! reset on a socket nobody traces costs two lookups and no reads.
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use tracer_common::{
@@ -11,7 +13,7 @@ use tracer_common::{
 
 use crate::{
     emit::{emit, kernel_header, owner_header},
-    maps::{SK_OWNERS, fd_key, global},
+    maps::{Owner, SK_OWNERS, fd_key, global},
     peek::{PEEKS, PeekBuffers, RECENT_RX},
     sockets::{SOCK_OWNERS, closing_owner},
 };
@@ -28,6 +30,10 @@ pub struct Seen {
     pub cookie: u64,
     pub local: SockAddr,
     pub peer: SockAddr,
+    /// `ATTRIBUTED_*`: how `owner` was found (`ATTRIBUTED_NONE`: it was not, and
+    /// `owner` is stale).
+    pub attributed: u32,
+    pub owner: Owner,
 }
 
 /// Where the tracepoints build the [`Seen`] they report. On the stack, it and the record
@@ -42,36 +48,45 @@ pub fn seen_slot() -> Option<&'static mut Seen> {
     SEEN.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
 }
 
-pub fn report(seen: &Seen) {
+/// Finds who the reset on `seen.sk` belongs to (`direction`, `sk` and `active` set):
+/// `false` when it is not to be reported, because a filter leaves out a socket no traced
+/// process owns, or because it is the RST that refused a traced connect (reported as
+/// that connect's error).
+pub fn attribute(seen: &mut Seen) -> bool {
     // SAFETY: copied out at once.
-    let recorded = unsafe { SOCK_OWNERS.get(seen.sk) }.copied();
-    let (owner, attributed) = match recorded {
-        Some(owner) => (Some(owner), ATTRIBUTED_SOCKET),
-        None if seen.direction == RESET_SENT && seen.active => match closing_owner(seen.sk) {
-            Some(owner) => (Some(owner), ATTRIBUTED_CLOSE),
-            None => (None, ATTRIBUTED_NONE),
-        },
-        None => (None, ATTRIBUTED_NONE),
-    };
-    if owner.is_none() {
-        // With a process or cgroup filter, only the selected processes' sockets count.
-        if global!(FILTERS.flags) & (FILTER_PROCESS | FILTER_CGROUP) != 0 {
-            return;
-        }
-        // An RST answering a SYN is a refused connect, reported as its connect error.
-        // SAFETY: only presence is read.
-        if seen.direction == RESET_RECEIVED && unsafe { SK_OWNERS.get(seen.sk) }.is_some() {
-            return;
-        }
+    if let Some(owner) = unsafe { SOCK_OWNERS.get(seen.sk) } {
+        seen.owner = *owner;
+        seen.attributed = ATTRIBUTED_SOCKET;
+        return true;
     }
-    let fd = owner.map_or(-1, |o| o.fd);
-    let Some(owner) = owner else {
+    if seen.direction == RESET_SENT
+        && seen.active
+        && let Some(owner) = closing_owner(seen.sk)
+    {
+        seen.owner = owner;
+        seen.attributed = ATTRIBUTED_CLOSE;
+        return true;
+    }
+    seen.attributed = ATTRIBUTED_NONE;
+    // With a process or cgroup filter, only the selected processes' sockets count.
+    if global!(FILTERS.flags) & (FILTER_PROCESS | FILTER_CGROUP) != 0 {
+        return false;
+    }
+    // SAFETY: only presence is read.
+    !(seen.direction == RESET_RECEIVED && unsafe { SK_OWNERS.get(seen.sk) }.is_some())
+}
+
+/// Writes the record of a reset `attribute` kept.
+pub fn report(seen: &Seen) {
+    if seen.attributed == ATTRIBUTED_NONE {
         emit::<ResetEvent, { kind::RESET }>(|r| {
             r.header = kernel_header();
-            fill_event(&mut r.payload, seen, attributed, fd, SockOpts::default());
+            fill_event(&mut r.payload, seen, -1, SockOpts::default());
         });
         return;
-    };
+    }
+    let owner = &seen.owner;
+    let fd = owner.fd;
     let own = PEEKS.get_ptr(fd_key(owner.tgid, owner.fd));
     // SAFETY: copied out at once.
     let related_fd =
@@ -79,14 +94,14 @@ pub fn report(seen: &Seen) {
     let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd)));
     if own.is_none() && related.is_none() {
         emit::<ResetEvent, { kind::RESET }>(|r| {
-            r.header = owner_header(0, &owner);
-            fill_event(&mut r.payload, seen, attributed, fd, owner.opts);
+            r.header = owner_header(0, owner);
+            fill_event(&mut r.payload, seen, fd, owner.opts);
         });
         return;
     }
     emit::<ResetPeekEvent, { kind::RESET_PEEK }>(|r| {
-        r.header = owner_header(0, &owner);
-        fill_event(&mut r.payload.reset, seen, attributed, fd, owner.opts);
+        r.header = owner_header(0, owner);
+        fill_event(&mut r.payload.reset, seen, fd, owner.opts);
         fill(&mut r.payload.own, owner.fd, own);
         fill(&mut r.payload.related, related_fd.unwrap_or(-1), related);
     });
@@ -94,9 +109,9 @@ pub fn report(seen: &Seen) {
 
 /// Writes the reset in place (in the ring buffer): a copy on the stack would cost the
 /// bytes 6.1's verifier does not have to spare.
-fn fill_event(dst: &mut ResetEvent, seen: &Seen, attributed: u32, fd: i32, opts: SockOpts) {
+fn fill_event(dst: &mut ResetEvent, seen: &Seen, fd: i32, opts: SockOpts) {
     dst.direction = seen.direction;
-    dst.attributed = attributed;
+    dst.attributed = seen.attributed;
     dst.fd = fd;
     dst.state = seen.state;
     dst.reason = seen.reason;

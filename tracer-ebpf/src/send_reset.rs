@@ -23,7 +23,7 @@ use tracer_common::{
 
 use crate::{
     maps::{RESET_OFFSETS, global},
-    reset_report::{report, seen_slot},
+    reset_report::{attribute, report, seen_slot},
     sockaddr::{read_tuple_into, tuple_offsets},
 };
 
@@ -34,21 +34,30 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         (
             ctx.read_at::<u64>(global!(RESET_OFFSETS.send_skbaddr) as usize),
             ctx.read_at::<u64>(global!(RESET_OFFSETS.send_skaddr) as usize),
-            ctx.read_at::<i32>(global!(RESET_OFFSETS.send_state) as usize),
         )
     };
-    let (Ok(skb), Ok(sk), Ok(state)) = fields else {
+    let (Ok(skb), Ok(sk)) = fields else {
+        return 0;
+    };
+    let Some(seen) = seen_slot() else {
+        return 0;
+    };
+    seen.direction = RESET_SENT;
+    seen.sk = sk;
+    seen.active = skb == 0;
+    if !attribute(seen) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let Ok(state) = (unsafe { ctx.read_at::<i32>(global!(RESET_OFFSETS.send_state) as usize) }) else {
         return 0;
     };
     let reason_at = global!(RESET_OFFSETS.send_reason);
-    let reason = if reason_at == OFFSET_ABSENT {
+    seen.reason = if reason_at == OFFSET_ABSENT {
         REASON_NONE
     } else {
         // SAFETY: as above.
         unsafe { ctx.read_at::<u32>(reason_at as usize) }.unwrap_or(REASON_NONE)
-    };
-    let Some(seen) = seen_slot() else {
-        return 0;
     };
     let offsets = tuple_offsets(&raw const RESET_OFFSETS.send_tuple);
     if global!(RESET_OFFSETS.send_layout) == SEND_LAYOUT_SOCKADDR {
@@ -58,11 +67,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         seen.local = SockAddr::default();
         seen.peer = SockAddr::default();
     }
-    seen.direction = RESET_SENT;
-    seen.sk = sk;
-    seen.active = skb == 0;
     seen.state = state;
-    seen.reason = reason;
     seen.cookie = 0;
     report(seen);
     0

@@ -39,8 +39,8 @@ use crate::{
         CONNECTS, PENDING_CLOSE, PENDING_ERROR, PendingClose, SK_OWNERS, count_loss, global, other_half,
         remember_connecting,
     },
-    sk_error_report::report_async_failure,
-    sock_tuple::read_sock_tuple_into,
+    sk_error_report::{report_async_failure, sock_error},
+    sock_tuple::read_record_tuple,
     sockets,
 };
 
@@ -77,22 +77,6 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// (local, peer) of `sk` as the `sock:*` records give it, into zeroed places: the local
-/// port is `inet_sport`, which outlives the port's release at CLOSE
-/// (`SockOffsets::sport`). A frame of its own that writes into its caller's places:
-/// inlined, or returning the tuple, its temporaries pass the 512 bytes 6.1 allows for
-/// the deepest chain (`kernel::stack_budget`).
-#[inline(never)]
-fn read_state_tuple(sk: u64, local: &mut SockAddr, peer: &mut SockAddr) {
-    read_sock_tuple_into(sk, local, peer);
-    let at = sk + u64::from(global!(SOCK_OFFSETS.sport));
-    // SAFETY: bpf_probe_read_kernel faults safely; the offset is inet_sock.inet_sport
-    // from BTF, and a TCP `sk` is an inet_sock.
-    if let Ok(sport) = unsafe { bpf_probe_read_kernel(at as *const u16) } {
-        local.port = u16::from_be(sport);
-    }
-}
-
 /// Whether `sk` is a TCP socket (MPTCP and SCTP sockets move through these states too).
 #[inline(always)]
 fn is_tcp(sk: u64) -> bool {
@@ -107,7 +91,7 @@ fn is_tcp(sk: u64) -> bool {
 #[inline(never)]
 fn entered_listen(sk: u64) {
     let (mut local, mut peer) = (SockAddr::default(), SockAddr::default());
-    read_state_tuple(sk, &mut local, &mut peer);
+    read_record_tuple(sk, &mut local, &mut peer);
     listen::entered_listen(sk, &local);
 }
 
@@ -123,7 +107,7 @@ fn entered_syn_sent(sk: u64) {
     let call = unsafe { &mut *call };
     call.sk = sk;
     let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
-    read_state_tuple(sk, &mut src, &mut dst);
+    read_record_tuple(sk, &mut src, &mut dst);
     call.src = src; // port 0 unless the socket was bound
     remember_connecting(sk, &sockets::owner_of(&task, call.fd, call.opts));
 }
@@ -139,7 +123,7 @@ fn left_syn_sent(sk: u64, new: i32) {
     };
     let _ = SK_OWNERS.remove(sk);
     let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
-    read_state_tuple(sk, &mut src, &mut dst);
+    read_record_tuple(sk, &mut src, &mut dst);
     if let Some(call) = CONNECTS.get_ptr_mut(owner.tid) {
         // SAFETY: the owner's in-flight entry; the owner is inside connect() on this
         // socket, holding its lock, so this is the only writer.
@@ -211,8 +195,5 @@ fn left_syn_sent(sk: u64, new: i32) {
 /// socket closed, shut down or refused inside connect() leaves SYN_SENT without one.
 /// Unreadable: assume an error, so a loss is still counted.
 fn holds_error(sk: u64) -> bool {
-    let at = sk + u64::from(global!(SOCK_OFFSETS.err));
-    // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_err from BTF.
-    let err = unsafe { bpf_probe_read_kernel(at as *const i32) };
-    err != Ok(0)
+    sock_error(sk) != Ok(0)
 }

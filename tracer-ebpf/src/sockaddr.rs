@@ -1,5 +1,5 @@
 //! Reading socket addresses: from user memory (syscall arguments) and from the
-//! `sock:*` tracepoint records (offsets from tracefs).
+//! `tcp:*` reset records (offsets from tracefs).
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{
@@ -96,16 +96,11 @@ pub fn tuple_offsets(global: *const TupleOffsets) -> TupleOffsets {
     }
 }
 
-/// Source and destination of a `sock:*` record. The tracepoints store ports in host
-/// order and addresses as network-order bytes, with both v4 and v6 copies
-/// (include/trace/events/sock.h, TP_STORE_ADDRS).
-pub fn read_tuple(ctx: &TracePointContext, off: &TupleOffsets) -> Option<(SockAddr, SockAddr)> {
-    let (mut src, mut dst) = (SockAddr::default(), SockAddr::default());
-    read_tuple_into(ctx, off, &mut src, &mut dst).then_some((src, dst))
-}
-
-/// [`read_tuple`] into places the caller owns (a per-CPU scratch slot, when the stack is
-/// short); on `false` they are partly written and must not be used.
+/// Source and destination of a `tcp:*` reset record, into places the caller owns (a
+/// per-CPU scratch slot: the stack is short there); on `false` they are partly written
+/// and must not be used. The tracepoints store ports in host order and addresses as
+/// network-order bytes, with both v4 and v6 copies (include/trace/events/tcp.h,
+/// TP_STORE_ADDRS).
 pub fn read_tuple_into(
     ctx: &TracePointContext,
     off: &TupleOffsets,

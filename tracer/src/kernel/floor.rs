@@ -92,6 +92,9 @@ mod tests {
         let on_state: Vec<&str> =
             floor.iter().filter(|(_, _, tp)| *tp == "inet_sock_set_state").map(|(p, _, _)| *p).collect();
         assert_eq!(on_state, ["floor_raw_0"], "a raw tracepoint gets a raw floor program");
+        let on_error: Vec<&str> =
+            floor.iter().filter(|(_, _, tp)| *tp == "inet_sk_error_report").map(|(p, _, _)| *p).collect();
+        assert_eq!(on_error, ["floor_raw_0"]);
         let mut pairs: Vec<_> = floor.clone();
         pairs.sort_unstable();
         pairs.dedup();

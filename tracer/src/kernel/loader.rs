@@ -181,9 +181,11 @@ const ATTACHMENTS: &[Attachment] = &[
     ("sys_enter_setsockopt", "syscalls", "sys_enter_setsockopt"),
 ];
 
-/// The programs of `ATTACHMENTS` that are raw tracepoint programs (attached by the
-/// tracepoint's name alone); every other is a classic tracepoint program.
-pub const RAW_TRACEPOINT_PROGRAMS: &[&str] = &["inet_sock_set_state"];
+/// The programs of the attachment plan (`ATTACHMENTS`, `resets::RESET_ATTACHMENTS`) that
+/// are raw tracepoint programs (attached by the tracepoint's name alone): the hooks that
+/// fire for every TCP socket on the node. Every other is a classic tracepoint program.
+pub const RAW_TRACEPOINT_PROGRAMS: &[&str] =
+    &["inet_sock_set_state", "inet_sk_error_report", "tcp_destroy_sock"];
 
 /// Only needed to follow `--comm` processes across exec, exit and renames.
 const COMM_ATTACHMENTS: &[Attachment] = &[
@@ -454,7 +456,7 @@ pub(super) fn attach(
             }
             prog.attach(category, tracepoint).map(drop)
         }
-        // The hooks that fire on every socket of the node (sock_set_state).
+        // The hooks that fire for every socket of the node (the `sock:*` ones).
         Program::RawTracePoint(prog) => {
             if prog.fd().is_err() {
                 prog.load().map_err(failed)?;

@@ -57,10 +57,10 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
         }
     }
 
-    // The raw hook on inet_sock_set_state reads the socket, none of the record's
-    // fields; reading the format still names a kernel without the tracepoint.
+    // The raw hooks on the `sock:*` tracepoints read the socket, none of the records'
+    // fields; reading the formats still names a kernel without the tracepoints.
     format("sock", "inet_sock_set_state")?;
-    let error = format("sock", "inet_sk_error_report")?;
+    format("sock", "inet_sk_error_report")?;
 
     Ok(TracepointOffsets {
         connect_fd,
@@ -76,11 +76,6 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
         setsockopt_optlen,
         close_fd,
         sys_exit_ret,
-
-        error_error: error.offset("error", 4)?,
-        error_protocol: error.offset("protocol", 2)?,
-        error_tuple: error.tuple_fields()?,
-        _pad: 0,
     })
 }
 
@@ -134,10 +129,6 @@ mod tests {
         assert_eq!((offsets.connect_fd, offsets.connect_addr, offsets.connect_addrlen), (16, 24, 32));
         assert_eq!(offsets.setsockopt_optlen, 48);
         assert_eq!(offsets.sys_exit_ret, 16);
-        assert_eq!(
-            (offsets.error_error, offsets.error_tuple.sport, offsets.error_tuple.daddr_v6),
-            (8, 12, 44)
-        );
     }
 
     #[test]

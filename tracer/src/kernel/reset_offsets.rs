@@ -76,7 +76,9 @@ pub fn discover(
     let format = |category: &str, name: &str| Format::read(tracefs, category, name, kernel);
     let send = format("tcp", "tcp_send_reset")?;
     let receive = format("tcp", "tcp_receive_reset")?;
-    let destroy = format("tcp", "tcp_destroy_sock")?;
+    // tcp_destroy_sock is a raw tracepoint (the socket, no record field); reading its
+    // format still names a kernel without it.
+    format("tcp", "tcp_destroy_sock")?;
 
     let mut offsets = ResetOffsets {
         send_skbaddr: send.offset("skbaddr", 8)?,
@@ -86,7 +88,6 @@ pub fn discover(
         recv_skaddr: receive.offset("skaddr", 8)?,
         recv_tuple: receive.tuple_fields()?,
         recv_cookie: optional(&receive, "sock_cookie", 8)?,
-        destroy_skaddr: destroy.offset("skaddr", 8)?,
         ..Default::default()
     };
     fill_send_tuple(&mut offsets, &send)?;
@@ -237,7 +238,6 @@ mod tests {
             (o.recv_skaddr, o.recv_tuple.sport, o.recv_tuple.saddr_v6, o.recv_cookie),
             (8, 16, 30, 64)
         );
-        assert_eq!(o.destroy_skaddr, 8);
         assert_eq!((o.accept_fd, o.accept_addr), (16, 24));
         assert_eq!((o.peek_fd, o.peek_buf, o.peek_len), (16, 24, 32));
         assert_eq!(setup.reasons.get(&12).map(String::as_str), Some("TCP_ABORT_ON_LINGER"));
