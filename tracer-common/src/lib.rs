@@ -39,7 +39,7 @@ pub use reset::{PeekCopy, ResetEvent, ResetOffsets, ResetPeekEvent};
 pub use sock_event::SockEvent;
 pub use sockaddr::SockAddr;
 pub use sockopt::SockoptEvent;
-pub use task_fd::TaskFdOffsets;
+pub use task_fd::{SocketFd, TaskFdOffsets};
 
 /// `EventHeader::kind` values.
 pub mod kind {
@@ -192,6 +192,9 @@ pub mod names {
     pub const SK_OWNERS: &str = "SK_OWNERS";
     /// Owners of connected and accepted sockets, by `struct sock` (`--owner-table-entries`).
     pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
+    /// The fd of a traced process holding each connected or accepted socket, by inode
+    /// number (`--owner-table-entries`).
+    pub const SOCKET_FDS: &str = "SOCKET_FDS";
     /// Owners of listening sockets, by `struct sock` (`--listener-table-entries`).
     pub const LISTENERS: &str = "LISTENERS";
     /// Options of sockets, by (tgid, fd) (`--options-table-entries`).
@@ -201,7 +204,7 @@ pub mod names {
     /// The TCP sockets `--http-peek` copies from, by (tgid, fd): sized to 1 entry without it.
     pub const FD_SOCKS: &str = "FD_SOCKS";
     /// Every map the daemon opens by name or resizes before load.
-    pub const MAPS: [&str; 12] = [
+    pub const MAPS: [&str; 13] = [
         EVENTS,
         LOSSES,
         FILTER_PIDS,
@@ -210,6 +213,7 @@ pub mod names {
         SOCKET_DROPS,
         SK_OWNERS,
         SOCK_OWNERS,
+        SOCKET_FDS,
         LISTENERS,
         TRACKED,
         TRACKED_CHURN,
@@ -287,4 +291,5 @@ user_pod!(
     DropTotal,
     DropOffsets,
     TaskFdOffsets,
+    SocketFd,
 );

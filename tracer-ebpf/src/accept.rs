@@ -89,7 +89,7 @@ fn claim(task: &Task, fd: i32, peer: &SockAddr) {
     if !sock_peer.same_endpoint(peer) {
         return;
     }
-    register(&current_owner(task, fd), sk, &local, peer);
+    register(&mut current_owner(task, fd), sk, &local, peer);
 }
 
 /// The `struct sock` behind `fd` of the current task (a socket file: accept() just

@@ -1,5 +1,5 @@
 //! `tcp:tcp_destroy_sock`, as a raw tracepoint: the kernel frees the socket, so its
-//! address may name another socket next; forget its owner. Emitted by
+//! address may name another socket next; forget its owner (`sockets::destroyed`). Emitted by
 //! tcp_v4_destroy_sock() (net/ipv4/tcp_ipv4.c, also IPv6's destroy), which
 //! inet_csk_destroy_sock() calls after any reset the socket sent.
 //!
@@ -12,11 +12,11 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use crate::sockets::SOCK_OWNERS;
+use crate::sockets;
 
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let _ = SOCK_OWNERS.remove(sk);
+    sockets::destroyed(sk);
     0
 }

@@ -10,7 +10,7 @@ use tracer_common::{
     TracepointOffsets,
     limits::{MAX_FILTER_COMMS, MAX_FILTER_PIDS, OWNER_TABLE_ENTRIES, RING_BYTES, TRACKED_ENTRIES},
     options::Tracked,
-    pairing::{self, Pairing, Waiting},
+    pairing::{Pairing, Waiting},
     tracked_churn,
 };
 
@@ -100,7 +100,9 @@ pub struct Owner {
     pub tgid: u32,
     pub tid: u32,
     pub fd: i32,
-    pub _pad: u32,
+    /// In `SOCK_OWNERS`: the socket's inode number, the key of its `SOCKET_FDS` entry
+    /// (`sockets::register`). 0 elsewhere, and when it could not be read.
+    pub inode: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
     pub opts: SockOpts,
@@ -262,23 +264,37 @@ pub struct PendingError {
     pub dst: SockAddr,
 }
 
+impl PendingClose {
+    /// The slot as the pairing decision sees it.
+    pub fn waiting(&self) -> Waiting<'_> {
+        Waiting {
+            ts_ns: self.ts_ns,
+            src: &self.src,
+            dst: &self.dst,
+            expects_partner: self.expects_partner != 0,
+        }
+    }
+}
+
+impl PendingError {
+    /// The slot as the pairing decision sees it: an error only waits here when it may end
+    /// a connect (`pairing::may_end_a_connect`), so its transition is always due.
+    pub fn waiting(&self) -> Waiting<'_> {
+        Waiting { ts_ns: self.ts_ns, src: &self.src, dst: &self.dst, expects_partner: true }
+    }
+}
+
 #[map]
 pub static PENDING_CLOSE: PerCpuArray<PendingClose> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static PENDING_ERROR: PerCpuArray<PendingError> = PerCpuArray::with_max_entries(1, 0);
 
-/// Whether the half waiting in a slot (`waiting`, stamped `slot_ts`) is the other half of
-/// the failure seen `now` on (`src`, `dst`); one that waited too long for a partner that
-/// was due counts as [`Loss::AsyncHalfTooOld`] (the decision:
-/// `tracer_common::pairing::pair`). Either way the slot is emptied.
-pub fn other_half(
-    waiting: &Waiting<'_>,
-    slot_ts: &mut u64,
-    now: u64,
-    src: &SockAddr,
-    dst: &SockAddr,
-) -> bool {
-    match pairing::pair(waiting, now, src, dst) {
+/// Whether the half waiting in a slot (stamped `slot_ts`) is the other half of the
+/// failure seen now, given `pairing::pair`'s decision `outcome`; one that waited too long
+/// for a partner that was due counts as [`Loss::AsyncHalfTooOld`]. Either way the slot is
+/// emptied.
+pub fn other_half(outcome: Pairing, slot_ts: &mut u64) -> bool {
+    match outcome {
         Pairing::Partner => {
             *slot_ts = 0;
             true

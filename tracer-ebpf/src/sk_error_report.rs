@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Loss, SockAddr, SockEvent, kind,
-    pairing::{self, Waiting, replacing_loses},
+    pairing::{self, replacing_loses},
 };
 
 use crate::{
@@ -61,13 +61,8 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> u32 {
     // SAFETY: helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if waits_for(pending, sk) {
-        let waiting = Waiting {
-            ts_ns: pending.ts_ns,
-            src: &pending.src,
-            dst: &pending.dst,
-            expects_partner: pending.expects_partner != 0,
-        };
-        if other_half(&waiting, &mut pending.ts_ns, now, &src, &dst) {
+        let outcome = pairing::pair(&pending.waiting(), now, &src, &dst);
+        if other_half(outcome, &mut pending.ts_ns) {
             report_async_failure(&pending.owner, pending.sk, &src, &dst, error);
             return 0;
         }
@@ -78,8 +73,7 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> u32 {
     if let Some(slot) = PENDING_ERROR.get_ptr_mut(0) {
         // SAFETY: per-CPU slot.
         let slot = unsafe { &mut *slot };
-        let waiting = Waiting { ts_ns: slot.ts_ns, src: &slot.src, dst: &slot.dst, expects_partner: true };
-        if replacing_loses(&waiting, slot.sk, now, sk) {
+        if replacing_loses(&slot.waiting(), slot.sk, now, sk) {
             count_loss(Loss::AsyncHalfOverwritten);
         }
         *slot = PendingError { ts_ns: now, sk, error, _pad: 0, src, dst };

@@ -28,7 +28,7 @@ use tracer_common::{
     Loss, SockAddr, SockEvent,
     config::FILTER_EMIT_ALL,
     kind,
-    pairing::{Waiting, replacing_loses},
+    pairing::{self, replacing_loses},
 };
 
 use crate::{
@@ -118,7 +118,7 @@ fn entered_syn_sent(sk: u64) {
 #[inline(never)]
 fn left_syn_sent(sk: u64, new: i32) {
     // SAFETY: copied out before removal.
-    let Some(owner) = (unsafe { SK_OWNERS.get(sk) }).copied() else {
+    let Some(mut owner) = (unsafe { SK_OWNERS.get(sk) }).copied() else {
         return;
     };
     let _ = SK_OWNERS.remove(sk);
@@ -133,7 +133,7 @@ fn left_syn_sent(sk: u64, new: i32) {
         }
     }
     if new == TCP_ESTABLISHED {
-        sockets::register(&owner, sk, &src, &dst);
+        sockets::register(&mut owner, sk, &src, &dst);
         // A connection that worked is news only with --all; the owner (with the
         // options) is kept for the socket's resets either way.
         if global!(FILTERS.flags) & FILTER_EMIT_ALL != 0 {
@@ -153,10 +153,8 @@ fn left_syn_sent(sk: u64, new: i32) {
         // SAFETY: per-CPU slot; softirq and process context on one CPU do not interleave
         // inside these tracepoints (the socket lock is held).
         let pending = unsafe { &mut *pending };
-        // Only errors that can end a connect wait there (`pairing::may_end_a_connect`).
-        let waiting =
-            Waiting { ts_ns: pending.ts_ns, src: &pending.src, dst: &pending.dst, expects_partner: true };
-        if other_half(&waiting, &mut pending.ts_ns, now, &src, &dst) {
+        let outcome = pairing::pair(&pending.waiting(), now, &src, &dst);
+        if other_half(outcome, &mut pending.ts_ns) {
             report_async_failure(&owner, sk, &src, &dst, pending.error);
             return;
         }
@@ -169,13 +167,7 @@ fn left_syn_sent(sk: u64, new: i32) {
     if let Some(slot) = PENDING_CLOSE.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, as above.
         let slot = unsafe { &mut *slot };
-        let waiting = Waiting {
-            ts_ns: slot.ts_ns,
-            src: &slot.src,
-            dst: &slot.dst,
-            expects_partner: slot.expects_partner != 0,
-        };
-        if replacing_loses(&waiting, slot.sk, now, sk) {
+        if replacing_loses(&slot.waiting(), slot.sk, now, sk) {
             count_loss(Loss::AsyncHalfOverwritten);
         }
         *slot = PendingClose {

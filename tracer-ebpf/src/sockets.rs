@@ -8,15 +8,15 @@
 //! `--http-peek` which fds are TCP sockets worth copying, so file reads are never copied.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_probe_read_kernel},
     macros::map,
     maps::HashMap,
 };
-use tracer_common::{Loss, SockAddr, SockOpts, limits::OWNER_TABLE_ENTRIES};
+use tracer_common::{Loss, SockAddr, SockOpts, SocketFd, limits::OWNER_TABLE_ENTRIES};
 
 use crate::{
     filter::{Task, current_task},
-    maps::{Closing, NO_PREALLOC, Owner, count_loss, tracked_opts},
+    maps::{Closing, NO_PREALLOC, Owner, count_loss, global, tracked_opts},
     peek, task_state,
 };
 
@@ -27,12 +27,54 @@ use crate::{
 #[map]
 pub static SOCK_OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, NO_PREALLOC);
 
-/// `owner` now holds `sk`, with this tuple.
-pub fn register(owner: &Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
+/// The fd of a traced process holding each socket of `SOCK_OWNERS`, by the socket's
+/// inode number: where user space finds a failure's holder (`tracer_common::SocketFd`).
+/// Inserted and removed with the `SOCK_OWNERS` entry, so a plain hash map as that one.
+#[map]
+pub static SOCKET_FDS: HashMap<u64, SocketFd> = HashMap::with_max_entries(OWNER_TABLE_ENTRIES, NO_PREALLOC);
+
+/// `owner` now holds `sk`, with this tuple. Sets `owner.inode` (the caller's copy: one
+/// with it made here would cost the stack 6.1 has no room for below `left_syn_sent`).
+pub fn register(owner: &mut Owner, sk: u64, local: &SockAddr, peer: &SockAddr) {
+    owner.inode = sock_inode(sk).unwrap_or(0);
+    let owner: &Owner = owner; // inserted by reference, not copied to the stack
     if SOCK_OWNERS.insert(sk, owner, 0).is_err() {
         count_loss(Loss::OwnerTableFull);
+    } else if owner.inode != 0 {
+        let at = SocketFd { tgid: owner.tgid, fd: owner.fd };
+        if SOCKET_FDS.insert(u64::from(owner.inode), at, 0).is_err() {
+            count_loss(Loss::OwnerTableFull);
+        }
     }
     peek::fd_names_socket(owner.tgid, owner.fd, sk, local, peer);
+}
+
+/// The kernel frees `sk`: forget its owner and the fd that held it.
+pub fn destroyed(sk: u64) {
+    // SAFETY: copied out before removal.
+    let Some(inode) = (unsafe { SOCK_OWNERS.get(sk) }).map(|owner| owner.inode) else {
+        return;
+    };
+    let _ = SOCK_OWNERS.remove(sk);
+    if inode != 0 {
+        let _ = SOCKET_FDS.remove(u64::from(inode));
+    }
+}
+
+/// The inode number of `sk`'s file (`SOCK_INODE(sk->sk_socket)->i_ino`), what
+/// /proc/PID/fd links and sock_diag name it by. `None` when the socket has no file (an
+/// orphan) or the number does not fit 32 bits (socket inodes come from get_next_ino(),
+/// an `unsigned int`).
+fn sock_inode(sk: u64) -> Option<u32> {
+    let socket_at = sk + u64::from(global!(TASK_FD_OFFSETS.sock_socket));
+    // SAFETY: bpf_probe_read_kernel faults safely; offsets from BTF, `sk` a live socket.
+    let socket = unsafe { bpf_probe_read_kernel(socket_at as *const u64) }.ok().filter(|&at| at != 0)?;
+    let ino_at = socket
+        + u64::from(global!(TASK_FD_OFFSETS.socket_inode))
+        + u64::from(global!(TASK_FD_OFFSETS.inode_ino));
+    // SAFETY: as above; the inode is allocated with the socket.
+    let ino = unsafe { bpf_probe_read_kernel(ino_at as *const u64) }.ok()?;
+    u32::try_from(ino).ok().filter(|&ino| ino != 0)
 }
 
 /// sys_enter_close of `fd`: the fd no longer names the socket (no more peeking), and a
@@ -83,7 +125,7 @@ pub fn owner_of(task: &Task, fd: i32, opts: SockOpts) -> Owner {
         tgid: task.tgid,
         tid: task.tid,
         fd,
-        _pad: 0,
+        inode: 0,
         // SAFETY: helper call without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),

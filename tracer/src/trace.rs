@@ -21,7 +21,7 @@ use crate::{
     cli::{FilterArgs, TraceArgs},
     clock::{Clock, ClockError},
     drops::DropFold,
-    enrich::Enricher,
+    enrich::{Enricher, FdRef},
     event::{KernelEvent, Payload},
     heap,
     k8s::Attributor,
@@ -164,7 +164,16 @@ impl Tracer {
     ) -> Result<Summary, TraceError> {
         let Tracer { loaded, clock, attributor } = self;
         let Loaded {
-            events, lost, reset_reasons, backend, drops, selected, capabilities, kernel_log, ..
+            events,
+            lost,
+            reset_reasons,
+            backend,
+            drops,
+            selected,
+            capabilities,
+            kernel_log,
+            socket_fds,
+            ..
         } = loaded;
         let mut drops = drops.map(DropReader::new);
         let reader = Reader::new(events).map_err(TraceError::Reader)?;
@@ -173,7 +182,10 @@ impl Tracer {
         let (stop_reader, reader_stopped) = oneshot::channel();
         let reader_task = tokio::spawn(read_ring(reader, batches, reader_stopped));
 
-        let enricher = Enricher::new(attributor.proc_root().to_path_buf());
+        let enricher =
+            Enricher::new(attributor.proc_root().to_path_buf()).with_known_holders(Box::new(move |inode| {
+                socket_fds.holder(inode).map(|at| FdRef { pid: at.tgid, fd: at.fd })
+            }));
         // Without the listen hooks no listener is ever named: no watch, so no
         // sockerr_listen_unwatched series of zeros either.
         let mut listeners = capabilities

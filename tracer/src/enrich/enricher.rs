@@ -13,7 +13,11 @@ use std::{
 use tracing::debug;
 
 use super::{
-    EnrichError, Findings, Query, answer::answer_in_namespace, fd_index::FdIndex, netns::Netns, procfs,
+    EnrichError, Findings, Query,
+    answer::answer_in_namespace,
+    fd_index::{FdIndex, FdRef},
+    netns::Netns,
+    procfs,
 };
 use crate::ttl_cache::TtlCache;
 
@@ -27,9 +31,16 @@ const NETNS_INODE_CACHE_SIZE: usize = 8192;
 /// says so, leaving the holders without owners.
 const OWNER_SEARCH_BUDGET: Duration = Duration::from_millis(500);
 
+/// Where the kernel programs saw a socket inode held: the fd of the traced process that
+/// connected or accepted it (`SOCKET_FDS`).
+pub(crate) type KnownHolders = Box<dyn Fn(u64) -> Option<FdRef> + Send + Sync>;
+
 pub struct Enricher {
     proc_root: PathBuf,
     netns_inodes: Mutex<TtlCache<u32, u64>>,
+    /// Asked before any fd table is read: on a node holding hundreds of thousands of
+    /// sockets, reading the fd links takes seconds, longer than a search may take.
+    known_holders: Option<KnownHolders>,
     /// One search at a time reads /proc: searches run one after the other anyway
     /// (records are written in order), and each goes on from what the last one read.
     fd_index: Mutex<FdIndex>,
@@ -41,7 +52,14 @@ impl Enricher {
     pub fn new(proc_root: PathBuf) -> Self {
         let cache = TtlCache::new(NETNS_INODE_TTL, NETNS_INODE_CACHE_SIZE);
         let fd_index = Mutex::new(FdIndex::new(Instant::now()));
-        Self { proc_root, netns_inodes: Mutex::new(cache), fd_index }
+        Self { proc_root, netns_inodes: Mutex::new(cache), known_holders: None, fd_index }
+    }
+
+    /// Asks `known` where a holder's inode is held before searching /proc for it.
+    #[must_use]
+    pub(crate) fn with_known_holders(mut self, known: KnownHolders) -> Self {
+        self.known_holders = Some(known);
+        self
     }
 
     pub fn proc_root(&self) -> &Path {
@@ -100,8 +118,17 @@ impl Enricher {
 
     fn name_owners(&self, netns: &Netns, findings: &mut Findings) {
         // TIME_WAIT and request sockets have inode 0: no file, so no owner.
-        let wanted: HashSet<u64> =
+        let mut wanted: HashSet<u64> =
             findings.holders.iter().map(|holder| holder.inode).filter(|&inode| inode != 0).collect();
+        if let Some(known) = &self.known_holders {
+            for holder in &mut findings.holders {
+                let Some(at) = known(holder.inode) else { continue };
+                if let Some(owner) = procfs::owner_at(&self.proc_root, at, holder.inode) {
+                    wanted.remove(&holder.inode);
+                    holder.owner = Some(owner);
+                }
+            }
+        }
         if wanted.is_empty() {
             return;
         }
@@ -135,7 +162,7 @@ impl Enricher {
         );
         drop(index);
 
-        for holder in &mut findings.holders {
+        for holder in findings.holders.iter_mut().filter(|holder| holder.owner.is_none()) {
             holder.owner = scan.owners.get(&holder.inode).cloned();
         }
         if !scan.notes.is_empty() {
@@ -167,6 +194,49 @@ mod tests {
         assert_eq!(enricher.netns_inode(pid).unwrap(), own_inode);
         // Served from the cache the second time, with the same answer.
         assert_eq!(enricher.netns_inode(pid).unwrap(), own_inode);
+    }
+
+    /// Under a fake /proc: process 10 failed and holds nothing, process 20 holds socket
+    /// 700 at fd 3, and neither namespace can be read, so only process 10 is searched.
+    fn holder_search(known: Option<KnownHolders>) -> Option<crate::record::HolderOwner> {
+        let root = std::env::temp_dir().join(format!("sockerr-known-holders-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        for (pid, comm, fds) in [(10, "envoy", &[][..]), (20, "holder", &[(3, "socket:[700]")][..])] {
+            let dir = root.join(pid.to_string());
+            fs::create_dir_all(dir.join("fd")).unwrap();
+            fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+            for (fd, target) in fds {
+                std::os::unix::fs::symlink(target, dir.join("fd").join(fd.to_string())).unwrap();
+            }
+        }
+        let mut enricher = Enricher::new(root.clone());
+        if let Some(known) = known {
+            enricher = enricher.with_known_holders(known);
+        }
+        let holder = crate::record::Holder {
+            state: crate::tcp_state::TcpState::Established,
+            src: "127.1.0.1:35000".parse().unwrap(),
+            dst: None,
+            inode: 700,
+            owner: None,
+            timer_ms: None,
+        };
+        let mut findings =
+            Findings { holders: vec![holder], ports: None, address_is_local: None, note: None };
+        enricher.name_owners(&Netns::of_process(&root, 10), &mut findings);
+        let _ = fs::remove_dir_all(&root);
+        findings.holders.remove(0).owner
+    }
+
+    #[test]
+    fn a_holder_the_programs_recorded_is_named_without_a_search() {
+        assert_eq!(holder_search(None), None, "the search reads only process 10");
+        let known: KnownHolders = Box::new(|inode| (inode == 700).then_some(FdRef { pid: 20, fd: 3 }));
+        let owner = holder_search(Some(known)).expect("named from the recorded fd");
+        assert_eq!((owner.pid, owner.comm.as_str(), owner.fd), (20, "holder", 3));
+        // A recorded fd that no longer links to the socket names nobody.
+        let stale: KnownHolders = Box::new(|_| Some(FdRef { pid: 20, fd: 4 }));
+        assert_eq!(holder_search(Some(stale)), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::{
 
 use thiserror::Error;
 
+pub(crate) use self::fd_index::FdRef;
 pub use self::sock_diag::ListenerDiag;
 pub(crate) use self::sock_diag::SockDiag;
 pub use self::{enricher::Enricher, netns::Netns, sock_diag::SockDiagError};

@@ -53,9 +53,8 @@ pub(crate) fn find_owners(
 
     for &inode in wanted {
         let Some(at) = index.seen_at(inode) else { continue };
-        if links_to(proc_root, at, inode) {
-            let comm = read_comm(&proc_root.join(at.pid.to_string())).unwrap_or_default();
-            scan.owners.insert(inode, HolderOwner { pid: at.pid, comm, fd: at.fd });
+        if let Some(owner) = owner_at(proc_root, at, inode) {
+            scan.owners.insert(inode, owner);
             missing.remove(&inode);
         } else {
             index.forget(inode);
@@ -128,6 +127,16 @@ pub(crate) fn find_owners(
         }
     }
     scan
+}
+
+/// The owner of socket `inode` if fd `at` of its process still links to it: where an
+/// earlier scan, or the kernel programs (`tracer_common::SocketFd`), saw it held.
+pub(crate) fn owner_at(proc_root: &Path, at: FdRef, inode: u64) -> Option<HolderOwner> {
+    if !links_to(proc_root, at, inode) {
+        return None;
+    }
+    let comm = read_comm(&proc_root.join(at.pid.to_string())).unwrap_or_default();
+    Some(HolderOwner { pid: at.pid, comm, fd: at.fd })
 }
 
 /// Whether fd `at` of its process still links to socket `inode`.
@@ -319,6 +328,18 @@ mod tests {
 
     fn fresh_index() -> FdIndex {
         FdIndex::new(Instant::now())
+    }
+
+    #[test]
+    fn a_recorded_fd_names_the_owner_only_while_it_links_to_the_socket() {
+        let proc = FakeProc::new("owner-at");
+        proc.process(20, "holder", &[(3, "socket:[700]"), (4, "pipe:[9]")]);
+        let owner = owner_at(&proc.0, FdRef { pid: 20, fd: 3 }, 700).expect("fd 3 links to 700");
+        assert_eq!((owner.pid, owner.comm.as_str(), owner.fd), (20, "holder", 3));
+        // Closed and reused for another file, another socket, or gone with its process.
+        assert!(owner_at(&proc.0, FdRef { pid: 20, fd: 4 }, 700).is_none());
+        assert!(owner_at(&proc.0, FdRef { pid: 20, fd: 3 }, 701).is_none());
+        assert!(owner_at(&proc.0, FdRef { pid: 21, fd: 3 }, 700).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Filters, ListenOffsets,
+    Filters, ListenOffsets, SocketFd,
     config::{FILTER_CGROUP, FILTER_EMIT_ALL, FILTER_HTTP_PEEK, FILTER_LEARN_PIDS, FILTER_PROCESS},
     limits::MAX_FILTER_COMMS,
     names,
@@ -143,6 +143,18 @@ pub struct Loaded {
     pub capabilities: Capabilities,
     /// The processes the kernel filter selects (`None` when no `--pid` or `--comm`).
     pub selected: Option<SelectedPids>,
+    pub socket_fds: SocketFds,
+}
+
+/// `SOCKET_FDS`: where the programs saw each connected or accepted socket of a traced
+/// process held, by inode number.
+pub struct SocketFds(HashMap<MapData, u64, SocketFd>);
+
+impl SocketFds {
+    /// The (tgid, fd) recorded for socket `inode`: a hint, whose link is to be checked.
+    pub fn holder(&self, inode: u64) -> Option<SocketFd> {
+        self.0.get(&inode, 0).ok()
+    }
 }
 
 /// `FILTER_PIDS`: the `--pid` values and the tgids `--comm` learned.
@@ -278,6 +290,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         .map_max_entries(names::TRACKED, tables.options)
         .map_max_entries(names::SK_OWNERS, tables.owners)
         .map_max_entries(names::SOCK_OWNERS, tables.owners)
+        .map_max_entries(names::SOCKET_FDS, tables.owners)
         .map_max_entries(names::LISTENERS, tables.listeners)
         .map_max_entries(names::SOCKET_DROPS, tables.drops)
         .map_max_entries(names::FILTER_PIDS, tables.filter_pids)
@@ -340,6 +353,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         tables.options,
         selection.proc_root.clone(),
     );
+    let socket_fds = SocketFds(take_typed_map(&mut ebpf, names::SOCKET_FDS)?);
     let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,
@@ -354,6 +368,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         drops,
         capabilities,
         selected,
+        socket_fds,
     })
 }
 

@@ -18,7 +18,7 @@ pub const MAX_TABLE_ENTRIES: u32 = 1 << 22;
 /// Entries of the kernel's tables (`--owner-table-entries` and the like).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableSizes {
-    /// `SK_OWNERS` and `SOCK_OWNERS`: sockets of traced processes at once.
+    /// `SK_OWNERS`, `SOCK_OWNERS` and `SOCKET_FDS`: sockets of traced processes at once.
     pub owners: u32,
     /// `LISTENERS`: listening sockets of traced processes at once.
     pub listeners: u32,

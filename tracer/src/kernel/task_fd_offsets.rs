@@ -1,4 +1,4 @@
-//! The offsets of the path from the current task to the socket behind one of its fds
+//! The offsets of the links between a task's fds and its sockets
 //! (`tracer_common::TaskFdOffsets`), from this kernel's BTF.
 
 use thiserror::Error;
@@ -15,13 +15,15 @@ pub struct TaskFdOffsetsError {
 }
 
 /// The fields, by their names in include/linux/sched.h, include/linux/fdtable.h,
-/// include/linux/fs.h and include/linux/net.h (6.1 to 6.18).
+/// include/linux/fs.h, include/linux/net.h and include/net/sock.h (6.1 to 6.18).
 pub fn from_btf(btf: &Btf, kernel: &str) -> Result<TaskFdOffsets, TaskFdOffsetsError> {
     let byte = |strukt: &str, member: &str| {
         btf.member_offset(strukt, member)
             .map(MemberOffset::byte_offset)
             .map_err(|source| TaskFdOffsetsError { kernel: kernel.into(), source })
     };
+    // The programs hold the `struct socket`, not the `socket_alloc` around it.
+    let socket_inode = byte("socket_alloc", "vfs_inode")?.saturating_sub(byte("socket_alloc", "socket")?);
     Ok(TaskFdOffsets {
         task_files: byte("task_struct", "files")?,
         files_fdt: byte("files_struct", "fdt")?,
@@ -29,6 +31,10 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<TaskFdOffsets, TaskFdOffsetsE
         fdt_fd: byte("fdtable", "fd")?,
         file_private_data: byte("file", "private_data")?,
         socket_sk: byte("socket", "sk")?,
+        sock_socket: byte("sock", "sk_socket")?,
+        socket_inode,
+        inode_ino: byte("inode", "i_ino")?,
+        _pad: 0,
     })
 }
 
@@ -48,8 +54,16 @@ mod tests {
         b.composite(false, "fdtable", 48, &[("max_fds", u32_, 0, 0), ("fd", u64_, 64, 0)]);
         b.composite(false, "file", 232, &[("f_mode", u32_, 0, 0), ("private_data", u64_, 1_536, 0)]);
         if with_socket {
-            b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
+            let socket = b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
+            let inode = b.composite(false, "inode", 600, &[("i_mode", u32_, 0, 0), ("i_ino", u64_, 512, 0)]);
+            b.composite(
+                false,
+                "socket_alloc",
+                728,
+                &[("socket", socket, 0, 0), ("vfs_inode", inode, 1_024, 0)],
+            );
         }
+        b.composite(false, "sock", 760, &[("sk_err", u32_, 0, 0), ("sk_socket", u64_, 4_416, 0)]);
         b.finish()
     }
 
@@ -65,6 +79,10 @@ mod tests {
                 fdt_fd: 8,
                 file_private_data: 192,
                 socket_sk: 24,
+                sock_socket: 552,
+                socket_inode: 128,
+                inode_ino: 64,
+                _pad: 0,
             }
         );
     }
