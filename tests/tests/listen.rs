@@ -133,19 +133,28 @@ fn listen_overflow_of_python_http_server() {
         .arg("ip link set lo up && exec /usr/bin/python3 -m http.server 18080 --bind 127.0.0.1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let server = Group(command.spawn().expect("unshare + python3 -m http.server"));
+    let mut server = Group(command.spawn().expect("unshare + python3 -m http.server"));
     let pid = server.0.id();
     let netns = format!("--net=/proc/{pid}/ns/net");
-    // Bounded wait for the listener (python starts in well under a second).
-    let limit = patience(Duration::from_secs(10));
+    // Bounded wait for the listener. Python starts in well under a second on the host,
+    // but in a TCG guest booted beside another, reading its modules over 9p, it once took
+    // more than 20 s: 30 s here (scaled in guests), and a server that exits says why.
+    let limit = patience(Duration::from_secs(30));
     let deadline = Instant::now() + limit;
     let listening = || {
         let out = Command::new("nsenter").args([netns.as_str(), "ss", "-Hltn", "sport = :18080"]).output();
         out.is_ok_and(|o| !o.stdout.is_empty())
     };
     while !listening() {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = server.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!("python3 -m http.server exited ({status}) before it listened: {stderr}");
+        }
         assert!(Instant::now() < deadline, "python3 -m http.server did not listen within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
