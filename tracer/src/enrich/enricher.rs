@@ -121,7 +121,7 @@ impl Enricher {
         let mut wanted: HashSet<u64> =
             findings.holders.iter().map(|holder| holder.inode).filter(|&inode| inode != 0).collect();
         if let Some(known) = &self.known_holders {
-            for holder in &mut findings.holders {
+            for holder in findings.holders.iter_mut().filter(|holder| holder.inode != 0) {
                 let Some(at) = known(holder.inode) else { continue };
                 if let Some(owner) = procfs::owner_at(&self.proc_root, at, holder.inode) {
                     wanted.remove(&holder.inode);
@@ -198,8 +198,12 @@ mod tests {
 
     /// Under a fake /proc: process 10 failed and holds nothing, process 20 holds socket
     /// 700 at fd 3, and neither namespace can be read, so only process 10 is searched.
-    fn holder_search(known: Option<KnownHolders>) -> Option<crate::record::HolderOwner> {
-        let root = std::env::temp_dir().join(format!("sockerr-known-holders-{}", std::process::id()));
+    /// The holder is socket 700, or a TIME_WAIT one (inode 0) with `time_wait`.
+    fn holder_search(known: Option<KnownHolders>, time_wait: bool) -> Option<crate::record::HolderOwner> {
+        // One directory per call: the tests that use it run in parallel.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("sockerr-known-holders-{}-{call}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         for (pid, comm, fds) in [(10, "envoy", &[][..]), (20, "holder", &[(3, "socket:[700]")][..])] {
             let dir = root.join(pid.to_string());
@@ -217,7 +221,7 @@ mod tests {
             state: crate::tcp_state::TcpState::Established,
             src: "127.1.0.1:35000".parse().unwrap(),
             dst: None,
-            inode: 700,
+            inode: if time_wait { 0 } else { 700 },
             owner: None,
             timer_ms: None,
         };
@@ -230,13 +234,26 @@ mod tests {
 
     #[test]
     fn a_holder_the_programs_recorded_is_named_without_a_search() {
-        assert_eq!(holder_search(None), None, "the search reads only process 10");
+        assert_eq!(holder_search(None, false), None, "the search reads only process 10");
         let known: KnownHolders = Box::new(|inode| (inode == 700).then_some(FdRef { pid: 20, fd: 3 }));
-        let owner = holder_search(Some(known)).expect("named from the recorded fd");
+        let owner = holder_search(Some(known), false).expect("named from the recorded fd");
         assert_eq!((owner.pid, owner.comm.as_str(), owner.fd), (20, "holder", 3));
         // A recorded fd that no longer links to the socket names nobody.
         let stale: KnownHolders = Box::new(|_| Some(FdRef { pid: 20, fd: 4 }));
-        assert_eq!(holder_search(Some(stale)), None);
+        assert_eq!(holder_search(Some(stale), false), None);
+    }
+
+    /// A TIME_WAIT holder has no file: the programs' index is not asked about it.
+    #[test]
+    fn a_holder_without_a_file_is_not_looked_up() {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&asked);
+        let known: KnownHolders = Box::new(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        });
+        assert_eq!(holder_search(Some(known), true), None);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

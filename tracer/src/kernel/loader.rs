@@ -143,6 +143,7 @@ pub struct Loaded {
     pub capabilities: Capabilities,
     /// The processes the kernel filter selects (`None` when no `--pid` or `--comm`).
     pub selected: Option<SelectedPids>,
+    /// Which traced fd holds a socket, by inode: the enricher's first answer for a holder.
     pub socket_fds: SocketFds,
 }
 

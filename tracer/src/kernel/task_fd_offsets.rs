@@ -7,11 +7,21 @@ use tracer_common::TaskFdOffsets;
 use super::btf::{Btf, BtfError, MemberOffset};
 
 #[derive(Debug, Error)]
-#[error("kernel {kernel}: reading its BTF for the accepted sockets' fd walk")]
-pub struct TaskFdOffsetsError {
-    kernel: String,
-    #[source]
-    source: BtfError,
+pub enum TaskFdOffsetsError {
+    #[error("kernel {kernel}: reading its BTF for the accepted sockets' fd walk")]
+    Btf {
+        kernel: String,
+        #[source]
+        source: BtfError,
+    },
+    /// The programs step back from a `struct socket` to its inode inside the
+    /// `socket_alloc` that holds both, so the socket must come first.
+    #[error(
+        "kernel {kernel}: struct socket_alloc has its vfs_inode (byte {inode}) before its socket (byte \
+         {socket}), so sockerr cannot step from a socket to its inode. Every kernel from 6.1 to 6.18 puts \
+         socket first: run sockerr on one of those, and report this kernel's version"
+    )]
+    InodeBeforeSocket { kernel: String, socket: u32, inode: u32 },
 }
 
 /// The fields, by their names in include/linux/sched.h, include/linux/fdtable.h,
@@ -20,10 +30,15 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<TaskFdOffsets, TaskFdOffsetsE
     let byte = |strukt: &str, member: &str| {
         btf.member_offset(strukt, member)
             .map(MemberOffset::byte_offset)
-            .map_err(|source| TaskFdOffsetsError { kernel: kernel.into(), source })
+            .map_err(|source| TaskFdOffsetsError::Btf { kernel: kernel.into(), source })
     };
     // The programs hold the `struct socket`, not the `socket_alloc` around it.
-    let socket_inode = byte("socket_alloc", "vfs_inode")?.saturating_sub(byte("socket_alloc", "socket")?);
+    let (socket, inode) = (byte("socket_alloc", "socket")?, byte("socket_alloc", "vfs_inode")?);
+    let socket_inode = inode.checked_sub(socket).ok_or_else(|| TaskFdOffsetsError::InodeBeforeSocket {
+        kernel: kernel.into(),
+        socket,
+        inode,
+    })?;
     Ok(TaskFdOffsets {
         task_files: byte("task_struct", "files")?,
         files_fdt: byte("files_struct", "fdt")?,
@@ -43,9 +58,17 @@ mod tests {
     use super::*;
     use crate::kernel::btf::build::BtfBuilder;
 
+    /// Where `socket_alloc` keeps its two members, or `None` to leave the struct out.
+    #[derive(Clone, Copy)]
+    enum SocketAlloc {
+        SocketFirst,
+        InodeFirst,
+        None,
+    }
+
     /// The five structs with the members read, at offsets unlike one another, and around
     /// them members that are not read.
-    fn task_fd_btf(with_socket: bool) -> Vec<u8> {
+    fn task_fd_btf(socket_alloc: SocketAlloc) -> Vec<u8> {
         let mut b = BtfBuilder::new();
         let u32_ = b.int("unsigned int", 4);
         let u64_ = b.int("long unsigned int", 8);
@@ -53,14 +76,19 @@ mod tests {
         b.composite(false, "files_struct", 704, &[("count", u32_, 0, 0), ("fdt", u64_, 256, 0)]);
         b.composite(false, "fdtable", 48, &[("max_fds", u32_, 0, 0), ("fd", u64_, 64, 0)]);
         b.composite(false, "file", 232, &[("f_mode", u32_, 0, 0), ("private_data", u64_, 1_536, 0)]);
-        if with_socket {
-            let socket = b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
-            let inode = b.composite(false, "inode", 600, &[("i_mode", u32_, 0, 0), ("i_ino", u64_, 512, 0)]);
+        let socket = b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
+        let inode = b.composite(false, "inode", 600, &[("i_mode", u32_, 0, 0), ("i_ino", u64_, 512, 0)]);
+        let (socket_bits, inode_bits) = match socket_alloc {
+            SocketAlloc::SocketFirst => (0, 1_024),
+            SocketAlloc::InodeFirst => (4_800, 0),
+            SocketAlloc::None => (0, 0),
+        };
+        if !matches!(socket_alloc, SocketAlloc::None) {
             b.composite(
                 false,
                 "socket_alloc",
                 728,
-                &[("socket", socket, 0, 0), ("vfs_inode", inode, 1_024, 0)],
+                &[("socket", socket, socket_bits, 0), ("vfs_inode", inode, inode_bits, 0)],
             );
         }
         b.composite(false, "sock", 760, &[("sk_err", u32_, 0, 0), ("sk_socket", u64_, 4_416, 0)]);
@@ -69,7 +97,7 @@ mod tests {
 
     #[test]
     fn offsets_of_the_fields_the_fd_walk_reads() {
-        let btf = Btf::parse(&task_fd_btf(true)).unwrap();
+        let btf = Btf::parse(&task_fd_btf(SocketAlloc::SocketFirst)).unwrap();
         assert_eq!(
             from_btf(&btf, "test").unwrap(),
             TaskFdOffsets {
@@ -89,9 +117,23 @@ mod tests {
 
     #[test]
     fn a_missing_struct_names_the_kernel_and_the_struct() {
-        let btf = Btf::parse(&task_fd_btf(false)).unwrap();
+        let btf = Btf::parse(&task_fd_btf(SocketAlloc::None)).unwrap();
         let error = from_btf(&btf, "6.99-test").unwrap_err();
-        let chain = format!("{error}: {}", error.source);
-        assert!(chain.contains("6.99-test") && chain.contains("socket"), "{chain}");
+        let TaskFdOffsetsError::Btf { source, .. } = &error else { panic!("{error}") };
+        let chain = format!("{error}: {source}");
+        assert!(chain.contains("6.99-test") && chain.contains("socket_alloc"), "{chain}");
+    }
+
+    /// A layout with the inode first would put the inode before the socket the programs
+    /// hold: refused by name, not read at offset 0 of the socket.
+    #[test]
+    fn an_inode_before_its_socket_is_refused() {
+        let btf = Btf::parse(&task_fd_btf(SocketAlloc::InodeFirst)).unwrap();
+        let error = from_btf(&btf, "6.99-test").unwrap_err();
+        assert!(
+            matches!(error, TaskFdOffsetsError::InodeBeforeSocket { socket: 600, inode: 0, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("6.99-test"), "{error}");
     }
 }
