@@ -142,7 +142,7 @@ impl Drop for Scenario {
 pub fn run(sockerr: &Path, scratch: &Path, plan: BusyPlan) -> Result<BusyNode> {
     let ndjson = scratch.join("busy-node.ndjson");
     let errors = scratch.join("busy-node.err");
-    let mut daemon = daemon::start(sockerr, &ndjson, &[])?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &[], None)?;
     let pid = daemon.running.pid();
     let lost_at_start = daemon::lost(&daemon::metrics(daemon.address)?)?;
 

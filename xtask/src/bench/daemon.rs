@@ -24,10 +24,18 @@ pub struct Daemon {
 pub const METRICS_ONLY: &[&str] = &["daemon", "--listen", "127.0.0.1:0", "--api-listen", "none"];
 
 /// `sockerr daemon` with `filter` (none: node-wide), NDJSON to `ndjson`, HTTP on a free
-/// port, on its default backend.
-pub fn start(sockerr: &Path, ndjson: &Path, filter: &[&str]) -> Result<Daemon> {
+/// port, on its default backend; confined to `cpus` (a `taskset -c` list) when given.
+pub fn start(sockerr: &Path, ndjson: &Path, filter: &[&str], cpus: Option<&str>) -> Result<Daemon> {
     let out = File::create(ndjson).with_context(|| format!("creating {}", ndjson.display()))?;
-    let mut command = Command::new(sockerr);
+    // taskset execs the daemon: the pid stays the daemon's.
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus]).arg(sockerr);
+            taskset
+        }
+        None => Command::new(sockerr),
+    };
     command.args(METRICS_ONLY).args(filter).stdout(Stdio::from(out));
     let running = Running::sockerr(command)?;
     // The address is logged before `tracing started`: poll /proc for the listening port

@@ -331,12 +331,11 @@ fn slot(
         // The daemon lives for this slot only: its `stopped:` line counts every loss of it,
         // those of the last second too, which /metrics (updated once a second) may not
         // show yet when it is read after the loops.
-        Config::Daemon | Config::DaemonNoDropHooks => {
-            records::stopped_lost(&log).or(match (lost_before, lost_after) {
+        Config::Daemon | Config::DaemonNoDropHooks | Config::DaemonOtherCpus => records::stopped_lost(&log)
+            .or(match (lost_before, lost_after) {
                 (Some(before), Some(after)) => Some(after.since(&before).total),
                 _ => None,
-            })
-        }
+            }),
         Config::TraceExcluded => records::stopped_lost(&log),
         // bpftrace prints `Lost N events` among its records (stdout) or on stderr, by version.
         Config::Bpftrace => {

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The columns of the micro-loop table, in order.
-const COLUMNS: [Config; 8] = Config::ALL;
+const COLUMNS: [Config; 9] = Config::ALL;
 
 fn median(loops: &MicroLoops, config: Config, loop_name: &str) -> Option<Summary> {
     Summary::of(&loops.all(config.name(), loop_name))
@@ -135,7 +135,12 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
          Configurations: floor = `sockerr bench-floor` (the hooks the tracer attaches for the same \
          selection, each with a program that returns at once); daemon = `sockerr daemon` node-wide, no \
          filter, NDJSON to a file; daemon --no-drop-hooks = the same daemon without the packet-drop and \
-         listen-queue hooks (see the cost of those hooks below); trace --comm other = `sockerr trace --comm {canary}`, which excludes \
+         listen-queue hooks (see the cost of those hooks below); daemon on other CPUs = the same daemon \
+         confined (`taskset`) to the CPUs the loop does not run on: the daemon's user space (reading, \
+         decoding and writing each record) otherwise runs wherever the scheduler puts it, which on a \
+         machine of few CPUs is often the loop's, so daemon − daemon on other CPUs is what that sharing \
+         costs the loop (same hooks and output as daemon; the targets keep the unconfined daemon, as a node \
+         runs it); trace --comm other = `sockerr trace --comm {canary}`, which excludes \
          the loop process (a short run under the name `{canary}` proves it was tracing), NDJSON to a file; \
          floor --comm other = the floor with the same filter; bpftrace = the script in \
          `xtask/src/bench/tracers.rs`, lines to a file; strace = `strace -f -e trace=connect,bind,setsockopt \
@@ -146,10 +151,11 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
     let header: Vec<&str> = COLUMNS.iter().map(|c| c.name()).collect();
     let _ = writeln!(
         md,
-        "| loop | {} | daemon vs floor | daemon vs bpftrace | excluded vs its floor |",
+        "| loop | {} | daemon vs floor | daemon on other CPUs vs floor | daemon vs bpftrace | excluded vs its \
+         floor |",
         header.join(" | ")
     );
-    let _ = writeln!(md, "|---|{}---|---|---|", "---:|".repeat(COLUMNS.len()));
+    let _ = writeln!(md, "|---|{}---|---|---|---|", "---:|".repeat(COLUMNS.len()));
     for &row in LOOPS {
         let cells: Vec<String> = COLUMNS
             .iter()
@@ -160,9 +166,10 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
             .collect();
         let _ = writeln!(
             md,
-            "| {row} | {} | {} | {} | {} |",
+            "| {row} | {} | {} | {} | {} | {} |",
             cells.join(" | "),
             ratio_cell(loops, row, Config::Daemon, Config::Floor),
+            ratio_cell(loops, row, Config::DaemonOtherCpus, Config::Floor),
             ratio_cell(loops, row, Config::Daemon, Config::Bpftrace),
             ratio_cell(loops, row, Config::TraceExcluded, Config::FloorExcluded)
         );
@@ -650,6 +657,7 @@ mod tests {
             (Config::Untraced, 1000.0),
             (Config::Floor, 1100.0),
             (Config::Daemon, 1300.0),
+            (Config::DaemonOtherCpus, 1200.0),
             (Config::Bpftrace, 1500.0),
         ] {
             loops.push(config.name(), "bind", vec![value]);
@@ -680,7 +688,8 @@ mod tests {
         let md = render(&results);
         assert!(
             md.contains(
-                "| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | — | 1500 ±0% | — | 3.00× | 0.60× | — |"
+                "| bind | 1000 ±0% | 1100 ±0% | — | 1300 ±0% | — | 1200 ±0% | — | 1500 ±0% | — | 3.00× | 2.00× | \
+                 0.60× | — |"
             ),
             "{md}"
         );

@@ -51,7 +51,7 @@ const SOAK_RATE: u64 = 20_000;
 pub fn run(sockerr: &Path, scratch: &Path, total: u64, date: String) -> Result<Soak> {
     let started = Instant::now();
     let ndjson = scratch.join("soak.ndjson");
-    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM])?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM], None)?;
     let pid = daemon.running.pid();
     let mut failures = 0;
     let mut pids = BTreeSet::new();

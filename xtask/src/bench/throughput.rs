@@ -100,7 +100,7 @@ const RATES: &[u64] = &[5_000, 10_000, 20_000, 40_000, 80_000, 0];
 
 pub fn search(sockerr: &Path, scratch: &Path, plan: &Plan) -> Result<Throughput> {
     let ndjson = scratch.join("throughput.ndjson");
-    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM])?;
+    let mut daemon = daemon::start(sockerr, &ndjson, &["--comm", super::COMM], None)?;
     let pid = daemon.running.pid();
     let tps = daemon::ticks_per_second();
     let mut steps = Vec::new();

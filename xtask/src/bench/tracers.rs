@@ -10,7 +10,7 @@ use std::{
     thread,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::{daemon, running::Running};
 
@@ -32,6 +32,9 @@ pub enum Config {
     /// The daemon with `--no-drop-hooks` (DROP_HOOKS_OFF): what the drop and listen
     /// hooks cost is the daemon's figure less this one.
     DaemonNoDropHooks,
+    /// The daemon confined to the CPUs the loop does not run on (`taskset`): what its
+    /// user space costs the loop by sharing its CPU is the daemon's figure less this one.
+    DaemonOtherCpus,
     /// `sockerr trace --comm sockerr-canary`: the loop process is excluded.
     TraceExcluded,
     Bpftrace,
@@ -39,12 +42,13 @@ pub enum Config {
 }
 
 impl Config {
-    pub const ALL: [Config; 8] = [
+    pub const ALL: [Config; 9] = [
         Config::Untraced,
         Config::Floor,
         Config::FloorExcluded,
         Config::Daemon,
         Config::DaemonNoDropHooks,
+        Config::DaemonOtherCpus,
         Config::TraceExcluded,
         Config::Bpftrace,
         Config::Strace,
@@ -57,6 +61,7 @@ impl Config {
             Config::FloorExcluded => "floor --comm other",
             Config::Daemon => "daemon",
             Config::DaemonNoDropHooks => "daemon --no-drop-hooks",
+            Config::DaemonOtherCpus => "daemon on other CPUs",
             Config::TraceExcluded => "trace --comm other",
             Config::Bpftrace => "bpftrace",
             Config::Strace => "strace",
@@ -74,6 +79,7 @@ impl Config {
             self,
             Config::Daemon
                 | Config::DaemonNoDropHooks
+                | Config::DaemonOtherCpus
                 | Config::TraceExcluded
                 | Config::Bpftrace
                 | Config::Strace
@@ -85,6 +91,7 @@ impl Config {
         let file = match self {
             Config::Daemon => "daemon-loops.ndjson",
             Config::DaemonNoDropHooks => "daemon-no-drop-hooks-loops.ndjson",
+            Config::DaemonOtherCpus => "daemon-other-cpus-loops.ndjson",
             Config::TraceExcluded => "trace-excluded.ndjson",
             Config::Bpftrace => "bpftrace.out",
             Config::Strace => "strace.out",
@@ -150,10 +157,12 @@ impl Traced {
             Config::Untraced | Config::Strace => return Ok(None),
             Config::Floor => plain(floor(&[])?),
             Config::FloorExcluded => plain(floor(&["--comm", CANARY])?),
-            Config::Daemon | Config::DaemonNoDropHooks => {
+            Config::Daemon | Config::DaemonNoDropHooks | Config::DaemonOtherCpus => {
                 let path = output.clone().context("the daemon writes a file")?;
-                let switch: &[&str] = if config == Config::Daemon { &[] } else { &[DROP_HOOKS_OFF] };
-                let daemon = daemon::start(sockerr, &path, switch)?;
+                let switch: &[&str] =
+                    if config == Config::DaemonNoDropHooks { &[DROP_HOOKS_OFF] } else { &[] };
+                let cpus = if config == Config::DaemonOtherCpus { Some(other_cpus()?) } else { None };
+                let daemon = daemon::start(sockerr, &path, switch, cpus.as_deref())?;
                 Traced { running: daemon.running, metrics: Some(daemon.address), errors: None }
             }
             Config::TraceExcluded => {
@@ -211,9 +220,22 @@ pub fn canary_command(sockerr: &Path) -> Command {
 }
 
 /// The last CPU: the loops run pinned there, the tracers' user space wherever the
-/// scheduler puts it.
+/// scheduler puts it (but `Config::DaemonOtherCpus`).
 pub fn loop_cpu() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get()) - 1
+}
+
+/// The CPUs the loops do not run on, as a `taskset -c` list.
+fn other_cpus() -> Result<String> {
+    match loop_cpu() {
+        0 => bail!(
+            "the configuration `{}` needs a CPU the loops do not run on, and this machine has one: \
+             run the bench on a machine with at least 2 CPUs",
+            Config::DaemonOtherCpus.name()
+        ),
+        1 => Ok("0".to_owned()),
+        last => Ok(format!("0-{}", last - 1)),
+    }
 }
 
 pub fn scratch_dir(root: &Path) -> PathBuf {
