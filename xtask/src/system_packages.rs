@@ -84,6 +84,11 @@ pub const BENCH_COMMANDS: &[RequiredCommand] = &[
         needed_for: "the strace configuration of the benchmark",
     },
     RequiredCommand { command: "bpftool", package: "bpftool", needed_for: "the soak's map sizes" },
+    RequiredCommand {
+        command: "taskset",
+        package: "util-linux",
+        needed_for: "the daemon confined to the CPUs the loops do not use",
+    },
 ];
 
 pub fn ensure(report: &mut Report) -> Result<()> {
