@@ -207,9 +207,10 @@ const COMM_ATTACHMENTS: &[Attachment] = &[
     ("task_rename", "task", "task_rename"),
 ];
 
-/// Every tracepoint `load` attaches for `selection`, in order; `resets`: whether this
-/// kernel has the reset tracepoints (`resets::prepare`). The benchmark's floor
-/// (`kernel::floor`) attaches its empty program to exactly these.
+/// Every tracepoint `load` attaches for `selection`, in order, but the drop hook
+/// (`drop_offsets::DROP_ATTACHMENT`, attached after these where the kernel has it);
+/// `resets`: whether this kernel has the reset tracepoints (`resets::prepare`). The
+/// benchmark's floor (`kernel::floor`) attaches its empty program to these and the drop hook.
 pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
     let comm: &[Attachment] = if selection.comms.is_empty() { &[] } else { COMM_ATTACHMENTS };
     let mut plan: Vec<Attachment> = ATTACHMENTS.iter().chain(comm).copied().collect();
