@@ -207,7 +207,7 @@ const COMM_ATTACHMENTS: &[Attachment] = &[
     ("task_rename", "task", "task_rename"),
 ];
 
-/// Every tracepoint `load` attaches for `selection`, in order, but the drop hook
+/// Every tracepoint `load` attaches for `selection`, in order, except the drop hook
 /// (`drop_offsets::DROP_ATTACHMENT`, attached after these where the kernel has it);
 /// `resets`: whether this kernel has the reset tracepoints (`resets::prepare`). The
 /// benchmark's floor (`kernel::floor`) attaches its empty program to these and the drop hook.
