@@ -38,7 +38,7 @@ mod tests {
     fn every_attached_program_is_in_the_object() {
         let object = object();
         let everything = loader::Selection { comms: vec!["x".into()], http_peek: true, ..Default::default() };
-        let plan = loader::attachment_plan(&everything, true);
+        let plan = loader::attachment_plan(&everything, true, true);
         assert!(plan.len() > 30, "the full plan: {plan:?}");
         for (program, _, _) in plan {
             let raw = loader::RAW_TRACEPOINT_PROGRAMS.contains(&program);

@@ -3,8 +3,7 @@
 //!
 //! `cargo xtask bench` compares `sockerr trace` with this. The tracepoints are the ones
 //! `loader::load` attaches for the same selection (`loader::attachment_plan`, with the reset
-//! tracepoints decided by the same tracefs checks, then `skb:kfree_skb` where the kernel has
-//! it with a reason), one attachment each, in the same order;
+//! and drop tracepoints decided by the same tracefs checks), one attachment each, in the same order;
 //! so what sockerr costs beyond the floor is what its programs do, and the floor is what the
 //! kernel charges for running any program at those places.
 
@@ -39,13 +38,8 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
     let tracefs = tracefs::find_or_mount()?;
     let offsets = offsets::discover(&tracefs, &kernel)?;
     let has_resets = resets::prepare(&tracefs, &kernel, selection.http_peek, offsets.sys_exit_ret)?.is_some();
-    let mut plan = loader::attachment_plan(selection, has_resets);
-    // `load` attaches the drop hook after its plan, where this kernel has it: so must the
-    // floor, or a loop whose packets the kernel drops (a refused connect's SYN) charges
-    // sockerr with the whole cost of `skb:kfree_skb`.
-    if !selection.no_drop_hooks && drop_offsets::discover(&tracefs, &kernel, None)?.is_some() {
-        plan.push(drop_offsets::DROP_ATTACHMENT);
-    }
+    let has_drops = drop_offsets::discover(&tracefs, &kernel, None)?.is_some();
+    let plan = loader::attachment_plan(selection, has_resets, has_drops);
     // The maps come with the object; only the floor program is loaded. The preallocated
     // per-socket ones as small as they go: nothing uses them.
     let mut ebpf = EbpfLoader::new()
@@ -85,7 +79,7 @@ mod tests {
     #[test]
     fn each_tracepoint_gets_as_many_floor_programs_as_sockerr_attaches() {
         let selection = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
-        let plan = loader::attachment_plan(&selection, true);
+        let plan = loader::attachment_plan(&selection, true, true);
         let raw: Vec<bool> =
             plan.iter().map(|(program, ..)| loader::RAW_TRACEPOINT_PROGRAMS.contains(program)).collect();
         let floor = floor_plan(&plan, &raw).unwrap();

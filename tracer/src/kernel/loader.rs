@@ -207,11 +207,11 @@ const COMM_ATTACHMENTS: &[Attachment] = &[
     ("task_rename", "task", "task_rename"),
 ];
 
-/// Every tracepoint `load` attaches for `selection`, in order, except the drop hook
-/// (`drop_offsets::DROP_ATTACHMENT`, attached after these where the kernel has it);
-/// `resets`: whether this kernel has the reset tracepoints (`resets::prepare`). The
-/// benchmark's floor (`kernel::floor`) attaches its empty program to these and the drop hook.
-pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
+/// Every tracepoint `load` attaches for `selection`, in order; `resets`: whether this
+/// kernel has the reset tracepoints (`resets::prepare`), `drops`: whether it has
+/// `skb:kfree_skb` with a reason (`drop_offsets::discover`). The benchmark's floor
+/// (`kernel::floor`) attaches its empty program to exactly these.
+pub fn attachment_plan(selection: &Selection, resets: bool, drops: bool) -> Vec<Attachment> {
     let comm: &[Attachment] = if selection.comms.is_empty() { &[] } else { COMM_ATTACHMENTS };
     let mut plan: Vec<Attachment> = ATTACHMENTS.iter().chain(comm).copied().collect();
     if !selection.no_drop_hooks {
@@ -223,6 +223,9 @@ pub fn attachment_plan(selection: &Selection, resets: bool) -> Vec<Attachment> {
     // Without --http-peek these programs are not attached at all: no cost, no bytes.
     if selection.http_peek {
         plan.extend_from_slice(resets::PEEK_ATTACHMENTS);
+    }
+    if drops && !selection.no_drop_hooks {
+        plan.push(drop_offsets::DROP_ATTACHMENT);
     }
     plan
 }
@@ -310,16 +313,13 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let kernel_log = kernel_log::start(&mut ebpf)?;
 
     fill_filter_maps(&mut ebpf, &pids, &comms)?;
-    let plan = attachment_plan(selection, reset_setup.is_some());
+    let plan = attachment_plan(selection, reset_setup.is_some(), drop_setup.is_some());
     for &(program, category, tracepoint) in &plan {
         attach(&mut ebpf, program, category, tracepoint)?;
     }
     let mut attached = plan.len();
     let drops = match drop_setup {
         Some(setup) => {
-            let (program, category, tracepoint) = drop_offsets::DROP_ATTACHMENT;
-            attach(&mut ebpf, program, category, tracepoint)?;
-            attached += 1;
             for gap in drop_offsets::gaps(&setup.offsets) {
                 tracing::info!("packet drops on kernel {kernel}: {gap}");
             }
@@ -562,12 +562,12 @@ mod tests {
         let all = Selection::default();
         let base: Vec<Attachment> =
             ATTACHMENTS.iter().chain(listen_offsets::LISTEN_ATTACHMENTS).copied().collect();
-        assert_eq!(attachment_plan(&all, false), base);
-        let with_resets = attachment_plan(&all, true);
+        assert_eq!(attachment_plan(&all, false, false), base);
+        let with_resets = attachment_plan(&all, true, false);
         assert_eq!(with_resets.len(), base.len() + resets::RESET_ATTACHMENTS.len());
         assert_eq!(&with_resets[base.len()..], resets::RESET_ATTACHMENTS);
         let comm = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
-        let plan = attachment_plan(&comm, true);
+        let plan = attachment_plan(&comm, true, false);
         let expected = base.len()
             + COMM_ATTACHMENTS.len()
             + resets::RESET_ATTACHMENTS.len()
@@ -575,19 +575,32 @@ mod tests {
         assert_eq!(plan.len(), expected);
         assert!(plan.contains(&("sched_process_exec", "sched", "sched_process_exec")));
         assert_eq!(plan.last(), resets::PEEK_ATTACHMENTS.last());
+        // The drop hook comes last, where the kernel has it.
+        let with_drops = attachment_plan(&comm, true, true);
+        assert_eq!(with_drops[..plan.len()], plan[..]);
+        assert_eq!(with_drops[plan.len()..], [drop_offsets::DROP_ATTACHMENT]);
     }
 
     #[test]
-    fn no_drop_hooks_leaves_the_listen_tracepoints_out() {
-        let plan = attachment_plan(&Selection::default(), true);
-        let without = attachment_plan(&Selection { no_drop_hooks: true, ..Default::default() }, true);
-        assert_eq!(without.len() + listen_offsets::LISTEN_ATTACHMENTS.len(), plan.len());
+    fn no_drop_hooks_leaves_the_listen_and_drop_tracepoints_out() {
+        let plan = attachment_plan(&Selection::default(), true, true);
+        let without = attachment_plan(&Selection { no_drop_hooks: true, ..Default::default() }, true, true);
+        assert_eq!(without.len() + listen_offsets::LISTEN_ATTACHMENTS.len() + 1, plan.len());
+        assert!(
+            plan.contains(&drop_offsets::DROP_ATTACHMENT)
+                && !without.contains(&drop_offsets::DROP_ATTACHMENT)
+        );
         for listen in listen_offsets::LISTEN_ATTACHMENTS {
             assert!(plan.contains(listen) && !without.contains(listen), "{listen:?}");
         }
         // Everything else stays, in the same order.
-        let others: Vec<_> =
-            plan.iter().filter(|a| !listen_offsets::LISTEN_ATTACHMENTS.contains(a)).copied().collect();
+        let others: Vec<_> = plan
+            .iter()
+            .filter(|&&a| {
+                !listen_offsets::LISTEN_ATTACHMENTS.contains(&a) && a != drop_offsets::DROP_ATTACHMENT
+            })
+            .copied()
+            .collect();
         assert_eq!(without, others);
     }
 
