@@ -78,12 +78,13 @@ mod tests {
         b.composite(false, "file", 232, &[("f_mode", u32_, 0, 0), ("private_data", u64_, 1_536, 0)]);
         let socket = b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
         let inode = b.composite(false, "inode", 600, &[("i_mode", u32_, 0, 0), ("i_ino", u64_, 512, 0)]);
-        let (socket_bits, inode_bits) = match socket_alloc {
-            SocketAlloc::SocketFirst => (0, 1_024),
-            SocketAlloc::InodeFirst => (4_800, 0),
-            SocketAlloc::None => (0, 0),
+        // Bit offsets of `socket` and `vfs_inode`.
+        let layout = match socket_alloc {
+            SocketAlloc::SocketFirst => Some((0, 1_024)),
+            SocketAlloc::InodeFirst => Some((4_800, 0)),
+            SocketAlloc::None => None,
         };
-        if !matches!(socket_alloc, SocketAlloc::None) {
+        if let Some((socket_bits, inode_bits)) = layout {
             b.composite(
                 false,
                 "socket_alloc",

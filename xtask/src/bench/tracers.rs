@@ -233,7 +233,6 @@ fn other_cpus() -> Result<String> {
              run the bench on a machine with at least 2 CPUs",
             Config::DaemonOtherCpus.name()
         ),
-        1 => Ok("0".to_owned()),
         last => Ok(format!("0-{}", last - 1)),
     }
 }
