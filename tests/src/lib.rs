@@ -11,8 +11,10 @@
 //! time to look them up), and assert the netns of each record rather than filtering on it.
 
 pub mod fake_api;
+mod script;
 
 // Used by src/bin/panic_probe.rs only (a package's binary cannot have dependencies of its own).
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -27,6 +29,7 @@ pub use daemon::{Daemon, HttpResponse};
 use k8s_openapi as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+pub use script::Script;
 use serde_json::Value;
 #[cfg(feature = "image")]
 use serde_saphyr as _;
@@ -97,6 +100,12 @@ pub fn tracepoint_has_field(category: &str, event: &str, field: &str) -> bool {
         std::fs::read_to_string(format!("{tracefs}/events/{category}/{event}/format"))
             .is_ok_and(|format| format.contains(&format!(" {field};")))
     })
+}
+
+/// Whether `skb:kfree_skb` names the receiving socket (`rx_sk`, Linux 6.11+): before,
+/// packet drops are attributed to no socket.
+pub fn kernel_has_rx_sk() -> bool {
+    tracepoint_has_field("skb", "kfree_skb", "rx_sk")
 }
 
 /// These tests load eBPF programs and create network namespaces.
@@ -254,6 +263,46 @@ impl Stopped {
     /// Every stdout line as JSON (`--output json`): a line that is not JSON fails the test.
     pub fn records(&self) -> Vec<Value> {
         parse_records(&self.stdout)
+    }
+
+    /// The count of `reason` in the `stopped:` line (absent: 0, as the line lists only
+    /// the reasons that counted something). Fails when there is no such line.
+    pub fn lost(&self, reason: &str) -> u64 {
+        let line = self
+            .stderr
+            .lines()
+            .find(|line| line.contains("stopped:") && line.contains("lost in the kernel"))
+            .unwrap_or_else(|| panic!("no stopped: line:\n{}", self.stderr));
+        let key = format!("{reason}=");
+        let Some(at) = line.find(&key) else { return 0 };
+        let digits: String = line[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or_else(|_| panic!("no count after {key}: {line}"))
+    }
+
+    /// Runs the kernel skipped (`program_skipped`) by program, summed over the warnings
+    /// that name them (`... (runs skipped: kfree_skb=1, ...)`).
+    pub fn skipped_runs_by_program(&self) -> BTreeMap<String, u64> {
+        let mut runs = BTreeMap::new();
+        let named = self
+            .stderr
+            .lines()
+            .filter(|line| line.contains(" WARN ") && line.contains(" program_skipped: "))
+            .map(|line| {
+                let named = line.rsplit_once("(runs skipped: ").and_then(|(_, rest)| rest.strip_suffix(')'));
+                named.unwrap_or_else(|| panic!("a program_skipped warning names no program: {line}"))
+            });
+        for entry in named.flat_map(|programs| programs.split(", ")) {
+            let (program, count) = entry.split_once('=').unwrap_or_else(|| panic!("not name=count: {entry}"));
+            let count: u64 = count.parse().unwrap_or_else(|e| panic!("{e}: {entry}"));
+            *runs.entry(program.to_owned()).or_default() += count;
+        }
+        runs
+    }
+
+    /// Runs of `program` the kernel skipped: what that program's hook saw and nobody
+    /// counted.
+    pub fn skipped_runs(&self, program: &str) -> u64 {
+        self.skipped_runs_by_program().get(program).copied().unwrap_or(0)
     }
 }
 

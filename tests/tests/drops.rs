@@ -73,10 +73,6 @@ fn kernel_has_drop_reasons() -> bool {
     tracepoint_has_field("skb", "kfree_skb", "reason")
 }
 
-fn kernel_has_rx_sk() -> bool {
-    tracepoint_has_field("skb", "kfree_skb", "rx_sk")
-}
-
 #[test]
 fn socket_drops_carry_the_kernels_reason_and_count() {
     require_root();
@@ -108,7 +104,13 @@ fn socket_drops_carry_the_kernels_reason_and_count() {
         return;
     }
     let total: u64 = drops.iter().map(|r| r["dropped"].as_u64().unwrap()).sum();
-    assert_eq!(total, expected, "sum of `dropped` against sk_drops {facts}: {drops:#?}\n{}", stopped.stderr);
+    // A drop whose kfree_skb run the kernel skipped is counted as program_skipped instead.
+    let skipped = stopped.skipped_runs("kfree_skb");
+    assert!(
+        (expected.saturating_sub(skipped)..=expected).contains(&total),
+        "sum of `dropped` against sk_drops ({skipped} runs skipped) {facts}: {drops:#?}\n{}",
+        stopped.stderr
+    );
     for record in &drops {
         assert_eq!(record["reason"], "SOCKET_FILTER", "{record}");
         assert_eq!(record["comm"], "python3", "{record}");

@@ -20,92 +20,11 @@
 //! line on stdin before it starts: the tracers attach to its pid first.
 #![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
 use sockerr_e2e::*;
 use tracer_common::Loss;
-
-/// How long a script may take for one step.
-const STEP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A python3 script in a network namespace of its own, driven line by line over stdin;
-/// killed and reaped when dropped (the namespace goes with it).
-struct Script {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Script {
-    /// Starts `python` (a path to python3, or a link to it) on `source` in a new network
-    /// namespace with loopback up.
-    fn start(python: &str, source: &str) -> Self {
-        let mut child = Command::new("unshare")
-            .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" -c \"$1\"", python, source])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("unshare starts (util-linux)");
-        let stdin = child.stdin.take();
-        let stdout: ChildStdout = child.stdout.take().expect("piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, stdin, lines }
-    }
-
-    /// The script's pid (unshare and sh exec into python3: one process throughout).
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// Sends one line: the script's next step starts.
-    fn go(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(b"go\n").and_then(|()| stdin.flush()).expect("the script reads stdin");
-    }
-
-    /// The script's next line of stdout, as JSON.
-    fn facts(&self) -> Value {
-        let line = self.lines.recv_timeout(patience(STEP_TIMEOUT)).unwrap_or_else(|e| {
-            panic!("the script printed nothing within {:?}: {e}", patience(STEP_TIMEOUT))
-        });
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The count of `reason` in the `stopped:` line of a tracer's stderr (absent: 0, as the
-/// line lists only the reasons that counted something). Fails when there is no such line.
-fn lost(stopped: &Stopped, reason: &str) -> u64 {
-    let line = stopped
-        .stderr
-        .lines()
-        .find(|line| line.contains("stopped:") && line.contains("lost in the kernel"))
-        .unwrap_or_else(|| panic!("no stopped: line:\n{}", stopped.stderr));
-    let key = format!("{reason}=");
-    let Some(at) = line.find(&key) else { return 0 };
-    let digits: String = line[at + key.len()..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|_| panic!("no count after {key}: {line}"))
-}
 
 /// The kernel programs' own warning for the first loss of `reason` on a CPU (aya-log,
 /// tracer-ebpf/src/diagnostics.rs), as the tracer's log prints it.
@@ -118,7 +37,7 @@ fn first_loss_warnings(stopped: &Stopped, reason: &str) -> usize {
 /// it first happened (once per CPU at most), and no other reason was.
 fn assert_kernel_warned_of_each_loss(stopped: &Stopped) {
     for reason in Loss::ALL.into_iter().filter(|reason| reason.counted_by_programs()).map(Loss::name) {
-        let (count, warnings) = (lost(stopped, reason), first_loss_warnings(stopped, reason));
+        let (count, warnings) = (stopped.lost(reason), first_loss_warnings(stopped, reason));
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         if count == 0 {
             assert_eq!(warnings, 0, "{reason}: a warning without a count:\n{}", stopped.stderr);
@@ -183,17 +102,17 @@ fn full_owner_and_listener_tables_count_each_socket_left_out() {
     for record in &owned {
         assert_eq!(record["rst"]["socket"], Value::Bool(true), "attributed to its socket: {record}");
     }
-    assert_eq!(lost(&owners, "owner_table_full"), 3 + 7, "{}", owners.stderr);
+    assert_eq!(owners.lost("owner_table_full"), 3 + 7, "{}", owners.stderr);
     assert!(
         owners.stderr.contains("raise --owner-table-entries"),
         "the warning names the fix: {}",
         owners.stderr
     );
-    assert_eq!(lost(&owners, "ring_full"), 0, "{}", owners.stderr);
+    assert_eq!(owners.lost("ring_full"), 0, "{}", owners.stderr);
 
     let all: Vec<Value> = listeners.records().into_iter().filter(|r| received(r)).collect();
     assert_eq!(all.len(), 7, "{all:#?}");
-    assert_eq!(lost(&listeners, "owner_table_full"), 2, "{}", listeners.stderr);
+    assert_eq!(listeners.lost("owner_table_full"), 2, "{}", listeners.stderr);
     assert!(first_loss_warnings(&owners, "owner_table_full") >= 1, "{}", owners.stderr);
     assert_kernel_warned_of_each_loss(&owners);
     assert_kernel_warned_of_each_loss(&listeners);
@@ -260,7 +179,7 @@ fn full_options_table_counts_each_eviction() {
     assert_eq!(records.len(), 20, "{records:#?}");
     let without = records.iter().filter(|r| !with_option(r)).count() as u64;
     assert!(without >= 12, "no more than 8 sockets' options fit: {records:#?}");
-    assert_eq!(lost(&small, "options_evicted"), without, "{}", small.stderr);
+    assert_eq!(small.lost("options_evicted"), without, "{}", small.stderr);
     assert!(
         small.stderr.contains("raise --options-table-entries"),
         "the warning names the fix: {}",
@@ -269,7 +188,7 @@ fn full_options_table_counts_each_eviction() {
 
     let records: Vec<Value> = roomy.records().into_iter().filter(|r| refused(r)).collect();
     assert_eq!(records.iter().filter(with_option).count(), 20, "{records:#?}");
-    assert_eq!(lost(&roomy, "options_evicted"), 0, "{}", roomy.stderr);
+    assert_eq!(roomy.lost("options_evicted"), 0, "{}", roomy.stderr);
     assert_kernel_warned_of_each_loss(&small);
 }
 
@@ -324,7 +243,7 @@ fn options_of_exited_processes_are_swept_not_counted_as_evicted() {
     assert_eq!(records.len(), 600, "child {child}");
     let without = records.iter().filter(|r| r["sockopts"]["SO_REUSEADDR"].as_u64() != Some(1)).count();
     assert_eq!(without, 0, "{:#?}", records.first());
-    assert_eq!(lost(&stopped, "options_evicted"), 0, "{}", stopped.stderr);
+    assert_eq!(stopped.lost("options_evicted"), 0, "{}", stopped.stderr);
 }
 
 const DROPS_SCRIPT: &str = r#"
@@ -357,10 +276,6 @@ print(json.dumps(facts), flush=True)
 sys.stdin.readline()
 "#;
 
-fn kernel_has_rx_sk() -> bool {
-    tracepoint_has_field("skb", "kfree_skb", "rx_sk")
-}
-
 /// Four client sockets drop everything they receive for 0.7 s (a drop-all socket
 /// filter); the drop table has 2 entries. The first two dropping sockets get an entry and
 /// their `socket_drop` totals; every drop of the other two is counted as
@@ -392,7 +307,7 @@ fn full_drop_table_counts_every_drop_it_cannot_add_up() {
         .into_iter()
         .filter(|r| r.event() == "socket_drop" && locals.contains(&&r["src"]))
         .collect();
-    let lost_drops = lost(&stopped, "drop_table_full");
+    let lost_drops = stopped.lost("drop_table_full");
     assert_kernel_warned_of_each_loss(&stopped);
     if !kernel_has_rx_sk() {
         // Before 6.11 kfree_skb names no receiving socket: nothing is attributed or lost.
@@ -409,12 +324,20 @@ fn full_drop_table_counts_every_drop_it_cannot_add_up() {
         .filter(|s| !in_table.contains(&&s["local"]))
         .map(|s| s["drops"].as_u64().expect("drops"))
         .sum();
-    assert_eq!(
-        lost_drops, left_out,
-        "every drop of the 2 sockets left out: {facts}\n{drops:#?}\n{}",
+    // A drop whose kfree_skb run the kernel skipped is in neither figure: it is counted
+    // as program_skipped, named by program. Without one, the sums are exact.
+    let skipped = stopped.skipped_runs("kfree_skb");
+    assert!(
+        (left_out.saturating_sub(skipped)..=left_out).contains(&lost_drops),
+        "every drop of the 2 sockets left out ({left_out}, {skipped} runs skipped) is lost: {facts}\n{drops:#?}\n{}",
         stopped.stderr
     );
-    assert_eq!(reported + lost_drops, total_drops, "{facts}\n{drops:#?}\n{}", stopped.stderr);
+    assert!(
+        (total_drops.saturating_sub(skipped)..=total_drops).contains(&(reported + lost_drops)),
+        "{reported} reported + {lost_drops} lost against {total_drops} dropped, {skipped} runs skipped: \
+         {facts}\n{drops:#?}\n{}",
+        stopped.stderr
+    );
     assert!(stopped.stderr.contains("raise --drop-table-entries"), "{}", stopped.stderr);
 }
 
@@ -464,7 +387,7 @@ fn full_filter_table_counts_each_process_not_learned() {
     for pid in &pids {
         assert_eq!(failures.iter().filter(|p| *p == pid).count(), 1, "{pid} in {failures:?}");
     }
-    assert_eq!(lost(&stopped, "filter_map_full"), 3, "{}", stopped.stderr);
+    assert_eq!(stopped.lost("filter_map_full"), 3, "{}", stopped.stderr);
     assert_kernel_warned_of_each_loss(&stopped);
     assert!(stopped.stderr.contains("raise --filter-table-entries"), "{}", stopped.stderr);
 }
@@ -529,7 +452,7 @@ fn connecting_sockets_closed_by_their_process_lose_no_half() {
     for record in &reported {
         assert_eq!(record["errno"], 111, "{record}");
     }
-    assert_eq!(lost(&stopped, "async_half_overwritten"), 0, "{}", stopped.stderr);
-    assert_eq!(lost(&stopped, "async_half_too_old"), 0, "{}", stopped.stderr);
+    assert_eq!(stopped.lost("async_half_overwritten"), 0, "{}", stopped.stderr);
+    assert_eq!(stopped.lost("async_half_too_old"), 0, "{}", stopped.stderr);
     assert_kernel_warned_of_each_loss(&stopped);
 }

@@ -5,6 +5,7 @@
 //! (/proc, namespaces, pods) is behind `live_system`.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     io,
     pin::pin,
@@ -27,7 +28,7 @@ use crate::{
     k8s::Attributor,
     kernel::{
         drop_totals::DropMaps,
-        loader::{self, LoadError, Loaded, Losses, LostCounter, Selection},
+        loader::{self, LoadError, Loaded, Losses, LostCounter, Selection, skipped_since},
         reader::Reader,
     },
     listen,
@@ -452,12 +453,14 @@ fn loss_consequence(reason: Loss) -> &'static str {
 struct LossWatch {
     counter: LostCounter,
     reported: Losses,
+    /// Skipped runs by program as of `reported`, to name the programs of a new count.
+    reported_skips: BTreeMap<String, u64>,
     read_errors: u64,
 }
 
 impl LossWatch {
     fn new(counter: LostCounter) -> Self {
-        Self { counter, reported: Losses::default(), read_errors: 0 }
+        Self { counter, reported: Losses::default(), reported_skips: BTreeMap::new(), read_errors: 0 }
     }
 
     /// (losses so far by reason, failed reads of the counter so far). A failed read
@@ -468,11 +471,20 @@ impl LossWatch {
             Ok(now) => {
                 for (reason, count) in now.by_reason() {
                     let before = self.reported.of(reason);
-                    if count > before {
-                        tracing::warn!("{} {}: {}", count - before, reason.name(), loss_consequence(reason));
+                    if count <= before {
+                        continue;
+                    }
+                    let (grown, name, consequence) =
+                        (count - before, reason.name(), loss_consequence(reason));
+                    if reason == Loss::ProgramSkipped {
+                        let programs = skipped_since(&self.reported_skips, self.counter.skipped_runs());
+                        tracing::warn!("{grown} {name}: {consequence} (runs skipped: {programs})");
+                    } else {
+                        tracing::warn!("{grown} {name}: {consequence}");
                     }
                 }
                 self.reported = now;
+                self.reported_skips.clone_from(self.counter.skipped_runs());
             }
             Err(err) => {
                 self.read_errors += 1;

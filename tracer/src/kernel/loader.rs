@@ -16,7 +16,7 @@ use tracer_common::{
     names,
 };
 
-pub use super::losses::{Losses, LostCounter};
+pub use super::losses::{Losses, LostCounter, skipped_since};
 use super::{
     Attachment,
     cgroup::{self, Cgroup, CgroupError},
@@ -26,7 +26,7 @@ use super::{
     kernel_log::{self, KernelLog, KernelLogError},
     kprobes::{self, KprobeError},
     listen_offsets,
-    losses::OptionsTable,
+    losses::{self, OptionsTable},
     offsets::{self, OffsetsError},
     privileges::{self, PrivilegeError},
     reset_offsets::{ResetOffsetsError, ResetReasons},
@@ -356,6 +356,13 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
         selection.proc_root.clone(),
     );
     let socket_fds = SocketFds(take_typed_map(&mut ebpf, names::SOCKET_FDS)?);
+    let guarded = ebpf
+        .programs()
+        .filter(|(_, program)| program.fd().is_ok() && !matches!(program, Program::RawTracePoint(_)))
+        .count();
+    if let Some(gap) = losses::uncounted_skips(&kernel, losses::counts_guarded_skips(&kernel), guarded) {
+        tracing::warn!("{gap}");
+    }
     let lost = LostCounter::new(lost, options, &ebpf);
     Ok(Loaded {
         _ebpf: ebpf,

@@ -5,8 +5,9 @@
 //! (`bpf_prog_active`, kernel/trace/bpf_trace.c `trace_call_bpf()`): a program whose
 //! hook fires while another one runs on that CPU, or while a bpf() map call of any
 //! process holds the counter there, is not run, and only the program's
-//! `recursion_misses` says so (`bpf_prog_info`, Linux 5.12+). Nothing of ours runs to
-//! count it, so user space reads it from each program's `/proc/self/fdinfo` entry.
+//! `recursion_misses` says so (`bpf_prog_info`, Linux 5.12+; for tracepoint and kprobe
+//! programs only from 6.7, [`counts_guarded_skips`]). Nothing of ours runs to count it,
+//! so user space reads it from each program's `/proc/self/fdinfo` entry, by program.
 //!
 //! `TRACKED` evicts without a word (an LRU map): user space works its evictions out
 //! (`tracer_common::tracked_churn`) from the programs' insert and remove counts and,
@@ -14,6 +15,7 @@
 //! processes that exited, which no close(2) took out.
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
@@ -204,7 +206,10 @@ pub struct LostCounter {
     /// The most evictions worked out so far: a later reading may come out lower (entries
     /// removed since), never the count.
     evicted: u64,
-    programs: Vec<ProgramFd>,
+    /// Each loaded program's name and fd: the name says which hook's runs were skipped.
+    programs: Vec<(String, ProgramFd)>,
+    /// Skipped runs by program name, as of the last successful read.
+    skipped: BTreeMap<String, u64>,
 }
 
 impl LostCounter {
@@ -212,10 +217,9 @@ impl LostCounter {
     pub fn new(counters: PerCpuArray<MapData, u64>, options: OptionsTable, ebpf: &Ebpf) -> Self {
         let programs = ebpf
             .programs()
-            .filter_map(|(_, program)| program.fd().ok())
-            .filter_map(|fd| fd.try_clone().ok())
+            .filter_map(|(name, program)| Some((name.to_owned(), program.fd().ok()?.try_clone().ok()?)))
             .collect();
-        Self { counters, options, evicted: 0, programs }
+        Self { counters, options, evicted: 0, programs, skipped: BTreeMap::new() }
     }
 
     /// Sums every CPU's counters and every program's skipped runs. A failed read is an
@@ -227,20 +231,72 @@ impl LostCounter {
             let per_cpu = self.counters.get(&reason.index(), 0).map_err(LossReadError::Counters)?;
             losses.0[reason.index() as usize] = per_cpu.iter().sum();
         }
-        let mut skipped = 0;
-        for program in &self.programs {
+        let mut skipped = BTreeMap::new();
+        for (name, program) in &self.programs {
             let path = PathBuf::from(format!("/proc/self/fdinfo/{}", program.as_fd().as_raw_fd()));
             let info = fs::read_to_string(&path)
                 .map_err(|source| LossReadError::ProgramInfo { path: path.clone(), source })?;
-            skipped += recursion_misses(&info).ok_or(LossReadError::NoMissCount { path })?;
+            let misses = recursion_misses(&info).ok_or(LossReadError::NoMissCount { path })?;
+            if misses > 0 {
+                skipped.insert(name.clone(), misses);
+            }
         }
-        losses.0[Loss::ProgramSkipped.index() as usize] += skipped;
+        losses.0[Loss::ProgramSkipped.index() as usize] += skipped.values().sum::<u64>();
+        self.skipped = skipped;
         if let Some(evicted) = self.options.evicted(last_reading)? {
             self.evicted = self.evicted.max(evicted);
         }
         losses.0[Loss::OptionsEvicted.index() as usize] = self.evicted;
         Ok(losses)
     }
+
+    /// Skipped runs by program name as of the last successful [`LostCounter::read`]
+    /// (programs with none left out): which hooks' data [`Loss::ProgramSkipped`] is.
+    pub fn skipped_runs(&self) -> &BTreeMap<String, u64> {
+        &self.skipped
+    }
+}
+
+/// Whether the kernel counts the runs of tracepoint and kprobe programs it skips
+/// (`trace_call_bpf()`): from Linux 6.7, commit dd8657894c11 ("bpf: Count missed stats in
+/// trace_call_bpf"). Before, only the raw tracepoints' skipped runs reach
+/// `recursion_misses` (`__bpf_trace_run()`). Nothing in BTF or tracefs shows it (the
+/// `bpf_link_info` field of the same series was backported to stable kernels alone), so
+/// the release decides; `None` when the release does not parse.
+pub fn counts_guarded_skips(release: &str) -> Option<bool> {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = numbers.next()?.parse().ok()?;
+    let minor: u32 = numbers.next()?.parse().ok()?;
+    Some((major, minor) >= (6, 7))
+}
+
+/// What the log says at start when `program_skipped` cannot count every program's
+/// skipped runs (`counted` from [`counts_guarded_skips`]); `None` when it can.
+pub fn uncounted_skips(kernel: &str, counted: Option<bool>, guarded_programs: usize) -> Option<String> {
+    let what = format!(
+        "the runs the kernel skips of sockerr's {guarded_programs} tracepoint and kprobe programs are not \
+         counted (Linux 6.7 counts them, commit dd8657894c11): program_skipped counts only the raw \
+         tracepoints'"
+    );
+    match counted {
+        Some(true) => None,
+        Some(false) => Some(format!("skipped runs on kernel {kernel}: {what}")),
+        None => {
+            Some(format!("skipped runs on kernel {kernel} (a release sockerr cannot read): perhaps {what}"))
+        }
+    }
+}
+
+/// `name=n` for each program whose skipped runs grew from `before` to `now`, by name:
+/// what a new [`Loss::ProgramSkipped`] count is made of.
+pub fn skipped_since(before: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> String {
+    now.iter()
+        .filter_map(|(name, &count)| {
+            let grown = count.saturating_sub(before.get(name).copied().unwrap_or(0));
+            (grown > 0).then(|| format!("{name}={grown}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The `recursion_misses:` value of a BPF program's fdinfo (`bpf_prog_show_fdinfo()`,
@@ -292,6 +348,41 @@ mod tests {
                     prog_tag:\t5b2a3b1e5e1e8f2a\nmemlock:\t4096\nprog_id:\t42\nrun_time_ns:\t0\nrun_cnt:\t0\n\
                     recursion_misses:\t7\nverified_insns:\t311\n";
         assert_eq!(recursion_misses(info), Some(7));
+    }
+
+    #[test]
+    fn skipped_runs_name_the_programs_whose_count_grew() {
+        let counts = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|&(name, count)| (name.to_owned(), count)).collect()
+        };
+        let before = counts(&[("kfree_skb", 2), ("sys_exit_connect", 1)]);
+        let now = counts(&[("kfree_skb", 3), ("sys_exit_connect", 1), ("inet_sock_set_state", 4)]);
+        assert_eq!(skipped_since(&before, &now), "inet_sock_set_state=4, kfree_skb=1");
+        assert_eq!(skipped_since(&now, &now), "", "nothing grew");
+    }
+
+    #[test]
+    fn skipped_runs_of_guarded_programs_count_from_linux_6_7() {
+        for (release, counted) in [
+            ("6.1.0-57-amd64", Some(false)),
+            ("6.6.63", Some(false)),
+            ("5.15.0-1", Some(false)),
+            ("6.7.0", Some(true)),
+            ("6.12.117+deb12-amd64", Some(true)),
+            ("6.18.44-fc-v782", Some(true)),
+            ("7.0.1", Some(true)),
+            ("unknown", None),
+            ("6", None),
+        ] {
+            assert_eq!(counts_guarded_skips(release), counted, "{release}");
+        }
+        assert_eq!(uncounted_skips("6.12.117", Some(true), 27), None);
+        let line = uncounted_skips("6.1.0-57-amd64", Some(false), 27).expect("a gap before 6.7");
+        assert!(
+            line.contains("kernel 6.1.0-57-amd64") && line.contains("27 tracepoint and kprobe"),
+            "{line}"
+        );
+        assert!(uncounted_skips("?", None, 27).expect("said when unknown").contains("perhaps"));
     }
 
     #[test]

@@ -40,7 +40,8 @@ use crate::{
 /// The e2e test targets run inside the VMs: the incident scenarios (Cilium's EADDRNOTAVAIL
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend
 /// comparison, and `kernel_losses` (the loss counters, whose pairing of the asynchronous
-/// halves depends on the kernel's order). `enrich` (netns unit-style tests of the lookup
+/// halves depends on the kernel's order) with `skipped_runs` (the runs the kernel skipped,
+/// whose guard differs by program type). `enrich` (netns unit-style tests of the lookup
 /// code, which does not depend on the tracing kernel), `errors` (argument and environment
 /// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
 pub const VM_TEST_TARGETS: &[&str] = &[
@@ -55,6 +56,7 @@ pub const VM_TEST_TARGETS: &[&str] = &[
     "drops",
     "ports",
     "kernel_losses",
+    "skipped_runs",
 ];
 
 /// Run in the guests of another architecture than the host's, besides the e2e targets:
