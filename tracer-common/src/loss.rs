@@ -30,9 +30,9 @@ pub enum Loss {
     /// The kernel did not run one of our programs when its hook fired: another kprobe or
     /// tracepoint BPF program was running on that CPU (any agent's, or a bpf() map call
     /// holding the CPU's guard). Counted by the kernel (`recursion_misses`; for
-    /// tracepoint and kprobe programs only from Linux 6.7, and the daemon says so at start
-    /// before) and read by user space; the programs never count it, so its `LOSSES` slot
-    /// stays 0.
+    /// tracepoint and kprobe programs only from Linux 6.7: on older kernels the daemon
+    /// says at start that theirs go uncounted) and read by user space; the programs never
+    /// count it, so its `LOSSES` slot stays 0.
     ProgramSkipped = 7,
     /// `TRACKED` was full and the kernel evicted its least recently used entry to make
     /// room: a socket's recorded options (a live socket's failure then comes out

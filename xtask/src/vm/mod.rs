@@ -41,7 +41,7 @@ use crate::{
 /// family and Istio's resets, whose tracepoints differ by kernel) and the backend
 /// comparison, and `kernel_losses` (the loss counters, whose pairing of the asynchronous
 /// halves depends on the kernel's order) with `skipped_runs` (the runs the kernel skipped,
-/// whose guard differs by program type). `enrich` (netns unit-style tests of the lookup
+/// which it counts for tracepoint programs only from Linux 6.7). `enrich` (netns unit-style tests of the lookup
 /// code, which does not depend on the tracing kernel), `errors` (argument and environment
 /// errors) and `daemon` (HTTP and metrics over the same records) stay on the host.
 pub const VM_TEST_TARGETS: &[&str] = &[
