@@ -394,10 +394,17 @@ pub(super) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), 
     check(unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), size_of::<i32>() as u32) })
 }
 
+/// accept4() asking for the peer's address, as the proxies sockerr is for do (nginx,
+/// HAProxy and Envoy all pass a buffer): the tracer records the owner of an accepted
+/// socket only when accept() writes the peer's address, so an accept without a buffer
+/// would measure, and load, less than a server makes it do.
 pub(super) fn accept(listener: i32) -> Result<Fd, Error> {
-    // SAFETY: plain syscall; the peer's address is not asked for.
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut peer_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: plain syscall; `peer` is writable for `peer_len` bytes.
     let fd =
-        unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        unsafe { libc::accept4(listener, (&raw mut peer).cast(), &raw mut peer_len, libc::SOCK_CLOEXEC) };
     if fd < 0 { Err(unexpected("accept", errno())) } else { Ok(Fd(fd)) }
 }
 

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Failing connects of the soak.
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub soak_count: u64,
+    /// Measure nothing: decide the targets again and write BENCHMARKS.md whole from the
+    /// last run's target/bench/results.json (after a change to the report or the targets).
+    #[arg(long, conflicts_with_all = ["soak", "busy_node", "quick"])]
+    pub rewrite: bool,
 }
 
 /// What the workloads call themselves (`sockerr scenario bench-loop`, `flood`, `busy-node`).
@@ -108,6 +112,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!(
             "the benchmark loads eBPF programs and creates network namespaces: run `sudo -E cargo xtask bench`"
         );
+    }
+    if args.rewrite {
+        let json_path = tracers::scratch_dir(&target_dir()).join("results.json");
+        let mut results = results::load(&json_path);
+        if results.micro_loops.is_none() && results.busy_node.is_none() && results.soak.is_none() {
+            bail!("{} holds no results to write: run `sudo -E cargo xtask bench` first", json_path.display());
+        }
+        return write(&json_path, &mut results);
     }
     setup::ensure()?;
     system_packages::ensure_commands(BENCH_COMMANDS, &mut setup_report::Report::default())?;

@@ -87,11 +87,16 @@ fn targets(md: &mut String, targets: &[Target]) {
     let _ = writeln!(md, "## Targets (issue 11)\n");
     let met = targets.iter().filter(|t| t.met == Some(true)).count();
     let not_met = targets.iter().filter(|t| t.met == Some(false)).count();
+    let within_noise = targets.iter().filter(|t| t.met.is_none() && t.measured.is_some()).count();
     let _ = writeln!(
         md,
-        "{met} met, {not_met} not met, {} not measured, of {}. Medians of one run; ratios are \
-         (traced − untraced) / (reference − untraced).\n",
-        targets.len() - met - not_met,
+        "{met} met, {not_met} not met, {within_noise} within noise, {} not measured, of {}. Medians of one \
+         run; ratios are (traced − untraced) / (reference − untraced). In brackets, what the figure may be \
+         when each median it comes from is off by half its interquartile range (the ± of the tables \
+         below), the worst case each way: a target is met, or not met, only when all of that range is; \
+         else it is within noise. A ratio whose reference adds no more than its medians' spreads is not \
+         measured.\n",
+        targets.len() - met - not_met - within_noise,
         targets.len()
     );
     let _ = writeln!(md, "| target | limit | measured | verdict |\n|---|---:|---:|---|");
@@ -101,7 +106,16 @@ fn targets(md: &mut String, targets: &[Target]) {
             super::results::Comparison::Below => "<",
             super::results::Comparison::AtLeast => "≥",
         };
-        let measured = target.measured.map_or("—".into(), |m| Target::format_value(target.unit, m));
+        let measured = match (target.measured, target.range) {
+            (None, _) => "—".into(),
+            (Some(m), None) => Target::format_value(target.unit, m),
+            (Some(m), Some((low, high))) => format!(
+                "{} [{} to {}]",
+                Target::format_value(target.unit, m),
+                Target::format_value(target.unit, low),
+                Target::format_value(target.unit, high)
+            ),
+        };
         let _ = writeln!(
             md,
             "| {} | {sign} {} | {measured} | {} |",
@@ -127,11 +141,12 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
     }
     let _ = writeln!(
         md,
-        "\nAn iteration is: success-cycle = socket + SO_REUSEADDR + connect to a listener + accept + 64-byte \
-         write and read + close both ends; refused-connect = socket + blocking connect to a closed port \
-         (ECONNREFUSED) + close; addr-not-avail = the Cilium pattern: socket + SO_REUSEADDR + bind to a live \
-         connection's tuple + connect to its peer (EADDRNOTAVAIL) + close; bind = socket + bind to a \
-         listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one setsockopt on a held socket.\n\n\
+        "\nAn iteration is: success-cycle = socket + SO_REUSEADDR + connect to a listener + accept (asking \
+         for the peer's address, as nginx, HAProxy and Envoy do: the tracer records the accepted socket's \
+         owner then) + 64-byte write and read + close both ends; refused-connect = socket + blocking \
+         connect to a closed port (ECONNREFUSED) + close; addr-not-avail = the Cilium pattern: socket + \
+         SO_REUSEADDR + bind to a live connection's tuple + connect to its peer (EADDRNOTAVAIL) + close; \
+         bind = socket + bind to a listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one setsockopt on a held socket.\n\n\
          Configurations: floor = `sockerr bench-floor` (the hooks the tracer attaches for the same \
          selection, each with a program that returns at once); daemon = `sockerr daemon` node-wide, no \
          filter, NDJSON to a file; daemon --no-drop-hooks = the same daemon without the packet-drop and \
@@ -518,10 +533,11 @@ fn busy_node(md: &mut String, results: &Results) {
     let _ = writeln!(
         md,
         "`sockerr daemon` node-wide (no filter, NDJSON to `{}`) while `sockerr scenario busy-node` holds \
-         **{}** established loopback connections (both ends open, in {} processes; every client socket \
-         with SO_MARK and SO_REUSEADDR, as a Cilium-proxied one) in a network namespace of its own, set up in \
-         {:.1} s; then **{}** Cilium-pattern failures at {}/s ({:.1} s) from another process re-bind the \
-         tuples of {} of the held connections, spread over the set.\n",
+         **{}** established loopback connections (both ends open and traced, each accepted with the peer's \
+         address, in {} processes; every client socket with SO_MARK and SO_REUSEADDR, as a Cilium-proxied \
+         one) in a network namespace of its own, set up in {:.1} s; then **{}** Cilium-pattern failures at \
+         {}/s ({:.1} s) from another process re-bind the tuples of {} of the held connections, spread over \
+         the set.\n",
         shown_path(&busy.output),
         busy.connections,
         busy.holder_processes,

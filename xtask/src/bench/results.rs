@@ -16,6 +16,7 @@ use super::{
     machine::Machine,
     profile::ProgramCost,
     soak::Soak,
+    stats::Estimate,
     throughput::{Startup, Throughput},
 };
 
@@ -173,8 +174,14 @@ pub struct Target {
     pub limit: f64,
     pub unit: Unit,
     pub measured: Option<f64>,
+    /// What the measurement may be, given the spreads of the medians it comes from
+    /// (`stats::Estimate`): the verdict holds only when all of it is on one side of the
+    /// limit. `None`: an exact figure (a count, a size).
+    #[serde(default)]
+    pub range: Option<(f64, f64)>,
     /// Why there is no measurement.
     pub unmeasured: Option<String>,
+    /// `None`: not measured, or the range straddles the limit.
     pub met: Option<bool>,
 }
 
@@ -186,24 +193,55 @@ impl Target {
         unit: Unit,
         measured: Result<f64, String>,
     ) -> Self {
-        let (measured, unmeasured) = match measured {
-            Ok(value) => (Some(value), None),
+        Self::estimated(what, comparison, limit, unit, measured.map(Estimate::exact))
+    }
+
+    /// A target whose measurement carries the noise of its medians.
+    pub(super) fn estimated(
+        what: String,
+        comparison: Comparison,
+        limit: f64,
+        unit: Unit,
+        measured: Result<Estimate, String>,
+    ) -> Self {
+        let (estimate, unmeasured) = match measured {
+            Ok(estimate) => (Some(estimate), None),
             Err(why) => (None, Some(why)),
         };
-        let met = measured.map(|m| match comparison {
+        let holds = |m: f64| match comparison {
             Comparison::AtMost => m <= limit,
             Comparison::Below => m < limit,
             Comparison::AtLeast => m >= limit,
+        };
+        // Met only if the whole range is, not met only if none of it is.
+        let met = estimate.and_then(|e| match (holds(e.low), holds(e.high)) {
+            (true, true) => Some(true),
+            (false, false) => Some(false),
+            _ => None,
         });
-        Target { what, comparison, limit, unit, measured, unmeasured, met }
+        Target {
+            what,
+            comparison,
+            limit,
+            unit,
+            measured: estimate.map(|e| e.value),
+            range: estimate.filter(|e| e.low != e.high).map(|e| (e.low, e.high)),
+            unmeasured,
+            met,
+        }
     }
 
     pub fn verdict(&self) -> String {
-        match (self.met, &self.unmeasured) {
-            (Some(true), _) => "met".into(),
-            (Some(false), _) => "**not met**".into(),
-            (None, Some(why)) => format!("not measured: {why}"),
-            (None, None) => "not measured".into(),
+        match (self.met, &self.unmeasured, self.range) {
+            (Some(true), _, _) => "met".into(),
+            (Some(false), _, _) => "**not met**".into(),
+            (None, Some(why), _) => format!("not measured: {why}"),
+            (None, None, Some((low, high))) => format!(
+                "within noise: the spreads allow {} to {}, on both sides of the limit",
+                Self::format_value(self.unit, low),
+                Self::format_value(self.unit, high)
+            ),
+            (None, None, None) => "not measured".into(),
         }
     }
 

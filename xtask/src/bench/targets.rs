@@ -4,7 +4,7 @@
 use super::{
     FAILING_LOOPS, LOOPS, SUCCESS_LOOP,
     results::{Comparison, MicroLoops, Results, Target, Unit},
-    stats::{Summary, added_cost_ratio},
+    stats::{Estimate, Summary},
     tracers::Config,
 };
 
@@ -15,19 +15,20 @@ const RATE_TOLERANCE: f64 = 0.95;
 const RSS_LIMIT_MIB: f64 = 40.0;
 const BUSY_CONNECTIONS: f64 = 200_000.0;
 
-fn median(loops: &MicroLoops, config: Config, loop_name: &str) -> Result<f64, String> {
+fn summary(loops: &MicroLoops, config: Config, loop_name: &str) -> Result<Summary, String> {
     Summary::of(&loops.all(config.name(), loop_name))
-        .map(|s| s.median)
         .ok_or_else(|| format!("no samples of {loop_name} under {}", config.name()))
 }
 
-/// (traced − untraced) / (reference − untraced) of one loop.
-fn ratio(loops: &MicroLoops, loop_name: &str, traced: Config, reference: Config) -> Result<f64, String> {
-    let untraced = median(loops, Config::Untraced, loop_name)?;
-    added_cost_ratio(median(loops, traced, loop_name)?, median(loops, reference, loop_name)?, untraced)
-        .ok_or_else(|| {
-            format!("{} adds less than 0.5 % here (a ratio over noise means nothing)", reference.name())
-        })
+/// (traced − untraced) / (reference − untraced) of one loop, with its range.
+fn ratio(loops: &MicroLoops, loop_name: &str, traced: Config, reference: Config) -> Result<Estimate, String> {
+    let untraced = summary(loops, Config::Untraced, loop_name)?;
+    Estimate::added_cost_ratio(
+        &summary(loops, traced, loop_name)?,
+        &summary(loops, reference, loop_name)?,
+        &untraced,
+    )
+    .map_err(|why| format!("{} {why}", reference.name()))
 }
 
 pub fn evaluate(results: &Results) -> Vec<Target> {
@@ -137,11 +138,10 @@ pub fn evaluate(results: &Results) -> Vec<Target> {
 }
 
 fn micro_loop_targets(loops: &MicroLoops, targets: &mut Vec<Target>) {
-    let success = median(loops, Config::Daemon, SUCCESS_LOOP).and_then(|daemon| {
-        let untraced = median(loops, Config::Untraced, SUCCESS_LOOP)?;
-        Ok((daemon - untraced) / untraced * 100.0)
+    let success = summary(loops, Config::Daemon, SUCCESS_LOOP).and_then(|daemon| {
+        Ok(Estimate::added_percent(&daemon, &summary(loops, Config::Untraced, SUCCESS_LOOP)?))
     });
-    targets.push(Target::new(
+    targets.push(Target::estimated(
         format!("{SUCCESS_LOOP}: `sockerr daemon`'s added cost, in % of the untraced cycle"),
         Comparison::AtMost,
         10.0,
@@ -149,7 +149,7 @@ fn micro_loop_targets(loops: &MicroLoops, targets: &mut Vec<Target>) {
         success,
     ));
     for &loop_name in LOOPS {
-        targets.push(Target::new(
+        targets.push(Target::estimated(
             format!("{loop_name}: excluded process (`trace --comm other`), added cost × the floor's"),
             Comparison::AtMost,
             1.1,
@@ -158,7 +158,7 @@ fn micro_loop_targets(loops: &MicroLoops, targets: &mut Vec<Target>) {
         ));
     }
     for &loop_name in FAILING_LOOPS {
-        targets.push(Target::new(
+        targets.push(Target::estimated(
             format!("{loop_name}: `sockerr daemon`'s added cost × the floor's"),
             Comparison::AtMost,
             2.0,
@@ -167,7 +167,7 @@ fn micro_loop_targets(loops: &MicroLoops, targets: &mut Vec<Target>) {
         ));
     }
     for &loop_name in FAILING_LOOPS {
-        targets.push(Target::new(
+        targets.push(Target::estimated(
             format!("{loop_name}: `sockerr daemon`'s added cost × bpftrace's"),
             Comparison::AtMost,
             0.5,
@@ -231,6 +231,41 @@ mod tests {
         let missing = find(&targets, "refused-connect: excluded");
         assert!(missing.verdict().contains("no samples"), "{}", missing.verdict());
         assert!(find(&targets, "busy node: evictions").verdict().contains("not run"));
+    }
+
+    #[test]
+    fn a_target_is_decided_only_when_its_whole_range_is() {
+        let mut loops = MicroLoops::default();
+        // Three samples: the quartiles are halfway to the outer ones, so the half
+        // interquartile range is half of `spread`.
+        let mut push = |config: Config, loop_name: &str, median: f64, spread: f64| {
+            loops.push(config.name(), loop_name, vec![median - spread, median, median + spread]);
+        };
+        push(Config::Untraced, "so-mark", 400.0, 20.0);
+        push(Config::Floor, "so-mark", 600.0, 20.0);
+        // Added 150 ± 20 over the floor's 200 ± 20: 0.75×, anywhere from 130/220 to 170/180.
+        push(Config::Daemon, "so-mark", 550.0, 20.0);
+        // Added 210 ± 110 over 200 ± 20: 1.05×, but anywhere from 0.45× to 1.78×.
+        push(Config::FloorExcluded, "so-mark", 600.0, 20.0);
+        push(Config::TraceExcluded, "so-mark", 610.0, 200.0);
+        // The floor's 40 ns are inside the ±60 ns of its two medians' spreads.
+        push(Config::Untraced, "bind", 1000.0, 60.0);
+        push(Config::Floor, "bind", 1040.0, 60.0);
+        push(Config::Daemon, "bind", 1500.0, 60.0);
+        let targets = evaluate(&Results { micro_loops: Some(loops), ..Results::default() });
+
+        let decided = find(&targets, "so-mark: `sockerr daemon`'s added cost × the floor's");
+        assert_eq!((decided.measured, decided.met), (Some(0.75), Some(true)));
+        let (low, high) = decided.range.unwrap();
+        assert!((low - 130.0 / 220.0).abs() < 1e-9 && (high - 170.0 / 180.0).abs() < 1e-9);
+
+        let noisy = find(&targets, "so-mark: excluded");
+        assert_eq!(noisy.met, None, "1.05× is under the 1.1× limit, but its range is not");
+        assert!(noisy.verdict().starts_with("within noise"), "{}", noisy.verdict());
+
+        let unmeasured = find(&targets, "bind: `sockerr daemon`'s added cost × the floor's");
+        assert_eq!((unmeasured.measured, unmeasured.met), (None, None));
+        assert!(unmeasured.verdict().contains("within the ±60 ns"), "{}", unmeasured.verdict());
     }
 
     fn step(target_rate: u64, achieved_rate: f64, lost: u64, rss_kib: u64) -> Step {
