@@ -4,7 +4,11 @@
 //! demo-upstream each receive the RST. Records are picked by the scenario's own pids.
 #![allow(unused_crate_dependencies, reason = "a test target sees every dependency of its package")]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -159,17 +163,51 @@ fn without_http_peek_no_payload_byte_is_captured() {
     }
 }
 
+/// accept(fd, NULL, NULL) (libuv's, so Node.js's, accept) records the socket too: the
+/// fd walk checks the socket against its file instead of against the peer address.
 #[test]
-fn a_socket_accepted_without_its_address_is_attributed_by_close() {
+fn a_socket_accepted_without_its_address_is_attributed_by_its_socket() {
     let tracer = tracer(&["--output", "json"]);
     let report = run_reset_scenario(&["--anonymous-accept"]);
     assert!(report.anonymous_accept);
     let (records, _) = resets_of(tracer, &report);
-    let facts = report.reset("sent", "proxy", "client").expect("the proxy reset the client");
-    let record = record_of(&records, facts, &report);
-    assert_eq!(record.str_at("/rst/by"), Some("close"), "{record}");
-    let facts = report.reset("sent", "proxy", "upstream").expect("the proxy reset the upstream");
-    assert_eq!(record_of(&records, facts, &report).str_at("/rst/by"), Some("socket"));
+    for peer in ["client", "upstream"] {
+        let facts =
+            report.reset("sent", "proxy", peer).unwrap_or_else(|| panic!("the proxy reset the {peer}"));
+        let record = record_of(&records, facts, &report);
+        assert_eq!(record.str_at("/rst/by"), Some("socket"), "{record}");
+    }
+}
+
+/// A Node.js server (libuv accepts with no address buffer) whose client resets the
+/// connection: the reset is received in softirq, so only a recorded socket names node.
+#[test]
+fn a_reset_received_by_a_node_js_server_names_it() {
+    let node = Path::new("/usr/bin/node");
+    if !node.exists() {
+        // The arm64 guests run Debian's arm64 packages, which do not include node.
+        eprintln!("skipped: {} is not installed here", node.display());
+        return;
+    }
+    let tracer = Tracer::start(&["--comm", "node", "--output", "json"]);
+    let mut server = NodeServer::start(node);
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect to the node server");
+    client.write_all(b"x").expect("write to the node server");
+    server.wait_for_line("read");
+    // SO_LINGER 0: close() sends a RST instead of a FIN.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::Linger, &linger).expect("SO_LINGER 0");
+    let local = client.local_addr().expect("local address");
+    drop(client);
+    server.wait_for_line("server saw ECONNRESET");
+    let is_received = |r: &Value| r.event() == "rst_received" && r.str_at("/dst") == Some(&local.to_string());
+    tracer.wait_for_records(1, RECORD_TIMEOUT, is_received);
+    let stopped = tracer.stop();
+    let records = stopped.records();
+    let record = records.iter().find(|r| is_received(r)).expect("waited for above");
+    assert_eq!(record.str_at("/comm"), Some("node"), "{record}");
+    assert_eq!(record.pid(), Some(u64::from(server.child.id())), "{record}");
+    assert_eq!(record.str_at("/rst/by"), Some("socket"), "{record}");
 }
 
 #[test]
@@ -204,4 +242,66 @@ fn http_peek_requires_a_process_filter() {
     assert_eq!(run.status.code(), Some(1), "{run:?}");
     assert!(run.stderr.contains("--http-peek") && run.stderr.contains("--comm"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+/// `node` running a TCP server on a loopback port of its choosing, which says on stdout
+/// when it read from a connection and when that connection was reset. Killed on drop.
+struct NodeServer {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+}
+
+impl NodeServer {
+    const SCRIPT: &str = r"
+        const net = require('net');
+        const server = net.createServer((socket) => {
+            // Reading, so that libuv polls the socket and sees the reset.
+            socket.on('data', () => console.log('read'));
+            socket.on('error', (err) => { console.log('server saw ' + err.code); server.close(); });
+        });
+        server.listen(0, '127.0.0.1', () => console.log('port ' + server.address().port));
+        setTimeout(() => process.exit(0), 30000);
+    ";
+
+    fn start(node: &Path) -> Self {
+        let mut child = Command::new(node)
+            .args(["-e", Self::SCRIPT])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", node.display()));
+        let stdout = child.stdout.take().expect("piped");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = NodeServer { child, port: 0, lines };
+        let port = server.wait_for_line("port ");
+        server.port = port["port ".len()..].parse().unwrap_or_else(|err| panic!("{port:?}: {err}"));
+        server
+    }
+
+    /// The first line starting with `prefix`, within the scaled record timeout.
+    fn wait_for_line(&mut self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + patience(RECORD_TIMEOUT);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(err) => panic!("node said no {prefix:?} line ({err})"),
+            }
+        }
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

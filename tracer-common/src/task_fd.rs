@@ -31,7 +31,9 @@ pub struct TaskFdOffsets {
     pub socket_inode: u32,
     /// `inode.i_ino` (an `unsigned long`).
     pub inode_ino: u32,
-    pub _pad: u32,
+    /// `socket.file`: the file a socket belongs to, which the fd walk checks against the
+    /// file it came from when accept() gave no peer address to check the socket by.
+    pub socket_file: u32,
 }
 
 const _: () = assert!(size_of::<TaskFdOffsets>() == 10 * 4);

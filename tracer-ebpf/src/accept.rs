@@ -2,15 +2,14 @@
 //! socket. accept() returns an fd, not a `struct sock`: the exit follows the caller's fd
 //! table to it (`task_struct.files` -> `fdtable.fd[fd]` -> `file.private_data` ->
 //! `socket.sk`, at offsets from BTF), in process context, for selected tasks only, so a
-//! passive connection of a process nobody traces costs nothing. The peer address
-//! accept() wrote to the caller's buffer must be the socket's own peer, so a file that
-//! is not that socket is never read as one; the fd can only name something else if
-//! another thread closed the accepted socket before this exit ran, and a socket already
-//! closed has no owner left to record (a reset its close() sent is attributed through
-//! the task's `TASK_STATE`). A failed first read (`task_struct.files`) is an offset
-//! wrong for this kernel and is warned of (`diagnostics::btf_read_failed`). A caller
-//! that passes no address buffer (accept(fd, NULL, NULL)) leaves the socket unrecorded;
-//! resets it sends from close() are still attributed (`TASK_STATE`).
+//! passive connection of a process nobody traces costs nothing. The fd can name
+//! something else only if another thread closed the accepted socket before this exit
+//! ran, so the walk checks what it found: the peer address accept() wrote to the
+//! caller's buffer must be the socket's own peer; without a buffer (accept(fd, NULL,
+//! NULL), what libuv, and so Node.js, always passes) the socket must point back to the
+//! file it came from (`socket.file`) and be TCP over IPv4 or IPv6. A failed first read
+//! (`task_struct.files`) is an offset wrong for this kernel and is warned of
+//! (`diagnostics::btf_read_failed`).
 //! SYSCALL_DEFINE4(accept4, int, fd, struct sockaddr __user *, upeer_sockaddr,
 //! int __user *, upeer_addrlen, int, flags) and accept (the same first three) in
 //! net/socket.c; the address comes from inet_getname() (net/ipv4/af_inet.c).
@@ -21,18 +20,21 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::TracePointContext,
 };
-use tracer_common::SockAddr;
+use tracer_common::{
+    SockAddr,
+    sockaddr::{AF_INET, AF_INET6},
+};
 
 use crate::{
     diagnostics::{BtfField, btf_read_failed},
     filter::{Task, current_task, selected},
     maps::global,
-    sock_tuple::read_sock_tuple,
+    sock_tuple::{is_tcp, read_sock_tuple},
     sockaddr::read_user_sockaddr,
     sockets::{current_owner, register},
 };
 
-/// accept() between entry and exit, by thread id: the caller's address buffer.
+/// accept() between entry and exit, by thread id: the caller's address buffer (0: none).
 #[map]
 static ACCEPTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
@@ -49,9 +51,7 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
     let Ok(addr) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.accept_addr) as usize) }) else {
         return 0;
     };
-    if addr != 0 {
-        let _ = ACCEPTS.insert(task.tid, addr, 0);
-    }
+    let _ = ACCEPTS.insert(task.tid, addr, 0);
     0
 }
 
@@ -68,6 +68,10 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if ret < 0 {
+        return 0;
+    }
+    if addr == 0 {
+        claim_unaddressed(&task, ret as i32);
         return 0;
     }
     let Some(peer) = read_user_sockaddr(addr, MAX_ADDR_LEN) else {
@@ -92,8 +96,23 @@ fn claim(task: &Task, fd: i32, peer: &SockAddr) {
     register(&mut current_owner(task, fd), sk, &local, peer);
 }
 
-/// The `struct sock` behind `fd` of the current task (a socket file: accept() just
-/// returned it). The task and its fd table are live; a failed read of the first link
+/// Registers the socket behind `fd` as `task`'s when accept() wrote no peer address: the
+/// socket must belong to the fd's file and be TCP (a unix socket's accept has no TCP
+/// teardown to forget its owner at). A frame of its own, as `claim`.
+#[inline(never)]
+fn claim_unaddressed(task: &Task, fd: i32) {
+    let Some(sk) = sock_of_fd(fd as u32) else {
+        return;
+    };
+    let (local, peer) = read_sock_tuple(sk);
+    if !matches!(local.family, AF_INET | AF_INET6) || !is_tcp(sk) {
+        return;
+    }
+    register(&mut current_owner(task, fd), sk, &local, &peer);
+}
+
+/// The `struct sock` behind `fd` of the current task, when `fd` is a socket (accept()
+/// just returned it, unless another thread closed it meanwhile). The task and its fd table are live; a failed read of the first link
 /// means the offset is wrong for this kernel, and is warned of.
 fn sock_of_fd(fd: u32) -> Option<u64> {
     let read = |at: u64| -> Option<u64> {
@@ -117,5 +136,9 @@ fn sock_of_fd(fd: u32) -> Option<u64> {
     let fds = read(fdt + u64::from(global!(TASK_FD_OFFSETS.fdt_fd)))?;
     let file = read(fds + u64::from(fd) * 8)?;
     let socket = read(file + u64::from(global!(TASK_FD_OFFSETS.file_private_data)))?;
+    // Any file has private data: only a socket's points back to its file.
+    if read(socket + u64::from(global!(TASK_FD_OFFSETS.socket_file)))? != file {
+        return None;
+    }
     read(socket + u64::from(global!(TASK_FD_OFFSETS.socket_sk)))
 }

@@ -16,6 +16,7 @@ use crate::{
     maps::{Owner, SK_OWNERS, fd_key, global},
     peek::{PEEKS, PeekBuffers, RECENT_RX},
     sockets::{SOCK_OWNERS, closing_owner},
+    task_state,
 };
 
 /// A reset as one of the tracepoints saw it.
@@ -57,6 +58,15 @@ pub fn attribute(seen: &mut Seen) -> bool {
     if let Some(owner) = unsafe { SOCK_OWNERS.get(seen.sk) } {
         seen.owner = *owner;
         seen.attributed = ATTRIBUTED_SOCKET;
+        // Sent inside the close() of this very socket: the options its fd carried then
+        // are newer than those recorded at connect() or accept().
+        if seen.direction == RESET_SENT
+            && seen.active
+            && let Some(closing) = task_state::last_close()
+            && closing.sk == seen.sk
+        {
+            seen.owner.opts = closing.opts;
+        }
         return true;
     }
     if seen.direction == RESET_SENT

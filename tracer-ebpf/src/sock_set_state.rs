@@ -19,11 +19,7 @@
 //! match-proto: TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
 //! (include/trace/events/sock.h, unchanged from 4.16 to 6.18).
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{
     Loss, SockAddr, SockEvent,
     config::FILTER_EMIT_ALL,
@@ -40,11 +36,10 @@ use crate::{
         remember_connecting,
     },
     sk_error_report::{report_async_failure, sock_error},
-    sock_tuple::read_record_tuple,
+    sock_tuple::{is_tcp, read_record_tuple},
     sockets,
 };
 
-const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -75,16 +70,6 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
         listen::left_listen(sk);
     }
     0
-}
-
-/// Whether `sk` is a TCP socket (MPTCP and SCTP sockets move through these states too).
-#[inline(always)]
-fn is_tcp(sk: u64) -> bool {
-    let at = sk + u64::from(global!(SOCK_OFFSETS.protocol));
-    // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_protocol
-    // from BTF, and `sk` is the socket the kernel passed to the tracepoint.
-    let protocol = unsafe { bpf_probe_read_kernel(at as *const u16) };
-    protocol == Ok(IPPROTO_TCP)
 }
 
 /// `sk` entered LISTEN. A frame of its own, as `left_syn_sent`.

@@ -15,6 +15,19 @@ use crate::{
     maps::global,
 };
 
+const IPPROTO_TCP: u16 = 6;
+
+/// Whether `sk` is a TCP socket (MPTCP and SCTP sockets move through the TCP states too,
+/// and `tcp:tcp_destroy_sock`, which forgets an owner, never fires for them).
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> bool {
+    let at = sk + u64::from(global!(SOCK_OFFSETS.protocol));
+    // SAFETY: bpf_probe_read_kernel faults safely; the offset is struct sock.sk_protocol
+    // from BTF.
+    let protocol = unsafe { bpf_probe_read_kernel(at as *const u16) };
+    protocol == Ok(IPPROTO_TCP)
+}
+
 /// (local, peer) of `sk`; a field that cannot be read stays zero, so the record lacks
 /// that address rather than the whole tuple.
 #[inline(always)]

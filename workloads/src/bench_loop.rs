@@ -395,9 +395,9 @@ pub(super) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> Result<(), 
 }
 
 /// accept4() asking for the peer's address, as the proxies sockerr is for do (nginx,
-/// HAProxy and Envoy all pass a buffer): the tracer records the owner of an accepted
-/// socket only when accept() writes the peer's address, so an accept without a buffer
-/// would measure, and load, less than a server makes it do.
+/// HAProxy and Envoy all pass a buffer): the tracer checks the accepted socket against
+/// that address. Until 2026-11-30 it recorded no socket accepted without one, so an
+/// accept without a buffer measured, and loaded, less than such a server makes it do.
 pub(super) fn accept(listener: i32) -> Result<Fd, Error> {
     // SAFETY: all zeroes is a valid sockaddr_storage.
     let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -49,7 +49,7 @@ pub fn from_btf(btf: &Btf, kernel: &str) -> Result<TaskFdOffsets, TaskFdOffsetsE
         sock_socket: byte("sock", "sk_socket")?,
         socket_inode,
         inode_ino: byte("inode", "i_ino")?,
-        _pad: 0,
+        socket_file: byte("socket", "file")?,
     })
 }
 
@@ -76,7 +76,12 @@ mod tests {
         b.composite(false, "files_struct", 704, &[("count", u32_, 0, 0), ("fdt", u64_, 256, 0)]);
         b.composite(false, "fdtable", 48, &[("max_fds", u32_, 0, 0), ("fd", u64_, 64, 0)]);
         b.composite(false, "file", 232, &[("f_mode", u32_, 0, 0), ("private_data", u64_, 1_536, 0)]);
-        let socket = b.composite(false, "socket", 128, &[("state", u32_, 0, 0), ("sk", u64_, 192, 0)]);
+        let socket = b.composite(
+            false,
+            "socket",
+            128,
+            &[("state", u32_, 0, 0), ("file", u64_, 128, 0), ("sk", u64_, 192, 0)],
+        );
         let inode = b.composite(false, "inode", 600, &[("i_mode", u32_, 0, 0), ("i_ino", u64_, 512, 0)]);
         // Bit offsets of `socket` and `vfs_inode`.
         let layout = match socket_alloc {
@@ -111,7 +116,7 @@ mod tests {
                 sock_socket: 552,
                 socket_inode: 128,
                 inode_ino: 64,
-                _pad: 0,
+                socket_file: 16,
             }
         );
     }

@@ -141,9 +141,9 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
     }
     let _ = writeln!(
         md,
-        "\nAn iteration is: success-cycle = socket + SO_REUSEADDR + connect to a listener + accept (asking \
-         for the peer's address, as nginx, HAProxy and Envoy do: the tracer records the accepted socket's \
-         owner then) + 64-byte write and read + close both ends; refused-connect = socket + blocking \
+        "\nAn iteration is: success-cycle = socket + SO_REUSEADDR + connect to a listener + accept (with a \
+         buffer for the peer's address, as nginx, HAProxy and Envoy pass, which the tracer checks the \
+         accepted socket against) + 64-byte write and read + close both ends; refused-connect = socket + blocking \
          connect to a closed port (ECONNREFUSED) + close; addr-not-avail = the Cilium pattern: socket + \
          SO_REUSEADDR + bind to a live connection's tuple + connect to its peer (EADDRNOTAVAIL) + close; \
          bind = socket + bind to a listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one setsockopt on a held socket.\n\n\
