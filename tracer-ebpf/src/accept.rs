@@ -112,8 +112,9 @@ fn claim_unaddressed(task: &Task, fd: i32) {
 }
 
 /// The `struct sock` behind `fd` of the current task, when `fd` is a socket (accept()
-/// just returned it, unless another thread closed it meanwhile). The task and its fd table are live; a failed read of the first link
-/// means the offset is wrong for this kernel, and is warned of.
+/// just returned it, unless another thread closed it meanwhile). The task and its fd
+/// table are live; a failed read of the first link means the offset is wrong for this
+/// kernel, and is warned of.
 fn sock_of_fd(fd: u32) -> Option<u64> {
     let read = |at: u64| -> Option<u64> {
         // SAFETY: bpf_probe_read_kernel faults safely; `at` is a kernel address built
