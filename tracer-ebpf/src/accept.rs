@@ -70,45 +70,36 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
-    if addr == 0 {
-        claim_unaddressed(&task, ret as i32);
-        return 0;
-    }
-    let Some(peer) = read_user_sockaddr(addr, MAX_ADDR_LEN) else {
-        return 0; // not an IPv4/IPv6 peer: a unix socket
+    let peer = if addr == 0 {
+        None
+    } else {
+        let Some(peer) = read_user_sockaddr(addr, MAX_ADDR_LEN) else {
+            return 0; // not an IPv4/IPv6 peer: a unix socket
+        };
+        Some(peer)
     };
-    claim(&task, ret as i32, &peer);
+    claim(&task, ret as i32, peer.as_ref());
     0
 }
 
-/// Registers the socket behind `fd` as `task`'s when its peer is `peer`. A frame of its
-/// own: inlined, it and `read_user_sockaddr` below the exit pass the 512 bytes of stack
-/// 6.1 allows (`kernel::stack_budget`).
+/// Registers the socket behind `fd` as `task`'s when it is the one accept() returned: its
+/// peer is `peer`, the address accept() wrote; without one (no buffer), it is TCP over
+/// IPv4 or IPv6 (a unix socket has no TCP teardown to forget its owner at). A frame of
+/// its own: inlined, it and `read_user_sockaddr` below the exit pass the 512 bytes of
+/// stack 6.1 allows (`kernel::stack_budget`).
 #[inline(never)]
-fn claim(task: &Task, fd: i32, peer: &SockAddr) {
+fn claim(task: &Task, fd: i32, peer: Option<&SockAddr>) {
     let Some(sk) = sock_of_fd(fd as u32) else {
         return;
     };
     let (local, sock_peer) = read_sock_tuple(sk);
-    if !sock_peer.same_endpoint(peer) {
-        return;
-    }
-    register(&mut current_owner(task, fd), sk, &local, peer);
-}
-
-/// Registers the socket behind `fd` as `task`'s when accept() wrote no peer address: the
-/// socket must belong to the fd's file and be TCP (a unix socket's accept has no TCP
-/// teardown to forget its owner at). A frame of its own, as `claim`.
-#[inline(never)]
-fn claim_unaddressed(task: &Task, fd: i32) {
-    let Some(sk) = sock_of_fd(fd as u32) else {
-        return;
+    let accepted = match peer {
+        Some(peer) => sock_peer.same_endpoint(peer),
+        None => matches!(local.family, AF_INET | AF_INET6) && is_tcp(sk),
     };
-    let (local, peer) = read_sock_tuple(sk);
-    if !matches!(local.family, AF_INET | AF_INET6) || !is_tcp(sk) {
-        return;
+    if accepted {
+        register(&mut current_owner(task, fd), sk, &local, peer.unwrap_or(&sock_peer));
     }
-    register(&mut current_owner(task, fd), sk, &local, &peer);
 }
 
 /// The `struct sock` behind `fd` of the current task, when `fd` is a socket (accept()

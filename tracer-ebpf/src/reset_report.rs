@@ -15,8 +15,7 @@ use crate::{
     emit::{emit, kernel_header, owner_header},
     maps::{Owner, SK_OWNERS, fd_key, global},
     peek::{PEEKS, PeekBuffers, RECENT_RX},
-    sockets::{SOCK_OWNERS, closing_owner},
-    task_state,
+    sockets::{SOCK_OWNERS, closing_opts, closing_owner},
 };
 
 /// A reset as one of the tracepoints saw it.
@@ -62,10 +61,9 @@ pub fn attribute(seen: &mut Seen) -> bool {
         // are newer than those recorded at connect() or accept().
         if seen.direction == RESET_SENT
             && seen.active
-            && let Some(closing) = task_state::last_close()
-            && closing.sk == seen.sk
+            && let Some(opts) = closing_opts(seen.sk)
         {
-            seen.owner.opts = closing.opts;
+            seen.owner.opts = opts;
         }
         return true;
     }

@@ -104,14 +104,22 @@ pub fn entered_close(sk: u64) {
     }
 }
 
+/// The current task's traced close() of `sk`, when this runs inside it.
+fn closing_of(sk: u64) -> Option<Closing> {
+    let closing = *task_state::last_close()?;
+    (closing.sk == sk && sk != 0).then_some(closing)
+}
+
 /// The traced task whose close() sent a reset on `sk`, when this runs inside it.
 pub fn closing_owner(sk: u64) -> Option<Owner> {
-    let task = current_task();
-    let closing = *task_state::last_close()?;
-    if closing.sk != sk || sk == 0 {
-        return None;
-    }
-    Some(owner_of(&task, closing.fd, closing.opts))
+    let closing = closing_of(sk)?;
+    Some(owner_of(&current_task(), closing.fd, closing.opts))
+}
+
+/// The options `sk`'s fd carried when the current task's close() of it began, when
+/// this runs inside that close().
+pub fn closing_opts(sk: u64) -> Option<SockOpts> {
+    closing_of(sk).map(|closing| closing.opts)
 }
 
 /// `task` as the owner of its `fd`, with the options it set on the socket so far.
