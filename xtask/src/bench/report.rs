@@ -143,10 +143,11 @@ fn micro_loops(md: &mut String, results: &Results, loops: &MicroLoops) {
         md,
         "\nAn iteration is: success-cycle = socket + SO_REUSEADDR + connect to a listener + accept (with a \
          buffer for the peer's address, as nginx, HAProxy and Envoy pass, which the tracer checks the \
-         accepted socket against) + 64-byte write and read + close both ends; refused-connect = socket + blocking \
-         connect to a closed port (ECONNREFUSED) + close; addr-not-avail = the Cilium pattern: socket + \
-         SO_REUSEADDR + bind to a live connection's tuple + connect to its peer (EADDRNOTAVAIL) + close; \
-         bind = socket + bind to a listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one setsockopt on a held socket.\n\n\
+         accepted socket against) + 64-byte write and read + close both ends; refused-connect = socket + \
+         blocking connect to a closed port (ECONNREFUSED) + close; addr-not-avail = the Cilium pattern: \
+         socket + SO_REUSEADDR + bind to a live connection's tuple + connect to its peer (EADDRNOTAVAIL) + \
+         close; bind = socket + bind to a listener's port (EADDRINUSE) + close; so-mark / so-keepalive = one \
+         setsockopt on a held socket.\n\n\
          Configurations: floor = `sockerr bench-floor` (the hooks the tracer attaches for the same \
          selection, each with a program that returns at once); daemon = `sockerr daemon` node-wide, no \
          filter, NDJSON to a file; daemon --no-drop-hooks = the same daemon without the packet-drop and \
