@@ -16,8 +16,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::{map, tracepoint},
-    maps::LruHashMap,
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -32,11 +31,8 @@ use crate::{
     sock_tuple::{is_tcp, read_sock_tuple},
     sockaddr::read_user_sockaddr,
     sockets::{current_owner, register},
+    task_state,
 };
-
-/// accept() between entry and exit, by thread id: the caller's address buffer (0: none).
-#[map]
-static ACCEPTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// The largest address accept() writes for TCP: `struct sockaddr_in6`.
 const MAX_ADDR_LEN: u64 = 28;
@@ -51,19 +47,23 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
     let Ok(addr) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.accept_addr) as usize) }) else {
         return 0;
     };
-    let _ = ACCEPTS.insert(task.tid, addr, 0);
+    let Some(state) = task_state::for_call() else {
+        return 0;
+    };
+    state.accept_addr = addr;
+    state.accept_active = 1;
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    // SAFETY: copied out before removal.
-    let Some(addr) = (unsafe { ACCEPTS.get(task.tid) }).copied() else {
+    let Some(state) = task_state::in_accept() else {
         return 0;
     };
-    let _ = ACCEPTS.remove(task.tid);
-    // SAFETY: as above.
+    state.accept_active = 0;
+    let addr = state.accept_addr;
+    let task = current_task();
+    // SAFETY: as in sys_enter_accept.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
         return 0;
     };

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -23,7 +23,7 @@ use crate::{
     emit::{emit, owner_header},
     filter::{current_task, selected},
     maps::{Owner, count_loss, read_global},
-    sockets,
+    sockets, task_state,
 };
 
 /// Set by the daemon before load: where fd and backlog are in sys_enter_listen.
@@ -45,17 +45,13 @@ pub struct Listener {
 #[map]
 pub static LISTENERS: HashMap<u64, Listener> = HashMap::with_max_entries(LISTENER_TABLE_ENTRIES, 0);
 
-/// A selected task's listen() between entry and exit.
+/// A selected task's listen() between entry and exit (`task_state::TaskState::listen`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ListenCall {
-    fd: i32,
-    backlog: u32,
+pub struct ListenCall {
+    pub fd: i32,
+    pub backlog: u32,
 }
-
-/// By thread id; removed at exit (LRU: a task killed inside the call cannot leak).
-#[map]
-static LISTEN_CALLS: LruHashMap<u32, ListenCall> = LruHashMap::with_max_entries(4096, 0);
 
 #[tracepoint]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
@@ -73,25 +69,29 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
     let (Ok(fd), Ok(backlog)) = args else {
         return 0;
     };
-    let call = ListenCall { fd: fd as i32, backlog: backlog.clamp(0, i64::from(u32::MAX)) as u32 };
-    let _ = LISTEN_CALLS.insert(task.tid, call, 0);
+    let Some(state) = task_state::for_call() else {
+        return 0;
+    };
+    state.listen = ListenCall { fd: fd as i32, backlog: backlog.clamp(0, i64::from(u32::MAX)) as u32 };
+    state.listen_active = 1;
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_listen(_ctx: TracePointContext) -> u32 {
-    let _ = LISTEN_CALLS.remove(current_task().tid);
+    if let Some(state) = task_state::in_listen() {
+        state.listen_active = 0;
+    }
     0
 }
 
 /// `sock_set_state` saw `sk` enter LISTEN: when this runs inside a selected task's
 /// listen(), report the listener with its owner.
 pub fn entered_listen(sk: u64, local: &SockAddr) {
-    let task = current_task();
-    // SAFETY: copied out at once; the entry belongs to this thread.
-    let Some(call) = (unsafe { LISTEN_CALLS.get(task.tid) }).copied() else {
+    let Some(call) = task_state::in_listen().map(|state| state.listen) else {
         return;
     };
+    let task = current_task();
     let local = *local;
     let owner = sockets::owner_of(&task, call.fd, SockOpts::default());
     let header = owner_header(0, &owner);

@@ -1,6 +1,7 @@
 //! What the programs keep per task, in task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`,
-//! usable from tracing programs since Linux 5.12): the filter verdict, the bind() and
-//! setsockopt() the task is inside, and its close() (for a reset sent inside it). It
+//! usable from tracing programs since Linux 5.12): the filter verdict, the bind(),
+//! setsockopt(), accept() and listen() the task is inside, and its close() (for a reset
+//! sent inside it). It
 //! lives and dies with the task, so nothing is keyed by a reusable tid, nothing is
 //! evicted, and a call costs a lookup in the task's own storage instead of an insert
 //! into and a removal from a shared hash map.
@@ -20,7 +21,10 @@ use aya_ebpf::{
 };
 use tracer_common::Loss;
 
-use crate::maps::{BindInFlight, Closing, SockoptInFlight, count_loss};
+use crate::{
+    listen::ListenCall,
+    maps::{BindInFlight, Closing, SockoptInFlight, count_loss},
+};
 
 /// A task's filter verdict (`task_verdict`). `generation` 0: not decided yet (fresh
 /// storage is zeroed).
@@ -44,8 +48,15 @@ pub struct TaskState {
     pub bind_active: u32,
     /// 1 between the entry and the exit of a traced setsockopt() of a recorded option.
     pub sockopt_active: u32,
+    /// 1 between the entry and the exit of a traced accept(): `accept_addr` is that call's.
+    pub accept_active: u32,
+    /// 1 between the entry and the exit of a traced listen(): `listen` is that call.
+    pub listen_active: u32,
     pub bind: BindInFlight,
     pub sockopt: SockoptInFlight,
+    /// The address buffer the caller of accept() passed (0: none).
+    pub accept_addr: u64,
+    pub listen: ListenCall,
     /// 1 once a traced close() filled `closing`. The storage of a task no filter selects
     /// exists too (its verdict), with a zero `closing` that must not look like one.
     pub closing_set: u32,
@@ -104,6 +115,18 @@ pub fn in_bind() -> Option<&'static mut TaskState> {
 #[inline(always)]
 pub fn in_setsockopt() -> Option<&'static mut TaskState> {
     current(false).filter(|state| state.sockopt_active != 0)
+}
+
+/// The current task's state while it is inside a traced accept().
+#[inline(always)]
+pub fn in_accept() -> Option<&'static mut TaskState> {
+    current(false).filter(|state| state.accept_active != 0)
+}
+
+/// The current task's state while it is inside a traced listen().
+#[inline(always)]
+pub fn in_listen() -> Option<&'static mut TaskState> {
+    current(false).filter(|state| state.listen_active != 0)
 }
 
 /// The current task's last traced close(), if it made one.
