@@ -181,15 +181,30 @@ fn count_churn(index: u32) {
     }
 }
 
-/// Stores the options of `key`; `existed` says whether it had an entry when read.
+/// Applies a successful setsockopt() of `flag` (its value `None`: unreadable) to the
+/// options of `key`, and returns them. An fd that has options already is changed in
+/// place: rewriting an LRU entry by insert links a fresh element and unlinks the old one,
+/// about 0.3 µs of the exit's 0.5 (measured in docs/design.md).
 #[inline(always)]
-pub fn store_tracked(key: u64, tracked: &Tracked, existed: bool) {
-    if !existed && TRACKED.insert(key, tracked, NOEXIST).is_ok() {
-        count_churn(tracked_churn::INSERTED);
-        return;
+pub fn apply_option(key: u64, flag: u32, value: Option<u32>) -> SockOpts {
+    if let Some(tracked) = TRACKED.get_ptr_mut(key) {
+        // SAFETY: a plain update of the map's value. A racing writer is the same fd's
+        // setsockopt() on another thread, as with a read-and-insert; an element the LRU
+        // recycles under this pointer (only when the table is full, which is counted as
+        // `options_evicted`) may take the option for its own fd.
+        let tracked = unsafe { &mut *tracked };
+        tracked.opts.apply(flag, value);
+        return tracked.opts;
     }
-    // Already there (or another thread of the process inserted it in between).
-    let _ = TRACKED.insert(key, tracked, 0);
+    let mut tracked = Tracked::default();
+    tracked.opts.apply(flag, value);
+    if TRACKED.insert(key, tracked, NOEXIST).is_ok() {
+        count_churn(tracked_churn::INSERTED);
+    } else {
+        // Another thread of the process inserted it in between: this call's option wins.
+        let _ = TRACKED.insert(key, tracked, 0);
+    }
+    tracked.opts
 }
 
 /// Removes `key` from `TRACKED`, counting it when it was there.

@@ -10,7 +10,7 @@ use tracer_common::{Loss, SockoptEvent, config::FILTER_EMIT_ALL, kind, options::
 use crate::{
     emit::{current_header, emit},
     filter::{current_task, selected},
-    maps::{SockoptInFlight, TRACKED, count_loss, failure_reported, fd_key, global, store_tracked},
+    maps::{SockoptInFlight, apply_option, count_loss, failure_reported, fd_key, global, tracked_opts},
     task_state,
 };
 
@@ -87,23 +87,19 @@ pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ret = ret as i32;
-    let key = fd_key(task.tgid, call.fd);
-    // SAFETY: the value is copied out at once.
-    let known = unsafe { TRACKED.get(key) }.copied();
-    let mut tracked = known.unwrap_or_default();
-    if ret == 0 {
-        tracked.opts.apply(call.flag, if call.value_unread != 0 { None } else { Some(call.value) });
-        store_tracked(key, &tracked, known.is_some());
+    let opts = if ret == 0 {
+        let value = if call.value_unread != 0 { None } else { Some(call.value) };
+        let opts = apply_option(fd_key(task.tgid, call.fd), call.flag, value);
         // A successful call is state, not news: the options travel with the socket's
         // failure and reset records. Only --all reports the call itself.
         if global!(FILTERS.flags) & FILTER_EMIT_ALL == 0 {
             return 0;
         }
-    }
-    if ret < 0 {
+        opts
+    } else {
         failure_reported(task.tgid, call.fd);
-    }
-    let opts = tracked.opts;
+        tracked_opts(task.tgid, call.fd)
+    };
     emit::<SockoptEvent, { kind::SOCKOPT }>(|r| {
         r.header = current_header(if ret < 0 { -ret } else { 0 }, &task);
         r.payload = SockoptEvent {

@@ -108,11 +108,7 @@ impl Plan {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !is_root()? {
-        bail!(
-            "the benchmark loads eBPF programs and creates network namespaces: run `sudo -E cargo xtask bench`"
-        );
-    }
+    // Before the root check: rewriting loads nothing and only writes files.
     if args.rewrite {
         let json_path = tracers::scratch_dir(&target_dir()).join("results.json");
         let mut results = results::load(&json_path);
@@ -120,6 +116,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             bail!("{} holds no results to write: run `sudo -E cargo xtask bench` first", json_path.display());
         }
         return write(&json_path, &mut results);
+    }
+    if !is_root()? {
+        bail!(
+            "the benchmark loads eBPF programs and creates network namespaces: run `sudo -E cargo xtask bench`"
+        );
     }
     setup::ensure()?;
     system_packages::ensure_commands(BENCH_COMMANDS, &mut setup_report::Report::default())?;
