@@ -143,6 +143,9 @@ fn received_resets_name_the_receiver() {
         // Received in softirq: named through the socket recorded at connect/accept.
         assert_eq!(record.str_at("/rst/by"), Some("socket"), "{record}");
         assert_eq!(record["rst"]["reason"], Value::Null, "the receiver learns no reason: {record}");
+        // The socket's cookie, as `ss -e` shows it: the program asks the kernel for it,
+        // which makes one for a socket that has none yet.
+        assert!(record["rst"]["sock_cookie"].as_u64().is_some_and(|cookie| cookie != 0), "{record}");
     }
 }
 

@@ -132,10 +132,6 @@ pub struct ResetOffsets {
     /// With [`SEND_LAYOUT_SOCKADDR`], `saddr` and `daddr` are the two sockaddr_in6 fields
     /// and the rest [`OFFSET_ABSENT`].
     pub send_tuple: TupleOffsets,
-    // tcp:tcp_receive_reset
-    pub recv_skaddr: u32,
-    pub recv_tuple: TupleOffsets,
-    pub recv_cookie: u32,
     // syscalls:sys_enter_accept, sys_enter_accept4
     pub accept_fd: u32,
     pub accept_addr: u32,
@@ -146,7 +142,7 @@ pub struct ResetOffsets {
     pub peek_len: u32,
 }
 
-const _: () = assert!(size_of::<ResetOffsets>() == 26 * 4);
+const _: () = assert!(size_of::<ResetOffsets>() == 17 * 4);
 
 /// `--http-peek` directions.
 pub const PEEK_SENT: u8 = 1;

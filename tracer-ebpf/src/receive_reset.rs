@@ -1,48 +1,48 @@
 //! `tcp:tcp_receive_reset`: an RST arrived on a socket. Emitted first thing in
 //! tcp_reset() (net/ipv4/tcp_input.c, 6.1 to 6.18), before tcp_done() closes the socket,
 //! mostly in softirq: the owner comes from `sockets::SOCK_OWNERS`, never from the
-//! current task. Class tcp_event_sk (include/trace/events/tcp.h): ports, family, v4 and
-//! v6 addresses, and `sock_cookie` where the kernel has it.
+//! current task.
+//!
+//! BTF-typed (`tp_btf`), not classic. The kernel runs one classic tracepoint or kprobe
+//! program per CPU at a time (`bpf_prog_active`), so a classic program here missed the
+//! RST of every softirq that interrupted such a program, sockerr's own syscall programs
+//! included, and before Linux 6.7 without a count. A BTF-typed program is only kept from
+//! running inside itself, as the raw `sock:*` ones are, and such a skipped run is counted
+//! on every kernel sockerr supports. It is handed the socket: the tuple comes from BTF
+//! offsets (`sock_tuple`), and the cookie from `bpf_get_socket_cookie`, which makes one
+//! for a socket that has none as the classic record's `sock_cookie` did
+//! (`sock_gen_cookie()`).
+//!
+//! match-proto: TP_PROTO(struct sock *sk) (include/trace/events/tcp.h, class
+//! tcp_event_sk, 6.1 to 6.18).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{
-    SockAddr,
-    reset::{OFFSET_ABSENT, REASON_NONE, RESET_RECEIVED},
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
+use tracer_common::reset::{REASON_NONE, RESET_RECEIVED};
 
 use crate::{
-    maps::{RESET_OFFSETS, global},
-    reset_report::{attribute, report, seen_slot},
-    sockaddr::{read_tuple_into, tuple_offsets},
+    reset_report::{attribute, received_slot, report},
+    sock_tuple::read_record_tuple,
 };
 
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(global!(RESET_OFFSETS.recv_skaddr) as usize) }) else {
-        return 0;
-    };
-    let Some(seen) = seen_slot() else {
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let Some(seen) = received_slot() else {
         return 0;
     };
     seen.direction = RESET_RECEIVED;
-    seen.sk = sk;
+    seen.sk = sk as u64;
     seen.active = false;
     if !attribute(seen) {
         return 0;
     }
-    let cookie_at = global!(RESET_OFFSETS.recv_cookie);
-    seen.cookie = if cookie_at == OFFSET_ABSENT {
-        0
-    } else {
-        // SAFETY: as above.
-        unsafe { ctx.read_at::<u64>(cookie_at as usize) }.unwrap_or(0)
-    };
-    let offsets = tuple_offsets(&raw const RESET_OFFSETS.recv_tuple);
-    if !read_tuple_into(&ctx, &offsets, &mut seen.local, &mut seen.peer) {
-        seen.local = SockAddr::default();
-        seen.peer = SockAddr::default();
-    }
+    // SAFETY: `sk` is the tracepoint's own argument, a BTF-typed socket pointer.
+    seen.cookie = unsafe { bpf_get_socket_cookie(sk) };
+    read_record_tuple(sk as u64, &mut seen.local, &mut seen.peer);
     seen.state = 0;
     seen.reason = REASON_NONE;
     report(seen);

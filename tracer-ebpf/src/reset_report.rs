@@ -38,14 +38,30 @@ pub struct Seen {
 
 /// Where the tracepoints build the [`Seen`] they report. On the stack, it and the record
 /// built from it overflow the 512 bytes that 6.1 and 6.12 allow a chain of calls (6.13
-/// gave tracing programs a private stack, so newer kernels accepted it).
+/// gave tracing programs a private stack, so newer kernels accepted it). A slot per
+/// program and CPU: the kernel never runs a program inside itself on one CPU (the inner
+/// run is skipped and counted as `program_skipped`), but the two can run inside each
+/// other. `tcp_receive_reset` is BTF-typed, so the classic `tcp_send_reset` does not keep
+/// it out, and a socket's backlog is processed in process context with softirqs enabled
+/// (`__release_sock()`, net/core/sock.c): the softirq that interrupts one may handle
+/// another socket's RST on the same CPU.
 #[map]
-static SEEN: PerCpuArray<Seen> = PerCpuArray::with_max_entries(1, 0);
+static SEEN: PerCpuArray<Seen> = PerCpuArray::with_max_entries(2, 0);
 
-/// This CPU's scratch [`Seen`]; tracepoints on one CPU do not nest into each other here.
-pub fn seen_slot() -> Option<&'static mut Seen> {
-    // SAFETY: per-CPU slot, used from entry to report() within one program run.
-    SEEN.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+/// `SEEN`'s slot of each program.
+const SENT_SLOT: u32 = 0;
+const RECEIVED_SLOT: u32 = 1;
+
+/// This CPU's scratch [`Seen`] for `tcp_send_reset`.
+pub fn sent_slot() -> Option<&'static mut Seen> {
+    // SAFETY: per-CPU slot of this program, used from entry to report() within one run.
+    SEEN.get_ptr_mut(SENT_SLOT).map(|slot| unsafe { &mut *slot })
+}
+
+/// This CPU's scratch [`Seen`] for `tcp_receive_reset`.
+pub fn received_slot() -> Option<&'static mut Seen> {
+    // SAFETY: as in `sent_slot`.
+    SEEN.get_ptr_mut(RECEIVED_SLOT).map(|slot| unsafe { &mut *slot })
 }
 
 /// Finds who the reset on `seen.sk` belongs to (`direction`, `sk` and `active` set):

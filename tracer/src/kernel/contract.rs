@@ -28,6 +28,7 @@ mod tests {
             None => "missing",
             Some(ProgramSection::TracePoint) => "tracepoint",
             Some(ProgramSection::RawTracePoint) => "raw_tracepoint",
+            Some(ProgramSection::BtfTracePoint) => "btf_tracepoint",
             Some(ProgramSection::KProbe) => "kprobe",
             Some(ProgramSection::KRetProbe) => "kretprobe",
             Some(_) => "other",
@@ -41,8 +42,11 @@ mod tests {
         let plan = loader::attachment_plan(&everything, true, true);
         assert!(plan.len() > 30, "the full plan: {plan:?}");
         for (program, _, _) in plan {
-            let raw = loader::RAW_TRACEPOINT_PROGRAMS.contains(&program);
-            let expected = if raw { "raw_tracepoint" } else { "tracepoint" };
+            let expected = match loader::HookKind::of(program) {
+                loader::HookKind::Classic => "tracepoint",
+                loader::HookKind::Raw => "raw_tracepoint",
+                loader::HookKind::Btf => "btf_tracepoint",
+            };
             assert_eq!(program_kind(&object, program), expected, "{program}");
         }
         for (program, function) in kprobes::ATTACHMENTS {
@@ -54,6 +58,9 @@ mod tests {
         }
         for program in floor::RAW_PROGRAMS {
             assert_eq!(program_kind(&object, program), "raw_tracepoint", "{program}");
+        }
+        for program in floor::BTF_PROGRAMS {
+            assert_eq!(program_kind(&object, program), "btf_tracepoint", "{program}");
         }
         // Checks the check: a name nothing defines is reported missing.
         assert_eq!(program_kind(&object, "no_such_program"), "missing");

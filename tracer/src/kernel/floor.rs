@@ -1,5 +1,5 @@
 //! The benchmark's floor: sockerr's tracepoints, each running a program that returns at
-//! once (tracer-ebpf's `floor`), classic or raw as sockerr's own program there.
+//! once (tracer-ebpf's `floor`), classic, raw or BTF-typed as sockerr's own program there.
 //!
 //! `cargo xtask bench` compares `sockerr trace` with this. The tracepoints are the ones
 //! `loader::load` attaches for the same selection (`loader::attachment_plan`, with the reset
@@ -12,7 +12,7 @@ use tracer_common::names;
 
 use super::{
     Attachment, drop_offsets,
-    loader::{self, LoadError, Selection},
+    loader::{self, HookKind, LoadError, Selection},
     offsets, privileges, resets, tracefs,
 };
 
@@ -21,6 +21,9 @@ use super::{
 pub(super) const PROGRAMS: &[&str] = &["floor_0", "floor_1", "floor_2"];
 /// The same for raw tracepoints, where sockerr attaches one program each.
 pub(super) const RAW_PROGRAMS: &[&str] = &["floor_raw_0"];
+/// The same for BTF-typed tracepoints; each is bound to one tracepoint when loaded, so
+/// there must be one per tracepoint sockerr hooks that way.
+pub(super) const BTF_PROGRAMS: &[&str] = &["floor_btf_0"];
 
 /// The attached floor; dropping it detaches it.
 pub struct Floor {
@@ -49,21 +52,27 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
         .map_max_entries(names::TRACKED, 1)
         .load(loader::PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
-    let raw: Vec<bool> =
-        plan.iter().map(|&(program, ..)| loader::is_raw_tracepoint(&ebpf, program)).collect();
-    for (program, category, tracepoint) in floor_plan(&plan, &raw)? {
+    for (program, category, tracepoint) in floor_plan(&plan)? {
         loader::attach(&mut ebpf, program, category, tracepoint)?;
     }
     Ok(Floor { _ebpf: ebpf, attached: plan.len() })
 }
 
-/// `plan` with each program replaced by the floor program of its rank on its tracepoint;
-/// `raw[i]`: the i-th program of `plan` is a raw tracepoint program.
-fn floor_plan(plan: &[Attachment], raw: &[bool]) -> Result<Vec<Attachment>, LoadError> {
+/// `plan` with each program replaced by the floor program of its kind (`HookKind`) and
+/// of its rank on its tracepoint; BTF-typed ones by their rank among the BTF-typed.
+fn floor_plan(plan: &[Attachment]) -> Result<Vec<Attachment>, LoadError> {
     let mut floor = Vec::with_capacity(plan.len());
-    for (index, &(_, category, tracepoint)) in plan.iter().enumerate() {
-        let rank = plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count();
-        let copies = if raw.get(index).copied().unwrap_or(false) { RAW_PROGRAMS } else { PROGRAMS };
+    for (index, &(program, category, tracepoint)) in plan.iter().enumerate() {
+        let kind = HookKind::of(program);
+        let rank = match kind {
+            HookKind::Btf => plan[..index].iter().filter(|(p, ..)| HookKind::of(p) == HookKind::Btf).count(),
+            _ => plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count(),
+        };
+        let copies = match kind {
+            HookKind::Classic => PROGRAMS,
+            HookKind::Raw => RAW_PROGRAMS,
+            HookKind::Btf => BTF_PROGRAMS,
+        };
         let program = copies
             .get(rank)
             .ok_or(LoadError::Missing("a floor program for each program on one tracepoint"))?;
@@ -80,9 +89,7 @@ mod tests {
     fn each_tracepoint_gets_as_many_floor_programs_as_sockerr_attaches() {
         let selection = Selection { comms: vec!["envoy".into()], http_peek: true, ..Default::default() };
         let plan = loader::attachment_plan(&selection, true, true);
-        let raw: Vec<bool> =
-            plan.iter().map(|(program, ..)| loader::RAW_TRACEPOINT_PROGRAMS.contains(program)).collect();
-        let floor = floor_plan(&plan, &raw).unwrap();
+        let floor = floor_plan(&plan).unwrap();
         assert_eq!(floor.len(), plan.len());
         for (ours, theirs) in floor.iter().zip(&plan) {
             assert_eq!((ours.1, ours.2), (theirs.1, theirs.2));
@@ -96,6 +103,9 @@ mod tests {
         let on_error: Vec<&str> =
             floor.iter().filter(|(_, _, tp)| *tp == "inet_sk_error_report").map(|(p, _, _)| *p).collect();
         assert_eq!(on_error, ["floor_raw_0"]);
+        let on_reset: Vec<&str> =
+            floor.iter().filter(|(_, _, tp)| *tp == "tcp_receive_reset").map(|(p, _, _)| *p).collect();
+        assert_eq!(on_reset, ["floor_btf_0"], "a BTF-typed tracepoint gets a BTF-typed floor program");
         let mut pairs: Vec<_> = floor.clone();
         pairs.sort_unstable();
         pairs.dedup();
@@ -105,8 +115,11 @@ mod tests {
     #[test]
     fn more_programs_on_one_tracepoint_than_copies_is_an_error() {
         let crowded = vec![("a", "syscalls", "sys_exit_bind"); PROGRAMS.len() + 1];
-        assert!(floor_plan(&crowded, &[]).is_err());
-        let crowded_raw = vec![("a", "sock", "inet_sock_set_state"); RAW_PROGRAMS.len() + 1];
-        assert!(floor_plan(&crowded_raw, &[true; RAW_PROGRAMS.len() + 1]).is_err());
+        assert!(floor_plan(&crowded).is_err());
+        let crowded_raw =
+            vec![("inet_sock_set_state", "sock", "inet_sock_set_state"); RAW_PROGRAMS.len() + 1];
+        assert!(floor_plan(&crowded_raw).is_err());
+        let crowded_btf = vec![("tcp_receive_reset", "tcp", "tcp_receive_reset"); BTF_PROGRAMS.len() + 1];
+        assert!(floor_plan(&crowded_btf).is_err());
     }
 }

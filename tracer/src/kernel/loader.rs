@@ -112,6 +112,13 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) to load {program} on {tracepoint}")]
+    KernelBtf {
+        program: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: Box<aya::BtfError>,
+    },
     #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
     Attach {
         program: &'static str,
@@ -196,9 +203,38 @@ const ATTACHMENTS: &[Attachment] = &[
 
 /// The programs of the attachment plan (`ATTACHMENTS`, `resets::RESET_ATTACHMENTS`) that
 /// are raw tracepoint programs (attached by the tracepoint's name alone): the hooks that
-/// fire for every TCP socket on the node. Every other is a classic tracepoint program.
+/// fire for every TCP socket on the node. Every other is a classic tracepoint program,
+/// but those of [`BTF_TRACEPOINT_PROGRAMS`].
 pub const RAW_TRACEPOINT_PROGRAMS: &[&str] =
     &["inet_sock_set_state", "inet_sk_error_report", "tcp_destroy_sock"];
+
+/// The programs of the attachment plan that are BTF-typed tracepoint programs (`tp_btf`,
+/// bound to their tracepoint at load): the softirq hooks a classic program would miss
+/// whenever their softirq interrupts another classic or kprobe program on the CPU
+/// (tracer-ebpf/src/receive_reset.rs).
+pub const BTF_TRACEPOINT_PROGRAMS: &[&str] = &["tcp_receive_reset"];
+
+/// How a program of the attachment plan hooks its tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    Classic,
+    Raw,
+    Btf,
+}
+
+impl HookKind {
+    /// The kind of a program of the attachment plan, from the two lists above (the
+    /// contract test checks them against the object's sections).
+    pub fn of(program: &str) -> HookKind {
+        if RAW_TRACEPOINT_PROGRAMS.contains(&program) {
+            HookKind::Raw
+        } else if BTF_TRACEPOINT_PROGRAMS.contains(&program) {
+            HookKind::Btf
+        } else {
+            HookKind::Classic
+        }
+    }
+}
 
 /// Only needed to follow `--comm` processes across exec, exit and renames.
 const COMM_ATTACHMENTS: &[Attachment] = &[
@@ -358,7 +394,9 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let socket_fds = SocketFds(take_typed_map(&mut ebpf, names::SOCKET_FDS)?);
     let guarded = ebpf
         .programs()
-        .filter(|(_, program)| program.fd().is_ok() && !matches!(program, Program::RawTracePoint(_)))
+        .filter(|(_, program)| {
+            program.fd().is_ok() && !matches!(program, Program::RawTracePoint(_) | Program::BtfTracePoint(_))
+        })
         .count();
     if let Some(gap) = losses::uncounted_skips(&kernel, losses::counts_guarded_skips(&kernel), guarded) {
         tracing::warn!("{gap}");
@@ -487,14 +525,19 @@ pub(super) fn attach(
             }
             prog.attach(tracepoint).map(drop)
         }
+        // Bound to one tracepoint at load, so never attached twice.
+        Program::BtfTracePoint(prog) => {
+            let btf = aya::Btf::from_sys_fs().map_err(|source| LoadError::KernelBtf {
+                program,
+                tracepoint,
+                source: Box::new(source),
+            })?;
+            prog.load(tracepoint, &btf).map_err(failed)?;
+            prog.attach().map(drop)
+        }
         _ => return Err(failed(ProgramError::UnexpectedProgramType)),
     };
     attached.map_err(|source| LoadError::Attach { program, category, tracepoint, source: Box::new(source) })
-}
-
-/// Whether `program` is a raw tracepoint program (its floor must be one too).
-pub(super) fn is_raw_tracepoint(ebpf: &Ebpf, program: &str) -> bool {
-    matches!(ebpf.program(program), Some(Program::RawTracePoint(_)))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {

@@ -259,7 +259,7 @@ impl LostCounter {
 
 /// Whether the kernel counts the runs of tracepoint and kprobe programs it skips
 /// (`trace_call_bpf()`): from Linux 6.7, commit dd8657894c11 ("bpf: Count missed stats in
-/// trace_call_bpf"). Before, only the raw tracepoints' skipped runs reach
+/// trace_call_bpf"). Before, only the raw and BTF-typed tracepoints' skipped runs reach
 /// `recursion_misses` (`__bpf_trace_run()`). Nothing in BTF or tracefs shows it (the
 /// `bpf_link_info` field of the same series was backported to stable kernels alone), so
 /// the release decides; `None` when the release does not parse.
@@ -276,7 +276,7 @@ pub fn uncounted_skips(kernel: &str, counted: Option<bool>, guarded_programs: us
     let what = format!(
         "the runs the kernel skips of sockerr's {guarded_programs} tracepoint and kprobe programs are not \
          counted (Linux 6.7 counts them, commit dd8657894c11): program_skipped counts only the raw \
-         tracepoints'"
+         and BTF-typed tracepoints'"
     );
     match counted {
         Some(true) => None,

@@ -75,9 +75,9 @@ pub fn discover(
 ) -> Result<ResetSetup, ResetOffsetsError> {
     let format = |category: &str, name: &str| Format::read(tracefs, category, name, kernel);
     let send = format("tcp", "tcp_send_reset")?;
-    let receive = format("tcp", "tcp_receive_reset")?;
-    // tcp_destroy_sock is a raw tracepoint (the socket, no record field); reading its
-    // format still names a kernel without it.
+    // tcp_receive_reset is a BTF-typed tracepoint and tcp_destroy_sock a raw one (the
+    // socket, no record field); reading their formats still names a kernel without them.
+    format("tcp", "tcp_receive_reset")?;
     format("tcp", "tcp_destroy_sock")?;
 
     let mut offsets = ResetOffsets {
@@ -85,9 +85,6 @@ pub fn discover(
         send_skaddr: send.offset("skaddr", 8)?,
         send_state: send.offset("state", 4)?,
         send_reason: optional(&send, "reason", 4)?,
-        recv_skaddr: receive.offset("skaddr", 8)?,
-        recv_tuple: receive.tuple_fields()?,
-        recv_cookie: optional(&receive, "sock_cookie", 8)?,
         ..Default::default()
     };
     fill_send_tuple(&mut offsets, &send)?;
@@ -226,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_6_18_has_sockaddrs_reason_and_cookie() {
+    fn kernel_6_18_has_sockaddrs_and_reason() {
         let dir = fake_tracefs("618", include_str!("testdata/tcp_send_reset.format"));
         let setup = discover(&dir, "6.18", true, 16).unwrap();
         fs::remove_dir_all(&dir).unwrap();
@@ -234,10 +231,6 @@ mod tests {
         assert_eq!((o.send_skbaddr, o.send_skaddr, o.send_state, o.send_reason), (8, 16, 24, 28));
         assert_eq!((o.send_layout, o.send_tuple.saddr, o.send_tuple.daddr), (SEND_LAYOUT_SOCKADDR, 32, 60));
         assert_eq!((o.send_tuple.family, o.send_tuple.sport), (OFFSET_ABSENT, OFFSET_ABSENT));
-        assert_eq!(
-            (o.recv_skaddr, o.recv_tuple.sport, o.recv_tuple.saddr_v6, o.recv_cookie),
-            (8, 16, 30, 64)
-        );
         assert_eq!((o.accept_fd, o.accept_addr), (16, 24));
         assert_eq!((o.peek_fd, o.peek_buf, o.peek_len), (16, 24, 32));
         assert_eq!(setup.reasons.get(&12).map(String::as_str), Some("TCP_ABORT_ON_LINGER"));
@@ -255,20 +248,6 @@ mod tests {
         assert_eq!((sent.sport, sent.family, sent.saddr, sent.daddr_v6), (28, 32, 34, 58));
         assert_eq!((o.peek_fd, o.peek_buf), (0, 0), "no --http-peek: peek offsets unread");
         assert!(setup.reasons.is_empty());
-    }
-
-    #[test]
-    fn missing_cookie_is_absent_not_an_error() {
-        let receive = include_str!("testdata/tcp_receive_reset.format")
-            .lines()
-            .filter(|l| !l.contains("sock_cookie"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let dir = fake_tracefs("nocookie", include_str!("testdata/tcp_send_reset.format"));
-        write(&dir, "tcp", "tcp_receive_reset", &receive);
-        let setup = discover(&dir, "5.15", false, 16).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(setup.offsets.recv_cookie, OFFSET_ABSENT);
     }
 
     #[test]
