@@ -201,7 +201,8 @@ pub fn apply_option(key: u64, flag: u32, value: Option<u32>) -> SockOpts {
     if TRACKED.insert(key, tracked, NOEXIST).is_ok() {
         count_churn(tracked_churn::INSERTED);
     } else {
-        // Another thread of the process inserted it in between: this call's option wins.
+        // Another thread of the process inserted it in between: this call's options
+        // replace those, the last of two threads setting options on one fd at once.
         let _ = TRACKED.insert(key, tracked, 0);
     }
     tracked.opts

@@ -1,10 +1,9 @@
 //! What the programs keep per task, in task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`,
 //! usable from tracing programs since Linux 5.12): the filter verdict, the bind(),
 //! setsockopt(), accept() and listen() the task is inside, and its close() (for a reset
-//! sent inside it). It
-//! lives and dies with the task, so nothing is keyed by a reusable tid, nothing is
-//! evicted, and a call costs a lookup in the task's own storage instead of an insert
-//! into and a removal from a shared hash map.
+//! sent inside it). It lives and dies with the task, so nothing is keyed by a reusable
+//! tid, nothing is evicted, and a call costs a lookup in the task's own storage instead
+//! of an insert into and a removal from a shared hash map.
 //!
 //! aya-ebpf 0.2.1 has no task storage map type, so the map is declared here the way its
 //! BTF map types are (a `.maps` struct of type-carrying pointers, read by the loader
