@@ -22,7 +22,7 @@ use tracer_common::{
 use crate::{
     emit::{emit, owner_header},
     filter::{current_task, selected},
-    maps::{Owner, count_loss, read_global},
+    maps::{ListenCall, Owner, count_loss, read_global},
     sockets, task_state,
 };
 
@@ -44,14 +44,6 @@ pub struct Listener {
 /// map: a full one refuses (and counts) a new listener instead of evicting a live one.
 #[map]
 pub static LISTENERS: HashMap<u64, Listener> = HashMap::with_max_entries(LISTENER_TABLE_ENTRIES, 0);
-
-/// A selected task's listen() between entry and exit (`task_state::TaskState::listen`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ListenCall {
-    pub fd: i32,
-    pub backlog: u32,
-}
 
 #[tracepoint]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {

@@ -148,6 +148,14 @@ pub struct Closing {
     pub opts: SockOpts,
 }
 
+/// A selected task's listen() between entry and exit (`task_state::TaskState::listen`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ListenCall {
+    pub fd: i32,
+    pub backlog: u32,
+}
+
 /// A setsockopt() of a recorded option between entry and exit
 /// (`task_state::TaskState::sockopt`).
 #[repr(C)]

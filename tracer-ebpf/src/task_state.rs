@@ -20,10 +20,7 @@ use aya_ebpf::{
 };
 use tracer_common::Loss;
 
-use crate::{
-    listen::ListenCall,
-    maps::{BindInFlight, Closing, SockoptInFlight, count_loss},
-};
+use crate::maps::{BindInFlight, Closing, ListenCall, SockoptInFlight, count_loss};
 
 /// A task's filter verdict (`task_verdict`). `generation` 0: not decided yet (fresh
 /// storage is zeroed).
