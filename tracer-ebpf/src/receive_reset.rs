@@ -24,14 +24,14 @@ use aya_ebpf::{
 use tracer_common::reset::{REASON_NONE, RESET_RECEIVED};
 
 use crate::{
-    reset_report::{attribute, received_slot, report},
+    reset_report::{RECEIVED_SLOT, attribute, report, seen_slot},
     sock_tuple::read_record_tuple,
 };
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
     let sk: *mut c_void = ctx.arg(0);
-    let Some(seen) = received_slot() else {
+    let Some(seen) = seen_slot(RECEIVED_SLOT) else {
         return 0;
     };
     seen.direction = RESET_RECEIVED;

@@ -49,19 +49,14 @@ pub struct Seen {
 static SEEN: PerCpuArray<Seen> = PerCpuArray::with_max_entries(2, 0);
 
 /// `SEEN`'s slot of each program.
-const SENT_SLOT: u32 = 0;
-const RECEIVED_SLOT: u32 = 1;
+pub const SENT_SLOT: u32 = 0;
+pub const RECEIVED_SLOT: u32 = 1;
 
-/// This CPU's scratch [`Seen`] for `tcp_send_reset`.
-pub fn sent_slot() -> Option<&'static mut Seen> {
-    // SAFETY: per-CPU slot of this program, used from entry to report() within one run.
-    SEEN.get_ptr_mut(SENT_SLOT).map(|slot| unsafe { &mut *slot })
-}
-
-/// This CPU's scratch [`Seen`] for `tcp_receive_reset`.
-pub fn received_slot() -> Option<&'static mut Seen> {
-    // SAFETY: as in `sent_slot`.
-    SEEN.get_ptr_mut(RECEIVED_SLOT).map(|slot| unsafe { &mut *slot })
+/// This CPU's scratch [`Seen`] for the program of `slot` ([`SENT_SLOT`] or
+/// [`RECEIVED_SLOT`]).
+pub fn seen_slot(slot: u32) -> Option<&'static mut Seen> {
+    // SAFETY: per-CPU slot of one program, used from entry to report() within one run.
+    SEEN.get_ptr_mut(slot).map(|slot| unsafe { &mut *slot })
 }
 
 /// Finds who the reset on `seen.sk` belongs to (`direction`, `sk` and `active` set):

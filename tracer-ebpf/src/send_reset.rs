@@ -23,7 +23,7 @@ use tracer_common::{
 
 use crate::{
     maps::{RESET_OFFSETS, global},
-    reset_report::{attribute, report, sent_slot},
+    reset_report::{SENT_SLOT, attribute, report, seen_slot},
     sockaddr::{read_tuple_into, tuple_offsets},
 };
 
@@ -39,7 +39,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let (Ok(skb), Ok(sk)) = fields else {
         return 0;
     };
-    let Some(seen) = sent_slot() else {
+    let Some(seen) = seen_slot(SENT_SLOT) else {
         return 0;
     };
     seen.direction = RESET_SENT;
