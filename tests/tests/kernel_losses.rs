@@ -393,7 +393,7 @@ fn full_filter_table_counts_each_process_not_learned() {
 }
 
 const ASYNC_SCRIPT: &str = r#"
-import json, os, socket, struct, sys, time
+import json, os, select, socket, struct, sys, time
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # every half on one CPU's slots
 sys.stdin.readline()
 server = socket.socket(); server.bind(("127.0.0.1", 18200)); server.listen(0)
@@ -421,9 +421,12 @@ try:
 except ConnectionResetError:
     pass
 # Real asynchronous failures, as a control: refused non-blocking connects pair and report.
+# The RST may be handled after connect_ex returns (ksoftirqd, in a slow guest), so wait
+# for the socket to turn writable, at most 5 s, before reading its error.
 refused = []
 for _ in range(10):
     s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", 18201))
+    select.select([], [s], [], 5)
     refused.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)); s.close()
 print(json.dumps({"refused": refused}), flush=True)
 sys.stdin.readline()
