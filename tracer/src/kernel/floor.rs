@@ -45,7 +45,9 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
     let plan = loader::attachment_plan(selection, has_resets, has_drops);
     // The maps come with the object; only the floor program is loaded. The preallocated
     // per-socket ones as small as they go: nothing uses them.
+    let kernel_btf = loader::kernel_btf()?;
     let mut ebpf = EbpfLoader::new()
+        .btf(Some(&kernel_btf))
         .allow_unsupported_maps()
         .map_max_entries(names::PEEKS, 1)
         .map_max_entries(names::FD_SOCKS, 1)
@@ -53,7 +55,7 @@ pub fn load(selection: &Selection) -> Result<Floor, LoadError> {
         .load(loader::PROGRAMS)
         .map_err(|err| LoadError::Load(Box::new(err)))?;
     for (program, category, tracepoint) in floor_plan(&plan)? {
-        loader::attach(&mut ebpf, program, category, tracepoint)?;
+        loader::attach(&mut ebpf, &kernel_btf, program, category, tracepoint)?;
     }
     Ok(Floor { _ebpf: ebpf, attached: plan.len() })
 }

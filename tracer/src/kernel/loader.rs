@@ -112,13 +112,10 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux) to load {program} on {tracepoint}")]
-    KernelBtf {
-        program: &'static str,
-        tracepoint: &'static str,
-        #[source]
-        source: Box<aya::BtfError>,
-    },
+    #[error(
+        "reading the kernel's BTF (/sys/kernel/btf/vmlinux), which the BTF-typed programs need (a kernel built with CONFIG_DEBUG_INFO_BTF)"
+    )]
+    KernelBtf(#[source] Box<aya::BtfError>),
     #[error("attaching {program} to tracepoint {category}:{tracepoint}")]
     Attach {
         program: &'static str,
@@ -317,7 +314,9 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let cgroup = selection.cgroup.as_deref().map(cgroup::resolve).transpose()?;
     let filters = filters(selection, cgroup.as_ref());
 
+    let kernel_btf = kernel_btf()?;
     let mut ebpf = EbpfLoader::new()
+        .btf(Some(&kernel_btf))
         // TASK_STATE (task storage): aya 0.14 creates it but has no userspace type
         // for it, which is fine: only the programs use it.
         .allow_unsupported_maps()
@@ -351,8 +350,9 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     fill_filter_maps(&mut ebpf, &pids, &comms)?;
     let plan = attachment_plan(selection, reset_setup.is_some(), drop_setup.is_some());
     for &(program, category, tracepoint) in &plan {
-        attach(&mut ebpf, program, category, tracepoint)?;
+        attach(&mut ebpf, &kernel_btf, program, category, tracepoint)?;
     }
+    drop(kernel_btf);
     let mut attached = plan.len();
     let drops = match drop_setup {
         Some(setup) => {
@@ -503,8 +503,15 @@ fn fill_filter_maps(ebpf: &mut Ebpf, pids: &BTreeSet<u32>, comms: &[[u8; 16]]) -
     Ok(())
 }
 
+/// aya's own reading of the kernel's BTF, parsed once for `EbpfLoader::btf` and for
+/// each BTF-typed program's load (aya parses it again for each otherwise).
+pub(super) fn kernel_btf() -> Result<aya::Btf, LoadError> {
+    aya::Btf::from_sys_fs().map_err(|source| LoadError::KernelBtf(Box::new(source)))
+}
+
 pub(super) fn attach(
     ebpf: &mut Ebpf,
+    kernel_btf: &aya::Btf,
     program: &'static str,
     category: &'static str,
     tracepoint: &'static str,
@@ -527,12 +534,7 @@ pub(super) fn attach(
         }
         // Bound to one tracepoint at load, so never attached twice.
         Program::BtfTracePoint(prog) => {
-            let btf = aya::Btf::from_sys_fs().map_err(|source| LoadError::KernelBtf {
-                program,
-                tracepoint,
-                source: Box::new(source),
-            })?;
-            prog.load(tracepoint, &btf).map_err(failed)?;
+            prog.load(tracepoint, kernel_btf).map_err(failed)?;
             prog.attach().map(drop)
         }
         _ => return Err(failed(ProgramError::UnexpectedProgramType)),
