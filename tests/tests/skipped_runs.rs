@@ -90,7 +90,7 @@ sys.stdin.readline()
 "#;
 
 /// Linux 6.7 (commit dd8657894c11) counts the runs `trace_call_bpf()` skips of tracepoint
-/// and kprobe programs; before, only raw tracepoints' skipped runs are counted.
+/// and kprobe programs; before, only BTF-typed tracepoints' skipped runs are counted.
 fn kernel_counts_skipped_tracepoint_runs() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let numbers: Vec<u32> =
@@ -114,7 +114,7 @@ fn runs_the_kernel_skipped_are_counted_and_named_by_program() {
 
     let by_program = stopped.skipped_runs_by_program();
     let skipped = by_program.get("kfree_skb").copied().unwrap_or(0);
-    let gap_said = stopped.stderr.contains("program_skipped counts only the raw and BTF-typed tracepoints'");
+    let gap_said = stopped.stderr.contains("program_skipped counts only the BTF-typed tracepoints'");
     if !kernel_counts_skipped_tracepoint_runs() {
         // Before 6.7 the kernel counts nothing of a skipped tracepoint run: said at start.
         assert!(gap_said && skipped == 0, "{skipped} skipped runs of kfree_skb counted:\n{}", stopped.stderr);

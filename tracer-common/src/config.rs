@@ -5,7 +5,7 @@
 ///
 /// Syscall tracepoints (`syscalls:sys_enter_*`) share one argument layout per kernel,
 /// but each field is still read from its own format file and checked. The `sock:*`
-/// hooks are raw tracepoints: they read the socket at BTF offsets (`SockOffsets`), no
+/// hooks are BTF-typed tracepoints: they read the socket at BTF offsets (`SockOffsets`), no
 /// record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

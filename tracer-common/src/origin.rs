@@ -76,7 +76,7 @@ pub struct SockOffsets {
     /// `sk_err`: whether a socket leaving SYN_SENT failed (an error report follows) or
     /// was closed without one (`tracer_common::pairing`).
     pub err: u32,
-    /// `sk_protocol` (a `u16` since Linux 5.6): the raw `inet_sock_set_state` hook gets
+    /// `sk_protocol` (a `u16` since Linux 5.6): the BTF-typed `inet_sock_set_state` hook gets
     /// the socket, not the record's `protocol` field, and keeps to TCP.
     pub protocol: u32,
     /// `inet_sport` of `struct inet_sock` (network order): the local port as the

@@ -7,7 +7,7 @@
 //! program per CPU at a time (`bpf_prog_active`), so a classic program here missed the
 //! RST of every softirq that interrupted such a program, sockerr's own syscall programs
 //! included, and before Linux 6.7 without a count. A BTF-typed program is only kept from
-//! running inside itself, as the raw `sock:*` ones are, and such a skipped run is counted
+//! running inside itself, as the `sock:*` ones are, and such a skipped run is counted
 //! on every kernel sockerr supports. It is handed the socket: the tuple comes from BTF
 //! offsets (`sock_tuple`), and the cookie from `bpf_get_socket_cookie`, which makes one
 //! for a socket that has none as the classic record's `sock_cookie` did

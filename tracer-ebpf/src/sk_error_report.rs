@@ -1,4 +1,4 @@
-//! `sock:inet_sk_error_report` for TCP, as a raw tracepoint: the errno of a connect that
+//! `sock:inet_sk_error_report` for TCP, BTF-typed (`tp_btf`): the errno of a connect that
 //! failed after connect() returned (ECONNREFUSED on RST, ETIMEDOUT, EHOSTUNREACH from
 //! ICMP).
 //!
@@ -8,8 +8,8 @@
 //! tcp_done_with_error(). The errno is joined with the SYN_SENT -> CLOSE transition
 //! that carries the owner.
 //!
-//! Raw, not a classic tracepoint: it fires for every socket error on the node (each
-//! refused connect, each reset of an established connection), and a raw one gets the
+//! Not a classic tracepoint: it fires for every socket error on the node (each
+//! refused connect, each reset of an established connection), and a BTF-typed one gets the
 //! socket before any record is filled. Only two sockets can be a traced connect's: the
 //! one whose CLOSE waits in `PENDING_CLOSE` (RST, and every kernel since 6.9), and one
 //! still in SYN_SENT with an owner in `SK_OWNERS` (timeouts and ICMP before 6.9). Any
@@ -23,8 +23,8 @@ use core::ptr;
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use tracer_common::{
     Loss, SockAddr, SockEvent, kind,
@@ -40,8 +40,8 @@ use crate::{
     sock_tuple::read_record_tuple,
 };
 
-#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
-pub fn inet_sk_error_report(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let Some(pending) = PENDING_CLOSE.get_ptr_mut(0) else {
         return 0;

@@ -1,4 +1,4 @@
-//! `sock:inet_sock_set_state` for TCP, as a raw tracepoint: binds a `struct sock` to
+//! `sock:inet_sock_set_state` for TCP, BTF-typed (`tp_btf`): binds a `struct sock` to
 //! the traced connect() that moved it to SYN_SENT, and sees the connect's outcome when it
 //! leaves SYN_SENT.
 //!
@@ -8,18 +8,18 @@
 //! so a synchronous EADDRNOTAVAIL shows as CLOSE -> SYN_SENT -> CLOSE inside the call,
 //! with the conflicting source port on the second transition.
 //!
-//! Raw, not a classic tracepoint: it fires about ten times per TCP connection on the
-//! whole node, and a raw one is handed the prototype's arguments as they are, where a
+//! Not a classic tracepoint: it fires about ten times per TCP connection on the
+//! whole node, and a BTF-typed one is handed the prototype's arguments as they are, where a
 //! classic one first fills a record (both addresses in v4 and v6 form) that the program
 //! then reads field by field. The tuple comes from the socket at BTF offsets instead.
-//! A raw tracepoint also guards against recursion per program, not with the per-CPU
+//! A BTF-typed tracepoint also guards against recursion per program, not with the per-CPU
 //! `bpf_prog_active` that every classic tracepoint and kprobe program shares, so a
 //! socket transition in a softirq that interrupts another agent's program still runs.
 //!
 //! match-proto: TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
 //! (include/trace/events/sock.h, unchanged from 4.16 to 6.18).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     Loss, SockAddr, SockEvent,
     config::FILTER_EMIT_ALL,
@@ -45,8 +45,8 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);

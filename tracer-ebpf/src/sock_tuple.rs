@@ -1,7 +1,7 @@
 //! A `struct sock`'s local and peer addresses, read at the BTF offsets the daemon put in
 //! `SOCK_OFFSETS` (include/net/sock.h, `struct sock_common`): for the kprobe backend's
 //! kernel origin, for the drops of a traced socket, which arrive in softirq with nothing
-//! but the socket, and for the raw `sock:*` hooks, which get the socket instead of a
+//! but the socket, and for the BTF-typed hooks, which get the socket instead of a
 //! record.
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};

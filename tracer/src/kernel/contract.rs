@@ -44,7 +44,6 @@ mod tests {
         for (program, _, _) in plan {
             let expected = match loader::HookKind::of(program) {
                 loader::HookKind::Classic => "tracepoint",
-                loader::HookKind::Raw => "raw_tracepoint",
                 loader::HookKind::Btf => "btf_tracepoint",
             };
             assert_eq!(program_kind(&object, program), expected, "{program}");
@@ -55,9 +54,6 @@ mod tests {
         }
         for program in floor::PROGRAMS {
             assert_eq!(program_kind(&object, program), "tracepoint", "{program}");
-        }
-        for program in floor::RAW_PROGRAMS {
-            assert_eq!(program_kind(&object, program), "raw_tracepoint", "{program}");
         }
         for program in floor::BTF_PROGRAMS {
             assert_eq!(program_kind(&object, program), "btf_tracepoint", "{program}");

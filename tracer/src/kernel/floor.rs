@@ -1,5 +1,5 @@
 //! The benchmark's floor: sockerr's tracepoints, each running a program that returns at
-//! once (tracer-ebpf's `floor`), classic, raw or BTF-typed as sockerr's own program there.
+//! once (tracer-ebpf's `floor`), classic or BTF-typed as sockerr's own program there.
 //!
 //! `cargo xtask bench` compares `sockerr trace` with this. The tracepoints are the ones
 //! `loader::load` attaches for the same selection (`loader::attachment_plan`, with the reset
@@ -19,11 +19,9 @@ use super::{
 /// The floor's identical programs: the n-th program attached to one tracepoint is the
 /// n-th of these (a program attaches to a tracepoint only once).
 pub(super) const PROGRAMS: &[&str] = &["floor_0", "floor_1", "floor_2"];
-/// The same for raw tracepoints, where sockerr attaches one program each.
-pub(super) const RAW_PROGRAMS: &[&str] = &["floor_raw_0"];
 /// The same for BTF-typed tracepoints; each is bound to one tracepoint when loaded, so
 /// there must be one per tracepoint sockerr hooks that way.
-pub(super) const BTF_PROGRAMS: &[&str] = &["floor_btf_0"];
+pub(super) const BTF_PROGRAMS: &[&str] = &["floor_btf_0", "floor_btf_1", "floor_btf_2", "floor_btf_3"];
 
 /// The attached floor; dropping it detaches it.
 pub struct Floor {
@@ -68,11 +66,12 @@ fn floor_plan(plan: &[Attachment]) -> Result<Vec<Attachment>, LoadError> {
         let kind = HookKind::of(program);
         let rank = match kind {
             HookKind::Btf => plan[..index].iter().filter(|(p, ..)| HookKind::of(p) == HookKind::Btf).count(),
-            _ => plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count(),
+            HookKind::Classic => {
+                plan[..index].iter().filter(|(_, c, t)| (*c, *t) == (category, tracepoint)).count()
+            }
         };
         let copies = match kind {
             HookKind::Classic => PROGRAMS,
-            HookKind::Raw => RAW_PROGRAMS,
             HookKind::Btf => BTF_PROGRAMS,
         };
         let program = copies
@@ -101,13 +100,10 @@ mod tests {
         assert_eq!(on_accept, ["floor_0", "floor_1"]);
         let on_state: Vec<&str> =
             floor.iter().filter(|(_, _, tp)| *tp == "inet_sock_set_state").map(|(p, _, _)| *p).collect();
-        assert_eq!(on_state, ["floor_raw_0"], "a raw tracepoint gets a raw floor program");
-        let on_error: Vec<&str> =
-            floor.iter().filter(|(_, _, tp)| *tp == "inet_sk_error_report").map(|(p, _, _)| *p).collect();
-        assert_eq!(on_error, ["floor_raw_0"]);
-        let on_reset: Vec<&str> =
-            floor.iter().filter(|(_, _, tp)| *tp == "tcp_receive_reset").map(|(p, _, _)| *p).collect();
-        assert_eq!(on_reset, ["floor_btf_0"], "a BTF-typed tracepoint gets a BTF-typed floor program");
+        assert_eq!(on_state, ["floor_btf_0"], "a BTF-typed tracepoint gets a BTF-typed floor program");
+        let btf_typed: Vec<&str> =
+            floor.iter().filter(|(p, ..)| p.starts_with("floor_btf_")).map(|(p, _, _)| *p).collect();
+        assert_eq!(btf_typed, BTF_PROGRAMS, "each BTF-typed tracepoint its own program, bound at load");
         let mut pairs: Vec<_> = floor.clone();
         pairs.sort_unstable();
         pairs.dedup();
@@ -118,9 +114,6 @@ mod tests {
     fn more_programs_on_one_tracepoint_than_copies_is_an_error() {
         let crowded = vec![("a", "syscalls", "sys_exit_bind"); PROGRAMS.len() + 1];
         assert!(floor_plan(&crowded).is_err());
-        let crowded_raw =
-            vec![("inet_sock_set_state", "sock", "inet_sock_set_state"); RAW_PROGRAMS.len() + 1];
-        assert!(floor_plan(&crowded_raw).is_err());
         let crowded_btf = vec![("tcp_receive_reset", "tcp", "tcp_receive_reset"); BTF_PROGRAMS.len() + 1];
         assert!(floor_plan(&crowded_btf).is_err());
     }

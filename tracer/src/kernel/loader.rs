@@ -199,37 +199,28 @@ const ATTACHMENTS: &[Attachment] = &[
 ];
 
 /// The programs of the attachment plan (`ATTACHMENTS`, `resets::RESET_ATTACHMENTS`) that
-/// are raw tracepoint programs (attached by the tracepoint's name alone): the hooks that
-/// fire for every TCP socket on the node. Every other is a classic tracepoint program,
-/// but those of [`BTF_TRACEPOINT_PROGRAMS`].
-pub const RAW_TRACEPOINT_PROGRAMS: &[&str] =
-    &["inet_sock_set_state", "inet_sk_error_report", "tcp_destroy_sock"];
-
-/// The programs of the attachment plan that are BTF-typed tracepoint programs (`tp_btf`,
-/// bound to their tracepoint at load): the softirq hooks a classic program would miss
-/// whenever their softirq interrupts another classic or kprobe program on the CPU
-/// (tracer-ebpf/src/receive_reset.rs).
-pub const BTF_TRACEPOINT_PROGRAMS: &[&str] = &["tcp_receive_reset"];
+/// are BTF-typed tracepoint programs (`tp_btf`, bound to their tracepoint at load); every
+/// other is a classic tracepoint program. These are the hooks that fire for every TCP
+/// socket of the node, in softirq as often as not: the kernel only keeps such a program
+/// from running inside itself, and counts that skip, where it skips a classic one
+/// whenever another classic or kprobe program runs on the CPU
+/// (tracer-ebpf/src/receive_reset.rs). They are handed the socket as a typed pointer,
+/// which socket-local storage needs.
+pub const BTF_TRACEPOINT_PROGRAMS: &[&str] =
+    &["inet_sock_set_state", "inet_sk_error_report", "tcp_destroy_sock", "tcp_receive_reset"];
 
 /// How a program of the attachment plan hooks its tracepoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookKind {
     Classic,
-    Raw,
     Btf,
 }
 
 impl HookKind {
-    /// The kind of a program of the attachment plan, from the two lists above (the
-    /// contract test checks them against the object's sections).
+    /// The kind of a program of the attachment plan, from the list above (the contract
+    /// test checks it against the object's sections).
     pub fn of(program: &str) -> HookKind {
-        if RAW_TRACEPOINT_PROGRAMS.contains(&program) {
-            HookKind::Raw
-        } else if BTF_TRACEPOINT_PROGRAMS.contains(&program) {
-            HookKind::Btf
-        } else {
-            HookKind::Classic
-        }
+        if BTF_TRACEPOINT_PROGRAMS.contains(&program) { HookKind::Btf } else { HookKind::Classic }
     }
 }
 
@@ -394,9 +385,7 @@ pub fn load(selection: &Selection) -> Result<Loaded, LoadError> {
     let socket_fds = SocketFds(take_typed_map(&mut ebpf, names::SOCKET_FDS)?);
     let guarded = ebpf
         .programs()
-        .filter(|(_, program)| {
-            program.fd().is_ok() && !matches!(program, Program::RawTracePoint(_) | Program::BtfTracePoint(_))
-        })
+        .filter(|(_, program)| program.fd().is_ok() && !matches!(program, Program::BtfTracePoint(_)))
         .count();
     if let Some(gap) = losses::uncounted_skips(&kernel, losses::counts_guarded_skips(&kernel), guarded) {
         tracing::warn!("{gap}");
@@ -524,13 +513,6 @@ pub(super) fn attach(
                 prog.load().map_err(failed)?;
             }
             prog.attach(category, tracepoint).map(drop)
-        }
-        // The hooks that fire for every socket of the node (the `sock:*` ones).
-        Program::RawTracePoint(prog) => {
-            if prog.fd().is_err() {
-                prog.load().map_err(failed)?;
-            }
-            prog.attach(tracepoint).map(drop)
         }
         // Bound to one tracepoint at load, so never attached twice.
         Program::BtfTracePoint(prog) => {

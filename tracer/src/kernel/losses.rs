@@ -259,7 +259,7 @@ impl LostCounter {
 
 /// Whether the kernel counts the runs of tracepoint and kprobe programs it skips
 /// (`trace_call_bpf()`): from Linux 6.7, commit dd8657894c11 ("bpf: Count missed stats in
-/// trace_call_bpf"). Before, only the raw and BTF-typed tracepoints' skipped runs reach
+/// trace_call_bpf"). Before, only the BTF-typed tracepoints' skipped runs reach
 /// `recursion_misses` (`__bpf_trace_run()`). Nothing in BTF or tracefs shows it (the
 /// `bpf_link_info` field of the same series was backported to stable kernels alone), so
 /// the release decides; `None` when the release does not parse.
@@ -274,9 +274,9 @@ pub fn counts_guarded_skips(release: &str) -> Option<bool> {
 /// skipped runs (`counted` from [`counts_guarded_skips`]); `None` when it can.
 pub fn uncounted_skips(kernel: &str, counted: Option<bool>, guarded_programs: usize) -> Option<String> {
     let what = format!(
-        "the runs the kernel skips of sockerr's {guarded_programs} tracepoint and kprobe programs are not \
-         counted (Linux 6.7 counts them, commit dd8657894c11): program_skipped counts only the raw \
-         and BTF-typed tracepoints'"
+        "the runs the kernel skips of sockerr's {guarded_programs} classic tracepoint and kprobe programs are \
+         not counted (Linux 6.7 counts them, commit dd8657894c11): program_skipped counts only the \
+         BTF-typed tracepoints'"
     );
     match counted {
         Some(true) => None,
@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(uncounted_skips("6.12.117", Some(true), 27), None);
         let line = uncounted_skips("6.1.0-57-amd64", Some(false), 27).expect("a gap before 6.7");
         assert!(
-            line.contains("kernel 6.1.0-57-amd64") && line.contains("27 tracepoint and kprobe"),
+            line.contains("kernel 6.1.0-57-amd64") && line.contains("27 classic tracepoint and kprobe"),
             "{line}"
         );
         assert!(uncounted_skips("?", None, 27).expect("said when unknown").contains("perhaps"));

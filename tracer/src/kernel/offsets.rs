@@ -57,7 +57,7 @@ pub fn discover(tracefs: &Path, kernel: &str) -> Result<TracepointOffsets, Offse
         }
     }
 
-    // The raw hooks on the `sock:*` tracepoints read the socket, none of the records'
+    // The BTF-typed hooks on the `sock:*` tracepoints read the socket, none of the records'
     // fields; reading the formats still names a kernel without the tracepoints.
     format("sock", "inet_sock_set_state")?;
     format("sock", "inet_sk_error_report")?;

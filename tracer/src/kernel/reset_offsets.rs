@@ -75,8 +75,8 @@ pub fn discover(
 ) -> Result<ResetSetup, ResetOffsetsError> {
     let format = |category: &str, name: &str| Format::read(tracefs, category, name, kernel);
     let send = format("tcp", "tcp_send_reset")?;
-    // tcp_receive_reset is a BTF-typed tracepoint and tcp_destroy_sock a raw one (the
-    // socket, no record field); reading their formats still names a kernel without them.
+    // tcp_receive_reset and tcp_destroy_sock are BTF-typed tracepoints (the socket, no
+    // record field); reading their formats still names a kernel without them.
     format("tcp", "tcp_receive_reset")?;
     format("tcp", "tcp_destroy_sock")?;
 

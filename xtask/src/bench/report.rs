@@ -443,7 +443,7 @@ pub fn like_for_like_notes(loops: &MicroLoops) -> Vec<String> {
             notes.push(format!(
                 "daemon vs bpftrace: **not like for like in hook kind**: sockerr's programs are {:?}, bpftrace's \
                  {:?} (bpftrace's script uses classic tracepoints throughout: this machine's bpftrace, see the \
-                 table above, may have no raw tracepoint probes; a cheaper hook kind is part of what sockerr's \
+                 table above, may have no BTF-typed tracepoint probes; a cheaper hook kind is part of what sockerr's \
                  ratio then measures).",
                 daemon.program_types, bpftrace.program_types
             ));
