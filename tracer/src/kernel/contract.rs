@@ -79,6 +79,9 @@ mod tests {
         assert_eq!(map(names::FILTER_PIDS).max_entries(), MAX_FILTER_PIDS);
         assert_eq!(map(names::FILTER_COMMS).max_entries(), MAX_FILTER_COMMS);
         assert_eq!(map(names::FILTER_COMMS).key_size(), 16);
+        // Declared by hand (tracer-ebpf task_state.rs) and named by no userspace code, so
+        // only this checks its type.
+        assert_eq!(map("TASK_STATE").map_type(), bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as u32);
         // aya-log-ebpf's ring, which kernel_log.rs opens by its name.
         assert_eq!(
             map(crate::kernel::kernel_log::RING).map_type(),
