@@ -11,6 +11,7 @@
 //! time to look them up), and assert the netns of each record rather than filtering on it.
 
 pub mod fake_api;
+mod memory_cgroup;
 mod script;
 
 // Used by src/bin/panic_probe.rs only (a package's binary cannot have dependencies of its own).
@@ -27,6 +28,7 @@ pub use daemon::{Daemon, HttpResponse};
 // Used by the `image` test target only (feature `image`).
 #[cfg(feature = "image")]
 use k8s_openapi as _;
+pub use memory_cgroup::MemoryCgroup;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 pub use script::Script;

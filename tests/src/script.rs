@@ -60,9 +60,15 @@ impl Script {
 
     /// The script's next line of stdout, as JSON.
     pub fn facts(&self) -> Value {
-        let line = self.lines.recv_timeout(patience(STEP_TIMEOUT)).unwrap_or_else(|e| {
-            panic!("the script printed nothing within {:?}: {e}", patience(STEP_TIMEOUT))
-        });
+        self.facts_within(STEP_TIMEOUT)
+    }
+
+    /// As [`Script::facts`], for a step that may take up to `timeout` (scaled).
+    pub fn facts_within(&self, timeout: Duration) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(patience(timeout))
+            .unwrap_or_else(|e| panic!("the script printed nothing within {:?}: {e}", patience(timeout)));
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     }
 }

@@ -39,8 +39,7 @@ const MAX_ADDR_LEN: u64 = 28;
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
     // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.

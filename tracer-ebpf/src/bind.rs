@@ -16,8 +16,7 @@ use crate::{
 
 #[tracepoint(category = "syscalls", name = "sys_enter_bind")]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
     // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
@@ -44,10 +43,11 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
-    let task = current_task();
+    // Tasks not inside a traced call (the most, node-wide) leave after one lookup.
     let Some(state) = task_state::in_bind() else {
         return 0;
     };
+    let task = current_task();
     state.bind_active = 0;
     let call = BindInFlight { ..state.bind };
     // SAFETY: as in sys_enter_bind.

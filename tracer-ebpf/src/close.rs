@@ -41,12 +41,12 @@ fn untrack(task: &Task, fd: i32, reason: u32) -> SockOpts {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let task = current_task();
     // Every close() of every process lands here: one check for the untraced ones. Only
     // selected tasks have TRACKED or FD_SOCKS entries or own a reset sent in close().
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
+    let task = current_task();
     // SAFETY: reads inside the tracepoint record at an offset tracefs gave the daemon.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(global!(OFFSETS.close_fd) as usize) } {
         let opts = untrack(&task, fd as i32, CLOSE_REASON_CLOSE);
@@ -63,12 +63,12 @@ pub fn sys_exit_new_fd(ctx: TracePointContext) -> u32 {
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }
         && ret >= 0
     {
-        let task = current_task();
         // Every socket() and accept() of every process: as in sys_enter_close, one check
         // for the untraced ones, which have no TRACKED or FD_SOCKS entries.
-        if !selected(&task) {
+        if !selected() {
             return 0;
         }
+        let task = current_task();
         untrack(&task, ret as i32, CLOSE_REASON_FD_REUSED);
         // Whatever the fd named before is gone.
         crate::peek::fd_closed(task.tgid, ret as i32);

@@ -26,10 +26,10 @@ const EISCONN: i32 = 106;
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
+    let task = current_task();
     // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
     let (fd, addr, len) = unsafe {
         (

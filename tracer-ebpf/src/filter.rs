@@ -25,16 +25,16 @@ pub fn current_task() -> Task {
 /// at once, else from the verdict cached in the task's own storage (decided once per
 /// task, again after an exec, a rename, a learned tgid or a cgroup move).
 #[inline(always)]
-pub fn selected(task: &Task) -> bool {
+pub fn selected() -> bool {
     let flags = global!(FILTERS.flags);
     if flags & (FILTER_CGROUP | FILTER_PROCESS) == 0 {
         return true;
     }
-    task_verdict::cached(flags & FILTER_CGROUP != 0, || decide(task, flags))
+    task_verdict::cached(flags & FILTER_CGROUP != 0, || decide(flags))
 }
 
 /// The filters' verdict on the current task, from the filter maps.
-fn decide(task: &Task, flags: u32) -> Decision {
+fn decide(flags: u32) -> Decision {
     let selected = |selected| Decision { selected, not_learned: false };
     if flags & FILTER_CGROUP != 0 {
         let level = global!(FILTERS.cgroup_level);
@@ -47,8 +47,9 @@ fn decide(task: &Task, flags: u32) -> Decision {
     if flags & FILTER_PROCESS == 0 {
         return selected(true);
     }
+    let tgid = current_task().tgid;
     // SAFETY: the value is a u8 the map owns; only its presence is read.
-    if unsafe { FILTER_PIDS.get(task.tgid) }.is_some() {
+    if unsafe { FILTER_PIDS.get(tgid) }.is_some() {
         return selected(true);
     }
     let Ok(comm) = bpf_get_current_comm() else {
@@ -59,7 +60,7 @@ fn decide(task: &Task, flags: u32) -> Decision {
         return selected(false);
     }
     if flags & FILTER_LEARN_PIDS != 0 {
-        if FILTER_PIDS.insert(task.tgid, 1, 0).is_err() {
+        if FILTER_PIDS.insert(tgid, 1, 0).is_err() {
             // The thread is still traced by its name; renamed threads of its process are not.
             return Decision { selected: true, not_learned: true };
         }

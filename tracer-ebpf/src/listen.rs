@@ -47,8 +47,7 @@ pub static LISTENERS: HashMap<u64, Listener> = HashMap::with_max_entries(LISTENE
 
 #[tracepoint]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
     // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.

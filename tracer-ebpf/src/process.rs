@@ -18,7 +18,7 @@ use crate::{
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     // A new program, maybe a new name: the cached verdicts no longer hold.
     task_verdict::invalidate_all();
-    let _ = selected(&current_task());
+    let _ = selected();
     0
 }
 

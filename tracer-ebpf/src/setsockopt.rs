@@ -14,16 +14,50 @@ use crate::{
     task_state,
 };
 
+/// setsockopt()'s five arguments, in the order of the syscall's record.
+struct Args {
+    fd: u64,
+    level: u64,
+    optname: u64,
+    optval: u64,
+    optlen: u64,
+}
+
+/// The call's arguments, which every setsockopt() of every process reads (the level and
+/// optname decide at once whether anything else is done): one read where the record has
+/// them in consecutive 8-byte slots (the syscall records give each argument one, in
+/// order), one per argument otherwise.
+#[inline(always)]
+fn args(ctx: &TracePointContext) -> Option<Args> {
+    let fd_at = global!(OFFSETS.setsockopt_fd) as usize;
+    let at = [
+        fd_at,
+        global!(OFFSETS.setsockopt_level) as usize,
+        global!(OFFSETS.setsockopt_optname) as usize,
+        global!(OFFSETS.setsockopt_optval) as usize,
+        global!(OFFSETS.setsockopt_optlen) as usize,
+    ];
+    let consecutive = at[1] == fd_at + 8 && at[2] == fd_at + 16 && at[3] == fd_at + 24 && at[4] == fd_at + 32;
+    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
+    let [fd, level, optname, optval, optlen] = unsafe {
+        if consecutive {
+            ctx.read_at::<[u64; 5]>(fd_at).ok()?
+        } else {
+            [
+                ctx.read_at::<u64>(at[0]).ok()?,
+                ctx.read_at::<u64>(at[1]).ok()?,
+                ctx.read_at::<u64>(at[2]).ok()?,
+                ctx.read_at::<u64>(at[3]).ok()?,
+                ctx.read_at::<u64>(at[4]).ok()?,
+            ]
+        }
+    };
+    Some(Args { fd, level, optname, optval, optlen })
+}
+
 #[tracepoint(category = "syscalls", name = "sys_enter_setsockopt")]
 pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads inside the tracepoint record at offsets tracefs gave the daemon.
-    let (level, optname) = unsafe {
-        (
-            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_level) as usize),
-            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optname) as usize),
-        )
-    };
-    let (Ok(level), Ok(optname)) = (level, optname) else {
+    let Some(Args { fd, level, optname, optval, optlen }) = args(&ctx) else {
         return 0;
     };
     let (level, optname) = (level as i32, optname as i32);
@@ -31,21 +65,9 @@ pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
     if flag == 0 {
         return 0;
     }
-    let task = current_task();
-    if !selected(&task) {
+    if !selected() {
         return 0;
     }
-    // SAFETY: as above.
-    let (fd, optval, optlen) = unsafe {
-        (
-            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_fd) as usize),
-            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optval) as usize),
-            ctx.read_at::<u64>(global!(OFFSETS.setsockopt_optlen) as usize),
-        )
-    };
-    let (Ok(fd), Ok(optval), Ok(optlen)) = (fd, optval, optlen) else {
-        return 0;
-    };
     let optlen = optlen as i32;
     // The kernel reads an int for all of these options (sk_setsockopt,
     // do_ip_setsockopt); a shorter optval makes it fail with EINVAL, which the exit
@@ -76,13 +98,14 @@ pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_setsockopt")]
 pub fn sys_exit_setsockopt(ctx: TracePointContext) -> u32 {
-    let task = current_task();
+    // Tasks not inside a traced call (the most, node-wide) leave after one lookup.
     let Some(state) = task_state::in_setsockopt() else {
         return 0;
     };
+    let task = current_task();
     state.sockopt_active = 0;
     let call = SockoptInFlight { ..state.sockopt };
-    // SAFETY: as in sys_enter_setsockopt.
+    // SAFETY: a read inside the tracepoint record at an offset tracefs gave the daemon.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(global!(OFFSETS.sys_exit_ret) as usize) }) else {
         return 0;
     };
