@@ -3,6 +3,8 @@
 //! (`attribute`), before the hooks read the rest of the record, so that with a filter a
 //! reset on a socket nobody traces costs two lookups and no reads.
 
+use core::ptr;
+
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use tracer_common::{
     PeekCopy, ResetEvent, ResetPeekEvent, SockAddr, SockOpts,
@@ -106,12 +108,20 @@ pub fn report(seen: &Seen) {
     }
     let owner = &seen.owner;
     let fd = owner.fd;
-    let own = PEEKS.get_ptr(fd_key(owner.tgid, owner.fd));
+    // Null for "none", not `None`: an `Option` of a raw pointer keeps a tag beside the
+    // pointer, and LLVM loaded the pointer's stack slot before it checked the tag. On the
+    // `None` path that slot was never written, and verifiers that refuse reads of
+    // unwritten stack (Debian's 6.1.0-48, Linux 6.1.172) rejected the program for it.
+    let own = PEEKS.get_ptr(fd_key(owner.tgid, owner.fd)).unwrap_or(ptr::null());
     // SAFETY: copied out at once.
     let related_fd =
         unsafe { RECENT_RX.get(owner.tgid) }.map(|recent| recent.fd).filter(|&fd| fd != owner.fd);
-    let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd)));
-    if own.is_none() && related.is_none() {
+    let related = related_fd.and_then(|fd| PEEKS.get_ptr(fd_key(owner.tgid, fd))).unwrap_or(ptr::null());
+    // Volatile: with two plain null tests LLVM tests `own | related` once, and the
+    // verifier refuses arithmetic on pointers.
+    // SAFETY: reads a local through a valid reference.
+    let no_own = unsafe { ptr::read_volatile(&own.is_null()) };
+    if no_own && related.is_null() {
         emit::<ResetEvent, { kind::RESET }>(|r| {
             r.header = owner_header(0, owner);
             fill_event(&mut r.payload, seen, fd, owner.opts);
@@ -142,9 +152,9 @@ fn fill_event(dst: &mut ResetEvent, seen: &Seen, fd: i32, opts: SockOpts) {
     dst.opts = opts;
 }
 
-/// Copies one socket's kept exchange into the record (an empty slot for `None`).
-fn fill(dst: &mut PeekCopy, fd: i32, src: Option<*const PeekBuffers>) {
-    let Some(src) = src else {
+/// Copies one socket's kept exchange into the record (an empty slot for null).
+fn fill(dst: &mut PeekCopy, fd: i32, src: *const PeekBuffers) {
+    if src.is_null() {
         dst.fd = -1;
         dst.sent_len = 0;
         dst.received_len = 0;
@@ -154,7 +164,7 @@ fn fill(dst: &mut PeekCopy, fd: i32, src: Option<*const PeekBuffers>) {
         dst.local = SockAddr::default();
         dst.peer = SockAddr::default();
         return;
-    };
+    }
     // SAFETY: a map value pointer, read field by field; the buffers are copied with the
     // probe helper since they are larger than the stack.
     unsafe {
