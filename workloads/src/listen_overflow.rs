@@ -4,7 +4,9 @@
 //! `>`, include/net/sock.h); every later SYN, and each of its retransmissions, is dropped
 //! by tcp_conn_request() (net/ipv4/tcp_input.c): TcpExtListenOverflows and
 //! TcpExtListenDrops rise, the listener's sk_drops rises, the clients see only a connect
-//! that does not complete, and the server logs nothing.
+//! that does not complete, and the server logs nothing. The client waits until the first
+//! backlog + 1 handshakes sit in the accept queue before it sends the SYNs that overflow,
+//! so every drop is a refused SYN, which sk_drops counts once, as ListenDrops does.
 //!
 //! The ground truth is the kernel's own count, read from /proc/net/netstat inside the
 //! namespace after the clients gave up (closed their sockets, so no SYN is in flight).
@@ -18,12 +20,14 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, ListenOverflowArgs,
+    Error, ListenOverflowArgs, procnet,
     report::{ActorFacts, ScenarioReport},
     runner::{self, Actor},
 };
 
 pub const PORT: u16 = 8080;
+/// Bound on each wait for the handshakes that fill the accept queue.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenOverflowReport {
@@ -58,8 +62,12 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
 
     let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT);
     let (fd, _) = server.listen_on(local, args.backlog)?;
+    let queue_room = u32::try_from(args.backlog).unwrap_or(0) + 1;
     let mut sockets = Vec::new();
-    for _ in 0..args.clients {
+    for opened in 0..args.clients {
+        if opened == queue_room {
+            await_full_accept_queue(&mut client, &sockets, local)?;
+        }
         let (socket, _) = client.socket(false, true)?;
         match client.connect(socket, local)? {
             // Loopback completes the handshake inside connect() while the queue has room.
@@ -97,6 +105,42 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
         reproduced,
         "expected TcpExtListenOverflows to rise",
     )
+}
+
+/// Waits (bounded) until the first `queue_room` handshakes are complete and their sockets
+/// sit in the accept queue, before any further SYN is sent.
+///
+/// Why: a drop is then always a SYN that tcp_conn_request() refuses, which bumps the
+/// listener's sk_drops once, as ListenOverflows. Where softirqs run late (a slow emulated
+/// guest) the next SYNs could otherwise become request sockets whose final ACK meets the
+/// full queue: tcp_check_req() returns NULL after tcp_listendrop(), and tcp_v4_rcv()
+/// counts the discarded ACK in sk_drops a second time (`discard_and_relse`).
+fn await_full_accept_queue(client: &mut Actor, sockets: &[i32], local: SocketAddr) -> Result<(), Error> {
+    for &socket in sockets {
+        if let Some(errno) = client.await_connect(socket, HANDSHAKE_TIMEOUT)? {
+            return Err(client_error(client, &format!("connect into the accept queue: {errno}")));
+        }
+    }
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        let entries = procnet::tcp_sockets(false)?;
+        let count = |state| entries.iter().filter(|e| e.local == local && e.state == state).count();
+        // Children in the accept queue are ESTABLISHED; request sockets show as SYN_RECV.
+        let (queued, pending) = (count(procnet::ESTABLISHED), count(procnet::SYN_RECV));
+        if queued == sockets.len() && pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let what = format!(
+                "{queued} of {} connections reached the accept queue of {local} ({pending} handshakes \
+                 pending) within {} s",
+                sockets.len(),
+                HANDSHAKE_TIMEOUT.as_secs()
+            );
+            return Err(client_error(client, &what));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn client_error(client: &Actor, what: &str) -> Error {

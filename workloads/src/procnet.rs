@@ -33,6 +33,7 @@ impl TcpEntry {
 }
 
 pub const ESTABLISHED: u8 = 1;
+pub const SYN_RECV: u8 = 3;
 pub const TIME_WAIT: u8 = 6;
 pub const LISTEN: u8 = 10;
 

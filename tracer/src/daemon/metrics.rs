@@ -149,7 +149,7 @@ impl Metrics {
         let listen_overflows = Capped::register(
             &mut registry,
             "listen_overflows",
-            "Handshakes a traced process's listener dropped (its sk_drops: full accept or SYN queue), by process name, listening port and pod namespace",
+            "Handshake segments a traced process's listener discarded (its sk_drops: one per SYN refused at a full accept or SYN queue), by process name, listening port and pod namespace",
         );
         let listen_unwatched = Counters::default();
         registry.register(

@@ -50,7 +50,7 @@ pub struct ListenOverflow {
     pub queued: u32,
     /// The backlog in force at the sample.
     pub backlog: u32,
-    /// Handshakes dropped since the previous sample (the listener's sk_drops).
+    /// Handshake segments discarded since the previous sample (the rise of the listener's sk_drops).
     pub dropped: u64,
     /// Since the previous sample (or the listen() call).
     pub interval: Duration,
