@@ -26,7 +26,7 @@ use crate::{
 };
 
 pub const PORT: u16 = 8080;
-/// Bound on each wait for the handshakes that fill the accept queue.
+/// Bound on the wait for the handshakes that fill the accept queue.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +62,12 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
 
     let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT);
     let (fd, _) = server.listen_on(local, args.backlog)?;
+    // Connections that fit in the accept queue: sk_acceptq_is_full() is `>`.
     let queue_room = u32::try_from(args.backlog).unwrap_or(0) + 1;
     let mut sockets = Vec::new();
     for opened in 0..args.clients {
         if opened == queue_room {
-            await_full_accept_queue(&mut client, &sockets, local)?;
+            await_full_accept_queue(&client, sockets.len(), local)?;
         }
         let (socket, _) = client.socket(false, true)?;
         match client.connect(socket, local)? {
@@ -94,8 +95,7 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
         listen_drops,
         elapsed_ms: 0,
     };
-    let expected_queue = u32::try_from(args.backlog).unwrap_or(0) + 1;
-    let reproduced = args.clients <= expected_queue || listen_overflows > 0;
+    let reproduced = args.clients <= queue_room || listen_overflows > 0;
     // The listener stays open while the actors hold, so a tracer samples its final drop count.
     runner::finish(
         common,
@@ -107,34 +107,29 @@ pub fn run(args: &ListenOverflowArgs) -> Result<ListenOverflowReport, Error> {
     )
 }
 
-/// Waits (bounded) until the first `queue_room` handshakes are complete and their sockets
-/// sit in the accept queue, before any further SYN is sent.
+/// Waits (bounded) until the client's first `connections` sit in the accept queue, before
+/// any further SYN is sent. A child socket exists only once the client's final ACK was
+/// processed, so this also proves the client's handshakes complete.
 ///
 /// Why: a drop is then always a SYN that tcp_conn_request() refuses, which bumps the
 /// listener's sk_drops once, as ListenOverflows. Where softirqs run late (a slow emulated
 /// guest) the next SYNs could otherwise become request sockets whose final ACK meets the
 /// full queue: tcp_check_req() returns NULL after tcp_listendrop(), and tcp_v4_rcv()
 /// counts the discarded ACK in sk_drops a second time (`discard_and_relse`).
-fn await_full_accept_queue(client: &mut Actor, sockets: &[i32], local: SocketAddr) -> Result<(), Error> {
-    for &socket in sockets {
-        if let Some(errno) = client.await_connect(socket, HANDSHAKE_TIMEOUT)? {
-            return Err(client_error(client, &format!("connect into the accept queue: {errno}")));
-        }
-    }
+fn await_full_accept_queue(client: &Actor, connections: usize, local: SocketAddr) -> Result<(), Error> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         let entries = procnet::tcp_sockets(false)?;
         let count = |state| entries.iter().filter(|e| e.local == local && e.state == state).count();
         // Children in the accept queue are ESTABLISHED; request sockets show as SYN_RECV.
         let (queued, pending) = (count(procnet::ESTABLISHED), count(procnet::SYN_RECV));
-        if queued == sockets.len() && pending == 0 {
+        if queued == connections && pending == 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
             let what = format!(
-                "{queued} of {} connections reached the accept queue of {local} ({pending} handshakes \
-                 pending) within {} s",
-                sockets.len(),
+                "{queued} of {connections} connections reached the accept queue of {local} ({pending} \
+                 handshakes pending) within {} s",
                 HANDSHAKE_TIMEOUT.as_secs()
             );
             return Err(client_error(client, &what));
