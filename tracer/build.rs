@@ -3,8 +3,14 @@
 //! what this needs; `AYA_BUILD_SKIP=1` skips it (clippy of the userspace alone).
 //!
 //! It also names the commit being built (`sockerr_build_info{git_sha=...}`).
-use std::{path::Path, process::Command};
+use std::{
+    env,
+    fs::{self, File},
+    path::{Path, PathBuf},
+    process::Command,
+};
 
+use anyhow::Context as _;
 // Not used here: the build-dependency only makes cargo rerun this script when the eBPF
 // crate's library side changes (see Cargo.toml).
 use tracer_ebpf as _;
@@ -21,8 +27,57 @@ fn main() -> anyhow::Result<()> {
     // replays those on every later build: without this, each `cargo` command prints ~35
     // "Compiling ..." warnings that bury real ones. Compiler diagnostics still come through.
     // SAFETY: build scripts are single-threaded; the nested cargo inherits the variable.
-    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
+    build_ebpf_shared(package)
+}
+
+/// The object `src/kernel/loader.rs` embeds from OUT_DIR: the eBPF crate's one binary.
+const EBPF_OBJECT: &str = "tracer";
+
+/// Builds the eBPF object in a directory shared by every build of this crate for one
+/// target and profile, then copies it into this build's OUT_DIR.
+///
+/// aya-build puts its nested cargo's target directory under OUT_DIR, and cargo gives each
+/// feature set of this crate an OUT_DIR of its own, so each feature set (the shipped binary,
+/// the one with the workloads, the e2e tests' and the unit tests' builds) compiled the
+/// same object again, core included: about 50 s each, some six times in `cargo xtask test`.
+/// The object depends on the target (its architecture and endianness select
+/// `bpf_target_arch` and bpfel/bpfeb), which the shared directory's place keeps apart, and
+/// on nothing of this crate's features. The nested cargo's own fingerprints still decide
+/// what to rebuild; a file lock keeps two builds of this crate from copying a half-written
+/// object (the nested cargo already waits for its target directory's lock).
+fn build_ebpf_shared(package: aya_build::Package<'_>) -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
+    let skipped = env::var_os("AYA_BUILD_SKIP").is_some();
+    let Some(shared) = shared_dir(&out_dir).filter(|_| !skipped) else {
+        return aya_build::build_ebpf([package], aya_build::Toolchain::Nightly);
+    };
+    fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    let lock_path = shared.join(".lock");
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    // aya-build reads OUT_DIR for where to build and copy; it is this script's own
+    // variable, restored before anything else reads it.
+    // SAFETY: build scripts are single-threaded.
+    unsafe { env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly);
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built?;
+    let (from, to) = (shared.join(EBPF_OBJECT), out_dir.join(EBPF_OBJECT));
+    fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(())
+}
+
+/// `<profile dir>/aya-build-shared` for an OUT_DIR of cargo's layout
+/// (`<profile dir>/build/<crate>-<hash>/out`, where the profile directory is already
+/// per target triple); `None` for any other layout, which then builds in OUT_DIR as
+/// aya-build does.
+fn shared_dir(out_dir: &Path) -> Option<PathBuf> {
+    let build = out_dir.parent()?.parent()?;
+    (out_dir.file_name()? == "out" && build.file_name()? == "build")
+        .then(|| build.parent().map(|profile| profile.join("aya-build-shared")))
+        .flatten()
 }
 
 /// Hands the checkout's commit to the crate as SOCKERR_BUILD_GIT_SHA (`SOCKERR_GIT_SHA`
