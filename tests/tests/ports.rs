@@ -95,7 +95,13 @@ fn port_pressure_counts_each_destination_as_connect_does() {
     let record = &pressures[0];
     assert_eq!(record["dst"], "127.0.0.1:18095", "{record}");
     assert_eq!(record["src_ip"], "127.0.0.1", "{record}");
-    assert_eq!((record["in_use"].as_u64(), record["available"].as_u64()), (Some(busy), Some(20)), "{record}");
+    // The record marks the crossing of 80 % (16 of the 20 ports), in the first sample at
+    // or past it: one that fell while the script was still connecting (it takes seconds
+    // under TCG) saw fewer than all 18. The gauges above carry the exact count.
+    let in_use = record["in_use"].as_u64().expect("in_use");
+    assert!((16..=busy).contains(&in_use), "in use at the crossing: 16 to {busy} ports: {record}");
+    assert_eq!(record["available"].as_u64(), Some(20), "{record}");
+    assert_eq!(record["percent"].as_u64(), Some(in_use * 100 / 20), "{record}");
     assert_eq!((record["range_low"].as_u64(), record["range_high"].as_u64()), (Some(40000), Some(40019)));
     assert_eq!(record["comm"], "python3", "{record}");
     assert_eq!(record["netns"], facts["netns"], "{record}");
